@@ -1,0 +1,44 @@
+# featx: `make demo` and `make test` work on a fresh machine (they create .venv and install).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIPELINE ?= pipelines/demo.toml
+DATA ?=
+WEIGHTS ?=
+# Offline development machines keep a real MobileNetV2 weights file beside the checkout;
+# users with a network leave this empty and get Keras' own download.
+DEMO_WEIGHTS ?= $(or $(WEIGHTS),$(wildcard ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5))
+FLAGS = $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(ARGS)
+
+.PHONY: install demo features classify test test-fast lint clean-cache
+
+$(BIN)/featx: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/featx
+
+demo: install
+	$(BIN)/featx demo-data data/digits
+	$(BIN)/featx extract -p pipelines/demo.toml $(if $(DEMO_WEIGHTS),--weights $(DEMO_WEIGHTS))
+	$(BIN)/featx classify -p pipelines/demo.toml $(if $(DEMO_WEIGHTS),--weights $(DEMO_WEIGHTS))
+
+features: install
+	$(BIN)/featx extract -p $(PIPELINE) $(FLAGS)
+
+classify: install
+	$(BIN)/featx classify -p $(PIPELINE) $(FLAGS)
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check featx tests
+
+clean-cache:
+	rm -rf data/cache

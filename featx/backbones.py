@@ -1,0 +1,207 @@
+"""Backbones: a registry over ``keras.applications``, each entry carrying its own input size
+and preprocessing, built frozen as a feature extractor (layer + pooling)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from featx.config import BackboneConfig
+
+POOLINGS = ("avg", "max", "flatten", "none")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str  # class name in keras.applications
+    module: str  # keras.applications sub-module holding its preprocess_input
+    input_size: int  # native square input size
+    preprocess: str  # caffe (BGR, mean-subtracted) | tf ([-1, 1]) | torch ([0,1], mean/std) | none
+
+
+def _specs() -> dict[str, BackboneSpec]:
+    table: list[tuple[str, str, int, str]] = [
+        ("VGG16", "vgg16", 224, "caffe"),
+        ("VGG19", "vgg19", 224, "caffe"),
+        ("ResNet50", "resnet", 224, "caffe"),
+        ("ResNet101", "resnet", 224, "caffe"),
+        ("ResNet152", "resnet", 224, "caffe"),
+        ("ResNet50V2", "resnet_v2", 224, "tf"),
+        ("ResNet101V2", "resnet_v2", 224, "tf"),
+        ("ResNet152V2", "resnet_v2", 224, "tf"),
+        ("InceptionV3", "inception_v3", 299, "tf"),
+        ("Xception", "xception", 299, "tf"),
+        ("InceptionResNetV2", "inception_resnet_v2", 299, "tf"),
+        ("MobileNet", "mobilenet", 224, "tf"),
+        ("MobileNetV2", "mobilenet_v2", 224, "tf"),
+        # These include their own rescaling/normalisation layers: feed raw 0-255 pixels.
+        ("MobileNetV3Small", "mobilenet_v3", 224, "none"),
+        ("MobileNetV3Large", "mobilenet_v3", 224, "none"),
+        ("DenseNet121", "densenet", 224, "torch"),
+        ("DenseNet169", "densenet", 224, "torch"),
+        ("DenseNet201", "densenet", 224, "torch"),
+        ("ConvNeXtTiny", "convnext", 224, "none"),
+    ]
+    sizes = [224, 240, 260, 300, 380, 456, 528, 600]
+    table += [(f"EfficientNetB{i}", "efficientnet", s, "none") for i, s in enumerate(sizes)]
+    table += [(f"EfficientNetV2B{i}", "efficientnet_v2", s, "none")
+              for i, s in enumerate([224, 240, 260, 300])]
+    table += [("EfficientNetV2S", "efficientnet_v2", 384, "none")]
+    return {name: BackboneSpec(name, module, size, pre) for name, module, size, pre in table}
+
+
+REGISTRY: dict[str, BackboneSpec] = _specs()
+
+
+class BackboneError(ValueError):
+    """A backbone that cannot be built as asked: says which setting and what is valid."""
+
+
+def get_spec(name: str) -> BackboneSpec:
+    if name in REGISTRY:
+        return REGISTRY[name]
+    folded = {k.lower(): v for k, v in REGISTRY.items()}
+    if name.lower() in folded:
+        return folded[name.lower()]
+    raise BackboneError(f"unknown backbone {name!r}; valid names: {', '.join(REGISTRY)}")
+
+
+def keras_home() -> Path:
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Backbone:
+    """A frozen ImageNet CNN read at one layer, with one pooling.
+
+    ``features(images)`` maps a uint8 batch (N, S, S, 3) of RGB pixels, already resized to
+    ``input_size``, to float32 features: preprocessing is part of the backbone, not the caller.
+    """
+
+    def __init__(self, config: BackboneConfig, seed: int = 0) -> None:
+        self.config = config
+        self.spec = get_spec(config.name)
+        if config.pooling not in POOLINGS:
+            raise BackboneError(f"unknown pooling {config.pooling!r}; valid: {', '.join(POOLINGS)}")
+        self.input_size = config.input_size or self.spec.input_size
+        self.seed = seed
+        self.weights_path: Path | None = None
+        weights = config.weights.strip()
+        if weights.lower() not in ("imagenet", "none", ""):
+            self.weights_path = Path(weights).expanduser()
+            if not self.weights_path.is_file():
+                raise BackboneError(f"weights file not found: {self.weights_path}")
+
+    @property
+    def weights_kind(self) -> str:
+        if self.weights_path:
+            return "file"
+        return "imagenet" if self.config.weights.lower() == "imagenet" else "none"
+
+    @cached_property
+    def weights_id(self) -> str:
+        """What identifies the numbers the weights give: a content hash for a file."""
+        import keras
+
+        if self.weights_path:
+            return f"sha256:{_file_sha256(self.weights_path)}"
+        if self.weights_kind == "imagenet":
+            return f"keras-imagenet:{self.spec.name}:keras-{keras.__version__}"
+        return f"random:seed={self.seed}"
+
+    def describe(self) -> dict[str, Any]:
+        """Everything about the backbone that changes the features (for the store and key)."""
+        return {
+            "backbone": self.spec.name,
+            "weights": self.weights_kind,
+            "weights_id": self.weights_id,
+            "layer": self.config.layer or "(last conv)",
+            "pooling": self.config.pooling,
+            "input_size": self.input_size,
+            "preprocess": self.spec.preprocess,
+        }
+
+    @cached_property
+    def model(self):
+        """The frozen keras feature extractor (built on first use)."""
+        import keras
+
+        app = getattr(keras.applications, self.spec.name)
+        shape = (self.input_size, self.input_size, 3)
+        if self.weights_kind == "none":
+            keras.utils.set_random_seed(self.seed)
+        weights: str | None = {"imagenet": "imagenet", "none": None}.get(self.weights_kind)
+        if self.weights_path:
+            weights = str(self.weights_path)
+        try:
+            base = app(include_top=False, weights=weights, input_shape=shape)
+        except Exception as e:  # keras raises plain Exception on a failed download
+            raise self._weights_error(e) from e
+        output = base.output
+        if self.config.layer:
+            names = [layer.name for layer in base.layers]
+            if self.config.layer not in names:
+                raise BackboneError(
+                    f"{self.spec.name} has no layer {self.config.layer!r}; "
+                    f"its last layers are: {', '.join(names[-12:])} "
+                    f"(all {len(names)}: featx layers {self.spec.name})")
+            output = base.get_layer(self.config.layer).output
+        if len(output.shape) == 4:
+            pool = {"avg": keras.layers.GlobalAveragePooling2D(),
+                    "max": keras.layers.GlobalMaxPooling2D(),
+                    "flatten": keras.layers.Flatten()}.get(self.config.pooling)
+            if pool is not None:
+                output = pool(output)
+        model = keras.Model(base.input, output, name=f"featx_{self.spec.name}")
+        model.trainable = False
+        return model
+
+    def _weights_error(self, error: Exception) -> Exception:
+        if self.weights_kind != "imagenet":
+            return BackboneError(f"could not load {self.spec.name} weights "
+                                 f"{self.weights_path or ''}: {error}")
+        return BackboneError(
+            f"could not get ImageNet weights for {self.spec.name}: {error}\n"
+            f"  No network? Give a local no-top weights file instead:\n"
+            f"    featx extract --weights /path/to/{self.spec.name.lower()}_no_top.h5 ...\n"
+            f"    make features WEIGHTS=/path/to/file.h5 ...\n"
+            f"  or put the file Keras downloads into {keras_home() / 'models'}/ "
+            f"(KERAS_HOME is respected), where weights=\"imagenet\" finds it offline.")
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.model.output.shape[1:])
+
+    def preprocess(self, images):
+        """uint8 or float RGB 0-255 -> what this model expects."""
+        import keras
+        import tensorflow as tf
+
+        x = tf.cast(images, tf.float32)
+        if self.spec.preprocess == "none":
+            return x
+        module = getattr(keras.applications, self.spec.module)
+        return module.preprocess_input(x)
+
+    def features(self, images):
+        return self.model(self.preprocess(images), training=False)
+
+
+def list_layers(name: str, input_size: int = 0) -> list[tuple[str, tuple]]:
+    """(layer name, output shape) of a backbone's convolutional base, random weights."""
+    backbone = Backbone(BackboneConfig(name=name, weights="none", pooling="none",
+                                       input_size=input_size))
+    base = backbone.model
+    return [(layer.name, tuple(layer.output.shape[1:])) for layer in base.layers
+            if hasattr(layer, "output")]

@@ -1,0 +1,143 @@
+"""The ``featx`` command: extract, classify, and helpers. Every flag overrides a pipeline field."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from featx.config import Config
+
+# flag -> config field; each flag is a shorthand for --set field=value.
+SHORTHANDS = {
+    "data": "dataset.root", "manifest": "dataset.manifest", "backbone": "backbone.name",
+    "weights": "backbone.weights", "layer": "backbone.layer", "pooling": "backbone.pooling",
+    "input_size": "backbone.input_size", "batch_size": "extract.batch_size",
+    "cache_dir": "cache_dir", "out": "out", "classifiers": "classify.classifiers",
+    "n_jobs": "classify.n_jobs",
+}
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--pipeline", "-p", help="pipeline TOML file (pipelines/*.toml)")
+    p.add_argument("--data", help="dataset folder, one sub-folder per class")
+    p.add_argument("--manifest", help="CSV of path,label instead of a folder")
+    p.add_argument("--backbone", help="keras.applications name, e.g. MobileNetV2 "
+                   "(featx backbones lists them)")
+    p.add_argument("--weights", help='"imagenet" (Keras download/cache), a local weights file, '
+                   'or "none" (random, seeded)')
+    p.add_argument("--layer", help="layer to read (default: last convolutional output)")
+    p.add_argument("--pooling", choices=["avg", "max", "flatten", "none"])
+    p.add_argument("--input-size", type=int, help="square input size (default: native)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--cache-dir", help="feature store folder (default $FEATX_CACHE_DIR "
+                   "or data/cache)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any pipeline field, e.g. --set dataset.test=0.2")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="featx",
+        description="Transfer learning by feature extraction: push images once through a "
+                    "frozen ImageNet CNN into an HDF5 cache, then train classical classifiers "
+                    "on the cached features in seconds.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("extract", parents=[common], help="images -> frozen CNN -> HDF5 store",
+                       description="Extract features into the cache (a cache hit does nothing).")
+    p.add_argument("--strict", action="store_true", help="unreadable images are an error")
+    p = sub.add_parser("classify", parents=[common], help="HDF5 store -> classifiers -> report",
+                       description="Fit the pipeline's classifiers on the cached training "
+                       "rows; print rank-1/rank-5 on the test rows; write JSON, Markdown "
+                       "and a joblib model beside the store (or into --out).")
+    p.add_argument("--store", help="use this store file instead of locating it from the data")
+    p.add_argument("--classifiers", help="comma-separated: logreg, linear_svm")
+    p.add_argument("--n-jobs", type=int, help="parallel grid-search jobs")
+    p.add_argument("--out", help="folder for results and models")
+    sub.add_parser("backbones", help="list the available backbones")
+    p = sub.add_parser("layers", help="list a backbone's layers and output shapes")
+    p.add_argument("name")
+    p = sub.add_parser("demo-data", help="export scikit-learn's digits as PNGs (the demo set)")
+    p.add_argument("folder", nargs="?", default="data/digits")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    config = Config.load(args.pipeline, list(args.set))
+    for flag, field in SHORTHANDS.items():
+        value = getattr(args, flag, None)
+        if value is not None:  # typed by argparse: paths are never parsed as TOML
+            config.assign(field, value, "command line")
+    if getattr(args, "strict", False):
+        config.extract.strict = True
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out
+    args = build_parser().parse_args(argv)
+    from featx.backbones import BackboneError
+    from featx.classify import ClassifierError
+    from featx.config import ConfigError
+    from featx.dataset import DatasetError
+    from featx.extract import ExtractError
+    from featx.store import StoreError
+
+    try:
+        return _dispatch(args)
+    except (ConfigError, DatasetError, BackboneError, StoreError, ExtractError,
+            ClassifierError) as e:
+        print(f"featx: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # full disk, read-only folder, permissions: name the path
+        print(f"featx: error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "backbones":
+        from featx.backbones import REGISTRY
+
+        for spec in REGISTRY.values():
+            print(f"{spec.name:<20} input {spec.input_size:>3}  preprocess {spec.preprocess}")
+        return 0
+    if args.command == "layers":
+        from featx.backbones import list_layers
+
+        for name, shape in list_layers(args.name):
+            print(f"{name:<40} {shape}")
+        return 0
+    if args.command == "demo-data":
+        from featx.demo import export_digits
+
+        print(export_digits(args.folder))
+        return 0
+    config = config_from_args(args)
+    if args.command == "extract":
+        from featx.extract import extract
+
+        r = extract(config, progress=not args.no_progress)
+        if r.cache_hit:
+            print(f"featx: cache hit: {r.path} ({r.rows} rows, no model work)")
+        else:
+            print(f"featx: extracted {r.extracted} images in {r.seconds:.1f}s "
+                  f"({r.images_per_second:.1f} img/s), {len(r.skipped)} skipped -> {r.path}")
+            for path, reason in r.skipped[:10]:
+                print(f"  skipped {path}: {reason}")
+        return 0
+    if args.command == "classify":
+        from pathlib import Path
+
+        from featx.pipeline import classify
+
+        classify(config, Path(args.store) if args.store else None)
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The one configuration object every stage reads.
+
+A pipeline file (``pipelines/*.toml``) fills a :class:`Config`; command-line flags override
+any field with ``--set section.field=value``. Each stage reads only its own section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_CACHE_DIR = "data/cache"
+
+
+@dataclass
+class DatasetConfig:
+    root: str = ""  # folder with one sub-folder per class
+    manifest: str = ""  # or a CSV of path,label (paths relative to the CSV or root)
+    name: str = ""  # defaults to the folder (or CSV) name
+    val: float = 0.0  # fraction of each class held out for validation
+    test: float = 0.25  # fraction of each class held out for the final test
+    seed: int = 42
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "MobileNetV2"
+    weights: str = "imagenet"  # "imagenet", a path to a weights file, or "none" (random, seeded)
+    layer: str = ""  # empty: the model's last convolutional output
+    pooling: str = "avg"  # avg | max | flatten | none
+    input_size: int = 0  # 0: the backbone's native size
+
+
+@dataclass
+class ExtractConfig:
+    batch_size: int = 32
+    compression: str = "lzf"  # lzf | gzip | none
+    strict: bool = False  # an unreadable image is an error instead of a recorded skip
+
+
+@dataclass
+class ClassifyConfig:
+    classifiers: list[str] = field(default_factory=lambda: ["logreg", "linear_svm"])
+    cv: int = 3  # folds for the grid search when there is no validation split
+    n_jobs: int = 1
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    name: str = "featx"
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    cache_dir: str = ""  # empty: $FEATX_CACHE_DIR, else data/cache
+    out: str = ""  # empty: results go beside the feature store
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
+        """Read a pipeline TOML file (or start from defaults) and apply ``section.field=value``."""
+        data: dict[str, Any] = {}
+        if path:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"pipeline file not found: {p}")
+            try:
+                data = tomllib.loads(p.read_text())
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"{p}: not valid TOML: {e}") from None
+        config = cls.from_dict(data, source=str(path or "defaults"))
+        for item in overrides:
+            config.set(item)
+        return config
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "dict") -> Config:
+        config = cls()
+        for key, value in data.items():
+            if isinstance(value, dict):
+                for sub_key, sub_value in value.items():
+                    config.assign(f"{key}.{sub_key}", sub_value, source)
+            else:
+                config.assign(key, value, source)
+        return config
+
+    def set(self, assignment: str) -> None:
+        """Apply one ``section.field=value`` override (the value is parsed as TOML if it can be)."""
+        if "=" not in assignment:
+            raise ConfigError(f"override {assignment!r} is not of the form section.field=value")
+        key, raw = assignment.split("=", 1)
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        self.assign(key.strip(), value, "command line")
+
+    def assign(self, dotted: str, value: Any, source: str) -> None:
+        target: Any = self
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if not hasattr(target, part) or not dataclasses.is_dataclass(getattr(target, part)):
+                raise ConfigError(f"{source}: unknown section {part!r} in {dotted!r}")
+            target = getattr(target, part)
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        name = parts[-1]
+        if name not in fields or dataclasses.is_dataclass(getattr(target, name)):
+            valid = ", ".join(sorted(fields))
+            raise ConfigError(f"{source}: unknown field {dotted!r} (valid here: {valid})")
+        current = getattr(target, name)
+        setattr(target, name, _coerce(value, current, dotted, source))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir or os.environ.get("FEATX_CACHE_DIR") or DEFAULT_CACHE_DIR)
+
+
+class ConfigError(ValueError):
+    """A pipeline file or override that cannot be used."""
+
+
+def _coerce(value: Any, current: Any, dotted: str, source: str) -> Any:
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes"):
+            return True
+        if str(value).lower() in ("0", "false", "no"):
+            return False
+    elif isinstance(current, int):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            pass
+    elif isinstance(current, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    elif isinstance(current, list):
+        if isinstance(value, list):
+            return [str(v) for v in value]
+        return [v.strip() for v in str(value).split(",") if v.strip()]
+    elif isinstance(current, str):
+        return str(value)
+    raise ConfigError(f"{source}: {dotted} = {value!r} is not a {type(current).__name__}")

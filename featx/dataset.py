@@ -1,0 +1,131 @@
+"""Datasets: which images there are, their labels, and a deterministic stratified split.
+
+A dataset is a folder with one sub-folder per class, or a CSV manifest of ``path,label``.
+Paths are kept relative to the dataset root so that moving the dataset changes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featx.config import DatasetConfig
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+SPLIT_NAMES = ("train", "val", "test")
+TRAIN, VAL, TEST = 0, 1, 2
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be read: says what and where."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The images of a dataset, sorted by relative path, with integer labels."""
+
+    root: Path
+    paths: list[str]  # relative to root, POSIX separators
+    labels: np.ndarray  # int32, index into label_names
+    label_names: list[str]
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def absolute(self, i: int) -> str:
+        return str(self.root / self.paths[i])
+
+    def fingerprint(self) -> str:
+        """Hash of every (path, label, size, mtime): changes when any image is added,
+        removed, relabelled or rewritten, and not when the dataset folder is moved."""
+        h = hashlib.sha256()
+        for rel, label in zip(self.paths, self.labels):
+            st = (self.root / rel).stat()
+            h.update(f"{rel}\0{self.label_names[label]}\0{st.st_size}\0{int(st.st_mtime)}\n".encode())
+        return h.hexdigest()
+
+
+def load_dataset(config: DatasetConfig) -> Dataset:
+    """Read a class-per-folder dataset or a CSV manifest, as the config says."""
+    if config.manifest:
+        return _from_csv(Path(config.manifest), Path(config.root) if config.root else None,
+                         config.name)
+    if not config.root:
+        raise DatasetError("no dataset given: set dataset.root (DATA=... or --data PATH)")
+    return _from_folder(Path(config.root), config.name)
+
+
+def _from_folder(root: Path, name: str) -> Dataset:
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"{root}: no class sub-folders (expected one folder per class)")
+    paths: list[str] = []
+    labels: list[int] = []
+    for index, cls in enumerate(classes):
+        found = sorted(
+            p.relative_to(root).as_posix()
+            for p in (root / cls).rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        )
+        if not found:
+            raise DatasetError(f"{root / cls}: class folder holds no images "
+                               f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        paths += found
+        labels += [index] * len(found)
+    return Dataset(root.resolve(), paths, np.asarray(labels, np.int32), classes,
+                   name or root.resolve().name)
+
+
+def _from_csv(manifest: Path, root: Path | None, name: str) -> Dataset:
+    if not manifest.is_file():
+        raise DatasetError(f"manifest not found: {manifest}")
+    root = (root or manifest.parent).resolve()
+    rows: list[tuple[str, str]] = []
+    with manifest.open(newline="") as f:
+        for line_no, row in enumerate(csv.reader(f), 1):
+            header = [c.strip().lower() for c in row[:2]] == ["path", "label"]
+            if not row or (line_no == 1 and header):
+                continue
+            if len(row) < 2:
+                raise DatasetError(f"{manifest}:{line_no}: expected path,label, got {row!r}")
+            path = Path(row[0].strip())
+            rel = path.relative_to(root) if path.is_absolute() else path
+            if not (root / rel).is_file():
+                raise DatasetError(f"{manifest}:{line_no}: image not found: {root / rel}")
+            rows.append((rel.as_posix(), row[1].strip()))
+    if not rows:
+        raise DatasetError(f"{manifest}: no rows")
+    rows.sort()
+    label_names = sorted({label for _, label in rows})
+    index = {n: i for i, n in enumerate(label_names)}
+    return Dataset(root, [p for p, _ in rows], np.asarray([index[lb] for _, lb in rows], np.int32),
+                   label_names, name or manifest.stem)
+
+
+def stratified_split(labels: np.ndarray, val: float, test: float, seed: int) -> np.ndarray:
+    """Assign each row to TRAIN, VAL or TEST, per class, reproducibly from the seed.
+
+    Every class keeps at least one training image; rounding is per class so that small
+    classes are split in the same proportions as large ones.
+    """
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise DatasetError(f"split fractions val={val}, test={test} must be in [0, 1) "
+                           "and leave some data for training")
+    rng = np.random.default_rng(seed)
+    split = np.full(len(labels), TRAIN, np.int8)
+    for cls in np.unique(labels):
+        rows = np.flatnonzero(labels == cls)
+        rows = rows[rng.permutation(len(rows))]
+        n_test = int(round(test * len(rows)))
+        n_val = int(round(val * len(rows)))
+        n_test, n_val = min(n_test, len(rows) - 1), min(n_val, max(len(rows) - 1 - n_test, 0))
+        split[rows[:n_test]] = TEST
+        split[rows[n_test:n_test + n_val]] = VAL
+    return split
