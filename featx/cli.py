@@ -61,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("backbones", help="list the available backbones")
     p = sub.add_parser("layers", help="list a backbone's layers and output shapes")
     p.add_argument("name")
+    cache = sub.add_parser("cache", help="list, inspect, verify or remove feature stores")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    cache_dir = argparse.ArgumentParser(add_help=False)
+    cache_dir.add_argument("--cache-dir", help="default $FEATX_CACHE_DIR or data/cache")
+    cache_sub.add_parser("ls", parents=[cache_dir], help="key, dataset, backbone, rows, size")
+    p = cache_sub.add_parser("info", parents=[cache_dir], help="all recorded settings")
+    p.add_argument("key")
+    p = cache_sub.add_parser("verify", parents=[cache_dir],
+                             help="check row counts, completeness and checksums")
+    p.add_argument("keys", nargs="*", help="default: every store")
+    p = cache_sub.add_parser("rm", parents=[cache_dir], help="remove stores and their results")
+    p.add_argument("keys", nargs="+")
     p = sub.add_parser("demo-data", help="export scikit-learn's digits as PNGs (the demo set)")
     p.add_argument("folder", nargs="?", default="data/digits")
     return parser
@@ -116,6 +128,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(export_digits(args.folder))
         return 0
+    if args.command == "cache":
+        return _cache(args)
     config = config_from_args(args)
     if args.command == "extract":
         from featx.extract import extract
@@ -125,9 +139,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"featx: cache hit: {r.path} ({r.rows} rows, no model work)")
         else:
             print(f"featx: extracted {r.extracted} images in {r.seconds:.1f}s "
-                  f"({r.images_per_second:.1f} img/s), {len(r.skipped)} skipped -> {r.path}")
+                  f"({r.images_per_second:.1f} img/s); {r.reused} reused, {r.extracted} added, "
+                  f"{r.dropped} dropped, {len(r.skipped)} skipped -> {r.path}")
             for path, reason in r.skipped[:10]:
                 print(f"  skipped {path}: {reason}")
+            if len(r.skipped) > 10:
+                print(f"  ... and {len(r.skipped) - 10} more (featx cache info {r.key})")
         return 0
     if args.command == "classify":
         from pathlib import Path
@@ -137,6 +154,43 @@ def _dispatch(args: argparse.Namespace) -> int:
         classify(config, Path(args.store) if args.store else None)
         return 0
     raise AssertionError(args.command)
+
+
+def _cache(args: argparse.Namespace) -> int:
+    import json
+
+    from featx import cache
+
+    folder = Config(cache_dir=args.cache_dir or "").cache_path
+    if args.cache_command == "ls":
+        rows = cache.entries(folder)
+        print(f"{'key':<16}  {'dataset':<16} {'backbone':<18} {'rows':>8} {'MB':>8}  state")
+        for e in rows:
+            state = "complete" if e.complete else "partial"
+            print(f"{e.key[:16]:<16}  {e.dataset[:16]:<16} {e.backbone[:18]:<18} {e.rows:>8} "
+                  f"{e.bytes / 1e6:>8.1f}  {state}")
+        print(f"{len(rows)} entries in {folder}")
+        return 0
+    if args.cache_command == "info":
+        entry = cache.find(folder, args.key)
+        print(json.dumps({"path": str(entry.path), **cache.info(entry.path)}, indent=2,
+                         default=str))
+        return 0
+    if args.cache_command == "verify":
+        targets = [cache.find(folder, k) for k in args.keys] or cache.entries(folder)
+        bad = 0
+        for e in targets:
+            problems = cache.verify(e.path) if e.complete else ["unfinished extraction"]
+            bad += bool(problems)
+            print(f"{'OK  ' if not problems else 'FAIL'} {e.path.name}"
+                  + "".join(f"\n     {p}" for p in problems))
+        return 1 if bad else 0
+    if args.cache_command == "rm":
+        for key in args.keys:
+            for path in cache.remove(cache.find(folder, key)):
+                print(f"removed {path}")
+        return 0
+    raise AssertionError(args.cache_command)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ class DatasetConfig:
     val: float = 0.0  # fraction of each class held out for validation
     test: float = 0.25  # fraction of each class held out for the final test
     seed: int = 42
+    hash: str = "stat"  # how an unchanged image is recognised: stat (size, mtime) | content
 
 
 @dataclass

@@ -40,14 +40,27 @@ class Dataset:
     def absolute(self, i: int) -> str:
         return str(self.root / self.paths[i])
 
-    def fingerprint(self) -> str:
-        """Hash of every (path, label, size, mtime): changes when any image is added,
-        removed, relabelled or rewritten, and not when the dataset folder is moved."""
-        h = hashlib.sha256()
-        for rel, label in zip(self.paths, self.labels):
-            st = (self.root / rel).stat()
-            h.update(f"{rel}\0{self.label_names[label]}\0{st.st_size}\0{int(st.st_mtime)}\n".encode())
-        return h.hexdigest()
+    def signatures(self, content: bool = False) -> list[str]:
+        """Per image, what says it is unchanged: ``size:mtime`` (fast), or a SHA-256 of its
+        bytes with ``content=True``. Neither depends on where the dataset folder lives."""
+        out = []
+        for rel in self.paths:
+            path = self.root / rel
+            if content:
+                out.append("sha256:" + hashlib.sha256(path.read_bytes()).hexdigest())
+            else:
+                st = path.stat()
+                out.append(f"{st.st_size}:{st.st_mtime_ns // 1_000_000_000}")
+        return out
+
+
+def manifest_digest(dataset: Dataset, signatures: list[str]) -> str:
+    """One hash of every (path, label, signature): changes when any image is added, removed,
+    relabelled or rewritten, and not when the dataset folder is moved."""
+    h = hashlib.sha256()
+    for rel, label, sig in zip(dataset.paths, dataset.labels, signatures):
+        h.update(f"{rel}\0{dataset.label_names[label]}\0{sig}\n".encode())
+    return h.hexdigest()
 
 
 def load_dataset(config: DatasetConfig) -> Dataset:

@@ -1,7 +1,9 @@
 """The extraction runner: dataset -> reader -> frozen backbone -> feature store.
 
-A complete store with the same key is a cache hit and costs no model work; an unfinished
-one is resumed from its last flushed row.
+A complete store with the same content key is a cache hit and costs no model work. A store
+for the same settings but an older version of the dataset is updated incrementally: rows of
+unchanged images are reused, new and changed images are extracted, removed ones dropped. An
+interrupted extraction resumes from its last finished block.
 """
 
 from __future__ import annotations
@@ -17,15 +19,24 @@ from tqdm import tqdm
 
 from featx.backbones import Backbone
 from featx.config import Config
-from featx.dataset import Dataset, load_dataset, stratified_split
+from featx.dataset import Dataset, load_dataset, manifest_digest, stratified_split
 from featx.images import RESIZE_POLICY, ReadErrors, read_batches
-from featx.store import StoreWriter, library_versions, store_key, store_path
+from featx.store import (
+    BlockDir,
+    FeatureStore,
+    RowSource,
+    StoreError,
+    library_versions,
+    store_key,
+    store_path,
+    write_store,
+)
 
-FLUSH_SECONDS = 5.0
+BLOCK_BATCHES = 8  # a block (the unit of resume) is this many batches
 
 
 class ExtractError(RuntimeError):
-    """Extraction could not finish as asked (the partial store is kept for a resume)."""
+    """Extraction could not finish as asked (finished blocks are kept for a resume)."""
 
 
 @dataclass
@@ -35,53 +46,88 @@ class ExtractResult:
     cache_hit: bool
     rows: int
     extracted: int = 0  # rows computed by this run (0 on a cache hit)
-    seconds: float = 0.0
+    reused: int = 0  # rows taken from an earlier store or earlier finished blocks
+    dropped: int = 0  # rows of the earlier store whose image is gone or changed
+    seconds: float = 0.0  # wall time of the whole run, model building included
+    images_per_second: float = 0.0  # steady state: after the first batch (graph tracing)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
-    @property
-    def images_per_second(self) -> float:
-        return self.extracted / self.seconds if self.seconds > 0 else 0.0
 
-
-def feature_settings(backbone: Backbone, dataset: Dataset) -> dict:
-    """Everything the features depend on: the content key is computed from this."""
+def feature_settings(backbone: Backbone) -> dict:
+    """Everything but the images that the features depend on (the settings key)."""
     return {**backbone.describe(), "resize": RESIZE_POLICY, "dtype": "float32",
-            "dataset_fingerprint": dataset.fingerprint()}
+            "variant": "single"}
 
 
-def locate_store(config: Config, dataset: Dataset | None = None,
-                 backbone: Backbone | None = None) -> tuple[Path, str, dict]:
-    """Where the store for this config lives, its key and the settings behind the key."""
-    dataset = dataset or load_dataset(config.dataset)
-    backbone = backbone or Backbone(config.backbone, seed=config.dataset.seed)
-    settings = feature_settings(backbone, dataset)
-    key = store_key(settings)
+@dataclass
+class Plan:
+    dataset: Dataset
+    backbone: Backbone
+    path: Path
+    settings: dict
+    key: str  # content key: settings + manifest
+    signatures: list[str]
+
+
+def plan(config: Config) -> Plan:
+    """Read the dataset and work out which store this config needs (no model work)."""
+    dataset = load_dataset(config.dataset)
+    backbone = Backbone(config.backbone, seed=config.dataset.seed)
+    if config.dataset.hash not in ("stat", "content"):
+        raise StoreError(f"dataset.hash must be stat or content, not {config.dataset.hash!r}")
+    signatures = dataset.signatures(content=config.dataset.hash == "content")
+    settings = feature_settings(backbone)
+    settings_key = store_key(settings)
+    key = store_key({"settings": settings_key, "manifest": manifest_digest(dataset, signatures),
+                     "hash": config.dataset.hash})
     path = store_path(config.cache_path, dataset.name, backbone.spec.name,
-                      config.backbone.pooling, key)
-    return path, key, settings
+                      config.backbone.pooling, settings_key)
+    return Plan(dataset, backbone, path, {**settings, "settings_key": settings_key}, key,
+                signatures)
+
+
+def locate_store(config: Config) -> Path:
+    return plan(config).path
 
 
 def extract(config: Config, progress: bool = True) -> ExtractResult:
-    """Make sure the feature store for ``config`` exists and is complete; return where it is."""
-    dataset = load_dataset(config.dataset)
-    backbone = Backbone(config.backbone, seed=config.dataset.seed)
-    split = stratified_split(dataset.labels, config.dataset.val, config.dataset.test,
+    """Make sure the feature store for ``config`` exists, is complete and matches the
+    dataset as it is now; return where it is."""
+    p = plan(config)
+    split = stratified_split(p.dataset.labels, config.dataset.val, config.dataset.test,
                              config.dataset.seed)
-    path, key, settings = locate_store(config, dataset, backbone)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path) + ".lock")
+    p.path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(p.path) + ".lock")
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        print(f"featx: another extraction is writing {path}; waiting for it", file=sys.stderr)
+        print(f"featx: another extraction is writing {p.path}; waiting for it", file=sys.stderr)
         lock.acquire()
     try:
-        if path.exists():
-            _update_split(path, split, config)
-            return ExtractResult(path, key, cache_hit=True, rows=len(dataset))
-        return _run(config, dataset, backbone, split, path, key, settings, progress)
+        old = _open_old(p)
+        if old is not None and old.attrs.get("key") == p.key:
+            old.close()
+            _update_split(p.path, split, config)
+            return ExtractResult(p.path, p.key, cache_hit=True, rows=len(p.dataset),
+                                 reused=len(p.dataset))
+        return _run(config, p, split, old, progress)
     finally:
         lock.release()
+
+
+def _open_old(p: Plan) -> FeatureStore | None:
+    """The complete store already at this path, if it was made with the same settings."""
+    if not p.path.exists():
+        return None
+    try:
+        old = FeatureStore(p.path)
+    except StoreError as e:
+        print(f"featx: ignoring unusable store ({e}); extracting afresh", file=sys.stderr)
+        return None
+    if old.attrs.get("settings_key") != p.settings["settings_key"]:
+        old.close()  # same file name, other settings: a hash collision or a tampered file
+        return None
+    return old
 
 
 def _update_split(path: Path, split: np.ndarray, config: Config) -> None:
@@ -101,58 +147,128 @@ def _split_attr(config: Config) -> str:
     return f'{{"val": {d.val}, "test": {d.test}, "seed": {d.seed}}}'
 
 
-def _run(config, dataset, backbone, split, path, key, settings, progress) -> ExtractResult:
+def _reuse(p: Plan, old: FeatureStore | None) -> tuple[np.ndarray, int]:
+    """For each image, the row of the old store holding its features (-1: extract it), and
+    how many old rows are dropped (image removed or changed)."""
+    old_row = np.full(len(p.dataset), -1, np.int64)
+    if old is None:
+        return old_row, 0
+    index = {(path, sig): i for i, (path, sig) in enumerate(zip(old.paths, old.signatures))}
+    for i, key in enumerate(zip(p.dataset.paths, p.signatures)):
+        old_row[i] = index.get(key, -1)
+    return old_row, len(old) - int((old_row >= 0).sum())
+
+
+def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
+         progress: bool) -> ExtractResult:
+    dataset, backbone = p.dataset, p.backbone
+    old_row, dropped = _reuse(p, old)
+    todo = np.flatnonzero(old_row < 0)
+    new_row = np.full(len(dataset), -1, np.int64)
+    new_row[todo] = np.arange(len(todo))
+    batch = config.extract.batch_size
+    blocks = BlockDir(p.path, p.key, len(todo), block_rows=batch * BLOCK_BATCHES)
+    done = set(blocks.done())
+    remaining = [b for b in range(blocks.n_blocks) if b not in done]
+    if done:
+        print(f"featx: resuming: {len(done)} of {blocks.n_blocks} blocks already extracted",
+              file=sys.stderr)
+    t0 = time.perf_counter()
+    extracted, rate = 0, 0.0
+    if remaining:
+        extracted, rate = _extract_blocks(config, dataset, backbone, todo, blocks, remaining,
+                                          progress)
+    seconds = time.perf_counter() - t0
+    attrs = {**p.settings, "key": p.key, "dataset": dataset.name, "split": _split_attr(config),
+             "hash": config.dataset.hash, "pipeline": config.to_json(),
+             "versions": library_versions()}
+    feature_shape = _feature_shape(blocks, old, backbone)
+    write_store(p.path, feature_shape=feature_shape, source=RowSource(old_row, new_row),
+                old=old, blocks=blocks, paths=dataset.paths, signatures=p.signatures,
+                labels=dataset.labels, label_names=dataset.label_names, split=split,
+                attrs={**attrs, "feature_shape": list(feature_shape)},
+                compression=config.extract.compression)
+    blocks.remove()
+    with FeatureStore(p.path) as store:
+        skipped = store.skipped
+    if skipped and config.extract.strict:
+        listing = "\n".join(f"  {path}: {reason}" for path, reason in skipped[:20])
+        raise ExtractError(f"{len(skipped)} unreadable image(s) under {dataset.root} "
+                           f"(--strict):\n{listing}")
+    return ExtractResult(p.path, p.key, cache_hit=False, rows=len(dataset),
+                         extracted=extracted, reused=len(dataset) - extracted,
+                         dropped=dropped, seconds=seconds, images_per_second=rate,
+                         skipped=skipped)
+
+
+def _feature_shape(blocks: BlockDir, old: FeatureStore | None,
+                   backbone: Backbone) -> tuple[int, ...]:
+    """Taken from the data when there is any, so that assembling never builds the model."""
+    done = blocks.done()
+    if done:
+        return tuple(blocks.load(done[0])["features"].shape[1:])
+    if old is not None:
+        return tuple(old.file["features"].shape[1:])
+    return backbone.feature_shape
+
+
+def _extract_blocks(config: Config, dataset: Dataset, backbone: Backbone, todo: np.ndarray,
+                    blocks: BlockDir, remaining: list[int], progress: bool
+                    ) -> tuple[int, float]:
+    """Extract the rows of the ``remaining`` blocks; return (rows, steady images/s)."""
     import tensorflow as tf
 
-    batch = config.extract.batch_size
-    size = backbone.input_size
-    attrs = {**settings, "key": key, "dataset": dataset.name, "split": _split_attr(config),
-             "pipeline": config.to_json(), "versions": library_versions(),
-             "feature_shape": list(backbone.feature_shape)}
-    writer = StoreWriter(path, key=key, feature_shape=backbone.feature_shape,
-                         paths=dataset.paths, labels=dataset.labels,
-                         label_names=dataset.label_names, split=split, attrs=attrs,
-                         compression=config.extract.compression)
-    start = writer.rows_done
-    if start:
-        print(f"featx: resuming {writer.partial.name} at row {start} of {len(dataset)}",
-              file=sys.stderr)
+    batch, size = config.extract.batch_size, backbone.input_size
 
     # One fixed batch shape: the last batch is padded, so the graph is traced once.
     @tf.function(input_signature=[tf.TensorSpec((batch, size, size, 3), tf.uint8)])
     def forward(images):
         return backbone.features(images)
 
+    positions = np.concatenate([np.asarray(blocks.rows_of(b)) for b in remaining])
+    files = [dataset.absolute(int(todo[i])) for i in positions]
+    strict = config.extract.strict
     errors = ReadErrors()
-    absolute = [dataset.absolute(i) for i in range(len(dataset))]
-    t0 = last_flush = time.perf_counter()
-    bar = tqdm(total=len(dataset), initial=start, unit="img", disable=not progress,
-               desc=f"{backbone.spec.name} {dataset.name}", file=sys.stderr)
+    bar = tqdm(total=len(todo), initial=len(todo) - len(positions), unit="img",
+               disable=not progress, desc=f"{backbone.spec.name} {dataset.name}",
+               file=sys.stderr)
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
+    block_iter = iter(remaining)
+    current = next(block_iter)
+    need = len(blocks.rows_of(current))
+    done_rows = 0
+    t_first = time.perf_counter()
+    rate = 0.0
     try:
-        for first, images, ok in read_batches(absolute, size, batch, errors, start=start):
+        for first, images, ok in read_batches(files, size, batch, errors):
+            if strict and not ok.all():
+                bad = first + int(np.flatnonzero(~ok)[0])
+                raise ExtractError(f"unreadable image {files[bad]}: {errors.reasons[bad]} "
+                                   "(--strict; finished blocks are kept)")
             n = len(images)
             if n < batch:
                 images = np.concatenate([images, np.zeros((batch - n, *images.shape[1:]),
                                                           images.dtype)])
             features = forward(images).numpy()[:n]
             features[~ok] = 0.0
-            writer.write(first, features, ok)
+            if first == 0:
+                t_first = time.perf_counter()
+            elif first + n == len(files):
+                rate = (first + n - batch) / (time.perf_counter() - t_first)
+            pending.append((features, ok))
             bar.update(n)
-            if time.perf_counter() - last_flush > FLUSH_SECONDS:
-                writer.flush()
-                last_flush = time.perf_counter()
-        seconds = time.perf_counter() - t0
-        skipped = [(dataset.paths[i], reason) for i, reason in sorted(errors.reasons.items())]
-        if skipped and config.extract.strict:
-            writer.flush()
-            listing = "\n".join(f"  {p}: {r}" for p, r in skipped[:20])
-            raise ExtractError(f"{len(skipped)} unreadable image(s) in {dataset.root} "
-                               f"(strict mode; the partial store is kept):\n{listing}")
-        writer.finish(skipped)
+            have = sum(len(f) for f, _ in pending)
+            while current is not None and have >= need:
+                feats = np.concatenate([f for f, _ in pending])
+                oks = np.concatenate([o for _, o in pending])
+                base = done_rows
+                reasons = [errors.reasons.get(base + j, "") for j in range(need)]
+                blocks.save(current, feats[:need], oks[:need], reasons)
+                pending = [(feats[need:], oks[need:])]
+                done_rows += need
+                have -= need
+                current = next(block_iter, None)
+                need = len(blocks.rows_of(current)) if current is not None else 0
     finally:
         bar.close()
-        writer.close()
-    done = len(dataset) - start
-    result = ExtractResult(path, key, cache_hit=False, rows=len(dataset), extracted=done,
-                           seconds=seconds, skipped=skipped)
-    return result
+    return len(positions), rate

@@ -29,7 +29,7 @@ def classify(config: Config, store_path: Path | None = None,
     if store_path is None:
         from featx.extract import locate_store
 
-        store_path, _, _ = locate_store(config)
+        store_path = locate_store(config)
     with FeatureStore(store_path) as store:
         _check_split(store, config)
         attrs = store.attrs

@@ -8,12 +8,16 @@ Layout (every dataset has one row per image, in the dataset's sorted path order)
     split        int8    (N,)       0 train, 1 val, 2 test
     ok           bool    (N,)       False where the image could not be read (row is zeros)
     label_names  utf-8   (C,)
+    signatures   utf-8   (N,)       size:mtime (or content hash) of each image when read
     skipped      utf-8   (K, 2)     path, reason of every unreadable image
-    attrs: key, backbone settings, weights identity, versions, pipeline, rows_done, complete
+    attrs: key (content key), settings_key, backbone settings, weights identity, versions,
+           pipeline, split, features_sha256, complete
 
-A store is written under ``<name>.h5.partial`` and renamed when complete, so a finished
-store is never confused with an unfinished one; ``rows_done`` records progress so that an
-interrupted extraction resumes where it stopped.
+The file name carries the settings key (what the numbers depend on, less the images), the
+``key`` attribute the content key (settings plus the image manifest). Extraction writes
+whole blocks into ``<name>.h5.<key>.partial/`` and assembles the store under a temporary
+name renamed only when complete, so a finished store is never confused with an unfinished
+one and a killed extraction resumes from its last finished block.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,82 +67,138 @@ def library_versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-class StoreWriter:
-    """Writes rows in order into ``<path>.partial``, resuming a matching partial file."""
+class BlockDir:
+    """Finished blocks of an unfinished extraction, one ``.npz`` file each.
 
-    def __init__(self, path: Path, *, key: str, feature_shape: tuple[int, ...],
-                 paths: list[str], labels: np.ndarray, label_names: list[str],
-                 split: np.ndarray, attrs: dict[str, Any], compression: str = "lzf") -> None:
-        self.path = Path(path)
-        self.partial = self.path.with_name(self.path.name + ".partial")
-        self.n_rows = len(paths)
-        self.file = self._open_partial(key, feature_shape)
-        if "features" not in self.file:
-            self._create(feature_shape, paths, labels, label_names, split, attrs, compression)
-        self.rows_done = int(self.file.attrs["rows_done"])
+    A block is written to a temporary name and renamed, so a process killed at any moment
+    leaves only whole blocks; the next run skips them. The folder is named by the content
+    key, so only the very same job resumes from it.
+    """
 
-    def _open_partial(self, key: str, feature_shape: tuple[int, ...]) -> h5py.File:
-        if self.partial.exists():
-            try:
-                f = h5py.File(self.partial, "r+")
-                if (f.attrs.get("key") == key and "features" in f
-                        and f["features"].shape == (self.n_rows, *feature_shape)):
-                    return f
-                f.close()
-            except OSError:
-                pass  # unreadable leftovers of a killed run: start again
-            self.partial.unlink()
-        return h5py.File(self.partial, "w")
+    def __init__(self, store: Path, content_key: str, rows: int, block_rows: int) -> None:
+        self.dir = Path(store).with_name(Path(store).name + f".{content_key}.partial")
+        self.rows = rows
+        meta_path = self.dir / "meta.json"
+        if meta_path.exists():
+            try:  # a resumed job keeps the block size it started with
+                block_rows = int(json.loads(meta_path.read_text())["block_rows"])
+            except (ValueError, KeyError):
+                pass
+        self.block_rows = block_rows
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(meta_path, json.dumps({"key": content_key, "rows": rows,
+                                             "block_rows": block_rows}).encode())
+        self._cache: tuple[int, dict[str, np.ndarray]] | None = None
 
-    def _create(self, feature_shape, paths, labels, label_names, split, attrs, compression):
-        f = self.file
-        row_bytes = 4 * int(np.prod(feature_shape))
-        chunk_rows = int(max(1, min(self.n_rows, CHUNK_BYTES // max(row_bytes, 1))))
-        comp = None if compression == "none" else compression
-        f.create_dataset("features", (self.n_rows, *feature_shape), np.float32,
-                         chunks=(chunk_rows, *feature_shape), compression=comp,
-                         shuffle=comp is not None)
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.rows // self.block_rows)
+
+    def block_path(self, index: int) -> Path:
+        return self.dir / f"block-{index:06d}.npz"
+
+    def done(self) -> list[int]:
+        return [i for i in range(self.n_blocks) if self.block_path(i).exists()]
+
+    def rows_of(self, index: int) -> range:
+        return range(index * self.block_rows, min((index + 1) * self.block_rows, self.rows))
+
+    def save(self, index: int, features: np.ndarray, ok: np.ndarray, reasons: list[str]) -> None:
+        tmp = self.block_path(index).with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            np.savez(f, features=features, ok=ok, reasons=np.asarray(reasons, dtype=str))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.block_path(index))
+
+    def load(self, index: int) -> dict[str, np.ndarray]:
+        if self._cache is None or self._cache[0] != index:
+            with np.load(self.block_path(index)) as z:
+                self._cache = (index, {k: z[k] for k in z.files})
+        return self._cache[1]
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+@dataclass
+class RowSource:
+    """Where each row of a new store comes from: a reused row of the old store
+    (``old_row >= 0``) or a row of the new blocks (``new_row >= 0``)."""
+
+    old_row: np.ndarray
+    new_row: np.ndarray
+
+
+def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource,
+                old: FeatureStore | None, blocks: BlockDir | None, paths: list[str],
+                signatures: list[str], labels: np.ndarray, label_names: list[str],
+                split: np.ndarray, attrs: dict[str, Any], compression: str = "lzf") -> Path:
+    """Assemble a complete store from reused and new rows, streaming chunk by chunk, under a
+    temporary name; rename it into place only when everything is written."""
+    n = len(paths)
+    row_bytes = 4 * int(np.prod(feature_shape))
+    chunk_rows = int(max(1, min(n, CHUNK_BYTES // max(row_bytes, 1))))
+    comp = None if compression == "none" else compression
+    tmp = path.with_name(path.name + ".assembling")
+    digest = hashlib.sha256()
+    ok_all = np.ones(n, bool)
+    skipped: list[tuple[str, str]] = []
+    old_reasons = dict(old.skipped) if old is not None else {}
+    with h5py.File(tmp, "w") as f:
+        feats = f.create_dataset("features", (n, *feature_shape), np.float32,
+                                 chunks=(chunk_rows, *feature_shape), compression=comp,
+                                 shuffle=comp is not None, fletcher32=True)
+        for start in range(0, n, chunk_rows):
+            stop = min(start + chunk_rows, n)
+            block = np.empty((stop - start, *feature_shape), np.float32)
+            old_rows = source.old_row[start:stop]
+            reuse = np.flatnonzero(old_rows >= 0)
+            if len(reuse):
+                order = np.argsort(old_rows[reuse])  # h5py reads increasing indices
+                got = old.file["features"][old_rows[reuse][order]]
+                block[reuse[order]] = got
+                old_ok = old.ok
+                for i in reuse:
+                    ok_all[start + i] = old_ok[old_rows[i]]
+            for i in np.flatnonzero(old_rows < 0):
+                row = int(source.new_row[start + i])
+                b = blocks.load(row // blocks.block_rows)
+                j = row - (row // blocks.block_rows) * blocks.block_rows
+                block[i] = b["features"][j]
+                ok_all[start + i] = bool(b["ok"][j])
+                if not b["ok"][j]:
+                    skipped.append((paths[start + i], str(b["reasons"][j])))
+            for i in reuse:
+                if not ok_all[start + i]:
+                    rel = old.paths[old_rows[i]] if old is not None else paths[start + i]
+                    skipped.append((paths[start + i], old_reasons.get(rel, "unreadable")))
+            feats[start:stop] = block
+            digest.update(np.ascontiguousarray(block).tobytes())
         f.create_dataset("labels", data=np.asarray(labels, np.int32))
         f.create_dataset("paths", data=np.asarray(paths, dtype=object), dtype=STRING)
+        f.create_dataset("signatures", data=np.asarray(signatures, dtype=object), dtype=STRING)
         f.create_dataset("label_names", data=np.asarray(label_names, dtype=object), dtype=STRING)
         f.create_dataset("split", data=np.asarray(split, np.int8))
-        f.create_dataset("ok", (self.n_rows,), bool, fillvalue=True)
+        f.create_dataset("ok", data=ok_all)
+        skipped.sort()
+        f.create_dataset("skipped", data=np.asarray(skipped, dtype=object).reshape(-1, 2),
+                         dtype=STRING)
         for name, value in attrs.items():
             f.attrs[name] = value if isinstance(value, (int, float, str)) else json.dumps(value)
-        f.attrs["rows_done"] = 0
-        f.attrs["complete"] = False
-        f.flush()
-
-    def write(self, first: int, features: np.ndarray, ok: np.ndarray) -> None:
-        """Write rows ``first:first+len(features)``; they must follow the rows already done."""
-        if first != self.rows_done:
-            raise StoreError(f"rows must be written in order: got {first}, "
-                             f"expected {self.rows_done}")
-        end = first + len(features)
-        self.file["features"][first:end] = features
-        if not ok.all():
-            self.file["ok"][first:end] = ok
-        self.file.attrs["rows_done"] = end
-        self.rows_done = end
-
-    def flush(self) -> None:
-        self.file.flush()
-
-    def finish(self, skipped: list[tuple[str, str]]) -> Path:
-        if self.rows_done != self.n_rows:
-            raise StoreError(f"{self.partial}: {self.rows_done} of {self.n_rows} rows written")
-        if "skipped" in self.file:
-            del self.file["skipped"]
-        self.file.create_dataset("skipped", data=np.asarray(skipped, dtype=object).reshape(-1, 2),
-                                 dtype=STRING)
-        self.file.attrs["complete"] = True
-        self.file.close()
-        os.replace(self.partial, self.path)  # atomic: a store under its final name is complete
-        return self.path
-
-    def close(self) -> None:
-        if self.file.id.valid:
-            self.file.close()
+        f.attrs["features_sha256"] = digest.hexdigest()
+        f.attrs["rows"] = n
+        f.attrs["complete"] = True
+    if old is not None:
+        old.close()  # the old store is replaced below; nothing reads it any more
+    os.replace(tmp, path)  # atomic: a store under its final name is complete
+    return path
 
 
 class FeatureStore:
@@ -145,9 +207,9 @@ class FeatureStore:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            partial = self.path.with_name(self.path.name + ".partial")
+            partial = list(self.path.parent.glob(self.path.name + ".*.partial"))
             hint = " (an unfinished extraction: run `featx extract` again to resume)" \
-                if partial.exists() else " (run `featx extract` first)"
+                if partial else " (run `featx extract` first)"
             raise StoreError(f"no feature store at {self.path}{hint}")
         try:
             self.file = h5py.File(self.path, "r")
@@ -194,6 +256,12 @@ class FeatureStore:
     @property
     def ok(self) -> np.ndarray:
         return self.file["ok"][:]
+
+    @property
+    def signatures(self) -> list[str]:
+        if "signatures" not in self.file:
+            return [""] * len(self)
+        return [p.decode() if isinstance(p, bytes) else p for p in self.file["signatures"][:]]
 
     @property
     def paths(self) -> list[str]:
