@@ -4,6 +4,7 @@ and preprocessing, built frozen as a feature extractor (layer + pooling)."""
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -112,12 +113,11 @@ class Backbone:
     @cached_property
     def weights_id(self) -> str:
         """What identifies the numbers the weights give: a content hash for a file."""
-        import keras
-
         if self.weights_path:
             return f"sha256:{_file_sha256(self.weights_path)}"
         if self.weights_kind == "imagenet":
-            return f"keras-imagenet:{self.spec.name}:keras-{keras.__version__}"
+            # The package metadata, not `import keras`: a cache hit must not load TensorFlow.
+            return f"keras-imagenet:{self.spec.name}:keras-{importlib.metadata.version('keras')}"
         return f"random:seed={self.seed}"
 
     def describe(self) -> dict[str, Any]:
@@ -196,6 +196,21 @@ class Backbone:
 
     def features(self, images):
         return self.model(self.preprocess(images), training=False)
+
+    def compiled(self, batch_size: int):
+        """``features`` as a ``tf.function`` for one fixed batch shape (traced once; callers
+        pad the last batch). The model is built eagerly first: built inside the trace, its
+        weights would be created in the graph and the loaded ones silently lost."""
+        import tensorflow as tf
+
+        model = self.model
+        size = self.input_size
+
+        @tf.function(input_signature=[tf.TensorSpec((batch_size, size, size, 3), tf.uint8)])
+        def forward(images):
+            return model(self.preprocess(images), training=False)
+
+        return forward
 
 
 def list_layers(name: str, input_size: int = 0) -> list[tuple[str, tuple]]:

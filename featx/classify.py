@@ -32,11 +32,12 @@ LEARNERS: dict[str, Learner] = {
     "logreg": Learner(
         lambda seed: Pipeline([("scale", StandardScaler()),
                                ("clf", LogisticRegression(max_iter=3000, random_state=seed))]),
-        {"clf__C": [0.001, 0.01, 0.1, 1.0, 10.0]}),
+        {"clf__C": [0.001, 0.01, 0.1, 1.0]}),
     "linear_svm": Learner(
         lambda seed: Pipeline([("scale", StandardScaler()),
                                ("clf", LinearSVC(max_iter=5000, random_state=seed))]),
-        {"clf__C": [0.0001, 0.001, 0.01, 0.1]}),
+        # Larger C never won on CNN features here and costs 20x the fit time.
+        {"clf__C": [0.0001, 0.001, 0.01]}),
 }
 
 

@@ -53,7 +53,7 @@ class ExtractConfig:
 class ClassifyConfig:
     classifiers: list[str] = field(default_factory=lambda: ["logreg", "linear_svm"])
     cv: int = 3  # folds for the grid search when there is no validation split
-    n_jobs: int = 1
+    n_jobs: int = -1  # grid-search processes (-1: every core)
     seed: int = 0
 
 

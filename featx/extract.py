@@ -216,14 +216,8 @@ def _extract_blocks(config: Config, dataset: Dataset, backbone: Backbone, todo: 
                     blocks: BlockDir, remaining: list[int], progress: bool
                     ) -> tuple[int, float]:
     """Extract the rows of the ``remaining`` blocks; return (rows, steady images/s)."""
-    import tensorflow as tf
-
     batch, size = config.extract.batch_size, backbone.input_size
-
-    # One fixed batch shape: the last batch is padded, so the graph is traced once.
-    @tf.function(input_signature=[tf.TensorSpec((batch, size, size, 3), tf.uint8)])
-    def forward(images):
-        return backbone.features(images)
+    forward = backbone.compiled(batch)
 
     positions = np.concatenate([np.asarray(blocks.rows_of(b)) for b in remaining])
     files = [dataset.absolute(int(todo[i])) for i in positions]

@@ -1,0 +1,207 @@
+"""A corpus of awkward and broken files, generated here: each is read correctly or skipped
+with its path and reason; nothing crashes and nothing already extracted is lost."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from featx.config import Config
+from featx.extract import ExtractError, extract
+from featx.images import ReadErrors, load_image, read_batches
+
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+
+
+def _png_with_size(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (a decompression bomb by its header)."""
+    buf = io.BytesIO()
+    Image.new("L", (1, 1)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr:ihdr + 17]))
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def _jpeg_bytes(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=95, **kw)
+    return buf.getvalue()
+
+
+def make_corpus(root: Path) -> dict[str, str]:
+    """Write the corpus into class folders; return {relative path: 'ok' or 'skip'}."""
+    good, bad = root / "good", root / "bad"
+    good.mkdir(parents=True)
+    bad.mkdir(parents=True)
+    expect = {}
+
+    def put(rel: str, data: bytes, outcome: str) -> None:
+        (root / rel).write_bytes(data)
+        expect[rel] = outcome
+
+    half = Image.new("RGB", (64, 48), RED)
+    half.paste(Image.new("RGB", (32, 48), BLUE), (32, 0))
+    jpeg = _jpeg_bytes(half)
+    put("good/plain.jpg", jpeg, "ok")
+    put("good/UPPER CASE.JPEG", jpeg, "ok")
+    put("good/ünïcødé 日本.jpg", jpeg, "ok")
+    put("good/cmyk.jpg", _jpeg_bytes(half.convert("CMYK")), "ok")
+    put("good/gray.jpg", _jpeg_bytes(half.convert("L")), "ok")
+    buf = io.BytesIO()
+    Image.fromarray((np.arange(64 * 48).reshape(48, 64) * 21).astype(np.uint16)).save(buf, "PNG")
+    put("good/sixteen-bit.png", buf.getvalue(), "ok")
+    buf = io.BytesIO()
+    pal = half.convert("P", palette=Image.ADAPTIVE, colors=4)
+    pal.info["transparency"] = 0
+    pal.save(buf, "PNG", transparency=0)
+    put("good/palette-alpha.png", buf.getvalue(), "ok")
+    buf = io.BytesIO()
+    rgba = half.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(buf, "PNG")
+    put("good/rgba.png", buf.getvalue(), "ok")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    put("good/exif-rotated.jpg", _jpeg_bytes(half, exif=exif), "ok")
+    buf = io.BytesIO()
+    frames = [Image.new("RGB", (32, 32), RED), Image.new("RGB", (32, 32), BLUE)]
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    put("good/animated.gif", buf.getvalue(), "ok")
+    buf = io.BytesIO()
+    half.save(buf, "WEBP")
+    put("good/photo.webp", buf.getvalue(), "ok")
+    buf = io.BytesIO()
+    half.save(buf, "BMP")
+    put("good/photo.bmp", buf.getvalue(), "ok")
+
+    put("bad/zero-byte.png", b"", "skip")
+    put("bad/random-bytes.jpg", np.random.default_rng(0).bytes(2000), "skip")
+    put("bad/text-file.png", b"this is not an image\n", "skip")
+    put("bad/truncated.jpg", jpeg[: len(jpeg) // 2], "skip")
+    put("bad/bomb.png", _png_with_size(30000, 30000), "skip")
+    return expect
+
+
+def test_awkward_images_are_read_correctly(tmp_path):
+    make_corpus(tmp_path)
+    g = tmp_path / "good"
+    plain = load_image(str(g / "plain.jpg"), 32)
+    assert plain.shape == (32, 32, 3) and plain.dtype == np.uint8
+    assert plain[16, 2, 0] > 200 and plain[16, -3, 2] > 200  # red left, blue right
+    cmyk = load_image(str(g / "cmyk.jpg"), 32)
+    assert np.abs(cmyk.astype(int) - plain.astype(int)).mean() < 30
+    gray = load_image(str(g / "gray.jpg"), 32)
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    sixteen = load_image(str(g / "sixteen-bit.png"), 32)
+    assert sixteen.max() > 200 and sixteen.min() < 10  # scaled to 0-255, not clipped
+    assert len(np.unique(sixteen)) > 20
+    rgba = load_image(str(g / "rgba.png"), 32)
+    assert rgba[16, 2, 1] > 100  # half-transparent red on white is pinkish, not black
+    rotated = load_image(str(g / "exif-rotated.jpg"), 32)
+    # Rotated 90 degrees clockwise: red is now on top, blue at the bottom.
+    assert rotated[2, 16, 0] > 200 and rotated[-3, 16, 2] > 200
+    gif = load_image(str(g / "animated.gif"), 32)
+    assert gif[..., 0].mean() > 200 and gif[..., 2].mean() < 50  # the first (red) frame
+    webp = load_image(str(g / "photo.webp"), 32)
+    assert webp[16, 2, 0] > 200
+
+
+def test_broken_files_raise_in_load_image(tmp_path):
+    make_corpus(tmp_path)
+    for name in ("zero-byte.png", "random-bytes.jpg", "text-file.png", "truncated.jpg",
+                 "bomb.png"):
+        with pytest.raises(Exception):  # noqa: B017 - each decoder has its own error type
+            load_image(str(tmp_path / "bad" / name), 32)
+
+
+def test_vanished_file_is_a_recorded_skip(tmp_path):
+    errors = ReadErrors()
+    (first, images, ok), = list(read_batches([str(tmp_path / "gone.jpg")], 32, 4, errors))
+    assert not ok[0] and "gone.jpg" in errors.reasons[0]
+
+
+def _config(data: Path, cache: Path, strict: bool = False) -> Config:
+    c = Config()
+    c.dataset.root = str(data)
+    c.dataset.test = 0.3
+    c.backbone.weights = "none"
+    c.backbone.input_size = 32
+    c.extract.batch_size = 4
+    c.extract.strict = strict
+    c.cache_dir = str(cache)
+    return c
+
+
+def test_extract_records_every_skip_and_keeps_the_rest(tmp_path):
+    expect = make_corpus(tmp_path / "data")
+    result = extract(_config(tmp_path / "data", tmp_path / "cache"), progress=False)
+    skipped = dict(result.skipped)
+    assert set(skipped) == {p for p, o in expect.items() if o == "skip"}
+    assert all(reason for reason in skipped.values())
+    with h5py.File(result.path, "r") as f:
+        paths = [p.decode() for p in f["paths"][:]]
+        ok = f["ok"][:]
+        assert sorted(paths) == sorted(expect)
+        for path, flag in zip(paths, ok):
+            assert flag == (expect[path] == "ok"), path
+        assert np.abs(f["features"][:][~ok]).max() == 0  # no garbage in skipped rows
+        assert np.abs(f["features"][:][ok]).sum(axis=1).min() > 0
+        assert len(f["skipped"]) == len(skipped)
+
+
+def test_strict_turns_skips_into_an_error_naming_the_file(tmp_path):
+    expect = make_corpus(tmp_path / "data")
+    with pytest.raises(ExtractError) as err:
+        extract(_config(tmp_path / "data", tmp_path / "cache", strict=True), progress=False)
+    assert any(p.split("/")[-1] in str(err.value) for p, o in expect.items() if o == "skip")
+    assert not list((tmp_path / "cache").glob("*.h5"))  # nothing finished is claimed
+
+
+def test_cache_folder_that_is_a_file_gives_one_line_error(tmp_path, capsys):
+    from featx.cli import main
+
+    make_corpus(tmp_path / "data")
+    (tmp_path / "cache").write_text("not a folder")
+    code = main(["extract", "--data", str(tmp_path / "data"), "--weights", "none",
+                 "--input-size", "32", "--cache-dir", str(tmp_path / "cache" / "sub"),
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "cache" in err[-1] and err[-1].startswith("featx: error:")
+
+
+def test_full_disk_gives_one_line_error_and_keeps_blocks(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from featx import store
+    from featx.cli import main
+
+    make_corpus(tmp_path / "data")
+    real_save = store.BlockDir.save
+    calls = []
+
+    def save_then_fill(self, index, *a):
+        if calls:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.block_path(index)))
+        calls.append(index)
+        return real_save(self, index, *a)
+
+    monkeypatch.setattr(store.BlockDir, "save", save_then_fill)
+    args = ["extract", "--data", str(tmp_path / "data"), "--weights", "none", "--input-size",
+            "32", "--batch-size", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "No space left on device" in err and "block-000001" in err
+    assert len(list((tmp_path / "cache").glob("*.partial/block-*.npz"))) == 1
+    monkeypatch.setattr(store.BlockDir, "save", real_save)
+    assert main(args) == 0
+    assert "resuming" in capsys.readouterr().err
