@@ -1,0 +1,186 @@
+"""The store as a cache: content key, reuse, incremental updates, one writer, management."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from featx import cache
+from featx.cli import main
+from featx.config import Config
+from featx.extract import extract, plan
+
+
+def _images(root: Path, n_per_class: int = 5, classes=("cat", "dog"), seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            Image.fromarray(rng.integers(0, 255, (36, 44, 3), dtype=np.uint8)).save(
+                root / c / f"{c}{i}.png")
+
+
+def _config(data: Path, cache_dir: Path, **backbone) -> Config:
+    c = Config()
+    c.dataset.root = str(data)
+    c.dataset.test = 0.4
+    c.backbone.weights = "none"
+    c.backbone.input_size = 32
+    for k, v in backbone.items():
+        setattr(c.backbone, k, v)
+    c.extract.batch_size = 4
+    c.cache_dir = str(cache_dir)
+    return c
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    _images(tmp_path / "data")
+    return tmp_path / "data"
+
+
+def test_key_ignores_locations_and_speeds_but_not_settings(data, tmp_path):
+    base = plan(_config(data, tmp_path / "c1"))
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(data, moved, copy_function=shutil.copy2)  # keeps mtimes
+    other = _config(moved, tmp_path / "c2")
+    other.extract.batch_size = 7
+    other.extract.compression = "gzip"
+    assert plan(other).key == base.key
+    assert plan(_config(data, tmp_path / "c1", pooling="max")).key != base.key
+    assert plan(_config(data, tmp_path / "c1", input_size=48)).key != base.key
+    assert plan(_config(data, tmp_path / "c1", layer="block_1_expand")).key != base.key
+    seeded = _config(data, tmp_path / "c1")
+    seeded.dataset.seed = 1  # random weights follow the seed
+    assert plan(seeded).key != base.key
+    (data / "cat" / "cat0.png").write_bytes((data / "cat" / "cat1.png").read_bytes())
+    os.utime(data / "cat" / "cat0.png", (1, 1))
+    assert plan(_config(data, tmp_path / "c1")).key != base.key
+
+
+def test_content_hash_mode_ignores_mtime(data, tmp_path):
+    c = _config(data, tmp_path / "c")
+    c.dataset.hash = "content"
+    before = plan(c).key
+    os.utime(data / "cat" / "cat0.png", (12345, 12345))
+    assert plan(c).key == before
+    stat = _config(data, tmp_path / "c")
+    assert plan(stat).key != before
+
+
+def test_reuse_across_pipelines_and_split_change(data, tmp_path, monkeypatch):
+    c = _config(data, tmp_path / "cache")
+    first = extract(c, progress=False)
+    assert not first.cache_hit and first.extracted == 10
+    from featx import backbones
+
+    def no_model(self):
+        raise AssertionError("a cache hit built the model")
+
+    monkeypatch.setattr(backbones.Backbone, "model", property(no_model))
+    c2 = _config(data, tmp_path / "cache")
+    c2.classify.classifiers = ["linear_svm"]
+    c2.dataset.test = 0.2
+    hit = extract(c2, progress=False)
+    assert hit.cache_hit and hit.path == first.path
+    with h5py.File(hit.path, "r") as f:
+        assert (f["split"][:] == 2).sum() == 2  # re-split without new features
+
+
+def test_incremental_add_remove_change(data, tmp_path):
+    c = _config(data, tmp_path / "cache")
+    extract(c, progress=False)
+    _images(data, n_per_class=1, classes=("bird",), seed=5)  # one new class, one image
+    (data / "dog" / "dog4.png").unlink()
+    rng = np.random.default_rng(9)
+    Image.fromarray(rng.integers(0, 255, (36, 44, 3), dtype=np.uint8)).save(
+        data / "cat" / "cat2.png")
+    os.utime(data / "cat" / "cat2.png", (time.time() + 10,) * 2)
+    r = extract(c, progress=False)
+    assert (r.extracted, r.reused, r.dropped) == (2, 8, 2)  # bird0 + cat2; dog4 + old cat2
+    fresh = extract(_config(data, tmp_path / "fresh"), progress=False)
+    with h5py.File(r.path, "r") as a, h5py.File(fresh.path, "r") as b:
+        assert list(a["paths"][:]) == list(b["paths"][:])
+        assert list(a["label_names"][:]) == [b"bird", b"cat", b"dog"]
+        np.testing.assert_array_equal(a["labels"][:], b["labels"][:])
+        np.testing.assert_allclose(a["features"][:], b["features"][:], atol=1e-5)
+
+
+def test_store_with_other_settings_is_never_used(data, tmp_path, capsys):
+    c = _config(data, tmp_path / "cache")
+    r = extract(c, progress=False)
+    with h5py.File(r.path, "r+") as f:
+        f.attrs["settings_key"] = "0000000000000000"
+        f["features"][0] = 42.0
+    again = extract(c, progress=False)
+    assert not again.cache_hit and again.extracted == 10
+    with h5py.File(again.path, "r") as f:
+        assert f["features"][0].max() != 42.0
+
+
+def test_second_writer_waits_for_the_first(data, tmp_path):
+    cmd = [sys.executable, "-m", "featx.cli", "extract", "--data", str(data), "--weights",
+           "none", "--input-size", "64", "--batch-size", "1", "--cache-dir",
+           str(tmp_path / "cache"), "--no-progress"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "cache").glob("*.lock")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    out1, _ = first.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0
+    assert "extracted 10 images" in out1
+    assert "waiting" in second.stderr and "cache hit" in second.stdout
+    assert cache.verify(next((tmp_path / "cache").glob("*.h5"))) == []
+
+
+def test_cache_commands(data, tmp_path, capsys):
+    c = _config(data, tmp_path / "cache")
+    r = extract(c, progress=False)
+    folder = ["--cache-dir", str(tmp_path / "cache")]
+    assert main(["cache", "ls", *folder]) == 0
+    out = capsys.readouterr().out
+    assert r.key[:16] in out and "complete" in out and "data" in out
+    assert main(["cache", "info", r.key[:8], *folder]) == 0
+    out = capsys.readouterr().out
+    assert '"backbone": "MobileNetV2"' in out and '"pooling": "avg"' in out
+    assert main(["cache", "verify", *folder]) == 0
+    assert "OK" in capsys.readouterr().out
+    # Corrupt a feature chunk on disk: the checksum catches it.
+    with h5py.File(r.path, "r") as f:
+        offset = f["features"].id.get_chunk_info(0).byte_offset
+    with open(r.path, "r+b") as fh:
+        fh.seek(offset + 20)
+        fh.write(b"\xff\xfe\xfd\xfc")
+    assert main(["cache", "verify", *folder]) == 1
+    assert "FAIL" in capsys.readouterr().out
+    assert main(["cache", "rm", r.key[:8], *folder]) == 0
+    assert not r.path.exists()
+    assert main(["cache", "info", "ffff", *folder]) == 2
+    assert "no store with key" in capsys.readouterr().err
+
+
+def test_partial_extraction_is_listed_and_not_a_store(data, tmp_path):
+    c = _config(data, tmp_path / "cache")
+    p = plan(c)
+    from featx.store import BlockDir, FeatureStore, StoreError
+
+    blocks = BlockDir(p.path, p.key, rows=10, block_rows=4)
+    blocks.save(0, np.zeros((4, 1280), np.float32), np.ones(4, bool), [""] * 4)
+    (entry,) = cache.entries(tmp_path / "cache")
+    assert not entry.complete and entry.rows == 4
+    with pytest.raises(StoreError, match="resume"):
+        FeatureStore(p.path)
+    r = extract(c, progress=False)
+    assert r.extracted == 6  # the saved block was taken as done
