@@ -72,7 +72,13 @@ def get_spec(name: str) -> BackboneSpec:
 
 
 def keras_home() -> Path:
-    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+    """The folder Keras caches downloads in: Keras reads $KERAS_HOME once, at import."""
+    try:
+        from keras.src.backend.config import keras_home as home
+
+        return Path(home())
+    except ImportError:  # another Keras layout: its documented default
+        return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
 
 
 def _file_sha256(path: Path) -> str:
@@ -177,7 +183,8 @@ class Backbone:
             f"    featx extract --weights /path/to/{self.spec.name.lower()}_no_top.h5 ...\n"
             f"    make features WEIGHTS=/path/to/file.h5 ...\n"
             f"  or put the file Keras downloads into {keras_home() / 'models'}/ "
-            f"(KERAS_HOME is respected), where weights=\"imagenet\" finds it offline.")
+            f"(set KERAS_HOME before starting Python to choose another folder), where "
+            f"weights=\"imagenet\" finds it offline.")
 
     @property
     def feature_shape(self) -> tuple[int, ...]:

@@ -111,7 +111,10 @@ class Config:
         parts = dotted.split(".")
         for part in parts[:-1]:
             if not hasattr(target, part) or not dataclasses.is_dataclass(getattr(target, part)):
-                raise ConfigError(f"{source}: unknown section {part!r} in {dotted!r}")
+                sections = [f.name for f in dataclasses.fields(target)
+                            if dataclasses.is_dataclass(getattr(target, f.name))]
+                raise ConfigError(f"{source}: unknown section {part!r} in {dotted!r} "
+                                  f"(valid sections: {', '.join(sections)})")
             target = getattr(target, part)
         fields = {f.name: f for f in dataclasses.fields(target)}
         name = parts[-1]
@@ -145,15 +148,16 @@ def _coerce(value: Any, current: Any, dotted: str, source: str) -> Any:
         if str(value).lower() in ("0", "false", "no"):
             return False
     elif isinstance(current, int):
-        try:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
             return int(value)
-        except (TypeError, ValueError):
-            pass
     elif isinstance(current, float):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            pass
+        if not isinstance(value, bool):
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                pass
     elif isinstance(current, list):
         if isinstance(value, list):
             return [str(v) for v in value]

@@ -109,7 +109,11 @@ def _from_csv(manifest: Path, root: Path | None, name: str) -> Dataset:
             if len(row) < 2:
                 raise DatasetError(f"{manifest}:{line_no}: expected path,label, got {row!r}")
             path = Path(row[0].strip())
-            rel = path.relative_to(root) if path.is_absolute() else path
+            try:
+                rel = path.relative_to(root) if path.is_absolute() else path
+            except ValueError:
+                raise DatasetError(f"{manifest}:{line_no}: {path} is not under the dataset "
+                                   f"root {root}") from None
             if not (root / rel).is_file():
                 raise DatasetError(f"{manifest}:{line_no}: image not found: {root / rel}")
             rows.append((rel.as_posix(), row[1].strip()))

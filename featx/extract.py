@@ -106,13 +106,20 @@ def extract(config: Config, progress: bool = True) -> ExtractResult:
     try:
         old = _open_old(p)
         if old is not None and old.attrs.get("key") == p.key:
+            skipped = old.skipped
             old.close()
             _update_split(p.path, split, config)
-            return ExtractResult(p.path, p.key, cache_hit=True, rows=len(p.dataset),
-                                 reused=len(p.dataset))
-        return _run(config, p, split, old, progress)
+            result = ExtractResult(p.path, p.key, cache_hit=True, rows=len(p.dataset),
+                                   reused=len(p.dataset), skipped=skipped)
+        else:
+            result = _run(config, p, split, old, progress)
     finally:
         lock.release()
+    if result.skipped and config.extract.strict:
+        listing = "\n".join(f"  {path}: {reason}" for path, reason in result.skipped[:20])
+        raise ExtractError(f"{len(result.skipped)} unreadable image(s) under "
+                           f"{p.dataset.root} (--strict):\n{listing}")
+    return result
 
 
 def _open_old(p: Plan) -> FeatureStore | None:
@@ -191,10 +198,6 @@ def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
     blocks.remove()
     with FeatureStore(p.path) as store:
         skipped = store.skipped
-    if skipped and config.extract.strict:
-        listing = "\n".join(f"  {path}: {reason}" for path, reason in skipped[:20])
-        raise ExtractError(f"{len(skipped)} unreadable image(s) under {dataset.root} "
-                           f"(--strict):\n{listing}")
     return ExtractResult(p.path, p.key, cache_hit=False, rows=len(dataset),
                          extracted=extracted, reused=len(dataset) - extracted,
                          dropped=dropped, seconds=seconds, images_per_second=rate,

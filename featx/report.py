@@ -11,11 +11,13 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, t
 
 
 def rank_k(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray, k: int) -> float:
-    """Fraction of rows whose true class is among the k highest scores (k capped at the
-    number of classes)."""
-    k = min(k, scores.shape[1])
-    if scores.shape[1] == 2:  # scikit-learn takes binary scores as the positive column
-        return float(top_k_accuracy_score(y_true, scores[:, 1], k=k, labels=classes))
+    """Fraction of rows whose true class is among the k highest scores (columns ordered as
+    ``classes``). With k at or above the number of classes every row counts."""
+    n_classes = scores.shape[1]
+    if k >= n_classes:
+        return 1.0
+    if n_classes == 2:  # scikit-learn would threshold binary scores, not compare columns
+        return float(np.mean(classes[np.argmax(scores, axis=1)] == y_true))
     return float(top_k_accuracy_score(y_true, scores, k=k, labels=classes))
 
 

@@ -1,0 +1,170 @@
+"""Classifiers on the cached features: the classify runner, its files, and the learners."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import confusion_matrix
+
+from featx import classify as learners
+from featx.classify import ClassifierError, class_scores, fit, get_learner
+from featx.dataset import TEST, TRAIN
+from featx.pipeline import classify, load_model, results_dir
+from featx.store import FeatureStore, StoreError
+
+
+@pytest.fixture(scope="module")
+def classified(tiny_store, tmp_path_factory, make_config):
+    out = tmp_path_factory.mktemp("results")
+    config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(out))
+    lines = []
+    results = classify(config, echo=lines.append)
+    return config, out, results, lines
+
+
+@pytest.fixture(scope="module")
+def test_rows(tiny_store):
+    with FeatureStore(tiny_store.path) as store:
+        split, ok = store.split, store.ok
+        rows = np.flatnonzero((split == TEST) & ok)
+        train = np.flatnonzero((split == TRAIN) & ok)
+        return (store.features(rows), store.labels[rows], store.features(train),
+                store.labels[train], store.label_names)
+
+
+def test_both_learners_report_ranks(classified, test_rows):
+    config, out, results, lines = classified
+    x_test, y_test, x_train, y_train, names = test_rows
+    assert [r["classifier"] for r in results] == ["logreg", "linear_svm"]
+    for r in results:
+        assert 0.0 <= r["rank1"] <= r["rank5"] <= 1.0
+        assert r["n_test"] == len(y_test) > 0 and r["n_train"] == len(y_train)
+        assert set(r["per_class"]) == set(names)
+        assert np.array(r["confusion"]).sum() == len(y_test)
+        assert r["backbone"]["backbone"] == "MobileNetV2" and r["backbone"]["input_size"] == 32
+    assert len(lines) == 2
+    for line, r in zip(lines, results):
+        assert r["classifier"] in line and "rank-1" in line and "rank-5" in line
+
+
+def test_reports_and_models_are_written(classified, tiny_store, test_rows):
+    config, out, results, _ = classified
+    x_test, y_test, x_train, y_train, names = test_rows
+    with FeatureStore(tiny_store.path) as store:
+        attrs = store.attrs
+    for r in results:
+        stem = out / f"{config.name}-{r['classifier']}"
+        saved = json.loads(stem.with_suffix(".json").read_text())
+        assert saved == json.loads(json.dumps(r))
+        md = stem.with_suffix(".md").read_text()
+        assert f"rank-1 {r['rank1']:.3f}" in md and r["classifier"] in md
+        assert all(name in md for name in names)
+
+        bundle = load_model(stem.with_suffix(".joblib"))
+        assert bundle["label_names"] == names
+        assert bundle["key"] == attrs["key"] == tiny_store.key
+        for k in ("backbone", "weights_id", "layer", "pooling", "input_size", "preprocess"):
+            assert bundle["backbone"][k] == attrs[k], k
+        predicted = bundle["model"].predict(x_test)
+        assert set(predicted) <= set(range(len(names)))
+        # the saved model is the one that was scored
+        labels = list(range(len(names)))
+        assert confusion_matrix(y_test, predicted, labels=labels).tolist() == r["confusion"]
+
+
+def test_default_results_dir_is_beside_the_store(tmp_path, make_config):
+    config = make_config(tmp_path, tmp_path)
+    store = tmp_path / "cache" / "d-MobileNetV2-avg-0123.h5"
+    assert results_dir(config, store) == tmp_path / "cache" / "d-MobileNetV2-avg-0123.runs"
+    config.out = str(tmp_path / "elsewhere")
+    assert results_dir(config, store) == tmp_path / "elsewhere"
+
+
+def test_unknown_classifier_is_an_error(tiny_store, make_config, tmp_path):
+    config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(tmp_path),
+                         classify={"classifiers": ["random_forest"]})
+    with pytest.raises(ClassifierError) as e:
+        classify(config, echo=lambda line: None)
+    assert "random_forest" in str(e.value)
+    assert all(name in str(e.value) for name in learners.LEARNERS)
+    with pytest.raises(ClassifierError):
+        get_learner("svm")
+
+
+def test_classify_without_a_store_says_to_extract(tiny_store, make_config, tmp_path):
+    config = make_config(tiny_store.root, tmp_path / "empty-cache", out=str(tmp_path))
+    with pytest.raises(StoreError, match="featx extract"):
+        classify(config, echo=lambda line: None)
+
+
+def test_classify_refuses_a_store_split_differently(tiny_store, make_config, tmp_path):
+    config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(tmp_path),
+                         dataset={"test": 0.5})
+    with pytest.raises(StoreError, match="split"):
+        classify(config, echo=lambda line: None)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+# ---------------------------------------------------------------------------------- learners
+
+def _blobs(n_classes, n=60, d=5, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % n_classes
+    x = rng.normal(size=(n, d)) + 3 * np.eye(n_classes, d)[y]
+    return x, y
+
+
+def test_class_scores_use_decision_function_for_linear_svc():
+    x, y = _blobs(3)
+    model = fit("linear_svm", x, y, cv=2).model
+    assert not hasattr(model, "predict_proba")
+    scores = class_scores(model, x)
+    np.testing.assert_array_equal(scores, model.decision_function(x))
+    assert scores.shape == (len(x), 3)
+
+
+def test_class_scores_for_binary_linear_svc_have_one_column_per_class():
+    x, y = _blobs(2)
+    model = fit("linear_svm", x, y, cv=2).model
+    scores = class_scores(model, x)
+    margin = model.decision_function(x)
+    assert scores.shape == (len(x), 2)
+    np.testing.assert_array_equal(scores[:, 1], margin)
+    np.testing.assert_array_equal(scores[:, 0], -margin)
+    np.testing.assert_array_equal(model.classes_[scores.argmax(axis=1)], model.predict(x))
+
+
+def test_class_scores_use_probabilities_for_logreg():
+    x, y = _blobs(3)
+    model = fit("logreg", x, y, cv=2).model
+    scores = class_scores(model, x)
+    np.testing.assert_allclose(scores, model.predict_proba(x))
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("name", sorted(learners.LEARNERS))
+def test_fit_searches_c_and_learns(name):
+    x, y = _blobs(3, n=90)
+    result = fit(name, x, y, cv=3, seed=0)
+    assert result.name == name
+    assert set(result.best_params) == set(get_learner(name).grid)
+    assert list(result.best_params.values())[0] in list(get_learner(name).grid.values())[0]
+    assert 0.0 <= result.cv_score <= 1.0 and result.fit_seconds >= 0
+    x_new, y_new = _blobs(3, n=90, seed=1)
+    assert (result.model.predict(x_new) == y_new).mean() > 0.8  # separable blobs
+
+
+def test_fit_with_a_validation_split_refits_on_train_and_val():
+    x, y = _blobs(3, n=60)
+    xv, yv = _blobs(3, n=30, seed=2)
+    result = fit("logreg", x, y, xv, yv)
+    assert result.model.named_steps["scale"].n_samples_seen_ == 90
+
+
+def test_fit_needs_two_training_images_per_class_for_cross_validation():
+    x, _ = _blobs(3, n=7)
+    y = np.array([0, 0, 0, 1, 1, 1, 2])  # class 2 has a single training image
+    with pytest.raises(ClassifierError, match="2"):
+        fit("logreg", x, y)

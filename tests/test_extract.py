@@ -1,0 +1,351 @@
+"""Extraction into the HDF5 feature store: layout, equality with the backbone, the cache,
+split changes, unreadable images, strict mode, resume and incremental updates."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from featx import store as store_module
+from featx.backbones import Backbone
+from featx.dataset import load_dataset, stratified_split
+from featx.extract import ExtractError, extract, locate_store, plan
+from featx.images import load_image
+from featx.store import FeatureStore, StoreError
+
+LEFTOVER_SUFFIXES = (".partial", ".assembling", ".tmp")
+
+
+def assert_close(actual, expected, rtol=1e-4):
+    """Random-weight features are tiny (~1e-12): compare relative to their scale."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    scale = float(np.abs(expected).max())
+    assert scale > 0, "expected features are all zero: the comparison would prove nothing"
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def direct_features(config, root: Path, paths: list[str]) -> np.ndarray:
+    """The backbone called directly, one image at a time, without the extraction runner."""
+    backbone = Backbone(config.backbone, seed=config.dataset.seed)
+    images = np.stack([load_image(str(root / p), backbone.input_size) for p in paths])
+    return np.asarray(backbone.features(images))
+
+
+def forbid_model_work(monkeypatch):
+    """Any attempt to build a backbone model fails the test."""
+    def no_model(self):
+        raise AssertionError("the backbone model was built")
+    monkeypatch.setattr(Backbone, "model", property(no_model))
+
+
+def leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.endswith(LEFTOVER_SUFFIXES)]
+
+
+def clone(tiny_store, tmp_path, make_config, **sections):
+    """A private copy of the tiny dataset (same name, sizes and mtimes) and of its store, so
+    that a test may change either. Returns (config, root); the copy is a cache hit."""
+    root = tmp_path / "data" / tiny_store.root.name
+    shutil.copytree(tiny_store.root, root)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy2(tiny_store.path, cache / tiny_store.path.name)
+    config = make_config(root, cache, **sections)
+    return config, root
+
+
+@pytest.fixture(scope="module")
+def expected_features(tiny_store):
+    with FeatureStore(tiny_store.path) as store:
+        paths = store.paths
+    return direct_features(tiny_store.config, tiny_store.root, paths)
+
+
+# ---------------------------------------------------------------------------------- layout
+
+def test_store_layout(tiny_store):
+    config = tiny_store.config
+    dataset = load_dataset(config.dataset)
+    n = len(dataset)
+    assert tiny_store.rows == n == sum(len(v) for v in tiny_store.written.values())
+    feature_shape = Backbone(config.backbone, seed=config.dataset.seed).feature_shape
+    with h5py.File(tiny_store.path, "r") as f:
+        feats = f["features"]
+        assert feats.dtype == np.float32 and feats.shape == (n, *feature_shape)
+        assert feats.chunks is not None
+        assert feats.chunks[1:] == feature_shape and 1 <= feats.chunks[0] <= n  # by rows
+        assert feats.compression == "lzf"
+        assert f["labels"].dtype == np.int32
+        assert np.array_equal(f["labels"][:], dataset.labels)
+        paths = [p.decode() for p in f["paths"][:]]
+        assert paths == dataset.paths
+        assert all(not os.path.isabs(p) and (tiny_store.root / p).is_file() for p in paths)
+        assert np.array_equal(f["split"][:], stratified_split(
+            dataset.labels, config.dataset.val, config.dataset.test, config.dataset.seed))
+        assert [s.decode() for s in f["label_names"][:]] == dataset.label_names
+        assert f["ok"].dtype == bool and f["ok"].shape == (n,) and f["ok"][:].all()
+        attrs = dict(f.attrs)
+    assert attrs["backbone"] == "MobileNetV2"
+    assert attrs["weights_id"] == Backbone(config.backbone, seed=config.dataset.seed).weights_id
+    assert attrs["layer"] and attrs["pooling"] == "avg" and attrs["input_size"] == 32
+    assert attrs["preprocess"] == "tf"
+    versions = json.loads(attrs["versions"])
+    assert {"tensorflow", "keras", "h5py", "numpy", "featx"} <= set(versions)
+    assert json.loads(attrs["pipeline"]) == json.loads(config.to_json())
+    assert attrs["key"] == tiny_store.key
+    assert bool(attrs["complete"]) is True
+
+
+def test_store_reads_back_through_feature_store(tiny_store):
+    with FeatureStore(tiny_store.path) as store, h5py.File(tiny_store.path, "r") as f:
+        assert len(store) == tiny_store.rows
+        np.testing.assert_array_equal(store.features(), f["features"][:].reshape(len(store), -1))
+        rows = np.array([5, 0, 17, 3])
+        np.testing.assert_array_equal(store.features(rows), f["features"][:][np.sort(rows)])
+        attrs = store.attrs
+        assert attrs["versions"]["keras"]  # JSON attributes come back parsed
+        assert attrs["split"] == {"val": 0.0, "test": 0.25, "seed": 42}
+        assert store.skipped == []
+
+
+def test_features_equal_the_backbone_called_directly(tiny_store, expected_features):
+    with FeatureStore(tiny_store.path) as store:
+        stored = store.file["features"][:]
+    assert len(np.unique(stored.round(20), axis=0)) > 1  # distinct images, distinct features
+    assert_close(stored, expected_features)
+
+
+def test_second_call_is_a_cache_hit_without_model_work(tiny_store, monkeypatch):
+    before = tiny_store.path.stat().st_mtime_ns
+    forbid_model_work(monkeypatch)
+    result = extract(tiny_store.config, progress=False)
+    assert result.cache_hit is True
+    assert result.path == tiny_store.path and result.key == tiny_store.key
+    assert result.rows == tiny_store.rows and result.extracted == 0
+    assert tiny_store.path.stat().st_mtime_ns == before  # not even rewritten
+
+
+def test_no_unfinished_files_are_left(tiny_store):
+    assert leftovers(tiny_store.path.parent) == []
+    stores = list(tiny_store.path.parent.glob("*.h5"))
+    assert stores == [tiny_store.path]
+
+
+def test_locate_store_needs_no_model(tiny_store, monkeypatch):
+    forbid_model_work(monkeypatch)
+    assert locate_store(tiny_store.config) == tiny_store.path
+
+
+@pytest.mark.parametrize("section, values", [
+    ("backbone", {"pooling": "max"}),
+    ("backbone", {"pooling": "flatten"}),
+    ("backbone", {"layer": "block_3_expand_relu"}),
+    ("backbone", {"input_size": 64}),
+    ("backbone", {"name": "MobileNet"}),
+    ("dataset", {"seed": 7}),  # random weights are drawn from the seed
+])
+def test_what_changes_the_features_changes_the_store(tiny_store, make_config, section, values):
+    changed = make_config(tiny_store.root, tiny_store.config.cache_dir, **{section: values})
+    assert locate_store(changed) != tiny_store.path
+
+
+@pytest.mark.parametrize("section, values", [
+    ("dataset", {"test": 0.5}),
+    ("dataset", {"val": 0.2}),
+    ("extract", {"batch_size": 3}),
+    ("extract", {"compression": "gzip"}),
+    ("classify", {"classifiers": ["logreg"]}),
+])
+def test_what_leaves_the_features_alone_keeps_the_store(tiny_store, make_config, section,
+                                                        values):
+    same = make_config(tiny_store.root, tiny_store.config.cache_dir, **{section: values})
+    assert locate_store(same) == tiny_store.path
+
+
+def test_other_pooling_is_another_key(tiny_store, make_config, monkeypatch):
+    forbid_model_work(monkeypatch)  # the key is known before any model work
+    same = plan(make_config(tiny_store.root, tiny_store.config.cache_dir))
+    other = plan(make_config(tiny_store.root, tiny_store.config.cache_dir,
+                             backbone={"pooling": "max"}))
+    assert same.key == tiny_store.key and same.path == tiny_store.path
+    assert other.key != tiny_store.key and other.path != tiny_store.path
+    assert "max" in other.path.name and other.path.parent == tiny_store.path.parent
+
+
+def test_extraction_uses_the_weights_it_is_given(tiny_store, make_config, tmp_path):
+    """A weights file (like "imagenet") is loaded into the model the extraction runs: the
+    store must hold the features of those weights, not of a fresh initialisation."""
+    import keras
+
+    keras.utils.set_random_seed(1234)
+    base = keras.applications.MobileNetV2(include_top=False, weights=None,
+                                          input_shape=(32, 32, 3))
+    weights = tmp_path / "trained.weights.h5"
+    base.save_weights(weights)
+    config = make_config(tiny_store.root, tmp_path / "cache",
+                         backbone={"weights": str(weights)})
+    result = extract(config, progress=False)
+    with FeatureStore(result.path) as store:
+        assert store.attrs["weights"] == "file"
+        stored, paths = store.features(), store.paths
+    assert_close(stored, direct_features(config, tiny_store.root, paths))
+
+
+# ---------------------------------------------------------------------------------- split
+
+def test_changing_only_the_split_rewrites_it_without_extraction(tiny_store, make_config,
+                                                                 tmp_path, monkeypatch):
+    config, _ = clone(tiny_store, tmp_path, make_config, dataset={"test": 0.5, "val": 0.2})
+    path = Path(config.cache_dir) / tiny_store.path.name
+    with FeatureStore(path) as store:
+        features_before, split_before = store.features(), store.split
+    forbid_model_work(monkeypatch)
+    result = extract(config, progress=False)
+    assert result.cache_hit and result.path == path
+    with FeatureStore(path) as store:
+        expected = stratified_split(store.labels, 0.2, 0.5, 42)
+        assert np.array_equal(store.split, expected)
+        assert not np.array_equal(store.split, split_before)
+        assert store.attrs["split"] == {"val": 0.2, "test": 0.5, "seed": 42}
+        np.testing.assert_array_equal(store.features(), features_before)
+
+
+# ---------------------------------------------------------------------------------- bad images
+
+@pytest.fixture(scope="module")
+def broken_data(tmp_path_factory, image_folder):
+    """2 classes x 4 good images, plus a .jpg of random bytes and an empty .png."""
+    root = tmp_path_factory.mktemp("broken") / "broken"
+    image_folder(root, classes={"ant": (250, 0, 0), "bee": (0, 0, 250)}, per_class=4,
+                 junk=False)
+    (root / "ant" / "corrupt.jpg").write_bytes(np.random.default_rng(0).bytes(2048))
+    (root / "bee" / "empty.png").write_bytes(b"")
+    return root, {"ant/corrupt.jpg", "bee/empty.png"}
+
+
+@pytest.fixture(scope="module")
+def broken_store(broken_data, tmp_path_factory, make_config):
+    root, bad = broken_data
+    config = make_config(root, tmp_path_factory.mktemp("broken-cache"))
+    return config, extract(config, progress=False)
+
+
+def test_unreadable_images_are_recorded_skips(broken_data, broken_store):
+    root, bad = broken_data
+    config, result = broken_store
+    assert not result.cache_hit
+    assert {p for p, _ in result.skipped} == bad
+    assert all(reason.strip() for _, reason in result.skipped)
+    with FeatureStore(result.path) as store:
+        ok = store.ok
+        paths = store.paths
+        assert dict(store.skipped).keys() == bad
+        assert len(store) == 10
+        feats = store.features()
+    assert {p for p, good in zip(paths, ok) if not good} == bad
+    assert ok.sum() == 8
+    assert not feats[~ok].any()  # unreadable rows are zeros
+    assert (np.abs(feats[ok]).max(axis=1) > 0).all()
+    assert leftovers(result.path.parent) == []
+
+
+def test_strict_mode_raises_and_finishes_no_store(broken_data, tmp_path, make_config):
+    root, bad = broken_data
+    config = make_config(root, tmp_path / "cache", extract={"strict": True})
+    for attempt in range(2):  # and again: a resumed strict run must fail just the same
+        with pytest.raises(ExtractError) as e:
+            extract(config, progress=False)
+        assert any(name in str(e.value) for name in bad), attempt
+        assert not locate_store(config).exists()
+        with pytest.raises(StoreError):
+            FeatureStore(locate_store(config))
+
+
+def test_strict_mode_raises_even_when_the_store_is_cached(broken_data, broken_store):
+    """A strict run over a dataset with unreadable images fails, whether or not a lenient run
+    has already cached its store."""
+    root, bad = broken_data
+    config, result = broken_store
+    strict = type(config).from_dict(json.loads(config.to_json()))
+    strict.extract.strict = True
+    with pytest.raises(ExtractError) as e:
+        extract(strict, progress=False)
+    assert any(name in str(e.value) for name in bad)
+
+
+# ---------------------------------------------------------------------------------- resume
+
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+def test_interrupted_extraction_resumes_from_finished_blocks(tiny_store, make_config, tmp_path,
+                                                             monkeypatch, expected_features):
+    # batches of 2 rows: blocks of a few rows, so 18 images make several blocks
+    config = make_config(tiny_store.root, tmp_path / "cache", extract={"batch_size": 2})
+    saved = []
+    original = store_module.BlockDir.save
+
+    def save_then_die(self, index, *args, **kwargs):
+        original(self, index, *args, **kwargs)
+        saved.append(index)
+        raise Killed
+
+    monkeypatch.setattr(store_module.BlockDir, "save", save_then_die)
+    with pytest.raises(Killed):
+        extract(config, progress=False)
+    monkeypatch.undo()
+    path = locate_store(config)
+    assert not path.exists() and saved == [0]
+    with pytest.raises(StoreError, match="unfinished"):
+        FeatureStore(path)
+
+    result = extract(config, progress=False)
+    assert not result.cache_hit
+    assert 0 < result.extracted < tiny_store.rows  # the finished block was not redone
+    assert result.extracted + result.reused == tiny_store.rows
+    with FeatureStore(path) as store:
+        assert store.attrs["key"] == tiny_store.key
+        assert_close(store.features(), expected_features)
+    assert leftovers(path.parent) == []
+
+
+# ---------------------------------------------------------------------------------- updates
+
+def test_changed_dataset_is_updated_incrementally(tiny_store, make_config, tmp_path,
+                                                  image_file):
+    config, root = clone(tiny_store, tmp_path, make_config)
+    path = Path(config.cache_dir) / tiny_store.path.name
+    assert extract(config, progress=False).cache_hit  # the copy is the same dataset
+    with FeatureStore(path) as store:
+        old = dict(zip(store.paths, store.features()))
+
+    removed = tiny_store.written["cat"][0]
+    (root / removed).unlink()
+    added = "dog/new_one.png"
+    image_file(root / added, colour=(10, 20, 30), seed=77)
+    result = extract(config, progress=False)
+    assert not result.cache_hit and result.path == path
+    assert (result.extracted, result.dropped, result.reused) == (1, 1, tiny_store.rows - 1)
+    with FeatureStore(path) as store:
+        paths, feats = store.paths, store.features()
+        assert paths == load_dataset(config.dataset).paths
+        assert store.attrs["key"] != tiny_store.key
+    assert removed not in paths and added in paths
+    for p, row in zip(paths, feats):
+        if p != added:
+            np.testing.assert_array_equal(row, old[p])  # reused rows are copied, not redone
+    assert_close(feats[paths.index(added)], direct_features(config, root, [added])[0])
+    assert leftovers(path.parent) == []
+
+
+def test_unknown_hash_mode_is_an_error(tiny_store, make_config):
+    config = make_config(tiny_store.root, tiny_store.config.cache_dir, dataset={"hash": "md5"})
+    with pytest.raises(StoreError, match="md5"):
+        extract(config, progress=False)

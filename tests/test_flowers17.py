@@ -1,0 +1,206 @@
+"""Real data and real weights from ``../shared`` (skipped cleanly where it is absent).
+
+Flowers-17 through ImageNet MobileNetV2 + logistic regression, with ``weights="imagenet"``
+served offline from a temporary ``KERAS_HOME/models/`` seeded with the shared weights file,
+exactly as a warm Keras cache serves it on a user's machine.
+
+Keras reads ``KERAS_HOME`` once, when it is imported; the test session has imported it long
+before these tests run. So the extraction runs as ``featx extract`` in a fresh process (as a
+user runs it) with ``KERAS_HOME`` in its environment, and the checks read the store here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featx.backbones import Backbone, BackboneError
+from featx.config import BackboneConfig, Config
+from featx.dataset import TEST
+from featx.extract import extract
+from featx.pipeline import classify
+from featx.store import FeatureStore
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FLOWERS17 = SHARED / "datasets" / "flowers17"
+WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+WEIGHTS = SHARED / "weights" / WEIGHTS_FILE
+PIPELINE = REPO / "pipelines" / "flowers17.toml"
+
+needs_shared = pytest.mark.skipif(not (FLOWERS17.is_dir() and WEIGHTS.is_file()),
+                                  reason=f"needs {FLOWERS17} and {WEIGHTS} (../shared)")
+
+
+def seeded_keras_home(folder: Path) -> Path:
+    """A KERAS_HOME whose models/ holds the weights file under Keras' own cache name."""
+    models = folder / "models"
+    models.mkdir(parents=True)
+    try:
+        (models / WEIGHTS_FILE).symlink_to(WEIGHTS)
+    except OSError:
+        import shutil
+
+        shutil.copy(WEIGHTS, models / WEIGHTS_FILE)
+    return folder
+
+
+def child_env(keras_home: Path) -> dict[str, str]:
+    env = dict(os.environ, KERAS_HOME=str(keras_home), TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("FEATX_CACHE_DIR", None)
+    return env
+
+
+def flowers_config(cache: Path, out: Path) -> Config:
+    config = Config.load(PIPELINE)
+    config.dataset.root = str(FLOWERS17)
+    config.cache_dir = str(cache)
+    config.out = str(out)
+    config.classify.classifiers = ["logreg"]
+    return config
+
+
+@pytest.fixture(scope="session")
+def flowers17(tmp_path_factory):
+    """Extract Flowers-17 once per session (about a minute on 2 cores)."""
+    if not (FLOWERS17.is_dir() and WEIGHTS.is_file()):
+        pytest.skip("../shared is absent")
+    base = tmp_path_factory.mktemp("flowers17")
+    keras_home = seeded_keras_home(base / "keras")
+    config = flowers_config(base / "cache", base / "results")
+    command = [sys.executable, "-m", "featx.cli", "extract", "-p", str(PIPELINE),
+               "--data", str(FLOWERS17), "--cache-dir", config.cache_dir, "--no-progress"]
+    done = subprocess.run(command, cwd=REPO, env=child_env(keras_home), capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "extracted 1360 images" in done.stdout, done.stdout
+    return config
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+@needs_shared
+def test_flowers17_store(flowers17):
+    labels_on_disk = sorted(p.name for p in FLOWERS17.iterdir() if p.is_dir())
+    with FeatureStore(store_of(flowers17)) as store:
+        assert len(store) == 1360
+        assert store.label_names == labels_on_disk and len(labels_on_disk) == 17
+        assert store.ok.all() and store.skipped == []
+        attrs = store.attrs
+        assert attrs["weights"] == "imagenet" and attrs["input_size"] == 224
+        assert attrs["split"] == {"val": 0.0, "test": 0.25, "seed": 42}
+        labels, split = store.labels, store.split
+        feats = store.features(np.arange(0, 1360, 97))
+    for c in range(17):
+        n = int((labels == c).sum())
+        n_test = int(((labels == c) & (split == TEST)).sum())
+        assert abs(n_test - 0.25 * n) <= 0.5, (labels_on_disk[c], n_test, n)
+    assert feats.shape == (15, 1280)
+    assert_pretrained(feats)
+
+
+def store_of(config: Config) -> Path:
+    stores = list(Path(config.cache_dir).glob("*.h5"))
+    assert len(stores) == 1, stores
+    return stores[0]
+
+
+def assert_pretrained(feats: np.ndarray) -> None:
+    """Pooled ReLU6 outputs of the pretrained network are O(0.1-1); a randomly initialised
+    MobileNetV2 gives ~1e-12 (its activations vanish layer by layer)."""
+    assert feats.min() >= 0
+    assert feats.mean() > 0.01, (
+        f"mean feature {feats.mean():.3g}: these are not the pretrained network's features "
+        "(were the ImageNet weights loaded?)")
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+@needs_shared
+def test_flowers17_rank1_and_rank5(flowers17):
+    with FeatureStore(store_of(flowers17)) as store:
+        # fail in a second, not after minutes of fitting, when the features are not real
+        assert_pretrained(store.features(np.arange(0, 1360, 97)))
+    results = classify(flowers17, echo=lambda line: None)
+    assert [r["classifier"] for r in results] == ["logreg"]
+    r = results[0]
+    assert r["n_test"] == 340 and r["n_train"] == 1020
+    assert r["rank1"] >= 0.92, r["rank1"]
+    assert r["rank5"] >= 0.99, r["rank5"]
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+@needs_shared
+def test_flowers17_second_extract_is_a_cache_hit_here(flowers17, monkeypatch):
+    """The key computed in this process finds the store the other process wrote."""
+    def no_model(self):
+        raise AssertionError("the backbone model was built")
+    monkeypatch.setattr(Backbone, "model", property(no_model))
+    result = extract(flowers17, progress=False)
+    assert result.cache_hit and result.rows == 1360
+
+
+IMAGENET_PROBE = textwrap.dedent("""
+    import sys
+    from featx.backbones import Backbone, BackboneError
+    from featx.config import BackboneConfig
+    try:
+        Backbone(BackboneConfig(name="MobileNetV2", weights="imagenet", input_size=224)).model
+    except BackboneError as e:
+        print("BackboneError:", e)
+        sys.exit(3)
+    print("built")
+""")
+
+
+@pytest.mark.slow
+def test_imagenet_weights_with_an_empty_keras_home_say_how_to_work_offline(tmp_path):
+    keras_home = tmp_path / "keras"
+    keras_home.mkdir()
+    try:
+        done = subprocess.run([sys.executable, "-c", IMAGENET_PROBE], cwd=REPO,
+                              env=child_env(keras_home), capture_output=True, text=True,
+                              timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.skip("the weights download neither failed nor finished (a slow network?)")
+    if done.returncode == 0 and "built" in done.stdout:
+        pytest.skip("this machine reached the network and downloaded the weights")
+    assert done.returncode == 3, done.stderr[-3000:]
+    message = done.stdout
+    assert "BackboneError:" in message
+    assert "--weights" in message and "WEIGHTS=" in message  # how to give a local file
+    assert str(keras_home / "models") in message  # where a cached file would be found
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+@needs_shared
+def test_keras_home_named_in_the_error_is_where_keras_looks(tmp_path, monkeypatch):
+    """Follow the error's advice in the same process: put the weights file into the folder
+    the message names; weights="imagenet" must then find it.
+
+    Fails while featx names ``$KERAS_HOME/models`` as read *now* but Keras looks in the
+    KERAS_HOME it read at import time."""
+    import keras  # noqa: F401 (as in any session: Keras is imported before KERAS_HOME is set)
+
+    keras_home = tmp_path / "keras"
+    keras_home.mkdir()
+    monkeypatch.setenv("KERAS_HOME", str(keras_home))
+    config = BackboneConfig(name="MobileNetV2", weights="imagenet", input_size=224)
+    try:
+        Backbone(config).model  # noqa: B018
+    except BackboneError as e:
+        advised = str(e)
+    else:
+        pytest.skip("the weights were found or downloaded: nothing to advise")
+    assert str(keras_home / "models") in advised
+    seeded_keras_home(keras_home)
+    backbone = Backbone(config)
+    assert backbone.feature_shape == (1280,)  # built with the weights now in KERAS_HOME
