@@ -42,6 +42,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path("../shared")  # relative to the repository root
@@ -56,6 +57,11 @@ BOUND_BATCHES = {"MobileNetV2": 3, "ResNet50": 1}  # timed batches per bound sam
 TARGET_BOUND = 0.85  # featx / bound, MobileNetV2 and ResNet50 on flowers17
 TARGET_NAIVE = 3.0  # featx / naive, MobileNetV2
 TARGET_MEMORY = 1.15  # peak RSS at 4N / at N
+
+
+def die(message: str) -> NoReturn:
+    print(f"bench: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def log(message: str) -> None:
@@ -103,7 +109,7 @@ def data_paths(shared: Path) -> dict[str, Path]:
     roots = {name: shared / "datasets" / name for name in DATASETS}
     missing = [str(p) for p in roots.values() if not p.is_dir()]
     if missing:
-        sys.exit("bench: real data not found: " + ", ".join(missing) + "\n"
+        die("real data not found: " + ", ".join(missing) + "\n"
                  f"  The benchmark reads {shared}/datasets/{{flowers17,flowers5}} "
                  "(class-per-folder JPEGs) beside the repository; "
                  "pass --shared DIR if they live elsewhere.")
@@ -478,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
                         + ", ".join(f"{k} {v}" for k, v in DEFAULT_REPEATS.items()) + ")")
     parser.add_argument("--memory-images", type=int, default=300,
                         help="N of the memory row (default: %(default)s; 0: skip it)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run (~1.5 min): MobileNetV2 only, 128 images, one featx "
+                        "run per row, memory N=128")
     parser.add_argument("--shared", type=Path, default=None,
                         help="folder holding datasets/ (default: ../shared beside the repo)")
     parser.add_argument("--memory-child", nargs=2, metavar=("ROOT", "CACHE"),
@@ -495,17 +504,20 @@ def main(argv: list[str] | None = None) -> int:
     # so that whatever featx sets up for TensorFlow reaches featx's runs only.
     user_env = dict(os.environ)
 
+    if args.quick:
+        args.models, args.images, args.repeats = "MobileNetV2", args.images or 128, 1
+        args.memory_images = min(args.memory_images, 128)
     shared = args.shared or (REPO / SHARED)
     roots = data_paths(shared)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     for d in datasets:
         if d not in roots:
-            sys.exit(f"bench: unknown dataset {d!r} (known: {', '.join(roots)})")
+            die(f"unknown dataset {d!r} (known: {', '.join(roots)})")
     files = {d: list_images(roots[d]) for d in datasets}
     for d, found in files.items():
         if not found:
-            sys.exit(f"bench: no images under {roots[d]}")
+            die(f"no images under {roots[d]}")
 
     t0 = time.perf_counter()
     log("loading featx and TensorFlow")

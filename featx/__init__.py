@@ -5,4 +5,11 @@ images -> :mod:`featx.dataset` -> :mod:`featx.images` -> :mod:`featx.backbones`
 run by :mod:`featx.extract` and :mod:`featx.pipeline`, configured by :class:`featx.config.Config`.
 """
 
+import os
+
+# TF 2.21 leaves oneDNN off on CPUs without AVX512-VNNI/AMX; on this AVX2 machine turning it
+# on took MobileNetV2 from 39 to 64-74 img/s (features agree to 2e-6 relative). Only takes
+# effect if featx is imported before TensorFlow; a user's own setting wins.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
 __version__ = "0.1.0"
