@@ -210,14 +210,10 @@ class Backbone:
         weights would be created in the graph and the loaded ones silently lost."""
         import tensorflow as tf
 
-        model = self.model
+        self.model  # noqa: B018 - build now, outside the trace
         size = self.input_size
-
-        @tf.function(input_signature=[tf.TensorSpec((batch_size, size, size, 3), tf.uint8)])
-        def forward(images):
-            return model(self.preprocess(images), training=False)
-
-        return forward
+        spec = tf.TensorSpec((batch_size, size, size, 3), tf.uint8)
+        return tf.function(self.features, input_signature=[spec])
 
 
 def list_layers(name: str, input_size: int = 0) -> list[tuple[str, tuple]]:

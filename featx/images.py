@@ -73,9 +73,9 @@ def _usable_cores() -> int:
 
 def read_batches(
     paths: Sequence[str], size: int, batch_size: int, errors: ReadErrors,
-    start: int = 0, parallel: int | None = None,
+    parallel: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(first_row, images, ok)`` for rows ``start:`` in order, ``batch_size`` at a time.
+    """Yield ``(first_row, images, ok)`` for every row in order, ``batch_size`` at a time.
 
     ``images`` is (n, size, size, 3) uint8; ``ok[i]`` is False where the file was unreadable
     (its reason is in ``errors``).
@@ -102,13 +102,13 @@ def read_batches(
     # the end of about half the reads here, and decoding is not the bottleneck anyway.
     options = tf.data.Options()
     options.autotune.enabled = False
-    ds = (tf.data.Dataset.range(start, len(paths))
+    ds = (tf.data.Dataset.range(len(paths))
           .map(tf_load, num_parallel_calls=parallel or _usable_cores(),
                deterministic=True)
           .batch(batch_size)
           .prefetch(2)
           .with_options(options))
-    first = start
+    first = 0
     for images, ok in ds.as_numpy_iterator():
         yield first, images, ok
         first += len(images)

@@ -150,7 +150,10 @@ def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource
     digest = hashlib.sha256()
     ok_all = np.ones(n, bool)
     skipped: list[tuple[str, str]] = []
+    # Read the old store's small per-row datasets once, not per chunk or per row.
     old_reasons = dict(old.skipped) if old is not None else {}
+    old_ok = old.ok if old is not None else None
+    old_paths = old.paths if old is not None else None
     with h5py.File(tmp, "w") as f:
         feats = f.create_dataset("features", (n, *feature_shape), np.float32,
                                  chunks=(chunk_rows, *feature_shape), compression=comp,
@@ -164,7 +167,6 @@ def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource
                 order = np.argsort(old_rows[reuse])  # h5py reads increasing indices
                 got = old.file["features"][old_rows[reuse][order]]
                 block[reuse[order]] = got
-                old_ok = old.ok
                 for i in reuse:
                     ok_all[start + i] = old_ok[old_rows[i]]
             for i in np.flatnonzero(old_rows < 0):
@@ -177,7 +179,7 @@ def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource
                     skipped.append((paths[start + i], str(b["reasons"][j])))
             for i in reuse:
                 if not ok_all[start + i]:
-                    rel = old.paths[old_rows[i]] if old is not None else paths[start + i]
+                    rel = old_paths[old_rows[i]]
                     skipped.append((paths[start + i], old_reasons.get(rel, "unreadable")))
             feats[start:stop] = block
             digest.update(np.ascontiguousarray(block).tobytes())
