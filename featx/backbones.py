@@ -14,6 +14,7 @@ from typing import Any
 from featx.config import BackboneConfig
 
 POOLINGS = ("avg", "max", "flatten", "none")
+PRECISIONS = ("float32", "mixed_float16")
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ class Backbone:
         self.spec = get_spec(config.name)
         if config.pooling not in POOLINGS:
             raise BackboneError(f"unknown pooling {config.pooling!r}; valid: {', '.join(POOLINGS)}")
+        if config.precision not in PRECISIONS:
+            raise BackboneError(f"unknown precision {config.precision!r}; "
+                                f"valid: {', '.join(PRECISIONS)}")
         self.input_size = config.input_size or self.spec.input_size
         self.seed = seed
         self.weights_path: Path | None = None
@@ -128,7 +132,7 @@ class Backbone:
 
     def describe(self) -> dict[str, Any]:
         """Everything about the backbone that changes the features (for the store and key)."""
-        return {
+        described = {
             "backbone": self.spec.name,
             "weights": self.weights_kind,
             "weights_id": self.weights_id,
@@ -137,6 +141,9 @@ class Backbone:
             "input_size": self.input_size,
             "preprocess": self.spec.preprocess,
         }
+        if self.config.precision != "float32":  # float32 stores keep the keys they had
+            described["precision"] = self.config.precision
+        return described
 
     @cached_property
     def model(self):
@@ -150,10 +157,16 @@ class Backbone:
         weights: str | None = {"imagenet": "imagenet", "none": None}.get(self.weights_kind)
         if self.weights_path:
             weights = str(self.weights_path)
+        # Layers take the global dtype policy when they are built: set it only around the
+        # build, so that other models in the process keep theirs.
+        policy = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(self.config.precision)
         try:
             base = app(include_top=False, weights=weights, input_shape=shape)
         except Exception as e:  # keras raises plain Exception on a failed download
             raise self._weights_error(e) from e
+        finally:
+            keras.config.set_dtype_policy(policy)
         output = base.output
         if self.config.layer:
             names = [layer.name for layer in base.layers]
@@ -202,7 +215,10 @@ class Backbone:
         return module.preprocess_input(x)
 
     def features(self, images):
-        return self.model(self.preprocess(images), training=False)
+        import tensorflow as tf
+
+        # float16 activations under mixed precision: stored (and compared) as float32.
+        return tf.cast(self.model(self.preprocess(images), training=False), tf.float32)
 
     def compiled(self, batch_size: int):
         """``features`` as a ``tf.function`` for one fixed batch shape (traced once; callers
@@ -214,6 +230,18 @@ class Backbone:
         size = self.input_size
         spec = tf.TensorSpec((batch_size, size, size, 3), tf.uint8)
         return tf.function(self.features, input_signature=[spec])
+
+
+def compute_device() -> str:
+    """Where TensorFlow places the model: the first GPU if it sees one (used with no flag)."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU"
+    name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+    more = f" (+{len(gpus) - 1} more, unused)" if len(gpus) > 1 else ""
+    return f"GPU:0 {name}{more}"
 
 
 def list_layers(name: str, input_size: int = 0) -> list[tuple[str, tuple]]:

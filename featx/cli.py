@@ -73,6 +73,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("keys", nargs="*", help="default: every store")
     p = cache_sub.add_parser("rm", parents=[cache_dir], help="remove stores and their results")
     p.add_argument("keys", nargs="+")
+    p = sub.add_parser("predict", help="label images with a saved model (top-k)",
+                       description="Rebuild the backbone a saved model was trained on, read "
+                       "the images as extraction does and print the top-k labels per image.")
+    p.add_argument("model", help="a saved model: <results>/<pipeline>-<classifier>.joblib")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
+                   help="image files; folders are searched recursively for images")
+    p.add_argument("--top", type=int, default=5, help="labels per image (default 5)")
+    p.add_argument("--csv", nargs="?", const="-", metavar="FILE",
+                   help="CSV of path,rank,label,score: to FILE, or instead of the table "
+                   "on stdout when no FILE is given")
+    p.add_argument("--weights", help="the weights file, where it is on this machine (must be "
+                   "the same weights the model was trained with)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p = sub.add_parser("runs", help="one table of every classification result, best first",
+                       description="Find every result JSON (in <cache-dir>/**/*.runs/ and "
+                       "under the folders given, e.g. --out folders) and print dataset, "
+                       "backbone, layer, pooling, classifier, pipeline, rank-1, rank-5, fit "
+                       "seconds.")
+    p.add_argument("dirs", nargs="*", metavar="DIR", help="more folders (or JSON files)")
+    p.add_argument("--cache-dir", help="default $FEATX_CACHE_DIR or data/cache")
+    p.add_argument("--sort", default="rank1", metavar="COLUMN",
+                   help="dataset, backbone, layer, pooling, classifier, pipeline, rank1, rank5 "
+                   "or fit_seconds (default rank1, best first)")
+    p.add_argument("--dataset", help="only the runs on this dataset")
+    p.add_argument("--csv", action="store_true", help="CSV instead of the table")
     p = sub.add_parser("demo-data", help="export scikit-learn's digits as PNGs (the demo set)")
     p.add_argument("folder", nargs="?", default="data/digits")
     return parser
@@ -97,12 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     from featx.config import ConfigError
     from featx.dataset import DatasetError
     from featx.extract import ExtractError
+    from featx.predict import PredictError
+    from featx.runs import RunsError
     from featx.store import StoreError
 
     try:
         return _dispatch(args)
     except (ConfigError, DatasetError, BackboneError, StoreError, ExtractError,
-            ClassifierError) as e:
+            ClassifierError, PredictError, RunsError) as e:
         print(f"featx: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # full disk, read-only folder, permissions: name the path
@@ -130,6 +157,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "cache":
         return _cache(args)
+    if args.command == "runs":
+        return _runs(args)
+    if args.command == "predict":
+        from featx.predict import run
+
+        return run(args.model, args.inputs, top=args.top, csv_file=args.csv,
+                   weights=args.weights, batch_size=args.batch_size)
     config = config_from_args(args)
     if args.command == "extract":
         from featx.extract import extract
@@ -139,7 +173,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"featx: cache hit: {r.path} ({r.rows} rows, no model work)")
         else:
             print(f"featx: extracted {r.extracted} images in {r.seconds:.1f}s "
-                  f"({r.images_per_second:.1f} img/s); {r.reused} reused, {r.extracted} added, "
+                  f"({r.images_per_second:.1f} img/s on {r.device or 'no device'}); "
+                  f"{r.reused} reused, {r.extracted} added, "
                   f"{r.dropped} dropped, {len(r.skipped)} skipped -> {r.path}")
             for path, reason in r.skipped[:10]:
                 print(f"  skipped {path}: {reason}")
@@ -154,6 +189,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         classify(config, Path(args.store) if args.store else None)
         return 0
     raise AssertionError(args.command)
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from featx import runs
+
+    folder = Config(cache_dir=args.cache_dir or "").cache_path
+    rows = runs.load_runs(runs.find_results(folder, args.dirs))
+    rows = runs.sort_runs(runs.filter_runs(rows, args.dataset), args.sort)
+    if args.csv:
+        print(runs.to_csv(rows), end="")
+    else:
+        print(runs.table(rows))
+        print(f"{len(rows)} runs", file=sys.stderr)
+    return 0
 
 
 def _cache(args: argparse.Namespace) -> int:

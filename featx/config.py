@@ -40,6 +40,9 @@ class BackboneConfig:
     layer: str = ""  # empty: the model's last convolutional output
     pooling: str = "avg"  # avg | max | flatten | none
     input_size: int = 0  # 0: the backbone's native size
+    # float32 | mixed_float16 (float16 compute, float32 weights; for GPUs with tensor cores,
+    # slower on CPUs). Features are stored as float32 either way.
+    precision: str = "float32"
 
 
 @dataclass
@@ -58,12 +61,30 @@ class ClassifyConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """``featx finetune``: a new head on the backbone, warmed up, then the top layers trained."""
+    warmup_epochs: int = 30  # phase 1: the base frozen, only the head trained
+    warmup_optimizer: str = "adam"  # adam | rmsprop
+    warmup_lr: float = 1e-3
+    epochs: int = 20  # phase 2: the top `unfreeze` layers trained too (0: no phase 2)
+    unfreeze: int = 12  # top layers of the base trained in phase 2 (BatchNorm layers stay frozen)
+    lr: float = 1e-3  # phase 2: SGD with momentum 0.9
+    dropout: float = 0.2  # before the dense softmax
+    batch_size: int = 32
+    patience: int = 4  # epochs without a lower validation loss before a phase stops
+    augment: bool = True  # train on each training image and its mirror image
+    holdout: float = 0.15  # per-class share of training rows for early stopping if dataset.val=0
+    seed: int = 0
+
+
+@dataclass
 class Config:
     name: str = "featx"
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     cache_dir: str = ""  # empty: $FEATX_CACHE_DIR, else data/cache
     out: str = ""  # empty: results go beside the feature store
 

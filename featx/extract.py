@@ -51,6 +51,7 @@ class ExtractResult:
     seconds: float = 0.0  # wall time of the whole run, model building included
     images_per_second: float = 0.0  # steady state: after the first batch (graph tracing)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    device: str = ""  # where the model ran ("CPU", "GPU:0 <name>"); empty on a cache hit
 
 
 def feature_settings(backbone: Backbone) -> dict:
@@ -181,8 +182,11 @@ def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
         print(f"featx: resuming: {len(done)} of {blocks.n_blocks} blocks already extracted",
               file=sys.stderr)
     t0 = time.perf_counter()
-    extracted, rate = 0, 0.0
+    extracted, rate, device = 0, 0.0, ""
     if remaining:
+        from featx.backbones import compute_device
+
+        device = compute_device()
         extracted, rate = _extract_blocks(config, dataset, backbone, todo, blocks, remaining,
                                           progress)
     seconds = time.perf_counter() - t0
@@ -201,7 +205,7 @@ def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
     return ExtractResult(p.path, p.key, cache_hit=False, rows=len(dataset),
                          extracted=extracted, reused=len(dataset) - extracted,
                          dropped=dropped, seconds=seconds, images_per_second=rate,
-                         skipped=skipped)
+                         skipped=skipped, device=device)
 
 
 def _feature_shape(blocks: BlockDir, old: FeatureStore | None,

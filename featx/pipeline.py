@@ -70,10 +70,15 @@ def fit_learner(name: str, data: Splits, config: Config) -> learners.FitResult:
 
 
 def save_model(path: Path, fitted: learners.FitResult, data: Splits, config: Config) -> None:
+    # featx predict rebuilds the backbone from the pipeline that extracted the store
+    # ("extracted_by"; "pipeline" is this run's, which `classify --store` need not match) and
+    # refuses it unless it gives the same settings_key and feature_shape.
     joblib.dump({"model": fitted.model, "label_names": data.label_names,
-                 "backbone": data.backbone, "key": data.attrs["key"],
+                 "classifier": fitted.name, "backbone": data.backbone, "key": data.attrs["key"],
+                 "settings_key": data.attrs.get("settings_key"),
                  "feature_shape": data.attrs.get("feature_shape"),
-                 "pipeline": json.loads(config.to_json())}, path)
+                 "pipeline": json.loads(config.to_json()),
+                 "extracted_by": data.attrs.get("pipeline")}, path)
 
 
 def classify(config: Config, store_path: Path | None = None,
@@ -96,7 +101,8 @@ def classify(config: Config, store_path: Path | None = None,
             "best_params": fitted.best_params, "cv_score": fitted.cv_score,
             "fit_seconds": fitted.fit_seconds,
             "n_train": int(len(data.y[TRAIN]) + len(data.y[VAL])),
-            **evaluate(data.y[TEST], scores, fitted.model.classes_, data.label_names),
+            **evaluate(data.y[TEST], scores, fitted.model.classes_, data.label_names,
+                       paths=data.paths[TEST]),
         }
         stem = out_dir / f"{config.name}-{name}"
         write_reports(result, stem)

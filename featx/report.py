@@ -1,13 +1,21 @@
-"""Evaluation and reports: rank-1/rank-5, per-class scores, confusion matrix, JSON + Markdown."""
+"""Evaluation and reports: rank-1/rank-5, per-class scores, the confusion matrix and the
+most-confused class pairs; written as JSON (everything), Markdown, a self-contained HTML page
+and two PNG charts (confusion matrix, per-class recall)."""
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
+
+TOP_PAIRS = 10  # most-confused pairs shown in the reports
+N_EXAMPLES = 3  # example test images recorded per confused pair
 
 
 def rank_k(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray, k: int) -> float:
@@ -22,12 +30,21 @@ def rank_k(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray, k: int) 
 
 
 def evaluate(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray,
-             label_names: list[str]) -> dict[str, Any]:
-    """Rank-1, rank-5, per-class precision/recall/F1 and the confusion matrix."""
+             label_names: list[str], paths: list[str] | None = None) -> dict[str, Any]:
+    """Rank-1, rank-5, per-class precision/recall/F1, the confusion matrix and the
+    most-confused pairs; with ``paths`` (one per test row) a few example images per pair."""
     predicted = classes[np.argmax(scores, axis=1)]
     labels = np.arange(len(label_names))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, predicted, labels=labels, zero_division=0)
+    confusion = confusion_matrix(y_true, predicted, labels=labels)
+    pairs = confused_pairs(confusion, label_names)
+    if paths is not None:
+        if len(paths) != len(y_true):
+            raise ValueError(f"{len(paths)} paths for {len(y_true)} test rows")
+        for pair in pairs:
+            cell = (y_true == pair["true_index"]) & (predicted == pair["predicted_index"])
+            pair["examples"] = [str(paths[i]) for i in np.flatnonzero(cell)[:N_EXAMPLES]]
     return {
         "rank1": rank_k(y_true, scores, classes, 1),
         "rank5": rank_k(y_true, scores, classes, 5),
@@ -35,45 +52,232 @@ def evaluate(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray,
         "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f),
                              "support": int(s)}
                       for name, p, r, f, s in zip(label_names, precision, recall, f1, support)},
-        "confusion": confusion_matrix(y_true, predicted, labels=labels).tolist(),
+        "confusion": confusion.tolist(),
+        "confused_pairs": pairs,
     }
+
+
+def confused_pairs(confusion: Any, label_names: list[str],
+                   top: int = TOP_PAIRS) -> list[dict[str, Any]]:
+    """The ``top`` off-diagonal cells with the most test images, largest first (ties in
+    row-then-column order): true -> predicted, count."""
+    m = np.asarray(confusion, dtype=np.int64)
+    off = [(int(m[t, p]), t, p) for t in range(len(m)) for p in range(len(m))
+           if t != p and m[t, p] > 0]
+    off.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return [{"true": label_names[t], "predicted": label_names[p], "count": n,
+             "true_index": t, "predicted_index": p} for n, t, p in off[:top]]
 
 
 def summary_line(name: str, result: dict[str, Any]) -> str:
     params = ", ".join(f"{k.split('__')[-1]}={v}" for k, v in result["best_params"].items())
     return (f"{name:<12} rank-1 {result['rank1']:.3f}  rank-5 {result['rank5']:.3f}  "
-            f"({params}; cv {result['cv_score']:.3f}; fit {result['fit_seconds']:.1f}s; "
+            f"({params}; cv {_num(result.get('cv_score'))}; "
+            f"fit {_num(result.get('fit_seconds'), 1)}s; "
             f"{result['n_train']} train / {result['n_test']} test)")
 
 
-def write_reports(result: dict[str, Any], stem: Path) -> tuple[Path, Path]:
-    """Write ``stem.json`` (everything) and ``stem.md`` (short, human)."""
+def write_reports(result: dict[str, Any], stem: Path) -> dict[str, Path]:
+    """Write ``stem.json`` (everything), ``stem.md``, ``stem.html`` (self-contained: the
+    charts are embedded) and the charts ``stem-confusion.png`` and ``stem-recall.png``.
+    Returns the paths by kind: json, md, html, confusion, recall."""
+    stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
-    json_path.write_text(json.dumps(result, indent=2, sort_keys=True))
-    md_path.write_text(markdown(result))
-    return json_path, md_path
+    paths = {"json": _beside(stem, ".json"), "md": _beside(stem, ".md"),
+             "html": _beside(stem, ".html"), "confusion": _beside(stem, "-confusion.png"),
+             "recall": _beside(stem, "-recall.png")}
+    paths["json"].write_text(json.dumps(result, indent=2, sort_keys=True))
+    names = list(result["per_class"])
+    pngs = {"confusion": confusion_png(result["confusion"], names, _title(result)),
+            "recall": recall_png(result["per_class"], _title(result), result.get("rank1"))}
+    for kind, png in pngs.items():
+        paths[kind].write_bytes(png)
+    paths["md"].write_text(markdown(result, {k: paths[k].name for k in pngs}))
+    paths["html"].write_text(html_report(result, pngs))
+    return paths
 
 
-def markdown(r: dict[str, Any]) -> str:
-    b = r["backbone"]
-    lines = [
-        f"# {r['pipeline']}: {r['classifier']}",
-        "",
-        f"- dataset: {r['dataset']} ({r['n_train']} train, {r['n_test']} test images)",
-        f"- backbone: {b['backbone']} ({b['weights']}), layer {b['layer']}, "
-        f"pooling {b['pooling']}, input {b['input_size']}",
-        f"- feature store: `{r['store']}` (key {r['key']})",
-        f"- best parameters: {r['best_params']} (cross-validated accuracy {r['cv_score']:.3f})",
-        f"- fit time: {r['fit_seconds']:.1f} s",
-        "",
-        f"**rank-1 {r['rank1']:.3f} · rank-5 {r['rank5']:.3f}**",
-        "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---:|---:|---:|---:|",
-    ]
+def _beside(stem: Path, suffix: str) -> Path:
+    # not with_suffix: a pipeline name may contain dots
+    return stem.with_name(stem.name + suffix)
+
+
+def _title(r: dict[str, Any]) -> str:
+    b = r.get("backbone", {})
+    return (f"{r.get('pipeline', '')}: {r.get('classifier', '')} on {b.get('backbone', '?')} "
+            f"({b.get('pooling', '?')})")
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _pairs(r: dict[str, Any]) -> list[dict[str, Any]]:
+    # results written by other code may carry only the matrix
+    if "confused_pairs" in r:
+        return r["confused_pairs"][:TOP_PAIRS]
+    return confused_pairs(r["confusion"], list(r["per_class"]))
+
+
+# --- charts ------------------------------------------------------------------------------
+
+def confusion_png(confusion: Any, names: list[str], title: str = "") -> bytes:
+    """The confusion matrix as a PNG: counts in the cells (blank for 0), colours normalised
+    per true class (row) so small classes read like large ones, class names on both axes."""
+    from matplotlib.figure import Figure
+
+    m = np.asarray(confusion, dtype=np.int64)
+    n = len(names)
+    rows = m.sum(axis=1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros(m.shape), where=rows > 0)
+    cell = float(np.clip(22 / max(n, 1), 0.12, 0.5))  # inches: cells shrink for many classes
+    side = 2.5 + cell * n
+    fig = Figure(figsize=(side + 1.5, side + 0.6), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    colorbar = fig.colorbar(image, ax=ax, shrink=0.8)
+    colorbar.set_label("fraction of the true class")
+    font = 10 if n <= 20 else 7 if n <= 40 else 5
+    ax.set_xticks(range(n), names, rotation=45, ha="right", rotation_mode="anchor",
+                  fontsize=font)
+    ax.set_yticks(range(n), names, fontsize=font)
+    # faint cell borders: a count far from the diagonal is read against its row and column
+    ax.set_xticks(np.arange(n + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(n + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="#dddddd", linewidth=0.5)
+    ax.tick_params(which="minor", length=0)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"{title}\ncounts in cells (blank: 0, red: errors), colour: fraction of "
+                 "the row", fontsize=10)
+    if n <= 60:  # beyond that the digits cannot be read
+        for t, p in zip(*np.nonzero(m)):
+            colour = "white" if norm[t, p] > 0.5 else "black" if t == p else "#c0392b"
+            ax.text(p, t, str(m[t, p]), ha="center", va="center", fontsize=font,
+                    color=colour, fontweight="normal" if t == p else "bold")
+    return _png(fig)
+
+
+def recall_png(per_class: dict[str, dict[str, Any]], title: str = "",
+               rank1: float | None = None) -> bytes:
+    """Per-class accuracy (recall) as horizontal bars, worst class on top."""
+    from matplotlib.figure import Figure
+
+    items = sorted(per_class.items(), key=lambda kv: (kv[1]["recall"], kv[0]))
+    names = [k for k, _ in items]
+    recall = [v["recall"] for _, v in items]
+    n = len(names)
+    bar = float(np.clip(12 / max(n, 1), 0.1, 0.35))
+    fig = Figure(figsize=(7, 1.5 + bar * n), layout="constrained")
+    ax = fig.add_subplot()
+    font = 9 if n <= 30 else 6
+    ax.barh(range(n), recall, color=[_bar_colour(r) for r in recall])
+    ax.set_yticks(range(n), names, fontsize=font)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.12)
+    ax.set_xlabel("recall (fraction of the class's test images classified correctly)")
+    for i, r in enumerate(recall):
+        ax.text(r + 0.01, i, f"{r:.2f}", va="center", fontsize=font)
+    if rank1 is not None:
+        ax.axvline(rank1, color="grey", linestyle="--", linewidth=1,
+                   label=f"overall rank-1 {rank1:.3f}")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{title}\nper-class accuracy (recall)", fontsize=10)
+    return _png(fig)
+
+
+def _bar_colour(recall: float) -> str:
+    return "#2b8cbe" if recall >= 0.9 else "#fdae61" if recall >= 0.7 else "#d7191c"
+
+
+def _png(fig: Any) -> bytes:
+    # the Agg canvas directly: no pyplot, no global backend state, no display needed
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+# --- Markdown and HTML ----------------------------------------------------------------------
+
+def _settings(r: dict[str, Any]) -> list[tuple[str, str]]:
+    b = r.get("backbone", {})
+    rows = [("pipeline", r.get("pipeline")), ("classifier", r.get("classifier")),
+            ("dataset", f"{r.get('dataset')} ({r.get('n_train')} train, {r.get('n_test')} "
+                        "test images)")]
+    rows += [(f"backbone.{k}", v) for k, v in b.items()]
+    rows += [("feature store", r.get("store")), ("key", r.get("key")),
+             ("best parameters", ", ".join(f"{k.split('__')[-1]}={v}"
+                                           for k, v in (r.get("best_params") or {}).items())),
+             ("cross-validated accuracy", _num(r.get("cv_score"))),
+             ("fit time", f"{_num(r.get('fit_seconds'), 1)} s")]
+    return [(k, "" if v is None else str(v)) for k, v in rows]
+
+
+def markdown(r: dict[str, Any], images: dict[str, str] | None = None) -> str:
+    """The Markdown report; ``images`` maps confusion/recall to PNG file names beside it."""
+    lines = [f"# {r['pipeline']}: {r['classifier']}", ""]
+    lines += [f"- {k}: {v}" for k, v in _settings(r)]
+    lines += ["", f"**rank-1 {r['rank1']:.3f} · rank-5 {r['rank5']:.3f}**", ""]
+    if images:
+        lines += [f"![confusion matrix]({images['confusion']})", "",
+                  f"![per-class recall]({images['recall']})", ""]
+    lines += ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
     for name, s in r["per_class"].items():
         lines.append(f"| {name} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} "
                      f"| {s['support']} |")
-    lines += ["", "Confusion matrix (rows: true, columns: predicted), in the JSON result.", ""]
+    pairs = _pairs(r)
+    lines += ["", f"## Most-confused pairs (top {TOP_PAIRS})", ""]
+    if pairs:
+        lines += ["| true | predicted | count | examples |", "|---|---|---:|---|"]
+        for p in pairs:
+            examples = ", ".join(f"`{e}`" for e in p.get("examples", []))
+            lines.append(f"| {p['true']} | {p['predicted']} | {p['count']} | {examples} |")
+    else:
+        lines.append("No test image was misclassified.")
+    lines += ["", "Confusion matrix (rows: true, columns: predicted): in the JSON result.", ""]
     return "\n".join(lines)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;
+padding:.25em .6em}td.n{text-align:right}th{background:#f2f2f2}img{max-width:100%}
+.score{font-size:1.4em}code{font-size:.9em}"""
+
+
+def html_report(r: dict[str, Any], pngs: dict[str, bytes]) -> str:
+    """One self-contained HTML page: the charts are embedded as base64 data URIs."""
+    e = html.escape
+    title = f"{r['pipeline']}: {r['classifier']}"
+    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
+           f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
+           f"<p class='score'><b>rank-1 {r['rank1']:.3f}</b> · rank-5 {r['rank5']:.3f}</p>",
+           "<h2>Settings</h2><table>"]
+    out += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _settings(r)]
+    out.append("</table>")
+    for kind, alt in (("confusion", "confusion matrix"), ("recall", "per-class recall")):
+        data = base64.b64encode(pngs[kind]).decode("ascii")
+        out.append(f"<h2>{alt.capitalize()}</h2><img alt='{alt}' "
+                   f"src='data:image/png;base64,{data}'>")
+    out.append("<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th>"
+               "<th>F1</th><th>support</th></tr>")
+    for name, s in r["per_class"].items():
+        out.append(f"<tr><td>{e(name)}</td><td class=n>{s['precision']:.3f}</td>"
+                   f"<td class=n>{s['recall']:.3f}</td><td class=n>{s['f1']:.3f}</td>"
+                   f"<td class=n>{s['support']}</td></tr>")
+    out.append(f"</table><h2>Most-confused pairs (top {TOP_PAIRS})</h2>")
+    pairs = _pairs(r)
+    if pairs:
+        out.append("<table><tr><th>true</th><th>predicted</th><th>count</th>"
+                   "<th>examples</th></tr>")
+        for p in pairs:
+            examples = "<br>".join(f"<code>{e(x)}</code>" for x in p.get("examples", []))
+            out.append(f"<tr><td>{e(p['true'])}</td><td>{e(p['predicted'])}</td>"
+                       f"<td class=n>{p['count']}</td><td>{examples}</td></tr>")
+        out.append("</table>")
+    else:
+        out.append("<p>No test image was misclassified.</p>")
+    out.append("</body></html>\n")
+    return "\n".join(out)

@@ -252,3 +252,34 @@ def test_weights_from_a_local_file(tmp_path, images):
     expected = base(keras.applications.mobilenet_v2.preprocess_input(x.astype(np.float32)))
     expected = np.asarray(expected).mean(axis=(1, 2))
     assert_close(np.asarray(b.features(x)), expected)
+
+
+def test_mixed_precision_computes_in_float16_and_returns_float32(images):
+    """Same seeded weights: mixed_float16 features are float32 and close to the float32 ones,
+    and the settings (hence the store key) say which precision made them."""
+    def build(precision):
+        # An early layer: with random weights the deep activations are ~1e-12, below float16.
+        return Backbone(BackboneConfig(name="MobileNetV2", weights="none", input_size=32,
+                                       layer="block_3_expand_relu", precision=precision),
+                        seed=3)
+
+    full, mixed = build("float32"), build("mixed_float16")
+    assert mixed.model.layers[2].compute_dtype == "float16"
+    assert full.model.layers[2].compute_dtype == "float32"
+    assert mixed.model.layers[2].variable_dtype == "float32"  # weights stay float32
+    x = images[:, :32, :32]
+    a = full.compiled(len(x))(x).numpy()
+    b = mixed.compiled(len(x))(x).numpy()
+    assert b.dtype == np.float32 and b.shape == a.shape
+    assert not np.array_equal(a, b)  # really computed in float16
+    np.testing.assert_allclose(b, a, rtol=0.05, atol=0.05 * float(np.abs(a).max()))
+    assert "precision" not in full.describe()  # float32 stores keep their keys
+    assert mixed.describe()["precision"] == "mixed_float16"
+    import keras
+
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+
+
+def test_unknown_precision_lists_the_valid_ones():
+    with pytest.raises(BackboneError, match="mixed_float16"):
+        Backbone(BackboneConfig(precision="float8"))

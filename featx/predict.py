@@ -1,0 +1,250 @@
+"""Predict with a saved model: images -> the same frozen backbone -> classifier -> top-k labels.
+
+A bundle saved by ``featx classify`` (``<results>/<pipeline>-<classifier>.joblib``) records
+the classifier, the label names, the pipeline and the feature settings key. ``Predictor.load``
+rebuilds the backbone from the recorded pipeline and refuses to predict when the features it
+would compute are not the ones the classifier was trained on (other weights, layer, pooling,
+input size, preprocessing or resize policy): a classifier on the wrong features still
+returns confident, meaningless labels.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from featx.backbones import Backbone, BackboneError, keras_home
+from featx.classify import class_scores
+from featx.config import BackboneConfig
+from featx.dataset import IMAGE_EXTENSIONS
+from featx.images import ReadErrors, read_batches
+from featx.store import store_key
+
+CSV_HEADER = ("path", "rank", "label", "score", "error")
+
+
+class PredictError(ValueError):
+    """A model that cannot predict as asked: says which file and which setting."""
+
+
+@dataclass
+class Prediction:
+    """The top labels of one image, best first, or why it could not be read."""
+
+    path: str
+    labels: list[tuple[str, float]]  # (label, score), best first; empty when unreadable
+    error: str = ""
+
+
+def image_files(inputs: Iterable[str | Path]) -> list[str]:
+    """Files as given, folders expanded recursively to their image files (sorted; hidden
+    files and folders skipped). A file is kept whatever its name: if it is not an image,
+    its line says so."""
+    out: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            out += sorted(str(p) for p in path.rglob("*")
+                          if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                          and not any(part.startswith(".")
+                                      for part in p.relative_to(path).parts))
+        else:
+            out.append(str(path))
+    return out
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    z = scores - scores.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Predictor:
+    """A saved classifier with the backbone that computes its features."""
+
+    def __init__(self, bundle: dict[str, Any], backbone: Backbone, source: str = "model") -> None:
+        self.source = source
+        self.model = bundle["model"]
+        self.label_names: list[str] = list(bundle["label_names"])
+        self.classes = [self.label_names[int(c)] for c in self.model.classes_]
+        self.classifier = bundle.get("classifier") or type(self.model).__name__
+        self.backbone = backbone
+        self.feature_shape = tuple(bundle.get("feature_shape") or ())
+        # Pipelines whose last step has no predict_proba hide it (hasattr is False).
+        self.probabilities = hasattr(self.model, "predict_proba")
+        _check_settings(bundle, backbone, source)
+
+    @classmethod
+    def load(cls, path: str | Path, weights: str | None = None) -> Predictor:
+        """Read a bundle and rebuild its backbone; ``weights`` replaces the recorded weights
+        location (the file must be the same weights, by content)."""
+        import joblib
+
+        path = Path(path)
+        if not path.is_file():
+            raise PredictError(f"no saved model at {path} (featx classify writes "
+                               "<results>/<pipeline>-<classifier>.joblib)")
+        try:
+            bundle = joblib.load(path)
+        except Exception as e:  # pickle/joblib raise many types on a foreign or cut file
+            raise PredictError(f"{path}: not a featx model bundle ({type(e).__name__}: {e})"
+                               ) from None
+        if not isinstance(bundle, dict) or not {"model", "label_names", "pipeline"} <= set(bundle):
+            raise PredictError(f"{path}: not a featx model bundle (no model, label_names "
+                               "and pipeline)")
+        # The pipeline that extracted the training features, where recorded.
+        pipeline = bundle.get("extracted_by") or bundle["pipeline"]
+        section = dict(pipeline.get("backbone", {}))
+        if weights is not None:
+            section["weights"] = str(weights)
+        known = {f.name for f in dataclasses.fields(BackboneConfig)}
+        config = BackboneConfig(**{k: v for k, v in section.items() if k in known})
+        try:
+            # Extraction seeds random weights with the dataset seed: the same seed, the same net.
+            backbone = Backbone(config, seed=int(pipeline.get("dataset", {}).get("seed", 0)))
+        except BackboneError as e:
+            hint = "" if weights is not None else \
+                " (weights elsewhere on this machine? give --weights PATH)"
+            raise PredictError(f"{path}: {e}{hint}") from None
+        return cls(bundle, backbone, source=str(path))
+
+    @property
+    def calibration(self) -> str:
+        """What the scores are, for the output header."""
+        if self.probabilities:
+            return "probabilities"
+        return (f"softmax of decision values ({self.classifier} has no predict_proba; "
+                "not calibrated probabilities)")
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """(n, n_classes) scores summing to 1, columns in ``self.classes`` order."""
+        x = np.asarray(features, np.float32).reshape(len(features), -1)
+        width = int(np.prod(self.feature_shape)) if self.feature_shape else \
+            getattr(self.model, "n_features_in_", x.shape[1])
+        if x.shape[1] != width:
+            raise PredictError(f"{self.source}: features of width {x.shape[1]}, but the model "
+                               f"was trained on width {width} (shape {list(self.feature_shape)}):"
+                               " other backbone, layer, pooling or input size")
+        scores = class_scores(self.model, x)
+        return scores if self.probabilities else softmax(scores)
+
+    def features(self, paths: Sequence[str], batch_size: int = 32
+                 ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """Features of the images (rows of zeros where unreadable), ok flags and the reasons
+        for unreadable files by row: read and computed exactly as extraction does."""
+        if batch_size < 1:
+            raise PredictError(f"batch size must be at least 1, not {batch_size}")
+        batch = max(1, min(batch_size, len(paths)))
+        forward = self.backbone.compiled(batch)
+        errors = ReadErrors()
+        feats, oks = [], []
+        for _, images, ok in read_batches(list(paths), self.backbone.input_size, batch, errors):
+            n = len(images)
+            if n < batch:  # one traced shape: pad the last batch as extraction does
+                images = np.concatenate([images, np.zeros((batch - n, *images.shape[1:]),
+                                                          images.dtype)])
+            f = forward(images).numpy()[:n].reshape(n, -1)
+            f[~ok] = 0.0
+            feats.append(f)
+            oks.append(ok)
+        if not feats:
+            return np.zeros((0, 0), np.float32), np.zeros(0, bool), {}
+        return np.concatenate(feats), np.concatenate(oks), dict(errors.reasons)
+
+    def top_k(self, paths: Sequence[str], k: int = 5, batch_size: int = 32) -> list[Prediction]:
+        """The ``k`` best labels of every image, in input order; unreadable ones carry the
+        reason instead."""
+        if k < 1:
+            raise PredictError(f"--top must be at least 1, not {k}")
+        if not paths:
+            return []
+        x, ok, reasons = self.features(paths, batch_size)
+        out = [Prediction(p, [], reasons.get(i, "unreadable")) for i, p in enumerate(paths)]
+        good = np.flatnonzero(ok)
+        if len(good):
+            proba = self.predict_proba(x[good])
+            k = min(k, proba.shape[1])
+            best = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+            for row, i in enumerate(good):
+                out[i] = Prediction(paths[i], [(self.classes[j], float(proba[row, j]))
+                                               for j in best[row]])
+        return out
+
+
+def _check_settings(bundle: dict[str, Any], backbone: Backbone, source: str) -> None:
+    """Refuse a backbone whose features differ from those the model was trained on."""
+    from featx.extract import feature_settings
+
+    recorded = bundle.get("backbone") or {}
+    settings = feature_settings(backbone)
+    if recorded.get("weights_id") and recorded["weights_id"] != backbone.weights_id:
+        where = backbone.weights_path or backbone.weights_kind
+        advice = "give --weights the same weights file"
+        if recorded.get("weights") == "imagenet":  # identified by Keras version, not content
+            advice = ('it was trained with weights="imagenet": leave --weights out and put '
+                      f"the file Keras downloads into {keras_home() / 'models'}/")
+        raise PredictError(
+            f"{source}: the weights {where} ({backbone.weights_id}) are not the ones the model "
+            f"was trained with ({recorded['weights_id']}); {advice}")
+    differ = [f"{k}={recorded[k]!r} (now {settings[k]!r})" for k in settings
+              if k in recorded and recorded[k] != settings[k]]
+    key = bundle.get("settings_key")
+    if differ or (key and key != store_key(settings)):
+        detail = "; ".join(differ) or f"settings key {key} (now {store_key(settings)})"
+        raise PredictError(f"{source}: these features would differ from the ones the model was "
+                           f"trained on: {detail}")
+
+
+def write_table(predictions: Sequence[Prediction], predictor: Predictor, out: TextIO) -> None:
+    """One line per image: its path, then label and score, best first."""
+    out.write(f"# {predictor.source}: {predictor.classifier} on {predictor.backbone.spec.name}; "
+              f"scores: {predictor.calibration}\n")
+    for p in predictions:
+        if p.error:
+            out.write(f"{p.path}  unreadable: {p.error}\n")
+        else:
+            out.write(p.path + "  " + "  ".join(f"{lb} {s:.3f}" for lb, s in p.labels) + "\n")
+
+
+def write_csv(predictions: Sequence[Prediction], out: TextIO) -> None:
+    """path, rank, label, score: one row per label (rank 1 is best); an unreadable image has
+    one row with its reason in ``error``."""
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(CSV_HEADER)
+    for p in predictions:
+        if p.error:
+            w.writerow([p.path, "", "", "", p.error])
+        for rank, (label, score) in enumerate(p.labels, 1):
+            w.writerow([p.path, rank, label, f"{score:.6f}", ""])
+
+
+def run(model: str, inputs: Sequence[str], top: int = 5, csv_file: str | None = None,
+        weights: str | None = None, batch_size: int = 32, out: TextIO | None = None) -> int:
+    """``featx predict``: the table on ``out`` (stdout), or the CSV there with ``csv_file="-"``,
+    or both the table and a CSV file."""
+    out = out or sys.stdout
+    predictor = Predictor.load(model, weights)
+    paths = image_files(inputs)
+    if not paths:
+        raise PredictError(f"no image files in {', '.join(map(str, inputs))} "
+                           f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    predictions = predictor.top_k(paths, top, batch_size)
+    if csv_file == "-":
+        print(f"featx: scores are {predictor.calibration}", file=sys.stderr)
+        write_csv(predictions, out)
+    else:
+        write_table(predictions, predictor, out)
+        if csv_file:
+            with open(csv_file, "w", newline="") as f:
+                write_csv(predictions, f)
+    bad = sum(bool(p.error) for p in predictions)
+    if bad:
+        print(f"featx: {bad} of {len(predictions)} images unreadable", file=sys.stderr)
+    return 0

@@ -1,0 +1,319 @@
+"""featx predict: a saved model labels image files through the backbone it was trained on."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+
+from featx.backbones import Backbone
+from featx.cli import main
+from featx.config import BackboneConfig
+from featx.dataset import TEST, TRAIN
+from featx.pipeline import classify
+from featx.predict import CSV_HEADER, Predictor, PredictError, image_files, run
+from featx.store import FeatureStore
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FLOWERS17 = SHARED / "datasets" / "flowers17"
+WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+
+
+@pytest.fixture(scope="module")
+def models(tiny_store, tmp_path_factory, make_config):
+    """logreg and linear_svm bundles trained on the tiny store, by classifier name."""
+    out = tmp_path_factory.mktemp("predict-models")
+    config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(out))
+    classify(config, tiny_store.path, echo=lambda line: None)
+    return {name: out / f"tiny-{name}.joblib" for name in ("logreg", "linear_svm")}
+
+
+@pytest.fixture(scope="module")
+def held_out(tiny_store):
+    """Absolute paths, stored features and labels of the store's test rows."""
+    with FeatureStore(tiny_store.path) as store:
+        rows = np.flatnonzero((store.split == TEST) & store.ok)
+        paths = [str(tiny_store.root / store.paths[i]) for i in rows]
+        return paths, store.features(rows), store.labels[rows], store.label_names
+
+
+@pytest.mark.parametrize("name", ["logreg", "linear_svm"])
+def test_predictions_agree_with_the_classifier_on_stored_features(models, held_out, name):
+    paths, stored, labels, names = held_out
+    predictor = Predictor.load(models[name])
+    assert predictor.classes == names
+    # The same reader and backbone give the stored numbers back (other batch size, too).
+    computed, ok, reasons = predictor.features(paths, batch_size=3)
+    assert ok.all() and not reasons
+    np.testing.assert_allclose(computed, stored, rtol=1e-4, atol=1e-6 * np.abs(stored).max())
+    expected = [names[c] for c in predictor.model.predict(stored)]
+    predictions = predictor.top_k(paths, k=2, batch_size=3)
+    assert [p.path for p in predictions] == paths
+    assert [p.labels[0][0] for p in predictions] == expected
+    for p in predictions:
+        assert not p.error and len(p.labels) == 2
+        assert p.labels[0][1] >= p.labels[1][1]
+    proba = predictor.predict_proba(stored)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    assert (proba >= 0).all()
+
+
+def test_scores_are_probabilities_or_a_softmax_said_so(models):
+    logreg, svm = Predictor.load(models["logreg"]), Predictor.load(models["linear_svm"])
+    assert logreg.probabilities and logreg.calibration == "probabilities"
+    assert not svm.probabilities and "softmax of decision values" in svm.calibration
+    assert "linear_svm" in svm.calibration
+
+
+def test_the_bundle_records_the_feature_settings(models, tiny_store):
+    bundle = joblib.load(models["logreg"])
+    with FeatureStore(tiny_store.path) as store:
+        attrs = store.attrs
+    assert bundle["settings_key"] == attrs["settings_key"]
+    assert bundle["feature_shape"] == attrs["feature_shape"] == [1280]
+    assert bundle["classifier"] == "logreg"
+    assert bundle["extracted_by"]["backbone"]["input_size"] == 32
+
+
+def tiny_backbone(**changes) -> Backbone:
+    settings = {"name": "MobileNetV2", "weights": "none", "input_size": 32, "pooling": "avg",
+                **changes}
+    return Backbone(BackboneConfig(**settings), seed=42)
+
+
+def test_the_same_settings_are_accepted(models):
+    bundle = joblib.load(models["logreg"])
+    assert Predictor(bundle, tiny_backbone()).classes  # the control for the refusals below
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"pooling": "max"}, "pooling"),
+    ({"input_size": 48}, "input_size"),
+    ({"layer": "block_16_project"}, "layer"),
+])
+def test_other_feature_settings_are_refused(models, changes, named):
+    bundle = joblib.load(models["logreg"])
+    with pytest.raises(PredictError, match=f"trained on: .*{named}="):
+        Predictor(bundle, tiny_backbone(**changes))
+
+
+def test_other_random_weights_are_refused(models):
+    bundle = joblib.load(models["logreg"])
+    backbone = Backbone(BackboneConfig(name="MobileNetV2", weights="none", input_size=32), seed=7)
+    with pytest.raises(PredictError, match="random:seed=7.*random:seed=42"):
+        Predictor(bundle, backbone)
+
+
+def test_a_weights_file_that_is_not_the_trained_one_is_refused(models, tmp_path, capsys):
+    other = tmp_path / "other.h5"
+    other.write_bytes(b"some other weights")
+    with pytest.raises(PredictError, match="not the ones the model was trained with"):
+        Predictor.load(models["logreg"], weights=other)
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    assert main(["predict", str(models["logreg"]), str(image), "--weights", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("featx: error:") and "other.h5" in err
+
+
+def test_a_tampered_bundle_is_refused_by_its_settings_key(models, tmp_path):
+    bundle = joblib.load(models["logreg"])
+    bundle["extracted_by"]["backbone"]["pooling"] = "max"
+    joblib.dump(bundle, tmp_path / "tampered.joblib")
+    with pytest.raises(PredictError, match="pooling='avg' \\(now 'max'\\)"):
+        Predictor.load(tmp_path / "tampered.joblib")
+    # A setting the recorded backbone dict does not list is still caught by the key.
+    bundle = joblib.load(models["logreg"])
+    bundle["backbone"].pop("pooling")
+    bundle["extracted_by"]["backbone"]["pooling"] = "max"
+    with pytest.raises(PredictError, match="settings key"):
+        Predictor(bundle, tiny_backbone(pooling="max"))
+
+
+def test_features_of_another_width_are_refused(models):
+    predictor = Predictor.load(models["logreg"])
+    with pytest.raises(PredictError, match="width 640.*width 1280"):
+        predictor.predict_proba(np.zeros((2, 640), np.float32))
+
+
+def test_missing_or_foreign_model_files(tmp_path):
+    with pytest.raises(PredictError, match="no saved model"):
+        Predictor.load(tmp_path / "absent.joblib")
+    (tmp_path / "junk.joblib").write_bytes(b"not a pickle")
+    with pytest.raises(PredictError, match="not a featx model bundle"):
+        Predictor.load(tmp_path / "junk.joblib")
+    joblib.dump({"model": None}, tmp_path / "dict.joblib")
+    with pytest.raises(PredictError, match="not a featx model bundle"):
+        Predictor.load(tmp_path / "dict.joblib")
+
+
+def test_folders_expand_recursively_to_image_files(tiny_root, tmp_path):
+    root, written = tiny_root
+    expected = sorted(str(root / rel) for rels in written.values() for rel in rels)
+    assert image_files([root]) == expected  # no .txt/.db/.DS_Store, no hidden folder
+    nested = tmp_path / "a" / "b"
+    nested.mkdir(parents=True)
+    shutil.copy(root / written["cat"][0], nested / "deep.PNG")
+    (tmp_path / "a" / "note.txt").write_text("x")
+    single = str(root / written["fox"][1])
+    assert image_files([single, tmp_path / "a"]) == [single, str(nested / "deep.PNG")]
+
+
+def test_csv_output(models, held_out, tmp_path):
+    paths, _, _, names = held_out
+    out = io.StringIO()
+    assert run(str(models["logreg"]), paths[:4], top=2, csv_file="-", out=out) == 0
+    rows = list(csv.reader(io.StringIO(out.getvalue())))
+    assert tuple(rows[0]) == CSV_HEADER
+    assert [r[0] for r in rows[1:]] == [p for p in paths[:4] for _ in range(2)]
+    assert [r[1] for r in rows[1:]] == ["1", "2"] * 4
+    for first, second in zip(rows[1::2], rows[2::2]):
+        assert first[2] in names and second[2] in names and first[2] != second[2]
+        assert 1.0 >= float(first[3]) >= float(second[3]) >= 0.0 and first[4] == ""
+    # With a FILE: the table on stdout and the same CSV in the file.
+    table = io.StringIO()
+    run(str(models["logreg"]), paths[:4], top=2, csv_file=str(tmp_path / "p.csv"), out=table)
+    assert (tmp_path / "p.csv").read_text() == out.getvalue()
+    lines = table.getvalue().splitlines()
+    assert lines[0].startswith("# ") and "scores: probabilities" in lines[0]
+    assert [line.split("  ")[0] for line in lines[1:]] == paths[:4]
+
+
+def test_an_unreadable_image_is_reported_on_its_line(models, tiny_root, tmp_path, capsys):
+    root, written = tiny_root
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = [shutil.copy(root / written[c][0], folder / f"{c}.png") for c in ("cat", "dog")]
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    missing = tmp_path / "gone.png"
+    csv_path = tmp_path / "out.csv"
+    code = main(["predict", str(models["linear_svm"]), str(folder), str(missing), "--top", "3",
+                 "--csv", str(csv_path)])
+    assert code == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert "softmax of decision values" in lines[0]
+    by_path = {line.split("  ")[0]: line for line in lines[1:]}
+    assert set(by_path) == {str(folder / "broken.jpg"), *map(str, good), str(missing)}
+    assert "unreadable:" in by_path[str(folder / "broken.jpg")]
+    assert "unreadable:" in by_path[str(missing)]
+    for path in good:
+        assert "unreadable" not in by_path[str(path)] and len(by_path[str(path)].split()) == 7
+    assert "2 of 4 images unreadable" in captured.err
+    rows = list(csv.DictReader(csv_path.open()))
+    bad = [r for r in rows if r["error"]]
+    assert sorted(r["path"] for r in bad) == sorted([str(folder / "broken.jpg"), str(missing)])
+    assert all(r["rank"] == r["label"] == r["score"] == "" for r in bad)
+    assert len(rows) == len(bad) + 3 * len(good)
+
+
+def test_a_folder_without_images_is_a_one_line_error(models, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["predict", str(models["logreg"]), str(tmp_path)]) == 2
+    assert "no image files" in capsys.readouterr().err
+
+
+def test_top_k_must_be_positive(models, held_out):
+    with pytest.raises(PredictError, match="--top"):
+        Predictor.load(models["logreg"]).top_k(held_out[0][:1], k=0)
+
+
+@pytest.mark.slow
+def test_a_moved_weights_file_is_accepted_and_another_refused(tiny_root, tmp_path, make_config):
+    """Trained with a weights file; on 'another machine' the same bytes elsewhere work."""
+    import keras
+
+    from featx.extract import extract
+
+    def save_weights(path: Path, seed: int) -> Path:
+        keras.utils.set_random_seed(seed)
+        net = keras.applications.MobileNetV2(include_top=False, weights=None,
+                                             input_shape=(32, 32, 3))
+        net.save_weights(path)
+        return path
+
+    trained = save_weights(tmp_path / "trained.weights.h5", 1)
+    root, written = tiny_root
+    config = make_config(root, tmp_path / "cache", out=str(tmp_path / "out"),
+                         backbone={"weights": str(trained)}, classify={"classifiers": ["logreg"]})
+    store = extract(config, progress=False).path
+    classify(config, store, echo=lambda line: None)
+    model = tmp_path / "out" / "tiny-logreg.joblib"
+    moved = tmp_path / "elsewhere" / "copy.weights.h5"
+    moved.parent.mkdir()
+    shutil.move(trained, moved)
+    with pytest.raises(PredictError, match="weights file not found.*--weights"):
+        Predictor.load(model)
+    predictor = Predictor.load(model, weights=moved)
+    with FeatureStore(store) as s:
+        rows = np.flatnonzero(s.split == TEST)
+        paths = [str(root / s.paths[i]) for i in rows]
+        stored = s.features(rows)
+    expected = [predictor.classes[i] for i in predictor.predict_proba(stored).argmax(axis=1)]
+    assert [p.labels[0][0] for p in predictor.top_k(paths, k=1)] == expected
+    other = save_weights(tmp_path / "other.weights.h5", 2)
+    with pytest.raises(PredictError, match="not the ones the model was trained with"):
+        Predictor.load(model, weights=other)
+
+
+@pytest.fixture(scope="module")
+def flowers_subset(tmp_path_factory):
+    """Five Flowers-17 classes (symlinked, 80 images each), extracted with the real weights,
+    75/25 split, logistic regression fitted on the training rows."""
+    if not (FLOWERS17.is_dir() and WEIGHTS.is_file()):
+        pytest.skip(f"needs {FLOWERS17} and {WEIGHTS} (../shared)")
+    from featx.config import Config
+    from featx.extract import extract
+
+    base = tmp_path_factory.mktemp("flowers-subset")
+    root = base / "flowers"
+    root.mkdir()
+    classes = ["bluebell", "daisy", "iris", "sunflower", "tulip"]
+    for name in classes:
+        (root / name).symlink_to(FLOWERS17 / name, target_is_directory=True)
+    config = Config.load(REPO / "pipelines" / "flowers17.toml")
+    config.name = "flowers5of17"
+    config.dataset.root = str(root)
+    config.backbone.weights = str(WEIGHTS)
+    config.cache_dir = str(base / "cache")
+    config.out = str(base / "out")
+    config.classify.classifiers = ["logreg"]
+    config.classify.n_jobs = 1
+    store = extract(config, progress=False).path
+    classify(config, store, echo=lambda line: None)
+    return root, store, base / "out" / "flowers5of17-logreg.joblib"
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_real_flowers_held_out_images_are_labelled(flowers_subset, capsys):
+    root, store, model = flowers_subset
+    with FeatureStore(store) as s:
+        rows = np.flatnonzero(s.split == TEST)
+        assert len(rows) == 100 and not (s.split[rows] == TRAIN).any()
+        paths = [str(root / s.paths[i]) for i in rows]
+        truth = [s.label_names[c] for c in s.labels[rows]]
+        stored = s.features(rows)
+    code = main(["predict", str(model), *paths, "--top", "3", "--csv", "--weights", str(WEIGHTS)])
+    assert code == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    top1 = {r["path"]: r["label"] for r in table if r["rank"] == "1"}
+    top3 = {}
+    for r in table:
+        top3.setdefault(r["path"], set()).add(r["label"])
+    accuracy = np.mean([top1[p] == t for p, t in zip(paths, truth)])
+    in_top3 = np.mean([t in top3[p] for p, t in zip(paths, truth)])
+    predictor = Predictor.load(model)
+    from_store = [predictor.classes[i] for i in predictor.predict_proba(stored).argmax(axis=1)]
+    agree = np.mean([top1[p] == s for p, s in zip(paths, from_store)])
+    print(f"flowers 5 of 17: top-1 {accuracy:.3f}, top-3 {in_top3:.3f}, "
+          f"agreement with stored features {agree:.3f} on {len(paths)} held-out images")
+    assert accuracy >= 0.9, accuracy
+    assert in_top3 >= 0.97, in_top3
+    assert agree == 1.0, agree
