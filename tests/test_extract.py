@@ -148,6 +148,7 @@ def test_locate_store_needs_no_model(tiny_store, monkeypatch):
     ("backbone", {"layer": "block_3_expand_relu"}),
     ("backbone", {"input_size": 64}),
     ("backbone", {"name": "MobileNet"}),
+    ("backbone", {"precision": "mixed_float16"}),
     ("dataset", {"seed": 7}),  # random weights are drawn from the seed
 ])
 def test_what_changes_the_features_changes_the_store(tiny_store, make_config, section, values):
@@ -349,3 +350,14 @@ def test_unknown_hash_mode_is_an_error(tiny_store, make_config):
     config = make_config(tiny_store.root, tiny_store.config.cache_dir, dataset={"hash": "md5"})
     with pytest.raises(StoreError, match="md5"):
         extract(config, progress=False)
+
+
+def test_mixed_precision_store_holds_float32(tiny_store, make_config, tmp_path):
+    config = make_config(tiny_store.root, tmp_path / "cache",
+                         backbone={"precision": "mixed_float16"})
+    result = extract(config, progress=False)
+    assert result.device == "CPU"  # where the model ran is reported (no GPU here)
+    with FeatureStore(result.path) as store:
+        assert store.file["features"].dtype == np.float32
+        assert store.attrs["precision"] == "mixed_float16"
+        assert store.features().shape == (tiny_store.rows, 1280)
