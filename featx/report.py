@@ -168,7 +168,7 @@ def recall_png(per_class: dict[str, dict[str, Any]], title: str = "",
     recall = [v["recall"] for _, v in items]
     n = len(names)
     bar = float(np.clip(12 / max(n, 1), 0.1, 0.35))
-    fig = Figure(figsize=(7, 1.5 + bar * n), layout="constrained")
+    fig = Figure(figsize=(7, max(3.0, 1.5 + bar * n)), layout="constrained")
     ax = fig.add_subplot()
     font = 9 if n <= 30 else 6
     ax.barh(range(n), recall, color=[_bar_colour(r) for r in recall])
@@ -178,11 +178,11 @@ def recall_png(per_class: dict[str, dict[str, Any]], title: str = "",
     ax.set_xlabel("recall (fraction of the class's test images classified correctly)")
     for i, r in enumerate(recall):
         ax.text(r + 0.01, i, f"{r:.2f}", va="center", fontsize=font)
-    if rank1 is not None:
-        ax.axvline(rank1, color="grey", linestyle="--", linewidth=1,
-                   label=f"overall rank-1 {rank1:.3f}")
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(f"{title}\nper-class accuracy (recall)", fontsize=10)
+    subtitle = "per-class accuracy (recall)"
+    if rank1 is not None:  # in the title, not a legend: a legend would hide bars
+        ax.axvline(rank1, color="grey", linestyle="--", linewidth=1)
+        subtitle += f"; dashed line: overall rank-1 {rank1:.3f}"
+    ax.set_title(f"{title}\n{subtitle}", fontsize=10)
     return _png(fig)
 
 
@@ -237,7 +237,8 @@ def markdown(r: dict[str, Any], images: dict[str, str] | None = None) -> str:
             lines.append(f"| {p['true']} | {p['predicted']} | {p['count']} | {examples} |")
     else:
         lines.append("No test image was misclassified.")
-    lines += ["", "Confusion matrix (rows: true, columns: predicted): in the JSON result.", ""]
+    lines += ["", "Full confusion matrix (rows: true, columns: predicted): `confusion` in the "
+              "JSON result.", ""]
     return "\n".join(lines)
 
 

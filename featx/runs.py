@@ -21,7 +21,7 @@ COLUMNS = {
     "pipeline": ("pipeline", ("pipeline",)),
     "rank1": ("rank-1", ("rank1",)),
     "rank5": ("rank-5", ("rank5",)),
-    "fit_seconds": ("fit s", ("fit_seconds",)),
+    "fit_seconds": ("fit_seconds", ("fit_seconds",)),
 }
 NUMERIC = {"rank1", "rank5", "fit_seconds"}
 # "best first": higher accuracy, shorter fit, names alphabetically
@@ -80,7 +80,9 @@ def load_runs(paths: Iterable[Path],
 
 
 def sort_runs(rows: list[dict[str, Any]], column: str = "rank1") -> list[dict[str, Any]]:
-    """Best first by ``column``; rows without a value go last."""
+    """Best first by ``column`` (a key of COLUMNS or its header); rows without a value go
+    last."""
+    column = {h: c for c, (h, _) in COLUMNS.items()}.get(column, column)
     if column not in COLUMNS:
         raise RunsError(f"cannot sort by {column!r}; columns: {', '.join(COLUMNS)}")
     present = [r for r in rows if r[column] is not None]

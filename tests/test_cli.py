@@ -45,7 +45,8 @@ def test_extract_then_classify(tiny_store, tmp_path, capsys):
     lines = [line for line in printed.splitlines() if line.strip()]
     assert len(lines) == 1
     assert lines[0].startswith("logreg") and "rank-1" in lines[0] and "rank-5" in lines[0]
-    assert sorted(p.suffix for p in out.iterdir()) == [".joblib", ".json", ".md"]
+    assert sorted(p.suffix for p in out.iterdir()) == [".html", ".joblib", ".json", ".md",
+                                                       ".png", ".png"]
     saved = json.loads(next(out.glob("*.json")).read_text())
     assert f"rank-1 {saved['rank1']:.3f}" in lines[0]
 

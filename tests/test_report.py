@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from featx.report import evaluate, markdown, rank_k, summary_line, write_reports
+from featx.report import (
+    N_EXAMPLES,
+    TOP_PAIRS,
+    confused_pairs,
+    evaluate,
+    markdown,
+    rank_k,
+    summary_line,
+    write_reports,
+)
 
 CLASSES3 = np.array([0, 1, 2])
 # true class:         0                 1                 2                 0
@@ -106,10 +118,139 @@ def test_summary_line():
 
 def test_write_reports(tmp_path):
     result = _result()
-    json_path, md_path = write_reports(result, tmp_path / "out" / "tiny-logreg")
-    assert json_path.name == "tiny-logreg.json" and md_path.name == "tiny-logreg.md"
-    assert json.loads(json_path.read_text()) == json.loads(json.dumps(result))
-    text = md_path.read_text()
-    assert text == markdown(result)
+    paths = write_reports(result, tmp_path / "out" / "tiny-logreg")
+    assert {k: p.name for k, p in paths.items()} == {
+        "json": "tiny-logreg.json", "md": "tiny-logreg.md", "html": "tiny-logreg.html",
+        "confusion": "tiny-logreg-confusion.png", "recall": "tiny-logreg-recall.png"}
+    assert all(p.stat().st_size > 0 for p in paths.values())
+    assert json.loads(paths["json"].read_text()) == json.loads(json.dumps(result))
+    text = paths["md"].read_text()
+    assert text == markdown(result, {"confusion": "tiny-logreg-confusion.png",
+                                     "recall": "tiny-logreg-recall.png"})
     assert "rank-1 0.500" in text and "rank-5 1.000" in text and "MobileNetV2" in text
     assert all(f"| {name} |" in text for name in ("ant", "bee", "cow"))
+    assert "![confusion matrix](tiny-logreg-confusion.png)" in text
+    assert "| cow | ant | 1 |" in text and "| ant | bee | 1 |" in text  # the two errors
+
+
+# --- confused pairs and example paths ------------------------------------------------------
+
+def test_confused_pairs_by_hand():
+    names = ["a", "b", "c", "d"]
+    confusion = [[5, 2, 0, 1],
+                 [4, 6, 0, 0],
+                 [0, 2, 7, 0],
+                 [0, 0, 1, 9]]
+    pairs = confused_pairs(confusion, names)
+    # largest first; the two 2s in row-then-column order; the diagonal never counts
+    assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [
+        ("b", "a", 4), ("a", "b", 2), ("c", "b", 2), ("a", "d", 1), ("d", "c", 1)]
+    assert confused_pairs(confusion, names, top=2) == pairs[:2]
+    assert confused_pairs(np.diag([3, 4]), ["x", "y"]) == []
+
+
+def test_only_the_top_pairs_are_kept():
+    n = 8
+    confusion = np.ones((n, n), int) + np.diag([10] * n)  # 56 off-diagonal cells
+    pairs = confused_pairs(confusion, [f"c{i}" for i in range(n)])
+    assert len(pairs) == TOP_PAIRS == 10
+
+
+def test_evaluate_records_example_paths_from_the_right_cells():
+    rng = np.random.default_rng(1)
+    n_classes, n = 4, 120
+    y = rng.integers(0, n_classes, n)
+    scores = rng.normal(size=(n, n_classes))
+    predicted = np.argmax(scores, axis=1)
+    # the path names its own true and predicted class, so each example can be checked
+    paths = [f"c{t}/img{i:03d}-as-{p}.jpg" for i, (t, p) in enumerate(zip(y, predicted))]
+    r = evaluate(y, scores, np.arange(n_classes), [f"k{i}" for i in range(n_classes)], paths)
+    confusion = np.array(r["confusion"])
+    assert r["confused_pairs"], "random scores make errors"
+    for pair in r["confused_pairs"]:
+        t, p = pair["true_index"], pair["predicted_index"]
+        assert (pair["true"], pair["predicted"]) == (f"k{t}", f"k{p}") and t != p
+        assert pair["count"] == confusion[t, p]
+        assert len(pair["examples"]) == min(N_EXAMPLES, pair["count"])
+        for example in pair["examples"]:
+            assert re.fullmatch(rf"c{t}/img\d+-as-{p}\.jpg", example), example
+    json.dumps(r)
+
+
+def test_evaluate_without_paths_has_pairs_but_no_examples():
+    r = evaluate(Y3, SCORES3, CLASSES3, ["ant", "bee", "cow"])
+    assert [(p["true"], p["predicted"]) for p in r["confused_pairs"]] == [("ant", "bee"),
+                                                                          ("cow", "ant")]
+    assert all("examples" not in p for p in r["confused_pairs"])
+    with pytest.raises(ValueError, match="3 paths for 4"):
+        evaluate(Y3, SCORES3, CLASSES3, ["ant", "bee", "cow"], ["a", "b", "c"])
+
+
+# --- charts and HTML -------------------------------------------------------------------------
+
+def _many_classes_result(n_classes=17, seed=0):
+    """A result as classify writes it, over many classes, with example paths."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(n_classes), 20)
+    scores = rng.normal(size=(len(y), n_classes))
+    scores[np.arange(len(y)), y] += 2.0  # mostly right, some errors
+    names = [f"flower_{i:02d}" for i in range(n_classes)]
+    r = evaluate(y, scores, np.arange(n_classes), names,
+                 [f"{names[t]}/image_{i:04d}.jpg" for i, t in enumerate(y)])
+    r.update(_result() | {k: r[k] for k in r})
+    return r
+
+
+def test_pngs_are_valid_and_grow_with_the_classes(tmp_path):
+    small = write_reports(_result(), tmp_path / "small")
+    big = write_reports(_many_classes_result(), tmp_path / "big")
+    for paths in (small, big):
+        for kind in ("confusion", "recall"):
+            with Image.open(paths[kind]) as img:
+                img.verify()  # a complete, uncorrupted PNG
+            with Image.open(paths[kind]) as img:
+                assert img.format == "PNG"
+                assert 400 <= img.width <= 4000 and 300 <= img.height <= 4000, img.size
+    with Image.open(small["confusion"]) as s, Image.open(big["confusion"]) as b:
+        # 17 classes get larger cells in total, not squeezed labels
+        assert b.width > s.width and b.height > s.height
+    with Image.open(small["recall"]) as s, Image.open(big["recall"]) as b:
+        assert b.height > s.height
+
+
+def test_html_is_self_contained(tmp_path):
+    result = _many_classes_result()
+    paths = write_reports(result, tmp_path / "run")
+    page = paths["html"].read_text()
+    sources = re.findall(r"""src=['"]([^'"]*)['"]""", page)
+    assert len(sources) == 2 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "href=" not in page and "<link" not in page
+    embedded = {base64.b64decode(s.split(",", 1)[1]) for s in sources}
+    assert embedded == {paths["confusion"].read_bytes(), paths["recall"].read_bytes()}
+    assert "rank-1 " + f"{result['rank1']:.3f}" in page
+    for name, s in result["per_class"].items():
+        assert f"<td>{name}</td><td class=n>{s['precision']:.3f}</td>" in page
+    for pair in result["confused_pairs"][:TOP_PAIRS]:
+        assert f"<td>{pair['true']}</td><td>{pair['predicted']}</td>" in page
+        assert all(f"<code>{e}</code>" in page for e in pair["examples"])
+    assert "C=0.1" in page and "backbone.pooling" in page
+
+
+def test_html_escapes_names(tmp_path):
+    r = _result()
+    r["per_class"] = {"<b>ant</b>" if k == "ant" else k: v for k, v in r["per_class"].items()}
+    page = write_reports(r, tmp_path / "run")["html"].read_text()
+    assert "&lt;b&gt;ant&lt;/b&gt;" in page and "<b>ant</b>" not in page
+
+
+def test_reports_from_other_code_with_only_the_documented_keys(tmp_path):
+    """Fine-tuning and ensembles write results without confused_pairs (and maybe without a
+    cross-validation score): the pairs come from the matrix."""
+    r = _result()
+    del r["confused_pairs"]
+    r["cv_score"] = None
+    paths = write_reports(r, tmp_path / "finetune.v2-head")  # a dot in the stem is kept
+    assert paths["md"].name == "finetune.v2-head.md"
+    text = paths["md"].read_text()
+    assert "| cow | ant | 1 |" in text and "| ant | bee | 1 |" in text
+    assert "cv -" in summary_line("head", r)

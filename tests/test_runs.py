@@ -1,0 +1,160 @@
+"""``featx runs``: every result JSON found, one table, sorted; bad files are warnings."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from featx.cli import main
+from featx.report import evaluate, write_reports
+from featx.runs import COLUMNS, RunsError, find_results, load_runs, sort_runs, table
+
+# (dataset, backbone, layer, pooling, classifier, pipeline, rank1, rank5, fit seconds)
+RUNS = [
+    ("flowers17", "MobileNetV2", "(last conv)", "avg", "logreg", "f17", 0.947, 1.0, 13.6),
+    ("flowers17", "MobileNetV2", "(last conv)", "avg", "linear_svm", "f17", 0.944, 0.994, 10.8),
+    ("flowers17", "ResNet50", "conv4_block6_out", "max", "logreg", "f17r", 0.981, 1.0, 40.2),
+    ("digits", "MobileNetV2", "(last conv)", "avg", "logreg", "demo", 0.902, 0.99, 2.5),
+    ("flowers5", "EfficientNetB0", "top_activation", "flatten", "linear_svm", "f5", 0.75, 0.97,
+     1.1),
+]
+
+
+def _result(run) -> dict:
+    dataset, backbone, layer, pooling, classifier, pipeline, rank1, rank5, fit = run
+    return {"pipeline": pipeline, "classifier": classifier, "dataset": dataset,
+            "store": f"/cache/{dataset}.h5", "key": "k" + pipeline, "n_train": 30, "n_test": 10,
+            "backbone": {"backbone": backbone, "weights": "imagenet", "layer": layer,
+                         "pooling": pooling, "input_size": 224},
+            "best_params": {"clf__C": 1.0}, "cv_score": 0.9, "fit_seconds": fit,
+            "rank1": rank1, "rank5": rank5, "per_class": {}, "confusion": []}
+
+
+@pytest.fixture
+def cache(tmp_path) -> Path:
+    """A cache folder with the RUNS' results beside two stores, one in a sub-folder."""
+    cache = tmp_path / "cache"
+    for i, run in enumerate(RUNS):
+        folder = cache / ("nested" if i % 2 else "") / f"store{i % 3}.runs"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{run[5]}-{run[4]}.json").write_text(json.dumps(_result(run)))
+    (cache / "store0.h5").write_bytes(b"")  # stores and other files are not results
+    (cache / "notes.json").write_text("{}")  # outside *.runs/: not searched by default
+    return cache
+
+
+def _rows(out: str) -> list[list[str]]:
+    """The table's cells: columns are two or more spaces apart (a value may hold one)."""
+    lines = out.strip().splitlines()
+    assert re.split(r"\s{2,}", lines[0]) == [h for h, _ in COLUMNS.values()]
+    return [re.split(r"\s{2,}", line) for line in lines[1:]]
+
+
+def test_every_run_listed_best_rank1_first(cache, capsys):
+    assert main(["runs", "--cache-dir", str(cache)]) == 0
+    captured = capsys.readouterr()
+    rows = _rows(captured.out)
+    expected = sorted(RUNS, key=lambda r: -r[6])
+    assert [(r[0], r[1], r[4], r[5]) for r in rows] == [(r[0], r[1], r[4], r[5])
+                                                        for r in expected]
+    assert [float(r[6]) for r in rows] == [r[6] for r in expected]
+    assert rows[0][:8] == ["flowers17", "ResNet50", "conv4_block6_out", "max", "logreg",
+                           "f17r", "0.981", "1.000"]
+    assert rows[0][8] == "40.2"
+    assert "warning" not in captured.err and f"{len(RUNS)} runs" in captured.err
+
+
+@pytest.mark.parametrize("column, index, reverse", [
+    ("fit_seconds", 8, False), ("rank5", 7, True), ("backbone", 1, False),
+    ("dataset", 0, False), ("pooling", 3, False), ("layer", 2, False),
+    ("classifier", 4, False), ("pipeline", 5, False)])
+def test_sort_by_any_column(cache, capsys, column, index, reverse):
+    assert main(["runs", "--cache-dir", str(cache), "--sort", column]) == 0
+    rows = _rows(capsys.readouterr().out)
+    assert sorted((r[5], r[4]) for r in rows) == sorted((r[5], r[4]) for r in RUNS)
+    key = float if index >= 6 else str.lower
+    values = [key(r[index]) for r in rows]
+    assert values == sorted((key(str(r[index])) for r in RUNS), reverse=reverse)
+
+
+def test_sort_accepts_the_header_and_rejects_unknown_columns(cache, capsys):
+    assert main(["runs", "--cache-dir", str(cache), "--sort", "rank-5"]) == 0
+    assert main(["runs", "--cache-dir", str(cache), "--sort", "speed"]) == 2
+    err = capsys.readouterr().err
+    assert "featx: error: cannot sort by 'speed'" in err and "fit_seconds" in err
+
+
+def test_missing_values_sort_last():
+    rows = load_runs([])  # no files: nothing
+    assert rows == []
+    a, b, c = ({c: None for c in COLUMNS} | {"path": p} for p in "abc")
+    a["rank1"], c["rank1"] = 0.5, 0.9
+    a["layer"], b["layer"] = "z", "a"
+    assert [r["path"] for r in sort_runs([a, b, c])] == ["c", "a", "b"]
+    assert [r["path"] for r in sort_runs([a, b, c], "layer")] == ["b", "a", "c"]
+    assert "-" in table([b])  # a missing value prints as a dash, not None
+
+
+def test_dataset_filter_and_csv(cache, capsys):
+    assert main(["runs", "--cache-dir", str(cache), "--dataset", "flowers17", "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    expected = [r for r in RUNS if r[0] == "flowers17"]
+    assert len(rows) == len(expected) == 3
+    assert {r["dataset"] for r in rows} == {"flowers17"}
+    assert [float(r["rank1"]) for r in rows] == sorted((r[6] for r in expected), reverse=True)
+    assert all(Path(r["path"]).is_file() for r in rows)
+
+
+def test_extra_folders_and_no_duplicates(cache, tmp_path, capsys):
+    out = tmp_path / "my-out"
+    out.mkdir()
+    extra = RUNS[0][:4] + ("logreg", "extra", 0.5, 0.8, 1.0)
+    (out / "extra-logreg.json").write_text(json.dumps(_result(extra)))
+    found = find_results(cache, [out, cache / "store0.runs"])  # the second is found already
+    assert len(found) == len(RUNS) + 1 == len({p.resolve() for p in found})
+    assert main(["runs", "--cache-dir", str(cache), str(out)]) == 0
+    assert len(_rows(capsys.readouterr().out)) == len(RUNS) + 1
+    with pytest.raises(RunsError, match="no such folder"):
+        find_results(cache, [tmp_path / "missing"])
+
+
+def test_malformed_and_foreign_json_are_warnings(cache, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "truncated.json").write_text('{"rank1": 0.9, "classifier": ')
+    (out / "list.json").write_text("[1, 2]")
+    (out / "bench.json").write_text('{"images_per_second": 60}')
+    (out / "binary.json").write_bytes(b"\xff\xfe\x00")
+    assert main(["runs", "--cache-dir", str(cache), str(out)]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if "warning" in line]
+    assert len(warnings) == 4
+    for name in ("truncated", "list", "bench", "binary"):
+        assert sum(f"{name}.json" in w for w in warnings) == 1, name
+    assert len(_rows(captured.out)) == len(RUNS)
+
+
+def test_empty_cache_is_an_empty_table(tmp_path, capsys):
+    assert main(["runs", "--cache-dir", str(tmp_path / "nothing-here")]) == 0
+    captured = capsys.readouterr()
+    assert _rows(captured.out) == [] and "0 runs" in captured.err
+
+
+def test_reads_what_write_reports_writes(tmp_path, capsys):
+    import numpy as np
+
+    y = np.array([0, 1, 2, 0])
+    scores = np.eye(3)[[0, 1, 0, 0]]
+    result = _result(RUNS[1]) | evaluate(y, scores, np.arange(3), ["a", "b", "c"])
+    write_reports(result, tmp_path / "results" / "f17-linear_svm")
+    assert main(["runs", "--cache-dir", str(tmp_path / "none"), str(tmp_path / "results")]) == 0
+    captured = capsys.readouterr()
+    (row,) = _rows(captured.out)
+    assert row == ["flowers17", "MobileNetV2", "(last conv)", "avg", "linear_svm", "f17",
+                   "0.750", "1.000", "10.8"]
+    assert "warning" not in captured.err
