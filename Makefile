@@ -10,7 +10,7 @@ WEIGHTS ?=
 DEMO_WEIGHTS ?= $(or $(WEIGHTS),$(wildcard ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5))
 FLAGS = $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(ARGS)
 
-.PHONY: install demo features classify test test-fast lint clean-cache bench
+.PHONY: install demo features classify finetune test test-fast lint clean-cache bench compare
 
 $(BIN)/featx: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,14 @@ features: install
 
 classify: install
 	$(BIN)/featx classify -p $(PIPELINE) $(FLAGS)
+
+# the comparison: fine-tune the backbone on the same split (pipelines/flowers17-finetune.toml)
+finetune: install
+	$(BIN)/featx finetune -p $(PIPELINE) $(FLAGS)
+
+# one table of every result: make compare ARGS="--sort fit_seconds /path/to/out"
+compare: install
+	$(BIN)/featx runs $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest

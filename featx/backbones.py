@@ -106,6 +106,11 @@ class Backbone:
             raise BackboneError(f"unknown precision {config.precision!r}; "
                                 f"valid: {', '.join(PRECISIONS)}")
         self.input_size = config.input_size or self.spec.input_size
+        self.layers = parse_layers(config.layer)
+        if len(self.layers) > 1 and config.pooling == "none":
+            raise BackboneError(f"backbone.layer names {len(self.layers)} layers: their maps "
+                                "differ in size, so pooling \"none\" cannot join them; use "
+                                "avg, max or flatten")
         self.seed = seed
         self.weights_path: Path | None = None
         weights = config.weights.strip()
@@ -136,7 +141,7 @@ class Backbone:
             "backbone": self.spec.name,
             "weights": self.weights_kind,
             "weights_id": self.weights_id,
-            "layer": self.config.layer or "(last conv)",
+            "layer": ",".join(self.layers) or "(last conv)",
             "pooling": self.config.pooling,
             "input_size": self.input_size,
             "preprocess": self.spec.preprocess,
@@ -167,21 +172,25 @@ class Backbone:
             raise self._weights_error(e) from e
         finally:
             keras.config.set_dtype_policy(policy)
-        output = base.output
-        if self.config.layer:
-            names = [layer.name for layer in base.layers]
-            if self.config.layer not in names:
+        names = [layer.name for layer in base.layers]
+        for name in self.layers:
+            if name not in names:
                 raise BackboneError(
-                    f"{self.spec.name} has no layer {self.config.layer!r}; "
+                    f"{self.spec.name} has no layer {name!r}; "
                     f"its last layers are: {', '.join(names[-12:])} "
                     f"(all {len(names)}: featx layers {self.spec.name})")
-            output = base.get_layer(self.config.layer).output
-        if len(output.shape) == 4:
-            pool = {"avg": keras.layers.GlobalAveragePooling2D(),
-                    "max": keras.layers.GlobalMaxPooling2D(),
-                    "flatten": keras.layers.Flatten()}.get(self.config.pooling)
-            if pool is not None:
-                output = pool(output)
+        outputs = [base.get_layer(name).output for name in self.layers] or [base.output]
+        pooled = []
+        for output in outputs:
+            if len(output.shape) == 4:
+                pool = {"avg": keras.layers.GlobalAveragePooling2D(),
+                        "max": keras.layers.GlobalMaxPooling2D(),
+                        "flatten": keras.layers.Flatten()}.get(self.config.pooling)
+                if pool is not None:
+                    output = pool(output)
+            pooled.append(output)
+        # Several layers: each pooled, then joined in the order given.
+        output = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate()(pooled)
         model = keras.Model(base.input, output, name=f"featx_{self.spec.name}")
         model.trainable = False
         return model
@@ -242,6 +251,15 @@ def compute_device() -> str:
     name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
     more = f" (+{len(gpus) - 1} more, unused)" if len(gpus) > 1 else ""
     return f"GPU:0 {name}{more}"
+
+
+def parse_layers(layer: str) -> list[str]:
+    """``backbone.layer`` as a list of names: "" (the last output), "name" or "a,b,..."."""
+    names = [n.strip() for n in layer.split(",") if n.strip()]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise BackboneError(f"backbone.layer names {', '.join(repeated)} more than once")
+    return names
 
 
 def list_layers(name: str, input_size: int = 0) -> list[tuple[str, tuple]]:

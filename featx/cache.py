@@ -106,6 +106,7 @@ def remove(entry: Entry) -> list[Path]:
                entry.path.with_name(entry.path.stem + ".runs")]
     if entry.path.suffix == ".h5":
         related += list(entry.path.parent.glob(entry.path.name + ".*.partial"))
+        related += list(entry.path.parent.glob(entry.path.name + ".*.shards"))  # ray engine
     for p in related:
         if p.is_dir():
             shutil.rmtree(p)

@@ -14,7 +14,7 @@ SHORTHANDS = {
     "weights": "backbone.weights", "layer": "backbone.layer", "pooling": "backbone.pooling",
     "input_size": "backbone.input_size", "batch_size": "extract.batch_size",
     "cache_dir": "cache_dir", "out": "out", "classifiers": "classify.classifiers",
-    "n_jobs": "classify.n_jobs",
+    "n_jobs": "classify.n_jobs", "engine": "extract.engine", "address": "ray_address",
 }
 
 
@@ -50,14 +50,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", parents=[common], help="images -> frozen CNN -> HDF5 store",
                        description="Extract features into the cache (a cache hit does nothing).")
     p.add_argument("--strict", action="store_true", help="unreadable images are an error")
+    p.add_argument("--engine", choices=["local", "ray"],
+                   help="ray: on a Ray cluster (pip install featx[ray]; README: On a cluster)")
+    p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else a "
+                   "Ray instance on this machine)")
+    p.add_argument("--consolidate", action="store_true",
+                   help="ray: copy the shard files into one store file")
     p = sub.add_parser("classify", parents=[common], help="HDF5 store -> classifiers -> report",
                        description="Fit the pipeline's classifiers on the cached training "
                        "rows; print rank-1/rank-5 on the test rows; write JSON, Markdown "
                        "and a joblib model beside the store (or into --out).")
     p.add_argument("--store", help="use this store file instead of locating it from the data")
-    p.add_argument("--classifiers", help="comma-separated: logreg, linear_svm")
+    p.add_argument("--classifiers", help="comma-separated: logreg, linear_svm, rbf_svm, knn, "
+                   "sgd")
     p.add_argument("--n-jobs", type=int, help="parallel grid-search jobs")
+    p.add_argument("--quick", action="store_true",
+                   help="a first look: each learner's reduced grid and 2 folds")
+    p.add_argument("--address", help="Ray cluster address for classify.engine = \"ray\"")
     p.add_argument("--out", help="folder for results and models")
+    p = sub.add_parser("finetune", parents=[common], help="images -> fine-tuned CNN -> report",
+                       description="Fine-tune the backbone with a new head (the comparison to "
+                       "feature extraction): warm the head up on the frozen base, then train "
+                       "the top layers; report on the same test rows as classify. Writes JSON, "
+                       "Markdown and a .keras model into <cache-dir>/<dataset>-<backbone>-"
+                       "finetune.runs/ (or --out). Settings: [finetune] in the pipeline.")
+    p.add_argument("--strict", action="store_true", help="unreadable images are an error")
+    p.add_argument("--out", help="folder for results and the model")
     sub.add_parser("backbones", help="list the available backbones")
     p = sub.add_parser("layers", help="list a backbone's layers and output shapes")
     p.add_argument("name")
@@ -111,6 +129,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
             config.assign(field, value, "command line")
     if getattr(args, "strict", False):
         config.extract.strict = True
+    if getattr(args, "quick", False):
+        config.classify.quick = True
+    if getattr(args, "consolidate", False):
+        config.extract.consolidate = True
     return config
 
 
@@ -122,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     from featx.config import ConfigError
     from featx.dataset import DatasetError
     from featx.extract import ExtractError
+    from featx.finetune import FinetuneError
     from featx.predict import PredictError
     from featx.runs import RunsError
     from featx.store import StoreError
@@ -129,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except (ConfigError, DatasetError, BackboneError, StoreError, ExtractError,
-            ClassifierError, PredictError, RunsError) as e:
+            ClassifierError, PredictError, RunsError, FinetuneError) as e:
         print(f"featx: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # full disk, read-only folder, permissions: name the path
@@ -167,19 +190,30 @@ def _dispatch(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.command == "extract":
         from featx.extract import extract
+        from featx.variants import extracted_variants
 
-        r = extract(config, progress=not args.no_progress)
-        if r.cache_hit:
-            print(f"featx: cache hit: {r.path} ({r.rows} rows, no model work)")
-        else:
-            print(f"featx: extracted {r.extracted} images in {r.seconds:.1f}s "
-                  f"({r.images_per_second:.1f} img/s on {r.device or 'no device'}); "
-                  f"{r.reused} reused, {r.extracted} added, "
-                  f"{r.dropped} dropped, {len(r.skipped)} skipped -> {r.path}")
-            for path, reason in r.skipped[:10]:
-                print(f"  skipped {path}: {reason}")
-            if len(r.skipped) > 10:
-                print(f"  ... and {len(r.skipped) - 10} more (featx cache info {r.key})")
+        # The plain store, then the variant stores the pipeline asks for (extract.augment,
+        # extract.tencrop), each its own cache entry.
+        # A [combine] pipeline: every member's stores (featx/combine.py).
+        targets = [config]
+        if config.combine.pipelines:
+            from featx.combine import members
+
+            targets = members(config)
+        for target, variant in [(t, v) for t in targets
+                                for v in ["plain", *extracted_variants(t)]]:
+            r = extract(target, progress=not args.no_progress, variant=variant)
+            if r.cache_hit:
+                print(f"featx: cache hit: {r.path} ({r.rows} rows, no model work)")
+            else:
+                print(f"featx: extracted {r.extracted} images in {r.seconds:.1f}s "
+                      f"({r.images_per_second:.1f} img/s on {r.device or 'no device'}); "
+                      f"{r.reused} reused, {r.extracted} added, "
+                      f"{r.dropped} dropped, {len(r.skipped)} skipped -> {r.path}")
+                for path, reason in r.skipped[:10]:
+                    print(f"  skipped {path}: {reason}")
+                if len(r.skipped) > 10:
+                    print(f"  ... and {len(r.skipped) - 10} more (featx cache info {r.key})")
         return 0
     if args.command == "classify":
         from pathlib import Path
@@ -187,6 +221,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from featx.pipeline import classify
 
         classify(config, Path(args.store) if args.store else None)
+        return 0
+    if args.command == "finetune":
+        from featx.finetune import finetune
+
+        finetune(config, progress=not args.no_progress)
         return 0
     raise AssertionError(args.command)
 

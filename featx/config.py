@@ -20,6 +20,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_CACHE_DIR = "data/cache"
+# Text fields that also take a TOML list (stored comma-separated).
+COMMA_LISTS = {"backbone.layer"}
 
 
 @dataclass
@@ -37,7 +39,9 @@ class DatasetConfig:
 class BackboneConfig:
     name: str = "MobileNetV2"
     weights: str = "imagenet"  # "imagenet", a path to a weights file, or "none" (random, seeded)
-    layer: str = ""  # empty: the model's last convolutional output
+    # empty: the model's last convolutional output; several: "a,b" or a TOML list, each
+    # pooled and concatenated in order (featx layers NAME lists them)
+    layer: str = ""
     pooling: str = "avg"  # avg | max | flatten | none
     input_size: int = 0  # 0: the backbone's native size
     # float32 | mixed_float16 (float16 compute, float32 weights; for GPUs with tensor cores,
@@ -50,6 +54,19 @@ class ExtractConfig:
     batch_size: int = 32
     compression: str = "lzf"  # lzf | gzip | none
     strict: bool = False  # an unreadable image is an error instead of a recorded skip
+    # Variant stores (featx/variants.py), each its own cache entry beside the plain one:
+    augment: int = 0  # K > 0: K augmented passes over the training images (own store)
+    augment_seed: int = 0  # with the image's path, seeds its passes
+    augment_flip: str = "horizontal"  # RandomFlip: horizontal | vertical | horizontal_and_vertical
+    augment_rotation: float = 0.05  # RandomRotation factor (fraction of a turn)
+    augment_zoom: float = 0.1  # RandomZoom factor
+    augment_translation: float = 0.1  # RandomTranslation factor (height and width)
+    augment_contrast: float = 0.2  # RandomContrast factor
+    tencrop: str = "off"  # off | mean (10 crops averaged per image) | keep (a row per crop)
+    # local | ray (a Ray cluster at ray_address: featx/distributed.py, pip install featx[ray])
+    engine: str = "local"
+    shard_rows: int = 4096  # ray: rows per shard file (the unit of resume)
+    consolidate: bool = False  # ray: copy the shards into one file instead of a virtual dataset
 
 
 @dataclass
@@ -58,6 +75,21 @@ class ClassifyConfig:
     cv: int = 3  # folds for the grid search when there is no validation split
     n_jobs: int = -1  # grid-search processes (-1: every core)
     seed: int = 0
+    # Where the rows come from: plain | augmented (plain + the augmented passes) | tencrop;
+    # validation rows come from the test side.
+    train_features: str = "plain"
+    test_features: str = "plain"  # plain | tencrop
+    class_weight: str = ""  # "" | "balanced" (classes weighted by their inverse frequency)
+    quick: bool = False  # a first look: each learner's reduced grid and 2 folds
+    ensemble: bool = False  # also report the average of the classifiers' probabilities
+    engine: str = "local"  # local | ray: the grid search's jobs on the Ray cluster (joblib)
+
+
+@dataclass
+class CombineConfig:
+    """Several pipelines' stores of the same dataset, used together (featx/combine.py)."""
+    pipelines: list[str] = field(default_factory=list)  # paths relative to the pipeline file
+    mode: str = "fuse"  # fuse: features side by side | ensemble: probabilities averaged
 
 
 @dataclass
@@ -84,9 +116,11 @@ class Config:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    combine: CombineConfig = field(default_factory=CombineConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     cache_dir: str = ""  # empty: $FEATX_CACHE_DIR, else data/cache
     out: str = ""  # empty: results go beside the feature store
+    ray_address: str = ""  # engine = "ray": cluster address; empty: $RAY_ADDRESS or a local one
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
@@ -101,6 +135,9 @@ class Config:
             except tomllib.TOMLDecodeError as e:
                 raise ConfigError(f"{p}: not valid TOML: {e}") from None
         config = cls.from_dict(data, source=str(path or "defaults"))
+        if path:  # member pipelines are named relative to the file that names them
+            config.combine.pipelines = [str(Path(path).parent / m)
+                                        for m in config.combine.pipelines]
         for item in overrides:
             config.set(item)
         return config
@@ -184,5 +221,7 @@ def _coerce(value: Any, current: Any, dotted: str, source: str) -> Any:
             return [str(v) for v in value]
         return [v.strip() for v in str(value).split(",") if v.strip()]
     elif isinstance(current, str):
+        if isinstance(value, list) and dotted in COMMA_LISTS:
+            return ",".join(str(v).strip() for v in value)
         return str(value)
     raise ConfigError(f"{source}: {dotted} = {value!r} is not a {type(current).__name__}")

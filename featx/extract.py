@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from featx.backbones import Backbone
 from featx.config import Config
-from featx.dataset import Dataset, load_dataset, manifest_digest, stratified_split
+from featx.dataset import TRAIN, Dataset, load_dataset, manifest_digest, stratified_split
 from featx.images import RESIZE_POLICY, ReadErrors, read_batches
 from featx.store import (
     BlockDir,
@@ -31,6 +31,7 @@ from featx.store import (
     store_path,
     write_store,
 )
+from featx.variants import PLAIN, Variant, get_variant
 
 BLOCK_BATCHES = 8  # a block (the unit of resume) is this many batches
 
@@ -54,10 +55,10 @@ class ExtractResult:
     device: str = ""  # where the model ran ("CPU", "GPU:0 <name>"); empty on a cache hit
 
 
-def feature_settings(backbone: Backbone) -> dict:
+def feature_settings(backbone: Backbone, variant: Variant = PLAIN) -> dict:
     """Everything but the images that the features depend on (the settings key)."""
     return {**backbone.describe(), "resize": RESIZE_POLICY, "dtype": "float32",
-            "variant": "single"}
+            **variant.settings}
 
 
 @dataclass
@@ -68,33 +69,61 @@ class Plan:
     settings: dict
     key: str  # content key: settings + manifest
     signatures: list[str]
+    variant: Variant = PLAIN
+    images: np.ndarray | None = None  # the dataset rows the store covers (None: all)
+
+    @property
+    def row_image(self) -> np.ndarray:
+        """For each store row, its image (a variant may store several rows per image)."""
+        images = np.arange(len(self.dataset)) if self.images is None else self.images
+        return np.repeat(images, self.variant.rows_per_image)
+
+    @property
+    def row_view(self) -> np.ndarray:
+        """For each store row, which view of its image it holds (pass or crop)."""
+        per = self.variant.rows_per_image
+        return np.tile(np.arange(per), len(self.row_image) // per)
 
 
-def plan(config: Config) -> Plan:
-    """Read the dataset and work out which store this config needs (no model work)."""
+def plan(config: Config, variant: str = "plain") -> Plan:
+    """Read the dataset and work out which store this config needs (no model work);
+    ``variant`` names a variant store (featx/variants.py) instead of the plain one."""
     dataset = load_dataset(config.dataset)
     backbone = Backbone(config.backbone, seed=config.dataset.seed)
     if config.dataset.hash not in ("stat", "content"):
         raise StoreError(f"dataset.hash must be stat or content, not {config.dataset.hash!r}")
+    v = get_variant(config, variant)
     signatures = dataset.signatures(content=config.dataset.hash == "content")
-    settings = feature_settings(backbone)
+    settings = feature_settings(backbone, v)
     settings_key = store_key(settings)
-    key = store_key({"settings": settings_key, "manifest": manifest_digest(dataset, signatures),
-                     "hash": config.dataset.hash})
-    path = store_path(config.cache_path, dataset.name, backbone.spec.name,
+    content = {"settings": settings_key, "manifest": manifest_digest(dataset, signatures),
+               "hash": config.dataset.hash}
+    images = None
+    if v.train_only:  # which images it holds depends on the split: part of its content
+        split = stratified_split(dataset.labels, config.dataset.val, config.dataset.test,
+                                 config.dataset.seed)
+        images = np.flatnonzero(split == TRAIN)
+        content["split"] = _split_attr(config)
+    key = store_key(content)
+    path = store_path(config.cache_path, dataset.name + v.suffix, backbone.spec.name,
                       config.backbone.pooling, settings_key)
     return Plan(dataset, backbone, path, {**settings, "settings_key": settings_key}, key,
-                signatures)
+                signatures, v, images)
 
 
 def locate_store(config: Config) -> Path:
     return plan(config).path
 
 
-def extract(config: Config, progress: bool = True) -> ExtractResult:
-    """Make sure the feature store for ``config`` exists, is complete and matches the
-    dataset as it is now; return where it is."""
-    p = plan(config)
+def extract(config: Config, progress: bool = True, variant: str = "plain") -> ExtractResult:
+    """Make sure the feature store for ``config`` (or its ``variant`` store) exists, is
+    complete and matches the dataset as it is now; return where it is."""
+    if config.extract.engine != "local":  # the same store, built on a Ray cluster
+        from featx.distributed import check_engine, extract_ray
+
+        check_engine(config.extract.engine, "extract.engine")
+        return extract_ray(config, progress, variant)
+    p = plan(config, variant)
     split = stratified_split(p.dataset.labels, config.dataset.val, config.dataset.test,
                              config.dataset.seed)
     p.path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,9 +138,10 @@ def extract(config: Config, progress: bool = True) -> ExtractResult:
         if old is not None and old.attrs.get("key") == p.key:
             skipped = old.skipped
             old.close()
-            _update_split(p.path, split, config)
-            result = ExtractResult(p.path, p.key, cache_hit=True, rows=len(p.dataset),
-                                   reused=len(p.dataset), skipped=skipped)
+            _update_split(p.path, split[p.row_image], config)
+            rows = len(p.row_image)
+            result = ExtractResult(p.path, p.key, cache_hit=True, rows=rows, reused=rows,
+                                   skipped=sorted(set(skipped)))
         else:
             result = _run(config, p, split, old, progress)
     finally:
@@ -156,26 +186,32 @@ def _split_attr(config: Config) -> str:
 
 
 def _reuse(p: Plan, old: FeatureStore | None) -> tuple[np.ndarray, int]:
-    """For each image, the row of the old store holding its features (-1: extract it), and
-    how many old rows are dropped (image removed or changed)."""
-    old_row = np.full(len(p.dataset), -1, np.int64)
+    """For each row (image, or image and view), the row of the old store holding its
+    features (-1: extract it), and how many old rows are dropped (image removed or changed)."""
+    row_image, row_view = p.row_image, p.row_view
+    old_row = np.full(len(row_image), -1, np.int64)
     if old is None:
         return old_row, 0
-    index = {(path, sig): i for i, (path, sig) in enumerate(zip(old.paths, old.signatures))}
-    for i, key in enumerate(zip(p.dataset.paths, p.signatures)):
-        old_row[i] = index.get(key, -1)
+    old_view = old.file["view"][:] if "view" in old.file else np.zeros(len(old), np.int64)
+    index = {(path, sig, int(view)): i for i, (path, sig, view)
+             in enumerate(zip(old.paths, old.signatures, old_view))}
+    for i, (image, view) in enumerate(zip(row_image, row_view)):
+        old_row[i] = index.get((p.dataset.paths[image], p.signatures[image], int(view)), -1)
     return old_row, len(old) - int((old_row >= 0).sum())
 
 
 def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
          progress: bool) -> ExtractResult:
-    dataset, backbone = p.dataset, p.backbone
+    dataset, backbone, variant = p.dataset, p.backbone, p.variant
+    row_image = p.row_image
     old_row, dropped = _reuse(p, old)
     todo = np.flatnonzero(old_row < 0)
-    new_row = np.full(len(dataset), -1, np.int64)
+    new_row = np.full(len(row_image), -1, np.int64)
     new_row[todo] = np.arange(len(todo))
     batch = config.extract.batch_size
-    blocks = BlockDir(p.path, p.key, len(todo), block_rows=batch * BLOCK_BATCHES)
+    # About BLOCK_BATCHES batches of backbone passes a block, and whole images in each.
+    block_rows = variant.rows_per_image * max(1, batch * BLOCK_BATCHES // variant.views)
+    blocks = BlockDir(p.path, p.key, len(todo), block_rows=block_rows)
     done = set(blocks.done())
     remaining = [b for b in range(blocks.n_blocks) if b not in done]
     if done:
@@ -187,23 +223,25 @@ def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
         from featx.backbones import compute_device
 
         device = compute_device()
-        extracted, rate = _extract_blocks(config, dataset, backbone, todo, blocks, remaining,
-                                          progress)
+        extracted, rate = _extract_blocks(config, dataset, backbone, row_image[todo], blocks,
+                                          remaining, progress, variant=variant)
     seconds = time.perf_counter() - t0
     attrs = {**p.settings, "key": p.key, "dataset": dataset.name, "split": _split_attr(config),
              "hash": config.dataset.hash, "pipeline": config.to_json(),
              "versions": library_versions()}
     feature_shape = _feature_shape(blocks, old, backbone)
     write_store(p.path, feature_shape=feature_shape, source=RowSource(old_row, new_row),
-                old=old, blocks=blocks, paths=dataset.paths, signatures=p.signatures,
-                labels=dataset.labels, label_names=dataset.label_names, split=split,
-                attrs={**attrs, "feature_shape": list(feature_shape)},
-                compression=config.extract.compression)
+                old=old, blocks=blocks, paths=[dataset.paths[i] for i in row_image],
+                signatures=[p.signatures[i] for i in row_image],
+                labels=dataset.labels[row_image], label_names=dataset.label_names,
+                split=split[row_image], attrs={**attrs, "feature_shape": list(feature_shape)},
+                compression=config.extract.compression,
+                extra={"view": p.row_view} if variant.rows_per_image > 1 else None)
     blocks.remove()
     with FeatureStore(p.path) as store:
-        skipped = store.skipped
-    return ExtractResult(p.path, p.key, cache_hit=False, rows=len(dataset),
-                         extracted=extracted, reused=len(dataset) - extracted,
+        skipped = sorted(set(store.skipped))  # a variant lists an image once per view
+    return ExtractResult(p.path, p.key, cache_hit=False, rows=len(row_image),
+                         extracted=extracted, reused=len(row_image) - extracted,
                          dropped=dropped, seconds=seconds, images_per_second=rate,
                          skipped=skipped, device=device)
 
@@ -220,20 +258,25 @@ def _feature_shape(blocks: BlockDir, old: FeatureStore | None,
 
 
 def _extract_blocks(config: Config, dataset: Dataset, backbone: Backbone, todo: np.ndarray,
-                    blocks: BlockDir, remaining: list[int], progress: bool
-                    ) -> tuple[int, float]:
-    """Extract the rows of the ``remaining`` blocks; return (rows, steady images/s)."""
+                    blocks: BlockDir, remaining: list[int], progress: bool,
+                    variant: Variant = PLAIN) -> tuple[int, float]:
+    """Extract the rows of the ``remaining`` blocks (``todo``: the image of each row to
+    extract); return (rows, steady backbone passes/s)."""
     batch, size = config.extract.batch_size, backbone.input_size
     forward = backbone.compiled(batch)
+    per_image, group = variant.rows_per_image, variant.group
 
     positions = np.concatenate([np.asarray(blocks.rows_of(b)) for b in remaining])
-    files = [dataset.absolute(int(todo[i])) for i in positions]
+    images = todo[positions][::per_image]  # blocks hold whole images
+    files = [dataset.absolute(int(i)) for i in images]
+    views = variant.reader(size, [dataset.paths[int(i)] for i in images])
+    passes = len(files) * variant.views  # backbone passes this run
     strict = config.extract.strict
-    errors = ReadErrors()
-    bar = tqdm(total=len(todo), initial=len(todo) - len(positions), unit="img",
-               disable=not progress, desc=f"{backbone.spec.name} {dataset.name}",
-               file=sys.stderr)
-    pending: list[tuple[np.ndarray, np.ndarray]] = []
+    errors = ReadErrors()  # by file
+    bar = tqdm(total=len(todo) * group, initial=(len(todo) - len(positions)) * group,
+               unit="img" if variant.views == 1 else "view", disable=not progress,
+               desc=f"{backbone.spec.name} {dataset.name}{variant.suffix}", file=sys.stderr)
+    pending: list[tuple[np.ndarray, np.ndarray]] = []  # backbone outputs not yet in a block
     block_iter = iter(remaining)
     current = next(block_iter)
     need = len(blocks.rows_of(current))
@@ -241,31 +284,37 @@ def _extract_blocks(config: Config, dataset: Dataset, backbone: Backbone, todo: 
     t_first = time.perf_counter()
     rate = 0.0
     try:
-        for first, images, ok in read_batches(files, size, batch, errors):
+        for first, batch_images, ok in read_batches(files, size, batch, errors, views=views):
             if strict and not ok.all():
-                bad = first + int(np.flatnonzero(~ok)[0])
+                bad = (first + int(np.flatnonzero(~ok)[0])) // variant.views
                 raise ExtractError(f"unreadable image {files[bad]}: {errors.reasons[bad]} "
                                    "(--strict; finished blocks are kept)")
-            n = len(images)
+            n = len(batch_images)
             if n < batch:
-                images = np.concatenate([images, np.zeros((batch - n, *images.shape[1:]),
-                                                          images.dtype)])
-            features = forward(images).numpy()[:n]
+                batch_images = np.concatenate(
+                    [batch_images, np.zeros((batch - n, *batch_images.shape[1:]),
+                                            batch_images.dtype)])
+            features = forward(batch_images).numpy()[:n]
             features[~ok] = 0.0
             if first == 0:
                 t_first = time.perf_counter()
-            elif first + n == len(files):
+            elif first + n == passes:
                 rate = (first + n - batch) / (time.perf_counter() - t_first)
             pending.append((features, ok))
             bar.update(n)
-            have = sum(len(f) for f, _ in pending)
+            have = sum(len(f) for f, _ in pending) // group
             while current is not None and have >= need:
                 feats = np.concatenate([f for f, _ in pending])
                 oks = np.concatenate([o for _, o in pending])
-                base = done_rows
-                reasons = [errors.reasons.get(base + j, "") for j in range(need)]
-                blocks.save(current, feats[:need], oks[:need], reasons)
-                pending = [(feats[need:], oks[need:])]
+                used = need * group
+                block, block_ok = feats[:used], oks[:used]
+                if group > 1:  # views averaged into one row per image
+                    block = block.reshape(need, group, *block.shape[1:]).mean(axis=1)
+                    block_ok = block_ok.reshape(need, group).all(axis=1)
+                reasons = [errors.reasons.get((done_rows + j) // per_image, "")
+                           for j in range(need)]
+                blocks.save(current, block, block_ok, reasons)
+                pending = [(feats[used:], oks[used:])]
                 done_rows += need
                 have -= need
                 current = next(block_iter, None)

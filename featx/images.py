@@ -11,14 +11,17 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
 # How a file becomes the backbone's input: part of what the features depend on.
 RESIZE_POLICY = "pil-draft+exif+rgb-on-white+bilinear-squash"
+# 10-crop over-sampling reads the image at input_size * 256/224 (the classic recipe).
+CROP_RATIO = 256 / 224
 
 
 def load_image(path: str, size: int) -> np.ndarray:
@@ -53,6 +56,36 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def ten_crops(image: np.ndarray, size: int) -> np.ndarray:
+    """(10, size, size, C): the four corners and the centre of ``image`` (H, W, C), in the
+    order top-left, top-right, bottom-left, bottom-right, centre, then each mirrored
+    left-right in the same order."""
+    h, w = image.shape[:2]
+    if h < size or w < size:
+        raise ValueError(f"a {h}x{w} image is smaller than the {size}x{size} crop")
+    corners = [(0, 0), (0, w - size), (h - size, 0), (h - size, w - size),
+               ((h - size) // 2, (w - size) // 2)]
+    crops = np.stack([image[t:t + size, x:x + size] for t, x in corners])
+    return np.concatenate([crops, crops[:, :, ::-1]])
+
+
+def crop_load_size(size: int) -> int:
+    return int(round(size * CROP_RATIO))
+
+
+@dataclass(frozen=True)
+class Views:
+    """How one image becomes ``count`` consecutive rows: ``crop`` runs on the decoded image
+    (read at ``load_size``) in numpy, ``augment`` in the tf.data graph on the image read at the
+    input size, seeded per image by ``seeds`` (so a view never depends on its batch)."""
+
+    count: int = 1
+    load_size: int = 0  # 0: the input size
+    crop: Callable[[np.ndarray], np.ndarray] | None = None  # (L, L, 3) -> (count, S, S, 3)
+    augment: Callable[[Any, Any], Any] | None = None  # ((S, S, 3) uint8, seed) -> (count, ...)
+    seeds: np.ndarray | None = None  # int64 per file, for ``augment``
+
+
 @dataclass
 class ReadErrors:
     """Reasons for unreadable files, by row index (filled from tf.data's threads)."""
@@ -73,29 +106,40 @@ def _usable_cores() -> int:
 
 def read_batches(
     paths: Sequence[str], size: int, batch_size: int, errors: ReadErrors,
-    parallel: int | None = None,
+    parallel: int | None = None, views: Views | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(first_row, images, ok)`` for every row in order, ``batch_size`` at a time.
 
     ``images`` is (n, size, size, 3) uint8; ``ok[i]`` is False where the file was unreadable
-    (its reason is in ``errors``).
+    (its reason is in ``errors``, by file index). With ``views``, file ``i`` gives rows
+    ``i * views.count`` to ``(i + 1) * views.count - 1``.
     """
     import tensorflow as tf
 
     path_array = np.asarray(paths, dtype=object)
+    views = views or Views()
+    load_size = views.load_size or size
+    shape = (size, size, 3) if views.crop is None else (views.count, size, size, 3)
 
     def load(index: np.int64) -> tuple[np.ndarray, bool]:
         i = int(index)
         try:
-            return load_image(path_array[i], size), True
+            image = load_image(path_array[i], load_size)
+            return (image if views.crop is None else views.crop(image)), True
         except Exception as e:  # any decoder failure is a per-file skip, never a crash
             errors.add(i, f"{type(e).__name__}: {e}")
-            return np.zeros((size, size, 3), np.uint8), False
+            return np.zeros(shape, np.uint8), False
+
+    seeds = np.zeros(len(paths), np.int64) if views.seeds is None else views.seeds
 
     def tf_load(index):
         image, ok = tf.numpy_function(load, [index], (tf.uint8, tf.bool), stateful=False)
-        image.set_shape((size, size, 3))
+        image.set_shape(shape)
         ok.set_shape(())
+        if views.augment is not None:
+            image = views.augment(image, tf.gather(seeds, index))
+        if views.count > 1:  # one row per view
+            return image, tf.fill([views.count], ok)
         return image, ok
 
     # A fixed parallelism instead of tf.data's autotuner: the autotuner stalled 0.5-2 s at
@@ -104,8 +148,10 @@ def read_batches(
     options.autotune.enabled = False
     ds = (tf.data.Dataset.range(len(paths))
           .map(tf_load, num_parallel_calls=parallel or _usable_cores(),
-               deterministic=True)
-          .batch(batch_size)
+               deterministic=True))
+    if views.count > 1:
+        ds = ds.unbatch()
+    ds = (ds.batch(batch_size)
           .prefetch(2)
           .with_options(options))
     first = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,13 @@ import joblib
 import numpy as np
 
 from featx import classify as learners
-from featx.config import Config
+from featx.config import Config, ConfigError
 from featx.dataset import TEST, TRAIN, VAL
 from featx.report import evaluate, summary_line, write_reports
 from featx.store import FeatureStore, StoreError
 
 BACKBONE_ATTRS = ("backbone", "weights", "weights_id", "layer", "pooling", "input_size",
-                  "preprocess", "resize")
+                  "preprocess", "resize", "combine")  # combine: featx.combine's members
 
 
 def results_dir(config: Config, store: Path) -> Path:
@@ -48,7 +49,11 @@ class Splits:
 
 
 def load_splits(config: Config, store_path: Path) -> Splits:
-    """The readable rows of each split, features in memory."""
+    """The readable rows of each split, features in memory. ``classify.train_features`` and
+    ``classify.test_features`` take the training rows, or the validation and test rows, from
+    a variant store instead (featx/variants.py): "augmented" trains on the plain rows plus
+    every augmented pass; "tencrop" gives one row per crop or per image as it was extracted
+    (validation and test rows always one per image, the mean of its crops)."""
     with FeatureStore(store_path) as store:
         _check_split(store, config)
         attrs = store.attrs
@@ -59,14 +64,134 @@ def load_splits(config: Config, store_path: Path) -> Splits:
             raise StoreError(f"{store_path}: the split has no test rows (dataset.test = 0?)")
         x = {s: store.features(r) for s, r in rows.items()}
         names = store.label_names
-    return Splits(store_path, attrs, names, x, {s: labels[r] for s, r in rows.items()},
+    data = Splits(store_path, attrs, names, x, {s: labels[r] for s, r in rows.items()},
                   {s: [all_paths[i] for i in r] for s, r in rows.items()}, rows)
+    c = config.classify
+    if c.train_features == c.test_features == "plain":
+        return data
+    from featx.extract import plan
+    from featx.variants import check, read_rows
+
+    check(config)
+    source = {TRAIN: c.train_features, VAL: c.test_features, TEST: c.test_features}
+    for s, variant in source.items():
+        if variant == "plain":
+            continue
+        p = plan(config, variant)
+        with FeatureStore(p.path) as store:
+            _check_split(store, config)
+            if store.attrs.get("key") != p.key:
+                raise StoreError(f"{p.path}: the {variant} store is out of date with the "
+                                 "dataset; run `featx extract` again")
+        got = read_rows(p.path, (s,), names, average=s != TRAIN)
+        if variant == "augmented":  # the plain rows and every pass of them
+            got.x, got.y = np.concatenate([data.x[s], got.x]), np.concatenate([data.y[s], got.y])
+            got.paths = data.paths[s] + got.paths
+        data.x[s], data.y[s], data.paths[s] = got.x, got.y, got.paths
+    data.rows = {}  # rows from several stores: the features exist only in memory
+    return data
+
+
+def index_splits(config: Config, store_path: Path) -> Splits:
+    """What :func:`load_splits` gives, less the features (``x`` is empty): for learners that
+    stream them from the store."""
+    with FeatureStore(store_path) as store:
+        _check_split(store, config)
+        attrs, names = store.attrs, store.label_names
+        labels, split, ok, all_paths = store.labels, store.split, store.ok, store.paths
+    rows = {s: np.flatnonzero((split == s) & ok) for s in (TRAIN, VAL, TEST)}
+    if not len(rows[TEST]):
+        raise StoreError(f"{store_path}: the split has no test rows (dataset.test = 0?)")
+    return Splits(store_path, attrs, names, {}, {s: labels[r] for s, r in rows.items()},
+                  {s: [all_paths[i] for i in r] for s, r in rows.items()}, rows)
+
+
+def read_splits(config: Config, store_path: Path) -> Splits:
+    """Features in memory unless every classifier streams them from the store."""
+    streaming = all(learners.get_learner(n).streaming for n in config.classify.classifiers)
+    # Variant features (classify.train_features/test_features) are joined in memory.
+    streaming &= config.classify.train_features == config.classify.test_features == "plain"
+    if streaming and _plain(config):
+        return index_splits(config, store_path)
+    return load_splits(config, store_path)
+
+
+def _plain(config: Config) -> bool:
+    # Augmented / 10-crop rows are chosen by load_splits, in memory: only plain rows stream.
+    c = config.classify
+    return c.train_features == "plain" and c.test_features == "plain"
+
+
+def _streams(name: str, data: Splits, config: Config) -> bool:
+    # A streaming learner reads the store itself; fused features exist only in memory
+    # (their Splits have no store rows).
+    return learners.get_learner(name).streaming and bool(data.rows) and _plain(config)
 
 
 def fit_learner(name: str, data: Splits, config: Config) -> learners.FitResult:
     c = config.classify
-    return learners.fit(name, data.x[TRAIN], data.y[TRAIN], data.x[VAL], data.y[VAL], cv=c.cv,
-                        n_jobs=c.n_jobs, seed=c.seed)
+    opts = {"cv": c.cv, "n_jobs": c.n_jobs, "seed": c.seed, "class_weight": c.class_weight,
+            "quick": c.quick}
+    from featx.distributed import search_backend
+
+    with search_backend(config):  # classify.engine = "ray": the search's jobs on Ray
+        if _streams(name, data, config):
+            return learners.fit_store(name, data.store, data.rows[TRAIN], data.rows[VAL],
+                                      **opts)
+        return learners.fit(name, data.x[TRAIN], data.y[TRAIN], data.x[VAL], data.y[VAL],
+                            **opts)
+
+
+def scores_on_test(fitted: learners.FitResult, data: Splits, config: Config) -> np.ndarray:
+    """Class scores of the test rows (probabilities or decision values)."""
+    if _streams(fitted.name, data, config):
+        return learners.store_apply(lambda x: learners.class_scores(fitted.model, x),
+                                    data.store, data.rows[TEST])
+    return learners.class_scores(fitted.model, data.x[TEST])
+
+
+def probabilities_on_test(fitted: learners.FitResult, data: Splits, config: Config
+                          ) -> tuple[Any, np.ndarray]:
+    """The model with predict_proba (calibrated if it has none, see
+    classify.with_probabilities) and its test-row probabilities."""
+    c = config.classify
+    if _streams(fitted.name, data, config):
+        return fitted.model, learners.store_apply(fitted.model.predict_proba, data.store,
+                                                  data.rows[TEST])
+    x = np.concatenate([data.x[TRAIN], data.x[VAL]])
+    y = np.concatenate([data.y[TRAIN], data.y[VAL]])
+    model = learners.with_probabilities(fitted.model, x, y, cv=c.cv, seed=c.seed,
+                                        n_jobs=c.n_jobs)
+    return model, model.predict_proba(data.x[TEST])
+
+
+def make_result(config: Config, data: Splits, classifier: str, fitted: learners.FitResult,
+                scores: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
+    return {
+        "pipeline": config.name, "classifier": classifier, "dataset": data.attrs["dataset"],
+        "store": str(data.store), "key": data.attrs["key"], "backbone": data.backbone,
+        "best_params": fitted.best_params, "cv_score": fitted.cv_score,
+        "fit_seconds": fitted.fit_seconds,
+        "n_train": int(len(data.y[TRAIN]) + len(data.y[VAL])),
+        **evaluate(data.y[TEST], scores, classes, data.label_names, paths=data.paths[TEST]),
+    }
+
+
+def average(name: str, fitted: list[learners.FitResult], probabilities: list[np.ndarray],
+            models: list[Any], labels: list[str], seconds: float = 0.0
+            ) -> tuple[learners.FitResult, np.ndarray]:
+    """The ensemble of fitted classifiers: the mean of their test probabilities, and a model
+    that predicts the same way (best parameters prefixed with each member's label)."""
+    classes = models[0].classes_
+    for f, m in zip(fitted, models):
+        if not np.array_equal(m.classes_, classes):
+            raise learners.ClassifierError(f"{f.name} was trained on other classes")
+    params = {f"{label}.{k.split('__')[-1]}": v
+              for label, f in zip(labels, fitted) for k, v in f.best_params.items()}
+    result = learners.FitResult(name, learners.ProbabilityAverage(models), params,
+                                float(np.mean([f.cv_score for f in fitted])),
+                                sum(f.fit_seconds for f in fitted) + seconds)
+    return result, np.mean(probabilities, axis=0)
 
 
 def save_model(path: Path, fitted: learners.FitResult, data: Splits, config: Config) -> None:
@@ -84,33 +209,67 @@ def save_model(path: Path, fitted: learners.FitResult, data: Splits, config: Con
 def classify(config: Config, store_path: Path | None = None,
              echo=print) -> list[dict[str, Any]]:
     """Fit every classifier the config names on the store's training rows and report on its
-    test rows. Returns one result dict per classifier."""
+    test rows (with ``classify.ensemble``, also their average). Returns one result dict per
+    classifier. A pipeline with a ``[combine]`` section runs featx.combine instead."""
+    if config.combine.pipelines:
+        from featx.combine import classify_combined
+
+        if store_path is not None:
+            raise ConfigError("a [combine] pipeline reads its members' stores: drop --store")
+        return classify_combined(config, echo=echo)
     if store_path is None:
         from featx.extract import locate_store
 
         store_path = locate_store(config)
-    data = load_splits(config, store_path)
+    check_ensemble(config)
+    data = read_splits(config, store_path)
     out_dir = results_dir(config, store_path)
-    results = []
-    for name in config.classify.classifiers:
-        fitted = fit_learner(name, data, config)
-        scores = learners.class_scores(fitted.model, data.x[TEST])
-        result = {
-            "pipeline": config.name, "classifier": name, "dataset": data.attrs["dataset"],
-            "store": str(store_path), "key": data.attrs["key"], "backbone": data.backbone,
-            "best_params": fitted.best_params, "cv_score": fitted.cv_score,
-            "fit_seconds": fitted.fit_seconds,
-            "n_train": int(len(data.y[TRAIN]) + len(data.y[VAL])),
-            **evaluate(data.y[TEST], scores, fitted.model.classes_, data.label_names,
-                       paths=data.paths[TEST]),
-        }
-        stem = out_dir / f"{config.name}-{name}"
-        write_reports(result, stem)
-        save_model(stem.with_suffix(".joblib"), fitted, data, config)
-        echo(summary_line(name, result))
-        results.append(result)
+    results = fit_and_report(config, data, out_dir, echo)
     print(f"featx: results in {out_dir}/", file=sys.stderr)
     return results
+
+
+def fit_and_report(config: Config, data: Splits, out_dir: Path, echo=print,
+                   save_models: bool = True) -> list[dict[str, Any]]:
+    """Each classifier (and with ``classify.ensemble`` their average) fitted on ``data``'s
+    training rows, scored on its test rows, reported into ``out_dir``."""
+    results, fits = [], []
+    for name in config.classify.classifiers:
+        fitted = fit_learner(name, data, config)
+        result = make_result(config, data, name, fitted, scores_on_test(fitted, data, config),
+                             fitted.model.classes_)
+        results.append(write_result(result, out_dir / f"{config.name}-{name}", echo))
+        if save_models:
+            save_model(out_dir / f"{config.name}-{name}.joblib", fitted, data, config)
+        fits.append(fitted)
+    if config.classify.ensemble:
+        t0 = time.perf_counter()
+        models, probabilities = zip(*(probabilities_on_test(f, data, config) for f in fits))
+        fitted, proba = average(ensemble_name(config.classify.classifiers), fits,
+                                list(probabilities), list(models),
+                                config.classify.classifiers, time.perf_counter() - t0)
+        result = make_result(config, data, fitted.name, fitted, proba, fitted.model.classes_)
+        results.append(write_result(result, out_dir / f"{config.name}-ensemble", echo))
+        if save_models:
+            save_model(out_dir / f"{config.name}-ensemble.joblib", fitted, data, config)
+    return results
+
+
+def ensemble_name(classifiers: list[str]) -> str:
+    return f"ensemble({'+'.join(classifiers)})"
+
+
+def check_ensemble(config: Config) -> None:
+    c = config.classify
+    if c.ensemble and len(c.classifiers) < 2:
+        raise learners.ClassifierError("classify.ensemble averages several classifiers: "
+                                       "name at least two in classify.classifiers")
+
+
+def write_result(result: dict[str, Any], stem: Path, echo) -> dict[str, Any]:
+    write_reports(result, stem)
+    echo(summary_line(result["classifier"], result))
+    return result
 
 
 def load_model(path: str | Path) -> dict[str, Any]:

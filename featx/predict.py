@@ -106,13 +106,16 @@ class Predictor:
             section["weights"] = str(weights)
         known = {f.name for f in dataclasses.fields(BackboneConfig)}
         config = BackboneConfig(**{k: v for k, v in section.items() if k in known})
+        recorded = config.weights.strip()
+        if weights is None and recorded.lower() not in ("imagenet", "none", "") \
+                and not Path(recorded).expanduser().is_file():
+            raise PredictError(f"{path}: the weights file it was trained with is not at "
+                               f"{recorded}; give --weights PATH (the same file)")
         try:
             # Extraction seeds random weights with the dataset seed: the same seed, the same net.
             backbone = Backbone(config, seed=int(pipeline.get("dataset", {}).get("seed", 0)))
         except BackboneError as e:
-            hint = "" if weights is not None else \
-                " (weights elsewhere on this machine? give --weights PATH)"
-            raise PredictError(f"{path}: {e}{hint}") from None
+            raise PredictError(f"{path}: {e}") from None
         return cls(bundle, backbone, source=str(path))
 
     @property
@@ -187,7 +190,9 @@ def _check_settings(bundle: dict[str, Any], backbone: Backbone, source: str) -> 
     if recorded.get("weights_id") and recorded["weights_id"] != backbone.weights_id:
         where = backbone.weights_path or backbone.weights_kind
         advice = "give --weights the same weights file"
-        if recorded.get("weights") == "imagenet":  # identified by Keras version, not content
+        if recorded.get("weights") == "none":
+            advice = 'it was trained with random weights (weights="none"): leave --weights out'
+        elif recorded.get("weights") == "imagenet":  # identified by Keras version, not content
             advice = ('it was trained with weights="imagenet": leave --weights out and put '
                       f"the file Keras downloads into {keras_home() / 'models'}/")
         raise PredictError(

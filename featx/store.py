@@ -139,9 +139,11 @@ class RowSource:
 def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource,
                 old: FeatureStore | None, blocks: BlockDir | None, paths: list[str],
                 signatures: list[str], labels: np.ndarray, label_names: list[str],
-                split: np.ndarray, attrs: dict[str, Any], compression: str = "lzf") -> Path:
+                split: np.ndarray, attrs: dict[str, Any], compression: str = "lzf",
+                extra: dict[str, np.ndarray] | None = None) -> Path:
     """Assemble a complete store from reused and new rows, streaming chunk by chunk, under a
-    temporary name; rename it into place only when everything is written."""
+    temporary name; rename it into place only when everything is written. ``extra``: more
+    per-row datasets (e.g. a variant store's ``view``)."""
     n = len(paths)
     row_bytes = 4 * int(np.prod(feature_shape))
     chunk_rows = int(max(1, min(n, CHUNK_BYTES // max(row_bytes, 1))))
@@ -189,6 +191,8 @@ def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource
         f.create_dataset("label_names", data=np.asarray(label_names, dtype=object), dtype=STRING)
         f.create_dataset("split", data=np.asarray(split, np.int8))
         f.create_dataset("ok", data=ok_all)
+        for name, values in (extra or {}).items():
+            f.create_dataset(name, data=np.asarray(values))
         skipped.sort()
         f.create_dataset("skipped", data=np.asarray(skipped, dtype=object).reshape(-1, 2),
                          dtype=STRING)
@@ -201,6 +205,14 @@ def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource
         old.close()  # the old store is replaced below; nothing reads it any more
     os.replace(tmp, path)  # atomic: a store under its final name is complete
     return path
+
+
+def missing_sources(path: Path, dataset: h5py.Dataset) -> list[str]:
+    """The source files of a virtual dataset that are not there (relative to the store)."""
+    if not dataset.is_virtual:
+        return []
+    files = {m.file_name for m in dataset.virtual_sources()}
+    return sorted(f for f in files if not (Path(path).parent / f).is_file())
 
 
 class FeatureStore:
@@ -220,6 +232,11 @@ class FeatureStore:
         if not self.file.attrs.get("complete", False):
             self.file.close()
             raise StoreError(f"{self.path}: store is not complete")
+        missing = missing_sources(self.path, self.file["features"])
+        if missing:  # a virtual store (featx.distributed) would read fill values
+            self.file.close()
+            raise StoreError(f"{self.path}: {len(missing)} shard file(s) missing, e.g. "
+                             f"{missing[0]} (run `featx extract` again)")
 
     def __enter__(self) -> FeatureStore:
         return self

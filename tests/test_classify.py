@@ -168,3 +168,115 @@ def test_fit_needs_two_training_images_per_class_for_cross_validation():
     y = np.array([0, 0, 0, 1, 1, 1, 2])  # class 2 has a single training image
     with pytest.raises(ClassifierError, match="2"):
         fit("logreg", x, y)
+
+
+# ------------------------------------------------------- more learners, weighting, quick, ensemble
+
+def _imbalanced(seed=0, n_major=240, n_minor=24):
+    """Two overlapping classes, one ten times as common as the other."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.zeros(n_major, int), np.ones(n_minor, int)]
+    x = rng.normal(size=(len(y), 4))
+    x[y == 1, 0] += 1.5
+    return x, y
+
+
+@pytest.mark.parametrize("name", sorted(learners.LEARNERS))
+def test_every_learner_predicts_and_ranks(name):
+    x, y = _blobs(6, n=180, d=8)
+    result = fit(name, x, y, cv=2, seed=0)
+    x_new, y_new = _blobs(6, n=120, d=8, seed=5)
+    scores = class_scores(result.model, x_new)
+    assert scores.shape == (len(x_new), 6)
+    assert (result.model.classes_[scores.argmax(axis=1)] == result.model.predict(x_new)).all()
+    from featx.report import rank_k
+
+    rank1 = rank_k(y_new, scores, result.model.classes_, 1)
+    rank5 = rank_k(y_new, scores, result.model.classes_, 5)
+    assert 0.8 < rank1 <= rank5 and rank5 > 0.95
+
+
+@pytest.mark.parametrize("name", sorted(learners.LEARNERS))
+def test_balanced_class_weight_raises_minority_recall(name):
+    x, y = _imbalanced()
+    x_new, y_new = _imbalanced(seed=1)
+    recall = {}
+    for weight in ("", "balanced"):
+        model = fit(name, x, y, cv=2, class_weight=weight).model
+        recall[weight] = (model.predict(x_new)[y_new == 1] == 1).mean()
+    assert recall["balanced"] > recall[""] + 0.05, recall
+
+
+def test_class_weight_must_be_balanced_or_empty():
+    x, y = _blobs(3)
+    with pytest.raises(ClassifierError, match="class_weight"):
+        fit("logreg", x, y, cv=2, class_weight="inverse")
+
+
+@pytest.mark.parametrize("name", sorted(learners.LEARNERS))
+def test_quick_mode_searches_the_reduced_grid_on_two_folds(name, monkeypatch):
+    seen = {}
+
+    class Spy(learners.GridSearchCV):
+        def fit(self, x, y, **kw):
+            seen["grid"], seen["folds"] = self.param_grid, self.cv.get_n_splits()
+            return super().fit(x, y, **kw)
+
+    monkeypatch.setattr(learners, "GridSearchCV", Spy)
+    learner = get_learner(name)
+    assert len(list(learners.ParameterGrid(learner.quick_grid))) \
+        < len(list(learners.ParameterGrid(learner.grid)))
+    x, y = _blobs(3, n=90)
+    result = fit(name, x, y, cv=5, quick=True)
+    assert seen == {"grid": learner.quick_grid, "folds": 2}
+    assert all(result.best_params[k] in v for k, v in learner.quick_grid.items())
+    fit(name, x, y, cv=5)
+    assert seen == {"grid": learner.grid, "folds": 5}
+
+
+def test_quick_flag_sets_the_config():
+    from featx.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["classify", "--quick"])
+    assert config_from_args(args).classify.quick is True
+    args = build_parser().parse_args(["classify"])
+    assert config_from_args(args).classify.quick is False
+
+
+def test_ensemble_averages_the_classifiers_probabilities(tiny_store, make_config, tmp_path,
+                                                         test_rows):
+    x_test, y_test, *_ = test_rows
+    names = ["logreg", "knn", "sgd"]
+    config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(tmp_path),
+                         classify={"classifiers": names, "ensemble": True, "cv": 2})
+    results = classify(config, echo=lambda line: None)
+    assert [r["classifier"] for r in results] == [*names, "ensemble(logreg+knn+sgd)"]
+    members = [load_model(tmp_path / f"tiny-{n}.joblib")["model"] for n in names]
+    manual = np.mean([m.predict_proba(x_test) for m in members], axis=0)
+    ensemble = load_model(tmp_path / "tiny-ensemble.joblib")["model"]
+    np.testing.assert_allclose(ensemble.predict_proba(x_test), manual, rtol=1e-6)
+    predicted = ensemble.classes_[manual.argmax(axis=1)]
+    labels = list(range(3))
+    assert results[-1]["confusion"] == confusion_matrix(y_test, predicted,
+                                                        labels=labels).tolist()
+    assert set(results[-1]["best_params"]) >= {"logreg.C", "knn.n_neighbors", "sgd.alpha"}
+    assert (tmp_path / "tiny-ensemble.json").is_file()
+
+
+def test_ensemble_calibrates_learners_without_probabilities():
+    x, y = _blobs(3, n=90)
+    model = fit("linear_svm", x, y, cv=2).model
+    calibrated = learners.with_probabilities(model, x, y, cv=2)
+    proba = calibrated.predict_proba(x)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    agree = (calibrated.classes_[proba.argmax(axis=1)] == model.predict(x)).mean()
+    assert agree > 0.9
+    logreg = fit("logreg", x, y, cv=2).model
+    assert learners.with_probabilities(logreg, x, y) is logreg  # has its own
+
+
+def test_ensemble_needs_two_classifiers(tiny_store, make_config, tmp_path):
+    config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(tmp_path),
+                         classify={"classifiers": ["logreg"], "ensemble": True})
+    with pytest.raises(ClassifierError, match="ensemble"):
+        classify(config, echo=lambda line: None)

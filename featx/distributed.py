@@ -1,0 +1,460 @@
+"""Beyond one machine: extraction and the grid search on a Ray cluster (``pip install featx[ray]``).
+
+Extraction (``extract.engine = "ray"``): the dataset manifest (sorted paths) is cut into
+deterministic shards of ``extract.shard_rows`` rows. Ray Data streams the rows of the
+unfinished shards through ``map_batches`` with :class:`ShardExtractor`, a callable class
+holding one featx :class:`~featx.backbones.Backbone` per actor (one actor per GPU, or one per
+node on CPU clusters) and running the same reader and the same fixed-batch, padded forward
+pass as the single-machine path. The driver writes each shard to its own HDF5 file in
+``<store>.<key>.shards/`` (temporary name, renamed when the shard is whole), then joins them
+into a store with the single-machine layout, key and attributes: ``features`` is an HDF5
+virtual dataset over the shard files, or a plain chunked copy with ``extract.consolidate``.
+
+Failures: Ray restarts a dead actor and retries its batches; if the run still fails (a node
+gone with its results), the driver retries the shards not yet written, and a new
+``featx extract`` after a crash redoes only the missing shards.
+
+Search (``classify.engine = "ray"``): the grid search runs through joblib's Ray backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock, Timeout
+from tqdm import tqdm
+
+from featx.config import Config, ConfigError
+from featx.dataset import stratified_split
+from featx.extract import (
+    ExtractError,
+    ExtractResult,
+    Plan,
+    _open_old,
+    _split_attr,
+    _update_split,
+    plan,
+)
+from featx.store import CHUNK_BYTES, STRING, FeatureStore, RowSource, library_versions, write_store
+
+ENGINES = ("local", "ray")
+ATTEMPTS = 3  # runs of the unfinished shards before giving up
+TASK_BATCHES = 4  # batches per Ray Data block: the unit Ray retries on a restarted actor
+
+
+def _ray(error: type[Exception] = ExtractError):
+    try:
+        import ray
+    except ImportError:
+        raise error("the ray engine needs Ray: pip install 'featx[ray]' "
+                    "(on every machine of the cluster)") from None
+    return ray
+
+
+def check_engine(engine: str, field: str) -> None:
+    if engine not in ENGINES:
+        raise ConfigError(f"{field} must be one of {', '.join(ENGINES)}, not {engine!r}")
+
+
+@contextlib.contextmanager
+def connected(address: str, error: type[Exception] = ExtractError) -> Iterator[Any]:
+    """Ray connected to ``address`` ("" : $RAY_ADDRESS, else a new one-machine instance);
+    disconnects afterwards only if it connected here."""
+    ray = _ray(error)
+    mine = not ray.is_initialized()
+    if mine:
+        try:
+            ray.init(address=address or None, logging_level=logging.WARNING,
+                     log_to_driver=False, configure_logging=False)
+        except ConnectionError as e:
+            raise error(f"cannot reach the Ray cluster at {address!r}: {e}") from None
+    try:
+        yield ray
+    finally:
+        if mine:
+            ray.shutdown()
+
+
+# --- shards -----------------------------------------------------------------------------------
+
+class ShardDir:
+    """The shard files of one extraction job: ``shard-NNNNN.h5`` per ``shard_rows`` rows.
+
+    The folder is named by the content key, so only the very same job resumes from it; a
+    resumed job keeps the shard size it started with.
+    """
+
+    def __init__(self, store: Path, content_key: str, rows: int, shard_rows: int) -> None:
+        self.dir = shard_dir(store, content_key)
+        self.key = content_key
+        self.rows = rows
+        meta = self.dir / "meta.json"
+        if meta.exists():
+            with contextlib.suppress(ValueError, KeyError):
+                shard_rows = int(json.loads(meta.read_text())["shard_rows"])
+        if shard_rows < 1:
+            raise ConfigError(f"extract.shard_rows must be at least 1, not {shard_rows}")
+        self.shard_rows = shard_rows
+        self.dir.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps({"key": content_key, "rows": rows, "shard_rows": shard_rows}))
+        self._cache: tuple[int, dict[str, np.ndarray]] | None = None
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.rows // self.shard_rows)
+
+    def bounds(self, index: int) -> tuple[int, int]:
+        return index * self.shard_rows, min((index + 1) * self.shard_rows, self.rows)
+
+    def path(self, index: int) -> Path:
+        return self.dir / f"shard-{index:05d}.h5"
+
+    def done(self) -> list[int]:
+        return [i for i in range(self.n_shards) if self.path(i).exists()]
+
+    def todo(self) -> list[int]:
+        return [i for i in range(self.n_shards) if not self.path(i).exists()]
+
+    # write_store reads new rows "by block": a shard is a block.
+    @property
+    def block_rows(self) -> int:
+        return self.shard_rows
+
+    def load(self, index: int) -> dict[str, np.ndarray]:
+        import h5py
+
+        if self._cache is None or self._cache[0] != index:  # write_store asks row by row
+            with h5py.File(self.path(index), "r") as f:
+                self._cache = (index, {"features": f["features"][:], "ok": f["ok"][:],
+                                       "reasons": f["reasons"].asstr()[:]})
+        return self._cache[1]
+
+
+def shard_dir(store: Path, content_key: str) -> Path:
+    return Path(store).with_name(Path(store).name + f".{content_key}.shards")
+
+
+class _ShardWriter:
+    """One shard being written, rows in any order; renamed into place when every row is in."""
+
+    def __init__(self, shards: ShardDir, index: int, feature_shape: tuple[int, ...],
+                 compression: str) -> None:
+        import h5py
+
+        self.final = shards.path(index)
+        self.tmp = self.final.with_suffix(".tmp")
+        self.start, stop = shards.bounds(index)
+        n = stop - self.start
+        self.seen = np.zeros(n, bool)
+        row_bytes = 4 * int(np.prod(feature_shape))
+        chunk = int(max(1, min(n, CHUNK_BYTES // max(row_bytes, 1))))
+        comp = None if compression == "none" else compression
+        self.file = h5py.File(self.tmp, "w")
+        self.file.create_dataset("features", (n, *feature_shape), np.float32,
+                                 chunks=(chunk, *feature_shape), compression=comp,
+                                 shuffle=comp is not None, fletcher32=True)
+        self.file.create_dataset("ok", (n,), bool)
+        self.file.create_dataset("reasons", (n,), STRING)
+        self.file.attrs.update({"key": shards.key, "shard": index, "start": self.start,
+                                "stop": stop})
+
+    def write(self, rows: np.ndarray, features: np.ndarray, ok: np.ndarray,
+              reasons: np.ndarray) -> bool:
+        """Write rows (absolute row numbers, ascending); True when the shard is whole."""
+        local = rows - self.start
+        at = slice(local[0], local[-1] + 1) if local[-1] - local[0] + 1 == len(local) else local
+        self.file["features"][at] = features
+        self.file["ok"][at] = ok
+        bad = np.flatnonzero(~ok)
+        for i in bad:
+            self.file["reasons"][local[i]] = str(reasons[i])
+        self.seen[local] = True
+        return bool(self.seen.all())
+
+    def finish(self) -> None:
+        self.file.attrs["complete"] = True
+        self.file.close()
+        os.replace(self.tmp, self.final)  # atomic: a shard under its final name is whole
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+# --- the actor --------------------------------------------------------------------------------
+
+class ShardExtractor:
+    """Ray Data callable class: one frozen backbone per actor, built once.
+
+    Maps a batch ``{"row", "path"}`` (at most ``extract.batch_size`` rows) to ``{"row",
+    "features", "ok", "reason"}``: the same reader (:func:`featx.images.load_image`) and the
+    same traced, fixed-shape forward pass (the batch padded with zeros) as ``featx extract``
+    on one machine, so the numbers are the same.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from featx.backbones import Backbone
+        from featx.images import _usable_cores
+
+        cfg = Config.from_dict(config, source="ray driver")
+        self.backbone = Backbone(cfg.backbone, seed=cfg.dataset.seed)
+        self.batch = cfg.extract.batch_size
+        self.forward = self.backbone.compiled(self.batch)
+        # Pillow releases the GIL while decoding: threads decode a batch in parallel.
+        self.pool = ThreadPoolExecutor(_usable_cores())
+
+    def _load(self, path: str) -> tuple[np.ndarray, bool, str]:
+        from featx.images import load_image
+
+        size = self.backbone.input_size
+        try:
+            return load_image(path, size), True, ""
+        except Exception as e:  # a per-file skip, never a crash (as in images.read_batches)
+            return np.zeros((size, size, 3), np.uint8), False, f"{type(e).__name__}: {e}"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        loaded = list(self.pool.map(self._load, [str(p) for p in batch["path"]]))
+        n = len(loaded)
+        images = np.zeros((self.batch, *loaded[0][0].shape), np.uint8)
+        images[:n] = np.stack([image for image, _, _ in loaded])
+        ok = np.array([good for _, good, _ in loaded], bool)
+        features = self.forward(images).numpy()[:n]
+        features[~ok] = 0.0
+        return {"row": np.asarray(batch["row"], np.int64), "features": features, "ok": ok,
+                "reason": np.array([reason for _, _, reason in loaded], dtype=object)}
+
+
+# --- the driver -------------------------------------------------------------------------------
+
+def extract_ray(config: Config, progress: bool = True, variant: str = "plain"
+                ) -> ExtractResult:
+    """``featx extract`` on a Ray cluster: the same store as :func:`featx.extract.extract`."""
+    if variant != "plain":
+        raise ExtractError(f"the ray engine extracts plain stores (one row per image), not "
+                           f"the {variant!r} store: use extract.engine = \"local\" for it")
+    p = plan(config)
+    split = stratified_split(p.dataset.labels, config.dataset.val, config.dataset.test,
+                             config.dataset.seed)
+    p.path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(p.path) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"featx: another extraction is writing {p.path}; waiting for it", file=sys.stderr)
+        lock.acquire()
+    try:
+        old = _open_old(p)
+        if old is not None and old.attrs.get("key") == p.key:
+            skipped = old.skipped
+            old.close()
+            _update_split(p.path, split, config)
+            result = ExtractResult(p.path, p.key, cache_hit=True, rows=len(p.dataset),
+                                   reused=len(p.dataset), skipped=skipped)
+        else:
+            if old is not None:
+                old.close()  # the ray engine recomputes every row (no incremental reuse)
+            result = _run(config, p, split, progress)
+    finally:
+        lock.release()
+    if result.skipped and config.extract.strict:
+        listing = "\n".join(f"  {path}: {reason}" for path, reason in result.skipped[:20])
+        raise ExtractError(f"{len(result.skipped)} unreadable image(s) under "
+                           f"{p.dataset.root} (--strict):\n{listing}")
+    return result
+
+
+def _run(config: Config, p: Plan, split: np.ndarray, progress: bool) -> ExtractResult:
+    shards = ShardDir(p.path, p.key, len(p.dataset), config.extract.shard_rows)
+    done = shards.done()
+    if done:
+        print(f"featx: resuming: {len(done)} of {shards.n_shards} shards already extracted",
+              file=sys.stderr)
+    t0 = time.perf_counter()
+    extracted = 0
+    with connected(config.ray_address) as ray:
+        for attempt in range(1, ATTEMPTS + 1):
+            todo = shards.todo()
+            if not todo:
+                break
+            try:
+                extracted += _extract_shards(ray, config, p, shards, todo, progress)
+            except Exception as e:  # a lost node surfaces as one of many Ray error types
+                if isinstance(e, ExtractError) or attempt == ATTEMPTS:
+                    raise ExtractError(f"ray extraction failed ({len(shards.done())} of "
+                                       f"{shards.n_shards} shards kept for a resume): "
+                                       f"{type(e).__name__}: {e}") from e
+                print(f"featx: ray run failed ({type(e).__name__}: {str(e)[:300]}); retrying "
+                      f"{len(shards.todo())} unfinished shard(s)", file=sys.stderr)
+    seconds = time.perf_counter() - t0
+    attrs = {**p.settings, "key": p.key, "dataset": p.dataset.name,
+             "split": _split_attr(config), "hash": config.dataset.hash,
+             "pipeline": config.to_json(), "versions": library_versions()}
+    join(p, shards, split, attrs, config.extract.compression, config.extract.consolidate)
+    with FeatureStore(p.path) as store:
+        skipped = store.skipped
+    return ExtractResult(p.path, p.key, cache_hit=False, rows=len(p.dataset),
+                         extracted=extracted, reused=len(p.dataset) - extracted,
+                         seconds=seconds, images_per_second=extracted / max(seconds, 1e-9),
+                         skipped=skipped, device="ray cluster")
+
+
+def _actor_options(ray) -> dict[str, Any]:
+    """One actor per GPU; on CPU clusters one per node, holding the smallest node's CPUs so
+    that no two share a node (TensorFlow uses every core it finds)."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus:
+        return {"num_gpus": 1, "compute": ray.data.ActorPoolStrategy(size=gpus)}
+    cpus = [n["Resources"]["CPU"] for n in ray.nodes()
+            if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
+    if not cpus:
+        raise ExtractError("the Ray cluster has no node with a CPU or GPU to run on")
+    return {"num_cpus": min(cpus), "compute": ray.data.ActorPoolStrategy(size=len(cpus))}
+
+
+def _extract_shards(ray, config: Config, p: Plan, shards: ShardDir, todo: list[int],
+                    progress: bool) -> int:
+    import pyarrow as pa
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    rows = np.concatenate([np.arange(*shards.bounds(i)) for i in todo])
+    paths = [p.dataset.absolute(int(i)) for i in rows]
+    batch = config.extract.batch_size
+    step = batch * TASK_BATCHES
+    ds = ray.data.from_arrow([pa.table({"row": rows[i:i + step], "path": paths[i:i + step]})
+                              for i in range(0, len(rows), step)])
+    out = ds.map_batches(ShardExtractor, fn_constructor_kwargs={"config": config.to_dict()},
+                         batch_size=batch, batch_format="numpy", **_actor_options(ray))
+    writers: dict[int, _ShardWriter] = {}
+    bar = tqdm(total=len(p.dataset), initial=len(p.dataset) - len(rows), unit="img",
+               disable=not progress, desc=f"{p.backbone.spec.name} {p.dataset.name} (ray)",
+               file=sys.stderr)
+    try:
+        for got in out.iter_batches(batch_size=None, batch_format="numpy"):
+            order = np.argsort(got["row"])  # h5py writes increasing indices
+            got = {k: v[order] for k, v in got.items()}
+            index = got["row"] // shards.shard_rows
+            for s in np.unique(index):
+                sel = index == s
+                if s not in writers:
+                    writers[s] = _ShardWriter(shards, int(s), got["features"].shape[1:],
+                                              config.extract.compression)
+                if writers[s].write(got["row"][sel], got["features"][sel], got["ok"][sel],
+                                    got["reason"][sel]):
+                    writers.pop(s).finish()
+            bar.update(len(order))
+    finally:
+        bar.close()
+        for w in writers.values():
+            w.discard()
+    return len(rows)
+
+
+def join(p: Plan, shards: ShardDir, split: np.ndarray, attrs: dict[str, Any],
+         compression: str, consolidate: bool) -> Path:
+    """Publish the finished shards as the store at ``p.path``: a virtual dataset over the
+    shard files (kept beside the store), or with ``consolidate`` a single-file copy."""
+    import h5py
+
+    with h5py.File(shards.path(0), "r") as f:
+        feature_shape = tuple(f["features"].shape[1:])
+    attrs = {**attrs, "feature_shape": list(feature_shape)}
+    n = len(p.dataset)
+    common = dict(feature_shape=feature_shape, paths=p.dataset.paths,
+                  signatures=p.signatures, labels=p.dataset.labels,
+                  label_names=p.dataset.label_names, split=split, attrs=attrs)
+    if consolidate:
+        write_store(p.path, source=RowSource(np.full(n, -1, np.int64), np.arange(n)), old=None,
+                    blocks=shards, compression=compression, **common)
+    else:
+        _write_virtual(p.path, shards, **common)
+    _remove_other_shards(p.path, keep=None if consolidate else shards.dir)
+    return p.path
+
+
+def _write_virtual(path: Path, shards: ShardDir, *, feature_shape: tuple[int, ...],
+                   paths: list[str], signatures: list[str], labels: np.ndarray,
+                   label_names: list[str], split: np.ndarray, attrs: dict[str, Any]) -> None:
+    """The store of :func:`featx.store.write_store` with ``features`` virtual: same datasets,
+    attributes and checksum; the shards' own chunks keep their Fletcher-32 checksums."""
+    import h5py
+
+    n = len(paths)
+    layout = h5py.VirtualLayout((n, *feature_shape), np.float32)
+    digest = hashlib.sha256()
+    ok_all = np.ones(n, bool)
+    skipped: list[tuple[str, str]] = []
+    for s in range(shards.n_shards):
+        start, stop = shards.bounds(s)
+        part = shards.load(s)  # read back: checks every chunk before the store is published
+        digest.update(np.ascontiguousarray(part["features"]).tobytes())
+        ok_all[start:stop] = part["ok"]
+        skipped += [(paths[start + i], str(part["reasons"][i]))
+                    for i in np.flatnonzero(~part["ok"])]
+        # relative to the store's folder: moving the cache folder breaks nothing
+        source = os.path.relpath(shards.path(s), path.parent)
+        layout[start:stop] = h5py.VirtualSource(source, "features", (stop - start,
+                                                                     *feature_shape))
+    tmp = path.with_name(path.name + ".assembling")
+    with h5py.File(tmp, "w") as f:
+        # NaN, not zeros, where a shard file is missing: never mistaken for features
+        f.create_virtual_dataset("features", layout, fillvalue=np.nan)
+        f.create_dataset("labels", data=np.asarray(labels, np.int32))
+        f.create_dataset("paths", data=np.asarray(paths, dtype=object), dtype=STRING)
+        f.create_dataset("signatures", data=np.asarray(signatures, dtype=object), dtype=STRING)
+        f.create_dataset("label_names", data=np.asarray(label_names, dtype=object), dtype=STRING)
+        f.create_dataset("split", data=np.asarray(split, np.int8))
+        f.create_dataset("ok", data=ok_all)
+        skipped.sort()
+        f.create_dataset("skipped", data=np.asarray(skipped, dtype=object).reshape(-1, 2),
+                         dtype=STRING)
+        for name, value in attrs.items():
+            f.attrs[name] = value if isinstance(value, (int, float, str)) else json.dumps(value)
+        f.attrs["features_sha256"] = digest.hexdigest()
+        f.attrs["rows"] = n
+        f.attrs["complete"] = True
+    os.replace(tmp, path)
+
+
+def _remove_other_shards(store: Path, keep: Path | None) -> None:
+    """Shard folders of earlier versions of this store: nothing refers to them any more."""
+    pattern = re.compile(re.escape(store.name) + r"\.[0-9a-f]+\.shards")
+    for d in store.parent.glob(store.name + ".*.shards"):
+        if d != keep and pattern.fullmatch(d.name):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+# --- the search -------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def search_backend(config: Config) -> Iterator[None]:
+    """Where the grid search's joblib jobs run: here (``classify.engine = "local"``) or on
+    the Ray cluster at ``ray_address`` (``"ray"``, through ``ray.util.joblib``)."""
+    check_engine(config.classify.engine, "classify.engine")
+    if config.classify.engine == "local":
+        yield
+        return
+    from featx.classify import ClassifierError
+
+    with connected(config.ray_address, ClassifierError):
+        import joblib
+        from ray.util.joblib import register_ray
+
+        register_ray()
+        with joblib.parallel_backend("ray"):
+            yield

@@ -1,0 +1,356 @@
+"""Distributed extraction and search on a real Ray cluster (featx/distributed.py).
+
+A module-wide cluster on this machine: a head (`ray start --head`) and one worker node
+(`ray start --address`), each in its own process group with its own temp dir, 1 CPU each;
+always stopped, by process group, when the module ends. Skipped when Ray is not installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+pytest.importorskip("ray")
+
+from featx import cache  # noqa: E402
+from featx.config import Config  # noqa: E402
+from featx.distributed import shard_dir  # noqa: E402
+from featx.extract import extract  # noqa: E402
+from featx.store import FeatureStore, StoreError  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).parents[2] / "shared"
+FLOWERS17 = SHARED / "datasets" / "flowers17"
+WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """`ray start` processes, each the leader of its own process group (killed as a group:
+    the raylet, its helpers and the actors it spawned)."""
+
+    def __init__(self) -> None:
+        # Ray's unix sockets live under the temp dir: keep its path short.
+        self.tmp = Path(tempfile.mkdtemp(prefix="fxray-"))
+        # No token: Ray reads the auth mode once per process, and the drivers run in this one
+        # (a ~/.ray/auth_token would otherwise switch the head, and only it, to tokens).
+        self.auth = {"RAY_AUTH_MODE": "disabled"}
+        self.env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", RAY_USAGE_STATS_ENABLED="0",
+                        **self.auth)
+        self.env.pop("RAY_ADDRESS", None)
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.procs: list[subprocess.Popen] = []
+        try:
+            self.head = self._start("head", ["--head", f"--port={self.port}",
+                                             f"--ray-client-server-port={_free_port()}",
+                                             "--include-dashboard=false",
+                                             "--object-store-memory=500000000"])
+            self._wait_nodes(1)
+            self.worker = self.add_worker()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = (self.tmp / f"{name}.log").open("w")
+        proc = subprocess.Popen(
+            [RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+             f"--temp-dir={self.tmp / name}", "--disable-usage-stats",
+             f"--dashboard-agent-listen-port={_free_port()}", *args],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def add_worker(self) -> subprocess.Popen:
+        nodes = len([p for p in self.procs if p.poll() is None])
+        proc = self._start(f"worker{len(self.procs)}", [f"--address={self.address}",
+                                                        "--object-store-memory=300000000"])
+        self._wait_nodes(nodes + 1)
+        return proc
+
+    def _wait_nodes(self, n: int, timeout: float = 120) -> None:
+        probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+                 "print(sum(n['Alive'] for n in ray.nodes()))")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = subprocess.run([sys.executable, "-c", probe, self.address], env=self.env,
+                                  capture_output=True, text=True, timeout=120)
+            if done.returncode == 0 and int(done.stdout.split()[-1]) >= n:
+                return
+            time.sleep(1)
+        raise RuntimeError(f"the Ray cluster did not reach {n} nodes:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text()[-2000:] for p in sorted(self.tmp.glob("*.log")))
+
+    def kill(self, proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def alive(self, proc: subprocess.Popen) -> bool:
+        try:
+            os.killpg(proc.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def gone(self, proc: subprocess.Popen, timeout: float = 20) -> bool:
+        """Whether the whole group has exited (its leader reaped here, the rest by init)."""
+        with_timeout(proc, timeout)
+        deadline = time.monotonic() + timeout
+        while self.alive(proc) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return not self.alive(proc)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):  # workers first, the head last
+            self.kill(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(self.alive(p) for p in self.procs):
+            for proc in self.procs:
+                with_timeout(proc, 0.1)
+            time.sleep(0.2)
+        for proc in self.procs:  # what SIGTERM left
+            self.kill(proc)
+        for proc in self.procs:
+            self.gone(proc, 10)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def with_timeout(proc: subprocess.Popen, timeout: float) -> None:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster()
+    saved = {k: os.environ.get(k) for k in c.auth}
+    os.environ.update(c.auth)  # for the drivers run in this process
+    try:
+        yield c
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        c.stop()
+        assert not any(c.alive(p) for p in c.procs), "Ray processes left behind"
+
+
+def ray_config(config: Config, cache_dir: Path, address: str, **extract) -> Config:
+    config = dataclasses.replace(config, extract=dataclasses.replace(config.extract, **extract),
+                                 classify=dataclasses.replace(config.classify))
+    config.extract.engine = "ray"
+    config.ray_address = address
+    config.cache_dir = str(cache_dir)
+    return config
+
+
+def assert_same_store(local: Path, distributed: Path, atol: float = 1e-5) -> float:
+    """Row for row the same (paths, labels, split, ok, signatures), features within ``atol``,
+    the same datasets and attributes; returns the largest feature difference."""
+    with FeatureStore(local) as a, FeatureStore(distributed) as b:
+        assert len(a) == len(b)
+        assert a.paths == b.paths and a.signatures == b.signatures
+        assert a.label_names == b.label_names and a.skipped == b.skipped
+        for name in ("labels", "split", "ok"):
+            np.testing.assert_array_equal(a.file[name][:], b.file[name][:], err_msg=name)
+        assert sorted(a.file) == sorted(b.file)
+        for name in a.file:
+            assert a.file[name].shape == b.file[name].shape, name
+            assert a.file[name].dtype == b.file[name].dtype, name
+        attrs_a, attrs_b = a.attrs, b.attrs
+        assert set(attrs_a) == set(attrs_b)
+        differ = {k for k in attrs_a if attrs_a[k] != attrs_b[k]}
+        # the pipeline records the engine; the checksum follows the (within atol) features
+        assert differ <= {"pipeline", "features_sha256"}, differ
+        assert attrs_b["pipeline"]["extract"]["engine"] == "ray"
+        diff = float(np.abs(a.features() - b.features()).max())
+    assert diff <= atol, diff
+    return diff
+
+
+# --- tiny data, random weights: fast ------------------------------------------------------------
+
+def test_ray_store_equals_local_store(cluster, tiny_store, tmp_path):
+    config = ray_config(tiny_store.config, tmp_path / "cache", cluster.address,
+                        shard_rows=5, batch_size=4)
+    result = extract(config, progress=False)
+    assert not result.cache_hit and result.rows == tiny_store.rows == 18
+    assert result.path.name == tiny_store.path.name  # same settings key, same file name
+    assert assert_same_store(tiny_store.path, result.path) <= 1e-5
+    with h5py.File(result.path, "r") as f:
+        assert f["features"].is_virtual
+        sources = sorted({m.file_name for m in f["features"].virtual_sources()})
+    shards = shard_dir(result.path, result.key)
+    assert len(sources) == 4 and all(not Path(s).is_absolute() for s in sources)
+    assert sorted(p.name for p in shards.glob("shard-*.h5")) == [Path(s).name for s in sources]
+    assert cache.verify(result.path) == []
+    # the cache folder moves as a whole: the virtual dataset's paths are relative
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "cache", moved)
+    assert assert_same_store(tiny_store.path, moved / result.path.name) <= 1e-5
+    # a second run is a cache hit and needs no cluster
+    again = extract(ray_config(config, moved, "127.0.0.1:1"), progress=False)
+    assert again.cache_hit and again.path == moved / result.path.name
+
+
+def test_consolidated_store_is_one_file_like_the_local_one(cluster, tiny_store, tmp_path,
+                                                         monkeypatch, capfd):
+    """With --consolidate; and a run that fails as a whole (here: at once) is retried."""
+    from featx import distributed
+
+    real, calls = distributed._extract_shards, []
+
+    def fail_once(*args, **kwargs):
+        calls.append(args[4])  # the shards asked for
+        if len(calls) == 1:
+            raise ConnectionError("lost the node")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distributed, "_extract_shards", fail_once)
+    config = ray_config(tiny_store.config, tmp_path, cluster.address, shard_rows=7,
+                        batch_size=8, consolidate=True)
+    result = extract(config, progress=False)
+    assert calls == [[0, 1, 2], [0, 1, 2]]
+    assert "retrying 3 unfinished shard(s)" in capfd.readouterr().err
+    assert assert_same_store(tiny_store.path, result.path) <= 1e-5
+    with h5py.File(tiny_store.path, "r") as a, h5py.File(result.path, "r") as b:
+        fa, fb = a["features"], b["features"]
+        assert not fb.is_virtual
+        assert (fb.chunks, fb.compression, fb.fletcher32) == (fa.chunks, fa.compression,
+                                                               fa.fletcher32)
+    assert not shard_dir(result.path, result.key).exists()
+    assert cache.verify(result.path) == []
+
+
+def test_resume_extracts_only_missing_shards(cluster, tiny_store, tmp_path, capfd):
+    config = ray_config(tiny_store.config, tmp_path, cluster.address, shard_rows=4)
+    first = extract(config, progress=False)
+    shards = shard_dir(first.path, first.key)
+    assert len(list(shards.glob("shard-*.h5"))) == 5  # 4 + 4 + 4 + 4 + 2 rows
+    # a lost shard file makes the store unusable, never silently zeros or NaNs
+    (shards / "shard-00002.h5").unlink()
+    with pytest.raises(StoreError, match="shard-00002.h5"):
+        FeatureStore(first.path)
+    assert any("shard-00002.h5" in p for p in cache.verify(first.path))
+    # and what a crashed driver leaves: some whole shards, a half-written one, no store
+    first.path.unlink()
+    for i in (1, 4):
+        (shards / f"shard-{i:05d}.h5").unlink()
+    (shards / "shard-00001.tmp").write_bytes(b"half a shard")
+    kept = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.h5")}
+    assert sorted(kept) == ["shard-00000.h5", "shard-00003.h5"]
+    capfd.readouterr()
+    result = extract(config, progress=False)
+    assert "resuming: 2 of 5 shards already extracted" in capfd.readouterr().err
+    assert result.extracted == 4 + 4 + 2  # shards 1, 2 and 4, nothing else
+    assert {p: (shards / p).stat().st_mtime_ns for p in kept} == kept
+    assert not list(shards.glob("*.tmp"))
+    assert assert_same_store(tiny_store.path, result.path) <= 1e-5
+
+
+def test_grid_search_on_ray_equals_local(cluster, tiny_store, tmp_path):
+    from featx.pipeline import classify
+
+    local = dataclasses.replace(tiny_store.config, out=str(tmp_path / "local"))
+    local.classify = dataclasses.replace(local.classify, n_jobs=2)
+    on_ray = dataclasses.replace(local, out=str(tmp_path / "ray"), ray_address=cluster.address)
+    on_ray.classify = dataclasses.replace(local.classify, engine="ray")
+    a = classify(local, tiny_store.path, echo=lambda line: None)
+    b = classify(on_ray, tiny_store.path, echo=lambda line: None)
+    assert [r["classifier"] for r in a] == [r["classifier"] for r in b] == ["logreg",
+                                                                            "linear_svm"]
+    for ra, rb in zip(a, b):
+        assert ra["best_params"] == rb["best_params"]
+        assert ra["cv_score"] == pytest.approx(rb["cv_score"], abs=1e-12)
+        assert ra["rank1"] == rb["rank1"] and ra["rank5"] == rb["rank5"]
+
+
+def test_search_on_ray_ran_on_the_cluster(cluster, tiny_store, monkeypatch):
+    """The Ray engine is really used: inside search_backend joblib's active backend is Ray's."""
+    import joblib
+
+    from featx.distributed import search_backend
+
+    config = dataclasses.replace(tiny_store.config, ray_address=cluster.address)
+    config.classify = dataclasses.replace(config.classify, engine="ray")
+    with search_backend(config):
+        backend = joblib.parallel.get_active_backend()[0]
+    assert type(backend).__name__ == "RayBackend"
+
+
+# --- Flowers-17, real weights, a worker killed mid-run -------------------------------------------
+
+@pytest.mark.shared
+@pytest.mark.skipif(not (FLOWERS17.is_dir() and WEIGHTS.is_file()),
+                    reason=f"needs {FLOWERS17} and {WEIGHTS} (../shared)")
+def test_flowers17_on_the_cluster_survives_a_worker_kill(cluster, tmp_path):
+    pipeline = REPO / "pipelines" / "flowers17.toml"
+    config = Config.load(pipeline)
+    config.dataset.root = str(FLOWERS17)
+    config.backbone.weights = str(WEIGHTS)
+    config.cache_dir = str(tmp_path / "local")
+    t0 = time.perf_counter()
+    local = extract(config, progress=False)
+    local_seconds = time.perf_counter() - t0
+    assert local.rows == 1360 and not local.cache_hit
+
+    command = [sys.executable, "-m", "featx.cli", "extract", "-p", str(pipeline),
+               "--data", str(FLOWERS17), "--weights", str(WEIGHTS),
+               "--cache-dir", str(tmp_path / "ray"), "--engine", "ray",
+               "--address", cluster.address, "--set", "extract.shard_rows=340",
+               "--batch-size", "16", "--no-progress"]
+    shards = shard_dir(tmp_path / "ray" / local.path.name, local.key)
+    t0 = time.perf_counter()
+    driver = subprocess.Popen(command, cwd=REPO, env=cluster.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        while not list(shards.glob("shard-*.h5")) and driver.poll() is None \
+                and time.perf_counter() - t0 < 400:
+            time.sleep(0.2)
+        assert driver.poll() is None, driver.communicate()
+        assert len(list(shards.glob("shard-*.h5"))) < 4, "finished before the kill"
+        cluster.kill(cluster.worker)  # the worker node: its raylet and its actor
+        assert cluster.gone(cluster.worker)
+        killed_at = time.perf_counter() - t0
+        out, err = driver.communicate(timeout=500)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    ray_seconds = time.perf_counter() - t0
+    assert driver.returncode == 0, err[-3000:]
+    assert "extracted 1360 images" in out, out
+    diff = assert_same_store(local.path, tmp_path / "ray" / local.path.name)
+    assert cache.verify(tmp_path / "ray" / local.path.name) == []
+    notes = "\n".join(line for line in err.splitlines() if line.startswith("featx:"))
+    print(f"\nflowers17: 1360 rows, max |local - ray| = {diff:.2e}; local {local_seconds:.1f}s, "
+          f"ray {ray_seconds:.1f}s (worker node killed at {killed_at:.1f}s)\n{notes}")
