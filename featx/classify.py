@@ -23,6 +23,7 @@ from sklearn.model_selection import (
     GridSearchCV,
     ParameterGrid,
     PredefinedSplit,
+    StratifiedGroupKFold,
     StratifiedKFold,
 )
 from sklearn.neighbors import KNeighborsClassifier
@@ -213,21 +214,32 @@ class FitResult:
     fit_seconds: float
 
 
-def _folds(y: np.ndarray, cv: int, seed: int) -> StratifiedKFold:
-    smallest = int(np.bincount(y).min()) if len(y) else 0
+def _folds(y: np.ndarray, cv: int, seed: int, groups: np.ndarray | None = None
+           ) -> StratifiedKFold | StratifiedGroupKFold:
+    if groups is not None:  # count images, not rows
+        _, first = np.unique(groups, return_index=True)
+        per_class = np.bincount(y[first], minlength=int(y.max()) + 1) if len(y) else []
+    else:
+        per_class = np.bincount(y) if len(y) else []
+    smallest = int(np.min(per_class)) if len(per_class) else 0
     if smallest < 2:
         raise ClassifierError("a class has fewer than 2 training images: "
                               "cross-validation needs at least 2 per class")
+    if groups is not None:
+        return StratifiedGroupKFold(n_splits=min(cv, smallest), shuffle=True,
+                                    random_state=seed)
     return StratifiedKFold(n_splits=min(cv, smallest), shuffle=True, random_state=seed)
 
 
 def fit(name: str, x_train: np.ndarray, y_train: np.ndarray,
         x_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
         cv: int = 3, n_jobs: int = 1, seed: int = 0, class_weight: str = "",
-        quick: bool = False) -> FitResult:
+        quick: bool = False, groups: np.ndarray | None = None) -> FitResult:
     """Grid-search the learner's parameters on the training rows (validation split if given,
     else stratified k-fold; ``quick``: the reduced grid and 2 folds), in ``n_jobs`` processes,
-    and refit the best model on training + validation rows."""
+    and refit the best model on training + validation rows. ``groups`` (one id per training
+    row, e.g. the image path) keeps rows of one image in one fold: augmented passes or crops
+    of a held-out image must not be trained on."""
     learner = get_learner(name)
     if x_val is not None and len(x_val):
         x = np.concatenate([x_train, x_val])
@@ -235,12 +247,12 @@ def fit(name: str, x_train: np.ndarray, y_train: np.ndarray,
         folds = PredefinedSplit(np.r_[np.full(len(x_train), -1), np.zeros(len(x_val))])
     else:
         x, y = x_train, y_train
-        folds = _folds(y, QUICK_FOLDS if quick else cv, seed)
+        folds = _folds(y, QUICK_FOLDS if quick else cv, seed, groups)
     grid = learner.quick_grid if quick else learner.grid
     search = GridSearchCV(learner.make(seed, _class_weight(class_weight)), grid, cv=folds,
                           n_jobs=n_jobs, scoring="accuracy", refit=True, error_score="raise")
     t0 = time.perf_counter()
-    search.fit(x, y)
+    search.fit(x, y, groups=groups if not isinstance(folds, PredefinedSplit) else None)
     return FitResult(name, search.best_estimator_, dict(search.best_params_),
                      float(search.best_score_), time.perf_counter() - t0)
 

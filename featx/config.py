@@ -99,11 +99,11 @@ class FinetuneConfig:
     warmup_optimizer: str = "adam"  # adam | rmsprop
     warmup_lr: float = 1e-3
     epochs: int = 20  # phase 2: the top `unfreeze` layers trained too (0: no phase 2)
-    unfreeze: int = 12  # top layers of the base trained in phase 2 (BatchNorm layers stay frozen)
-    lr: float = 1e-3  # phase 2: SGD with momentum 0.9
+    unfreeze: int = 38  # top layers of the base trained in phase 2 (BatchNorm layers stay frozen)
+    lr: float = 1e-4  # phase 2: SGD with momentum 0.9
     dropout: float = 0.2  # before the dense softmax
     batch_size: int = 32
-    patience: int = 4  # epochs without a lower validation loss before a phase stops
+    patience: int = 5  # epochs without a lower validation loss before a phase stops
     augment: bool = True  # train on each training image and its mirror image
     holdout: float = 0.15  # per-class share of training rows for early stopping if dataset.val=0
     seed: int = 0

@@ -125,6 +125,9 @@ class FineTuner:
         if backbone.pooling not in HEAD_POOLINGS:
             raise FinetuneError(f"backbone.pooling = {backbone.pooling!r}: the fine-tuning head "
                                 f"needs one of {', '.join(HEAD_POOLINGS)}")
+        if "," in backbone.layer:
+            raise FinetuneError(f"backbone.layer = {backbone.layer!r}: fine-tuning puts its head "
+                                "on one layer")
         if settings.warmup_optimizer not in OPTIMIZERS:
             raise FinetuneError(f"finetune.warmup_optimizer = {settings.warmup_optimizer!r}; "
                                 f"valid: {', '.join(OPTIMIZERS)}")

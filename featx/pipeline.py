@@ -109,8 +109,6 @@ def index_splits(config: Config, store_path: Path) -> Splits:
 def read_splits(config: Config, store_path: Path) -> Splits:
     """Features in memory unless every classifier streams them from the store."""
     streaming = all(learners.get_learner(n).streaming for n in config.classify.classifiers)
-    # Variant features (classify.train_features/test_features) are joined in memory.
-    streaming &= config.classify.train_features == config.classify.test_features == "plain"
     if streaming and _plain(config):
         return index_splits(config, store_path)
     return load_splits(config, store_path)
@@ -138,8 +136,11 @@ def fit_learner(name: str, data: Splits, config: Config) -> learners.FitResult:
         if _streams(name, data, config):
             return learners.fit_store(name, data.store, data.rows[TRAIN], data.rows[VAL],
                                       **opts)
+        paths = data.paths[TRAIN]
+        # Several rows per image (augmented passes, kept crops): fold by image.
+        groups = np.asarray(paths, dtype=object) if len(set(paths)) < len(paths) else None
         return learners.fit(name, data.x[TRAIN], data.y[TRAIN], data.x[VAL], data.y[VAL],
-                            **opts)
+                            groups=groups, **opts)
 
 
 def scores_on_test(fitted: learners.FitResult, data: Splits, config: Config) -> np.ndarray:

@@ -280,3 +280,19 @@ def test_ensemble_needs_two_classifiers(tiny_store, make_config, tmp_path):
                          classify={"classifiers": ["logreg"], "ensemble": True})
     with pytest.raises(ClassifierError, match="ensemble"):
         classify(config, echo=lambda line: None)
+
+
+def test_rows_of_one_image_stay_in_one_fold():
+    """Augmented passes are near-copies of their image: folded by row, the copies of a
+    held-out image are trained on and cross-validation scores noise as perfect."""
+    rng = np.random.default_rng(0)
+    images, copies = 60, 4
+    x_img = rng.normal(size=(images, 16))
+    y_img = np.arange(images) % 3  # labels unrelated to the features
+    x = np.repeat(x_img, copies, axis=0) + rng.normal(scale=1e-3, size=(images * copies, 16))
+    y = np.repeat(y_img, copies)
+    groups = np.repeat(np.array([f"img{i}.jpg" for i in range(images)], dtype=object), copies)
+    leaked = fit("knn", x, y, cv=3, seed=0)
+    grouped = fit("knn", x, y, cv=3, seed=0, groups=groups)
+    assert leaked.cv_score > 0.9
+    assert grouped.cv_score < 0.6  # chance is 1/3

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from featx import classify as learners
 from featx.backbones import Backbone, BackboneError, list_layers
 from featx.config import BackboneConfig, Config, ConfigError
 from featx.dataset import TEST, TRAIN, VAL
@@ -299,14 +300,24 @@ def test_load_splits_takes_train_and_test_rows_from_the_variants(variant_cache):
         load_splits(both, store)
 
 
-def test_classify_with_feature_selection_end_to_end(variant_cache, tmp_path):
+def test_classify_with_feature_selection_end_to_end(variant_cache, tmp_path, monkeypatch):
     config, results = variant_cache
     run = Config.from_dict(config.to_dict())
     run.out = str(tmp_path / "out")
     run.classify.classifiers = ["logreg"]
     run.classify.train_features, run.classify.test_features = "tencrop", "tencrop"
+    seen = {}
+    fit = learners.fit
+
+    def spy(*args, groups=None, **kwargs):
+        seen["groups"] = groups
+        return fit(*args, groups=groups, **kwargs)
+
+    monkeypatch.setattr(learners, "fit", spy)
     lines: list[str] = []
     (result,) = classify(run, results["plain"].path, echo=lines.append)
+    # The crops of one image share a fold in the grid search (one group per image).
+    assert len(seen["groups"]) == 10 * len(set(seen["groups"]))
     with FeatureStore(results["plain"].path) as store:
         n_train = int((store.split == TRAIN).sum())
         n_val = int((store.split == VAL).sum())
