@@ -11,76 +11,22 @@ user runs it) with ``KERAS_HOME`` in its environment, and the checks read the st
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+# The Flowers-17 store is a fixture of the whole session (conftest.py), shared with the other
+# real-data tests: it is extracted once.
+from realdata import FLOWERS17, REPO, assert_pretrained, child_env, needs_shared, store_of
+
 from featx.backbones import Backbone
-from featx.config import Config
 from featx.dataset import TEST
 from featx.extract import extract
 from featx.pipeline import classify
 from featx.store import FeatureStore
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FLOWERS17 = SHARED / "datasets" / "flowers17"
-WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-WEIGHTS = SHARED / "weights" / WEIGHTS_FILE
-PIPELINE = REPO / "pipelines" / "flowers17.toml"
-
-needs_shared = pytest.mark.skipif(not (FLOWERS17.is_dir() and WEIGHTS.is_file()),
-                                  reason=f"needs {FLOWERS17} and {WEIGHTS} (../shared)")
-
-
-def seeded_keras_home(folder: Path) -> Path:
-    """A KERAS_HOME whose models/ holds the weights file under Keras' own cache name."""
-    models = folder / "models"
-    models.mkdir(parents=True)
-    try:
-        (models / WEIGHTS_FILE).symlink_to(WEIGHTS)
-    except OSError:
-        import shutil
-
-        shutil.copy(WEIGHTS, models / WEIGHTS_FILE)
-    return folder
-
-
-def child_env(keras_home: Path) -> dict[str, str]:
-    env = dict(os.environ, KERAS_HOME=str(keras_home), TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("FEATX_CACHE_DIR", None)
-    return env
-
-
-def flowers_config(cache: Path, out: Path) -> Config:
-    config = Config.load(PIPELINE)
-    config.dataset.root = str(FLOWERS17)
-    config.cache_dir = str(cache)
-    config.out = str(out)
-    config.classify.classifiers = ["logreg"]
-    return config
-
-
-@pytest.fixture(scope="session")
-def flowers17(tmp_path_factory):
-    """Extract Flowers-17 once per session (about a minute on 2 cores)."""
-    if not (FLOWERS17.is_dir() and WEIGHTS.is_file()):
-        pytest.skip("../shared is absent")
-    base = tmp_path_factory.mktemp("flowers17")
-    keras_home = seeded_keras_home(base / "keras")
-    config = flowers_config(base / "cache", base / "results")
-    command = [sys.executable, "-m", "featx.cli", "extract", "-p", str(PIPELINE),
-               "--data", str(FLOWERS17), "--cache-dir", config.cache_dir, "--no-progress"]
-    done = subprocess.run(command, cwd=REPO, env=child_env(keras_home), capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "extracted 1360 images" in done.stdout, done.stdout
-    return config
 
 
 @pytest.mark.slow
@@ -103,21 +49,6 @@ def test_flowers17_store(flowers17):
         assert abs(n_test - 0.25 * n) <= 0.5, (labels_on_disk[c], n_test, n)
     assert feats.shape == (15, 1280)
     assert_pretrained(feats)
-
-
-def store_of(config: Config) -> Path:
-    stores = list(Path(config.cache_dir).glob("*.h5"))
-    assert len(stores) == 1, stores
-    return stores[0]
-
-
-def assert_pretrained(feats: np.ndarray) -> None:
-    """Pooled ReLU6 outputs of the pretrained network are O(0.1-1); a randomly initialised
-    MobileNetV2 gives ~1e-12 (its activations vanish layer by layer)."""
-    assert feats.min() >= 0
-    assert feats.mean() > 0.01, (
-        f"mean feature {feats.mean():.3g}: these are not the pretrained network's features "
-        "(were the ImageNet weights loaded?)")
 
 
 @pytest.mark.slow

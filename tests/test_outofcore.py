@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from realdata import needs_shared, store_of
 from sklearn.linear_model import SGDClassifier
-from test_flowers17 import flowers17, needs_shared, store_of  # noqa: F401  (the fixture)
 
 from featx import classify as learners
 from featx import store as store_module

@@ -35,7 +35,8 @@ def test_list_layers_gives_readable_layers_with_shapes():
     names = [n for n, _ in layers]
     shapes = dict(layers)
     assert len(names) == len(set(names)) > 100
-    assert shapes["input_layer"] == (32, 32, 3)
+    # Keras numbers the input layer's name by how many models the process built before.
+    assert names[0].startswith("input_layer") and shapes[names[0]] == (32, 32, 3)
     assert shapes[LOW] == (2, 2, 576)
     assert names[-1] == "out_relu" and shapes["out_relu"] == (1, 1, 1280)
 

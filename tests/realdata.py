@@ -1,0 +1,92 @@
+"""Real data from ``../shared`` for the slow tests: paths, the session's Flowers-17 store
+(extracted once, see conftest.py) and helpers. Skipped cleanly where ``../shared`` is absent.
+
+Keras reads ``KERAS_HOME`` once, when it is imported; the test session has imported it long
+before these tests run. So the extraction runs as ``featx extract`` in a fresh process (as a
+user runs it) with ``KERAS_HOME`` in its environment, seeded with the shared weights file
+under Keras' own cache name.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featx.config import Config
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FLOWERS17 = SHARED / "datasets" / "flowers17"
+WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+WEIGHTS = SHARED / "weights" / WEIGHTS_FILE
+PIPELINE = REPO / "pipelines" / "flowers17.toml"
+
+needs_shared = pytest.mark.skipif(not (FLOWERS17.is_dir() and WEIGHTS.is_file()),
+                                  reason=f"needs {FLOWERS17} and {WEIGHTS} (../shared)")
+
+
+def seeded_keras_home(folder: Path) -> Path:
+    """A KERAS_HOME whose models/ holds the weights file under Keras' own cache name."""
+    models = folder / "models"
+    models.mkdir(parents=True)
+    try:
+        (models / WEIGHTS_FILE).symlink_to(WEIGHTS)
+    except OSError:
+        import shutil
+
+        shutil.copy(WEIGHTS, models / WEIGHTS_FILE)
+    return folder
+
+
+def child_env(keras_home: Path) -> dict[str, str]:
+    env = dict(os.environ, KERAS_HOME=str(keras_home), TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("FEATX_CACHE_DIR", None)
+    return env
+
+
+def flowers_config(cache: Path, out: Path) -> Config:
+    config = Config.load(PIPELINE)
+    config.dataset.root = str(FLOWERS17)
+    config.cache_dir = str(cache)
+    config.out = str(out)
+    config.classify.classifiers = ["logreg"]
+    return config
+
+
+@pytest.fixture(scope="session")
+def flowers17(tmp_path_factory):
+    """Extract Flowers-17 once per session (about a minute on 2 cores)."""
+    if not (FLOWERS17.is_dir() and WEIGHTS.is_file()):
+        pytest.skip("../shared is absent")
+    base = tmp_path_factory.mktemp("flowers17")
+    keras_home = seeded_keras_home(base / "keras")
+    config = flowers_config(base / "cache", base / "results")
+    command = [sys.executable, "-m", "featx.cli", "extract", "-p", str(PIPELINE),
+               "--data", str(FLOWERS17), "--cache-dir", config.cache_dir, "--no-progress"]
+    done = subprocess.run(command, cwd=REPO, env=child_env(keras_home), capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "extracted 1360 images" in done.stdout, done.stdout
+    return config
+
+
+def store_of(config: Config) -> Path:
+    stores = list(Path(config.cache_dir).glob("*.h5"))
+    assert len(stores) == 1, stores
+    return stores[0]
+
+
+def assert_pretrained(feats: np.ndarray) -> None:
+    """Pooled ReLU6 outputs of the pretrained network are O(0.1-1); a randomly initialised
+    MobileNetV2 gives ~1e-12 (its activations vanish layer by layer)."""
+    assert feats.min() >= 0
+    assert feats.mean() > 0.01, (
+        f"mean feature {feats.mean():.3g}: these are not the pretrained network's features "
+        "(were the ImageNet weights loaded?)")
+
+
