@@ -266,8 +266,7 @@ def store_passes(store: FeatureStore, rows: np.ndarray, labels: np.ndarray,
     ds = store.file["features"]
     row_size = int(np.prod(ds.shape[1:]))
     max_rows = max_rows or buffer_rows(row_size)
-    chunk = ds.chunks[0] if ds.chunks else len(store)
-    block = chunk * max(1, 64 // chunk)  # the rows iter_chunks reads at a time
+    block = store.rows_per_read
     rows = np.sort(np.asarray(rows))
     groups = np.split(rows, np.flatnonzero(np.diff(rows // block)) + 1) if len(rows) else []
 

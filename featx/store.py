@@ -297,11 +297,17 @@ class FeatureStore:
         return [tuple(x.decode() if isinstance(x, bytes) else x for x in row)
                 for row in self.file["skipped"][:]]
 
+    @property
+    def rows_per_read(self) -> int:
+        """The rows ``iter_chunks`` reads at a time: whole chunks, at least 64 rows (a virtual
+        dataset over Ray shards has no chunks of its own)."""
+        chunks = self.file["features"].chunks
+        return chunks[0] * max(1, 64 // chunks[0]) if chunks else 4096
+
     def iter_chunks(self, rows: np.ndarray | None = None
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (row indices, features) chunk by chunk, so no more than a chunk is in memory."""
-        ds = self.file["features"]
-        step = ds.chunks[0] * max(1, 64 // ds.chunks[0]) if ds.chunks else 4096
+        ds, step = self.file["features"], self.rows_per_read
         wanted = np.arange(len(self)) if rows is None else np.sort(np.asarray(rows))
         for start in range(0, len(self), step):
             sel = wanted[(wanted >= start) & (wanted < start + step)]

@@ -128,7 +128,7 @@ class Cluster:
         pids: set[int] = set()
         for proc in reversed(self.procs):  # workers first, the head last
             pids |= self.kill(proc, signal.SIGTERM)
-        if not self.gone(pids, 15):
+        if not self.gone(pids, 5):
             for proc in self.procs:  # what SIGTERM left
                 pids |= self.kill(proc)
             self.gone(pids, 10)
