@@ -34,21 +34,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from featx.config import Config, ConfigError
-from featx.dataset import stratified_split
 from featx.extract import (
     ExtractError,
     ExtractResult,
     Plan,
-    _open_old,
     _split_attr,
-    _update_split,
-    plan,
 )
-from featx.store import CHUNK_BYTES, STRING, FeatureStore, RowSource, library_versions, write_store
+from featx.store import (
+    CHUNK_BYTES,
+    STRING,
+    FeatureStore,
+    RowSource,
+    library_versions,
+    write_columns,
+    write_store,
+)
 
 ENGINES = ("local", "ray")
 ATTEMPTS = 3  # runs of the unfinished shards before giving up
@@ -240,41 +243,13 @@ class ShardExtractor:
 
 # --- the driver -------------------------------------------------------------------------------
 
-def extract_ray(config: Config, progress: bool = True, variant: str = "plain"
-                ) -> ExtractResult:
-    """``featx extract`` on a Ray cluster: the same store as :func:`featx.extract.extract`."""
-    if variant != "plain":
-        raise ExtractError(f"the ray engine extracts plain stores (one row per image), not "
-                           f"the {variant!r} store: use extract.engine = \"local\" for it")
-    p = plan(config)
-    split = stratified_split(p.dataset.labels, config.dataset.val, config.dataset.test,
-                             config.dataset.seed)
-    p.path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(p.path) + ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        print(f"featx: another extraction is writing {p.path}; waiting for it", file=sys.stderr)
-        lock.acquire()
-    try:
-        old = _open_old(p)
-        if old is not None and old.attrs.get("key") == p.key:
-            skipped = old.skipped
-            old.close()
-            _update_split(p.path, split, config)
-            result = ExtractResult(p.path, p.key, cache_hit=True, rows=len(p.dataset),
-                                   reused=len(p.dataset), skipped=skipped)
-        else:
-            if old is not None:
-                old.close()  # the ray engine recomputes every row (no incremental reuse)
-            result = _run(config, p, split, progress)
-    finally:
-        lock.release()
-    if result.skipped and config.extract.strict:
-        listing = "\n".join(f"  {path}: {reason}" for path, reason in result.skipped[:20])
-        raise ExtractError(f"{len(result.skipped)} unreadable image(s) under "
-                           f"{p.dataset.root} (--strict):\n{listing}")
-    return result
+def run_on_ray(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
+               progress: bool) -> ExtractResult:
+    """The extraction step of :func:`featx.extract.extract` (which plans, locks and spots
+    cache hits) on a Ray cluster: the same store as the local engine makes."""
+    if old is not None:
+        old.close()  # the ray engine recomputes every row (no incremental reuse)
+    return _run(config, p, split, progress)
 
 
 def _run(config: Config, p: Plan, split: np.ndarray, progress: bool) -> ExtractResult:
@@ -414,20 +389,9 @@ def _write_virtual(path: Path, shards: ShardDir, *, feature_shape: tuple[int, ..
     with h5py.File(tmp, "w") as f:
         # NaN, not zeros, where a shard file is missing: never mistaken for features
         f.create_virtual_dataset("features", layout, fillvalue=np.nan)
-        f.create_dataset("labels", data=np.asarray(labels, np.int32))
-        f.create_dataset("paths", data=np.asarray(paths, dtype=object), dtype=STRING)
-        f.create_dataset("signatures", data=np.asarray(signatures, dtype=object), dtype=STRING)
-        f.create_dataset("label_names", data=np.asarray(label_names, dtype=object), dtype=STRING)
-        f.create_dataset("split", data=np.asarray(split, np.int8))
-        f.create_dataset("ok", data=ok_all)
-        skipped.sort()
-        f.create_dataset("skipped", data=np.asarray(skipped, dtype=object).reshape(-1, 2),
-                         dtype=STRING)
-        for name, value in attrs.items():
-            f.attrs[name] = value if isinstance(value, (int, float, str)) else json.dumps(value)
-        f.attrs["features_sha256"] = digest.hexdigest()
-        f.attrs["rows"] = n
-        f.attrs["complete"] = True
+        write_columns(f, labels=labels, paths=paths, signatures=signatures,
+                      label_names=label_names, split=split, ok=ok_all, skipped=skipped,
+                      attrs=attrs, features_sha256=digest.hexdigest())
     os.replace(tmp, path)
 
 

@@ -118,11 +118,15 @@ def locate_store(config: Config) -> Path:
 def extract(config: Config, progress: bool = True, variant: str = "plain") -> ExtractResult:
     """Make sure the feature store for ``config`` (or its ``variant`` store) exists, is
     complete and matches the dataset as it is now; return where it is."""
+    run = _run
     if config.extract.engine != "local":  # the same store, built on a Ray cluster
-        from featx.distributed import check_engine, extract_ray
+        from featx.distributed import check_engine, run_on_ray
 
         check_engine(config.extract.engine, "extract.engine")
-        return extract_ray(config, progress, variant)
+        if variant != "plain":
+            raise ExtractError(f"the ray engine extracts plain stores (one row per image), "
+                               f"not the {variant!r} store: use extract.engine = \"local\"")
+        run = run_on_ray
     p = plan(config, variant)
     split = stratified_split(p.dataset.labels, config.dataset.val, config.dataset.test,
                              config.dataset.seed)
@@ -143,7 +147,7 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
             result = ExtractResult(p.path, p.key, cache_hit=True, rows=rows, reused=rows,
                                    skipped=sorted(set(skipped)))
         else:
-            result = _run(config, p, split, old, progress)
+            result = run(config, p, split, old, progress)
     finally:
         lock.release()
     if result.skipped and config.extract.strict:

@@ -185,26 +185,35 @@ def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource
                     skipped.append((paths[start + i], old_reasons.get(rel, "unreadable")))
             feats[start:stop] = block
             digest.update(np.ascontiguousarray(block).tobytes())
-        f.create_dataset("labels", data=np.asarray(labels, np.int32))
-        f.create_dataset("paths", data=np.asarray(paths, dtype=object), dtype=STRING)
-        f.create_dataset("signatures", data=np.asarray(signatures, dtype=object), dtype=STRING)
-        f.create_dataset("label_names", data=np.asarray(label_names, dtype=object), dtype=STRING)
-        f.create_dataset("split", data=np.asarray(split, np.int8))
-        f.create_dataset("ok", data=ok_all)
-        for name, values in (extra or {}).items():
-            f.create_dataset(name, data=np.asarray(values))
-        skipped.sort()
-        f.create_dataset("skipped", data=np.asarray(skipped, dtype=object).reshape(-1, 2),
-                         dtype=STRING)
-        for name, value in attrs.items():
-            f.attrs[name] = value if isinstance(value, (int, float, str)) else json.dumps(value)
-        f.attrs["features_sha256"] = digest.hexdigest()
-        f.attrs["rows"] = n
-        f.attrs["complete"] = True
+        write_columns(f, labels=labels, paths=paths, signatures=signatures,
+                      label_names=label_names, split=split, ok=ok_all, skipped=skipped,
+                      attrs=attrs, features_sha256=digest.hexdigest(), extra=extra)
     if old is not None:
         old.close()  # the old store is replaced below; nothing reads it any more
     os.replace(tmp, path)  # atomic: a store under its final name is complete
     return path
+
+
+def write_columns(f: h5py.File, *, labels, paths, signatures, label_names, split, ok,
+                  skipped: list[tuple[str, str]], attrs: dict[str, Any], features_sha256: str,
+                  extra: dict[str, Any] | None = None) -> None:
+    """Everything of a store but ``features``: the per-row datasets and the attributes, the
+    last of them ``complete``."""
+    f.create_dataset("labels", data=np.asarray(labels, np.int32))
+    f.create_dataset("paths", data=np.asarray(paths, dtype=object), dtype=STRING)
+    f.create_dataset("signatures", data=np.asarray(signatures, dtype=object), dtype=STRING)
+    f.create_dataset("label_names", data=np.asarray(label_names, dtype=object), dtype=STRING)
+    f.create_dataset("split", data=np.asarray(split, np.int8))
+    f.create_dataset("ok", data=np.asarray(ok, bool))
+    for name, values in (extra or {}).items():
+        f.create_dataset(name, data=np.asarray(values))
+    f.create_dataset("skipped", data=np.asarray(sorted(skipped), dtype=object).reshape(-1, 2),
+                     dtype=STRING)
+    for name, value in attrs.items():
+        f.attrs[name] = value if isinstance(value, (int, float, str)) else json.dumps(value)
+    f.attrs["features_sha256"] = features_sha256
+    f.attrs["rows"] = len(labels)
+    f.attrs["complete"] = True
 
 
 def missing_sources(path: Path, dataset: h5py.Dataset) -> list[str]:
