@@ -189,20 +189,9 @@ def _dispatch(args: argparse.Namespace) -> int:
                    weights=args.weights, batch_size=args.batch_size)
     config = config_from_args(args)
     if args.command == "extract":
-        from featx.extract import extract
-        from featx.variants import extracted_variants
+        from featx.extract import extract_all
 
-        # The plain store, then the variant stores the pipeline asks for (extract.augment,
-        # extract.tencrop), each its own cache entry.
-        # A [combine] pipeline: every member's stores (featx/combine.py).
-        targets = [config]
-        if config.combine.pipelines:
-            from featx.combine import members
-
-            targets = members(config)
-        for target, variant in [(t, v) for t in targets
-                                for v in ["plain", *extracted_variants(t)]]:
-            r = extract(target, progress=not args.no_progress, variant=variant)
+        for r in extract_all(config, progress=not args.no_progress):
             if r.cache_hit:
                 print(f"featx: cache hit: {r.path} ({r.rows} rows, no model work)")
             else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,6 +156,18 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
         raise ExtractError(f"{len(result.skipped)} unreadable image(s) under "
                            f"{p.dataset.root} (--strict):\n{listing}")
     return result
+
+
+def extract_all(config: Config, progress: bool = True) -> Iterator[ExtractResult]:
+    """Every store the pipeline needs, one after the other: the plain store, then the variant
+    stores it asks for (extract.augment, extract.tencrop), for each member of a [combine]
+    pipeline (featx/combine.py) or for the pipeline itself."""
+    from featx.combine import members
+    from featx.variants import extracted_variants
+
+    for target in members(config) if config.combine.pipelines else [config]:
+        for variant in ["plain", *extracted_variants(target)]:
+            yield extract(target, progress=progress, variant=variant)
 
 
 def _open_old(p: Plan) -> FeatureStore | None:
