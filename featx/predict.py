@@ -15,6 +15,7 @@ import dataclasses
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,7 +25,7 @@ from featx.backbones import Backbone, BackboneError, keras_home
 from featx.classify import class_scores
 from featx.config import BackboneConfig
 from featx.dataset import IMAGE_EXTENSIONS
-from featx.images import ReadErrors, read_batches
+from featx.images import ReadErrors, Views, crop_load_size, read_batches, ten_crops
 from featx.store import store_key
 
 CSV_HEADER = ("path", "rank", "label", "score", "error")
@@ -79,6 +80,9 @@ class Predictor:
         self.feature_shape = tuple(bundle.get("feature_shape") or ())
         # Pipelines whose last step has no predict_proba hide it (hasattr is False).
         self.probabilities = hasattr(self.model, "predict_proba")
+        # A model evaluated on 10-crop features (classify.test_features) predicts on them too.
+        classify = bundle["pipeline"].get("classify", {})
+        self.tencrop = classify.get("test_features", "plain") == "tencrop"
         _check_settings(bundle, backbone, source)
 
     @classmethod
@@ -144,11 +148,16 @@ class Predictor:
         for unreadable files by row: read and computed exactly as extraction does."""
         if batch_size < 1:
             raise PredictError(f"batch size must be at least 1, not {batch_size}")
-        batch = max(1, min(batch_size, len(paths)))
+        size = self.backbone.input_size
+        views = Views()
+        if self.tencrop:
+            views = Views(count=10, load_size=crop_load_size(size),
+                          crop=partial(ten_crops, size=size))
+        batch = max(1, min(batch_size, len(paths) * views.count))
         forward = self.backbone.compiled(batch)
         errors = ReadErrors()
         feats, oks = [], []
-        for _, images, ok in read_batches(list(paths), self.backbone.input_size, batch, errors):
+        for _, images, ok in read_batches(list(paths), size, batch, errors, views=views):
             n = len(images)
             if n < batch:  # one traced shape: pad the last batch as extraction does
                 images = np.concatenate([images, np.zeros((batch - n, *images.shape[1:]),
@@ -159,7 +168,11 @@ class Predictor:
             oks.append(ok)
         if not feats:
             return np.zeros((0, 0), np.float32), np.zeros(0, bool), {}
-        return np.concatenate(feats), np.concatenate(oks), dict(errors.reasons)
+        x, ok = np.concatenate(feats), np.concatenate(oks)
+        if views.count > 1:  # the mean of each image's crops, as the 10-crop store holds
+            x = x.reshape(len(paths), views.count, -1).mean(axis=1)
+            ok = ok.reshape(len(paths), views.count).all(axis=1)
+        return x, ok, dict(errors.reasons)
 
     def top_k(self, paths: Sequence[str], k: int = 5, batch_size: int = 32) -> list[Prediction]:
         """The ``k`` best labels of every image, in input order; unreadable ones carry the

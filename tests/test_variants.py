@@ -24,6 +24,13 @@ def differs(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.abs(a - b).max() > 1e-3 * np.abs(a).max())
 
 
+def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-4) -> None:
+    """Equal relative to the features' scale (an absolute tolerance would pass anything)."""
+    scale = float(np.abs(expected).max())
+    assert scale > 0, "all-zero features: the comparison would prove nothing"
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
 def tiny_backbone(layer: str = "", pooling: str = "avg") -> Backbone:
     return Backbone(BackboneConfig(weights="none", input_size=32, layer=layer, pooling=pooling))
 
@@ -51,10 +58,8 @@ def test_several_layers_are_pooled_and_concatenated_in_order():
     assert tiny_backbone(f"{LOW},out_relu", "flatten").feature_shape == (2 * 2 * 576 + 1280,)
     # Same seed, same random weights: the joined features are the single-layer ones side by side.
     joined = both.features(images).numpy()
-    np.testing.assert_allclose(joined[:, :576], low.features(images).numpy(), rtol=1e-5,
-                               atol=1e-5)
-    np.testing.assert_allclose(joined[:, 576:], last.features(images).numpy(), rtol=1e-5,
-                               atol=1e-5)
+    assert_close(joined[:, :576], low.features(images).numpy(), rtol=1e-5)
+    assert_close(joined[:, 576:], last.features(images).numpy(), rtol=1e-5)
 
 
 def test_layer_errors_are_clear():
@@ -270,8 +275,7 @@ def test_tencrop_kept_rows_average_to_the_mean_store(variant_cache, tmp_path):
         averaged = f["features"][:]
         assert "view" not in f
     assert averaged.shape[0] * 10 == kept.shape[0] == results["tencrop"].rows
-    np.testing.assert_allclose(averaged, kept.reshape(-1, 10, kept.shape[1]).mean(1),
-                               rtol=1e-4, atol=1e-5)
+    assert_close(averaged, kept.reshape(-1, 10, kept.shape[1]).mean(1))
 
 
 def test_load_splits_takes_train_and_test_rows_from_the_variants(variant_cache):
@@ -294,7 +298,7 @@ def test_load_splits_takes_train_and_test_rows_from_the_variants(variant_cache):
     with h5py.File(results["tencrop"].path) as f:
         kept = f["features"][:]
         rows = [i for i, p in enumerate(f["paths"][:]) if p.decode() == plain.paths[TEST][0]]
-    np.testing.assert_allclose(data.x[TEST][0], kept[rows].mean(0), rtol=1e-4, atol=1e-5)
+    assert_close(data.x[TEST][0], kept[rows].mean(0))
     # Augmented validation rows are not a thing.
     both.classify.test_features = "augmented"
     with pytest.raises(ConfigError, match="test_features"):
@@ -338,3 +342,25 @@ def test_variant_settings_are_checked(tiny_store):
     config.out = ""
     with pytest.raises(StoreError, match="featx extract"):  # the variant store is missing
         load_splits(config, tiny_store.path)
+
+
+def test_predict_uses_the_crops_a_tencrop_model_was_tested_on(variant_cache, tmp_path):
+    """A model evaluated on 10-crop features predicts on the mean of the same 10 crops."""
+    from featx.predict import Predictor
+
+    config, results = variant_cache
+    run = Config.from_dict(config.to_dict())
+    run.out = str(tmp_path / "out")
+    run.classify.classifiers = ["logreg"]
+    run.classify.test_features = "tencrop"
+    classify(run, results["plain"].path, echo=lambda line: None)
+    predictor = Predictor.load(tmp_path / "out" / "tiny-logreg.joblib")
+    data = load_splits(run, results["plain"].path)
+    root = config.dataset.root
+    files = [f"{root}/{p}" for p in data.paths[TEST]]
+    x, ok, _ = predictor.features(files, batch_size=7)  # crops of one image span batches
+    assert ok.all() and x.shape == data.x[TEST].shape
+    assert_close(x, data.x[TEST])
+    with FeatureStore(results["plain"].path) as store:
+        single = store.features(data.rows.get(TEST, np.flatnonzero(store.split == TEST)))
+    assert differs(x, single)  # not the single-view features
