@@ -32,9 +32,13 @@ def entries(cache_dir: Path) -> list[Entry]:
         try:
             with h5py.File(path, "r") as f:
                 a = f.attrs
-                out.append(Entry(path, str(a.get("key", "?")), str(a.get("dataset", "?")),
+                key = str(a.get("key", "?"))
+                # A store made on Ray may be a virtual dataset over its shard files.
+                shards = path.with_name(f"{path.name}.{key}.shards").glob("shard-*.h5")
+                size = path.stat().st_size + sum(p.stat().st_size for p in shards)
+                out.append(Entry(path, key, str(a.get("dataset", "?")),
                                  str(a.get("backbone", "?")), int(f["features"].shape[0]),
-                                 path.stat().st_size, bool(a.get("complete", False))))
+                                 size, bool(a.get("complete", False))))
         except (OSError, KeyError):
             out.append(Entry(path, "?", "?", "?", 0, path.stat().st_size, False))
     for partial in sorted(Path(cache_dir).glob("*.h5.*.partial")):

@@ -237,6 +237,9 @@ def test_ray_store_equals_local_store(cluster, tiny_store, tmp_path):
     assert len(sources) == 4 and all(not Path(s).is_absolute() for s in sources)
     assert sorted(p.name for p in shards.glob("shard-*.h5")) == [Path(s).name for s in sources]
     assert cache.verify(result.path) == []
+    (entry,) = cache.entries(result.path.parent)  # featx cache ls counts the shard files
+    assert entry.bytes == result.path.stat().st_size + sum(
+        p.stat().st_size for p in shards.glob("shard-*.h5"))
     # the cache folder moves as a whole: the virtual dataset's paths are relative
     moved = tmp_path / "moved"
     shutil.move(tmp_path / "cache", moved)
