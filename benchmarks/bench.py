@@ -162,7 +162,7 @@ def run_featx(model: str, root: Path, work: Path) -> tuple[int, float, float, fl
     if result.cache_hit or not result.extracted:
         raise RuntimeError(f"featx extraction of {root} was a cache hit: nothing measured")
     wall = result.extracted / m.seconds
-    steady = float(getattr(result, "images_per_second", 0.0) or 0.0) or wall
+    steady = result.images_per_second or wall
     return result.extracted, steady, wall, m.background
 
 
@@ -170,35 +170,21 @@ class Bound:
     """The compute-only bound: featx's backbone in a tf.function over in-memory uint8 batches."""
 
     def __init__(self, model: str) -> None:
-        import tensorflow as tf
-
         from featx.backbones import Backbone
         from featx.config import BackboneConfig
 
-        backbone = Backbone(BackboneConfig(name=model, weights="none"))
-        if hasattr(backbone, "compiled"):  # featx's own tf.function, as extract() uses it
-            self.forward = backbone.compiled(BATCH)
-        else:
-            keras_model = backbone.model  # built eagerly, outside the trace
-
-            @tf.function(input_signature=[tf.TensorSpec((BATCH, SIZE, SIZE, 3), tf.uint8)])
-            def forward(images):
-                return keras_model(backbone.preprocess(images), training=False)
-
-            self.forward = forward
+        # featx's own tf.function, as extract() uses it
+        self.forward = Backbone(BackboneConfig(name=model, weights="none")).compiled(BATCH)
         self.batches = max(1, BOUND_BATCHES.get(model, 1))
 
     def load(self, files: list[Path]) -> None:
         """Decode a batch's worth of real images once (uint8 in memory) and warm up."""
         import numpy as np
         import tensorflow as tf
-        from PIL import Image
 
-        def load(path: Path) -> np.ndarray:
-            with Image.open(path) as img:
-                return np.asarray(img.convert("RGB").resize((SIZE, SIZE)), np.uint8)
+        from featx.images import load_image
 
-        images = np.stack([load(f) for f in (files * BATCH)[:BATCH]])
+        images = np.stack([load_image(str(f), SIZE) for f in (files * BATCH)[:BATCH]])
         self.images = tf.constant(images)
         self.forward(self.images).numpy()
 
@@ -394,9 +380,7 @@ def tf_settings() -> dict:
                     if k in os.environ}}
 
 
-def describe_settings(settings: dict) -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
+def describe_settings(settings: dict, cores: int) -> str:
     def threads(n: int) -> str:
         return f"{n}" if n else f"0 (default: {cores})"
 
@@ -418,9 +402,9 @@ def report(rows: list[Row], memory: dict[int, dict], n_memory: int, seconds: flo
     mine = tf_settings()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"TensorFlow {mine['tf']} on {cores} usable cores")
-    print(f"  featx + bound process: {describe_settings(mine)}")
+    print(f"  featx + bound process: {describe_settings(mine, cores)}")
     if naive_setup:
-        print(f"  naive process:         {describe_settings(naive_setup)}")
+        print(f"  naive process:         {describe_settings(naive_setup, cores)}")
     header = (f"{'model':<11} {'dataset':<9} {'n':>4} {'runs':>4} {'bound':>6} {'featx':>6} "
               f"{'/bound':>6} {'wall':>6} {'/bound':>6} {'naive':>6} {'featx/naive':>11} "
               f"{'bg':>4}")

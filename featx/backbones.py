@@ -11,6 +11,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from featx.config import BackboneConfig
 
 POOLINGS = ("avg", "max", "flatten", "none")
@@ -239,6 +241,23 @@ class Backbone:
         size = self.input_size
         spec = tf.TensorSpec((batch_size, size, size, 3), tf.uint8)
         return tf.function(self.features, input_signature=[spec])
+
+    def batched(self, batch_size: int):
+        """The forward pass used everywhere: ``run(images, ok)`` pads a batch of at most
+        ``batch_size`` images with zeros to the one traced shape, trims the output back to
+        the batch and zeroes the rows of unreadable images (``ok`` False)."""
+        forward = self.compiled(batch_size)
+
+        def run(images: np.ndarray, ok: np.ndarray) -> np.ndarray:
+            n = len(images)
+            if n < batch_size:
+                images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]),
+                                                          images.dtype)])
+            features = forward(images).numpy()[:n]
+            features[~ok] = 0.0
+            return features
+
+        return run
 
 
 def compute_device() -> str:

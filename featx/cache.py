@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from featx.store import FeatureStore, StoreError
+from featx.store import FeatureStore, StoreError, shard_dir
 
 
 @dataclass
@@ -34,7 +34,7 @@ def entries(cache_dir: Path) -> list[Entry]:
                 a = f.attrs
                 key = str(a.get("key", "?"))
                 # A store made on Ray may be a virtual dataset over its shard files.
-                shards = path.with_name(f"{path.name}.{key}.shards").glob("shard-*.h5")
+                shards = shard_dir(path, key).glob("shard-*.h5")
                 size = path.stat().st_size + sum(p.stat().st_size for p in shards)
                 out.append(Entry(path, key, str(a.get("dataset", "?")),
                                  str(a.get("backbone", "?")), int(f["features"].shape[0]),

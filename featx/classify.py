@@ -304,26 +304,26 @@ def store_apply(fn: Callable[[np.ndarray], np.ndarray], store_path: str | Path,
     with FeatureStore(store_path) as store:
         for sel, block in store.iter_chunks(rows[order]):
             parts.append(fn(block.reshape(len(sel), -1)))
-    out = np.empty_like(np.concatenate(parts))
-    out[order] = np.concatenate(parts)
+    got = np.concatenate(parts)
+    out = np.empty_like(got)
+    out[order] = got
     return out
 
 
-def _fit_stream(name: str, store_path: str | Path, rows: np.ndarray, params: dict[str, Any],
-                seed: int, class_weight: str | None) -> BaseEstimator:
+def _fit_stream(name: str, store_path: str | Path, labels: np.ndarray, rows: np.ndarray,
+                params: dict[str, Any], seed: int, class_weight: str | None) -> BaseEstimator:
+    """``labels``: the store's whole labels column (indexed by row)."""
     model = get_learner(name).make(seed, class_weight).set_params(**params)
     with FeatureStore(store_path) as store:
-        labels = store.labels
         return model.fit_passes(store_passes(store, rows, labels), labels[rows])
 
 
-def _score_stream(name: str, store_path: str | Path, fit_rows: np.ndarray,
-                  held_rows: np.ndarray, params: dict[str, Any], seed: int,
-                  class_weight: str | None) -> float:
-    model = _fit_stream(name, store_path, fit_rows, params, seed, class_weight)
+def _score_stream(name: str, store_path: str | Path, labels: np.ndarray,
+                  fit_rows: np.ndarray, held_rows: np.ndarray, params: dict[str, Any],
+                  seed: int, class_weight: str | None) -> float:
+    model = _fit_stream(name, store_path, labels, fit_rows, params, seed, class_weight)
     predicted = store_apply(model.predict, store_path, held_rows)
-    with FeatureStore(store_path) as store:
-        return float(np.mean(predicted == store.labels[held_rows]))
+    return float(np.mean(predicted == labels[held_rows]))
 
 
 def fit_store(name: str, store_path: str | Path, train_rows: np.ndarray,
@@ -349,11 +349,11 @@ def fit_store(name: str, store_path: str | Path, train_rows: np.ndarray,
     candidates = list(ParameterGrid(learner.quick_grid if quick else learner.grid))
     t0 = time.perf_counter()
     scores = Parallel(n_jobs=n_jobs)(
-        delayed(_score_stream)(name, store_path, fit_rows, held, params, seed, cw)
+        delayed(_score_stream)(name, store_path, labels, fit_rows, held, params, seed, cw)
         for params in candidates for fit_rows, held in folds)
     means = np.asarray(scores).reshape(len(candidates), len(folds)).mean(axis=1)
     best = int(np.argmax(means))  # first of equals, as GridSearchCV
-    model = _fit_stream(name, store_path, all_rows, candidates[best], seed, cw)
+    model = _fit_stream(name, store_path, labels, all_rows, candidates[best], seed, cw)
     return FitResult(name, model, dict(candidates[best]), float(means[best]),
                      time.perf_counter() - t0)
 

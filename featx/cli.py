@@ -15,6 +15,8 @@ SHORTHANDS = {
     "input_size": "backbone.input_size", "batch_size": "extract.batch_size",
     "cache_dir": "cache_dir", "out": "out", "classifiers": "classify.classifiers",
     "n_jobs": "classify.n_jobs", "engine": "extract.engine", "address": "ray_address",
+    # on/off flags: None when absent, so that the pipeline's value stands
+    "strict": "extract.strict", "quick": "classify.quick", "consolidate": "extract.consolidate",
 }
 
 
@@ -49,12 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("extract", parents=[common], help="images -> frozen CNN -> HDF5 store",
                        description="Extract features into the cache (a cache hit does nothing).")
-    p.add_argument("--strict", action="store_true", help="unreadable images are an error")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="unreadable images are an error")
     p.add_argument("--engine", choices=["local", "ray"],
                    help="ray: on a Ray cluster (pip install featx[ray]; README: On a cluster)")
     p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else a "
                    "Ray instance on this machine)")
-    p.add_argument("--consolidate", action="store_true",
+    p.add_argument("--consolidate", action="store_true", default=None,
                    help="ray: copy the shard files into one store file")
     p = sub.add_parser("classify", parents=[common], help="HDF5 store -> classifiers -> report",
                        description="Fit the pipeline's classifiers on the cached training "
@@ -64,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifiers", help="comma-separated: logreg, linear_svm, rbf_svm, knn, "
                    "sgd")
     p.add_argument("--n-jobs", type=int, help="parallel grid-search jobs")
-    p.add_argument("--quick", action="store_true",
+    p.add_argument("--quick", action="store_true", default=None,
                    help="a first look: each learner's reduced grid and 2 folds")
     p.add_argument("--address", help="Ray cluster address for classify.engine = \"ray\"")
     p.add_argument("--out", help="folder for results and models")
@@ -74,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "the top layers; report on the same test rows as classify. Writes JSON, "
                        "Markdown and a .keras model into <cache-dir>/<dataset>-<backbone>-"
                        "finetune.runs/ (or --out). Settings: [finetune] in the pipeline.")
-    p.add_argument("--strict", action="store_true", help="unreadable images are an error")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="unreadable images are an error")
     p.add_argument("--out", help="folder for results and the model")
     sub.add_parser("backbones", help="list the available backbones")
     p = sub.add_parser("layers", help="list a backbone's layers and output shapes")
@@ -127,12 +131,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
         value = getattr(args, flag, None)
         if value is not None:  # typed by argparse: paths are never parsed as TOML
             config.assign(field, value, "command line")
-    if getattr(args, "strict", False):
-        config.extract.strict = True
-    if getattr(args, "quick", False):
-        config.classify.quick = True
-    if getattr(args, "consolidate", False):
-        config.extract.consolidate = True
     return config
 
 

@@ -71,12 +71,15 @@ def align(parts: list[Splits]) -> list[Splits]:
                              f"{first.store}: {first.label_names}")
         x, y, paths, rows = {}, {}, {}, {}
         for s in (TRAIN, VAL, TEST):
-            index = {p: i for i, p in enumerate(part.paths[s])}
-            _same_paths(first, part, s, index)
-            order = np.array([index[p] for p in first.paths[s]], dtype=np.int64)
+            if part.paths[s] == first.paths[s]:  # the normal case: already in order, no copy
+                order = slice(None)
+            else:
+                index = {p: i for i, p in enumerate(part.paths[s])}
+                _same_paths(first, part, s, index)
+                order = np.array([index[p] for p in first.paths[s]], dtype=np.int64)
             if s in part.x:
                 x[s] = part.x[s][order]
-            y[s], paths[s] = part.y[s][order], [part.paths[s][i] for i in order]
+            y[s], paths[s] = part.y[s][order], first.paths[s]
             if part.rows:
                 rows[s] = part.rows[s][order]
             if not np.array_equal(y[s], first.y[s]):
@@ -154,7 +157,7 @@ def _ensemble(config: Config, parts: list[Splits], labels: list[str], out_dir: P
         models, probabilities = zip(*(probabilities_on_test(f, p, config)
                                       for f, p in zip(fits, parts)))
         fitted, proba = average(name, fits, list(probabilities), list(models), labels)
-        result = make_result(config, report_on, name, fitted, proba, fitted.model.classes_)
+        result = make_result(config, report_on, fitted, proba)
         results.append(write_result(result, out_dir / f"{config.name}-{name}", echo))
         every += [(f"{label}.{name}", f, m, p)
                   for label, f, m, p in zip(labels, fits, models, probabilities)]
@@ -162,7 +165,6 @@ def _ensemble(config: Config, parts: list[Splits], labels: list[str], out_dir: P
         names, fits, models, probabilities = zip(*every)
         fitted, proba = average(ensemble_name(config.classify.classifiers), list(fits),
                                 list(probabilities), list(models), list(names))
-        result = make_result(config, report_on, fitted.name, fitted, proba,
-                             fitted.model.classes_)
+        result = make_result(config, report_on, fitted, proba)
         results.append(write_result(result, out_dir / f"{config.name}-ensemble", echo))
     return results

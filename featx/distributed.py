@@ -41,14 +41,14 @@ from featx.extract import (
     ExtractError,
     ExtractResult,
     Plan,
-    _split_attr,
+    store_attrs,
 )
 from featx.store import (
     CHUNK_BYTES,
     STRING,
     FeatureStore,
     RowSource,
-    library_versions,
+    shard_dir,
     write_columns,
     write_store,
 )
@@ -146,10 +146,6 @@ class ShardDir:
         return self._cache[1]
 
 
-def shard_dir(store: Path, content_key: str) -> Path:
-    return Path(store).with_name(Path(store).name + f".{content_key}.shards")
-
-
 class _ShardWriter:
     """One shard being written, rows in any order; renamed into place when every row is in."""
 
@@ -216,7 +212,7 @@ class ShardExtractor:
         cfg = Config.from_dict(config, source="ray driver")
         self.backbone = Backbone(cfg.backbone, seed=cfg.dataset.seed)
         self.batch = cfg.extract.batch_size
-        self.forward = self.backbone.compiled(self.batch)
+        self.forward = self.backbone.batched(self.batch)
         # Pillow releases the GIL while decoding: threads decode a batch in parallel.
         self.pool = ThreadPoolExecutor(_usable_cores())
 
@@ -231,12 +227,9 @@ class ShardExtractor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         loaded = list(self.pool.map(self._load, [str(p) for p in batch["path"]]))
-        n = len(loaded)
-        images = np.zeros((self.batch, *loaded[0][0].shape), np.uint8)
-        images[:n] = np.stack([image for image, _, _ in loaded])
+        images = np.stack([image for image, _, _ in loaded])
         ok = np.array([good for _, good, _ in loaded], bool)
-        features = self.forward(images).numpy()[:n]
-        features[~ok] = 0.0
+        features = self.forward(images, ok)
         return {"row": np.asarray(batch["row"], np.int64), "features": features, "ok": ok,
                 "reason": np.array([reason for _, _, reason in loaded], dtype=object)}
 
@@ -275,10 +268,8 @@ def _run(config: Config, p: Plan, split: np.ndarray, progress: bool) -> ExtractR
                 print(f"featx: ray run failed ({type(e).__name__}: {str(e)[:300]}); retrying "
                       f"{len(shards.todo())} unfinished shard(s)", file=sys.stderr)
     seconds = time.perf_counter() - t0
-    attrs = {**p.settings, "key": p.key, "dataset": p.dataset.name,
-             "split": _split_attr(config), "hash": config.dataset.hash,
-             "pipeline": config.to_json(), "versions": library_versions()}
-    join(p, shards, split, attrs, config.extract.compression, config.extract.consolidate)
+    join(p, shards, split, store_attrs(config, p), config.extract.compression,
+         config.extract.consolidate)
     with FeatureStore(p.path) as store:
         skipped = store.skipped
     return ExtractResult(p.path, p.key, cache_hit=False, rows=len(p.dataset),
@@ -344,10 +335,7 @@ def join(p: Plan, shards: ShardDir, split: np.ndarray, attrs: dict[str, Any],
          compression: str, consolidate: bool) -> Path:
     """Publish the finished shards as the store at ``p.path``: a virtual dataset over the
     shard files (kept beside the store), or with ``consolidate`` a single-file copy."""
-    import h5py
-
-    with h5py.File(shards.path(0), "r") as f:
-        feature_shape = tuple(f["features"].shape[1:])
+    feature_shape = tuple(shards.load(0)["features"].shape[1:])  # cached: read once
     attrs = {**attrs, "feature_shape": list(feature_shape)}
     n = len(p.dataset)
     common = dict(feature_shape=feature_shape, paths=p.dataset.paths,

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -72,48 +73,57 @@ class Plan:
     signatures: list[str]
     variant: Variant = PLAIN
     images: np.ndarray | None = None  # the dataset rows the store covers (None: all)
+    split: np.ndarray | None = None  # the split of every dataset image
 
-    @property
+    @cached_property
     def row_image(self) -> np.ndarray:
         """For each store row, its image (a variant may store several rows per image)."""
         images = np.arange(len(self.dataset)) if self.images is None else self.images
         return np.repeat(images, self.variant.rows_per_image)
 
-    @property
+    @cached_property
     def row_view(self) -> np.ndarray:
         """For each store row, which view of its image it holds (pass or crop)."""
         per = self.variant.rows_per_image
         return np.tile(np.arange(per), len(self.row_image) // per)
 
 
-def plan(config: Config, variant: str = "plain") -> Plan:
-    """Read the dataset and work out which store this config needs (no model work);
-    ``variant`` names a variant store (featx/variants.py) instead of the plain one."""
+def _locate(config: Config, variant: str = "plain"
+            ) -> tuple[Dataset, Backbone, Variant, dict, Path]:
+    """The dataset, backbone, variant, settings (with their ``settings_key``) and store path
+    of a config: the path depends on the settings only, not on the images' contents."""
     dataset = load_dataset(config.dataset)
     backbone = Backbone(config.backbone, seed=config.dataset.seed)
     if config.dataset.hash not in ("stat", "content"):
         raise StoreError(f"dataset.hash must be stat or content, not {config.dataset.hash!r}")
     v = get_variant(config, variant)
-    signatures = dataset.signatures(content=config.dataset.hash == "content")
     settings = feature_settings(backbone, v)
     settings_key = store_key(settings)
-    content = {"settings": settings_key, "manifest": manifest_digest(dataset, signatures),
-               "hash": config.dataset.hash}
+    path = store_path(config.cache_path, dataset.name + v.suffix, backbone.spec.name,
+                      config.backbone.pooling, settings_key)
+    return dataset, backbone, v, {**settings, "settings_key": settings_key}, path
+
+
+def plan(config: Config, variant: str = "plain") -> Plan:
+    """Read the dataset and work out which store this config needs (no model work);
+    ``variant`` names a variant store (featx/variants.py) instead of the plain one."""
+    dataset, backbone, v, settings, path = _locate(config, variant)
+    signatures = dataset.signatures(content=config.dataset.hash == "content")
+    content = {"settings": settings["settings_key"],
+               "manifest": manifest_digest(dataset, signatures), "hash": config.dataset.hash}
+    split = stratified_split(dataset.labels, config.dataset.val, config.dataset.test,
+                             config.dataset.seed)
     images = None
     if v.train_only:  # which images it holds depends on the split: part of its content
-        split = stratified_split(dataset.labels, config.dataset.val, config.dataset.test,
-                                 config.dataset.seed)
         images = np.flatnonzero(split == TRAIN)
         content["split"] = _split_attr(config)
     key = store_key(content)
-    path = store_path(config.cache_path, dataset.name + v.suffix, backbone.spec.name,
-                      config.backbone.pooling, settings_key)
-    return Plan(dataset, backbone, path, {**settings, "settings_key": settings_key}, key,
-                signatures, v, images)
+    return Plan(dataset, backbone, path, settings, key, signatures, v, images, split)
 
 
 def locate_store(config: Config) -> Path:
-    return plan(config).path
+    """The plain store's path, without reading the images (no stat, no hash)."""
+    return _locate(config)[4]
 
 
 def extract(config: Config, progress: bool = True, variant: str = "plain") -> ExtractResult:
@@ -129,8 +139,6 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
                                f"not the {variant!r} store: use extract.engine = \"local\"")
         run = run_on_ray
     p = plan(config, variant)
-    split = stratified_split(p.dataset.labels, config.dataset.val, config.dataset.test,
-                             config.dataset.seed)
     p.path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(p.path) + ".lock")
     try:
@@ -140,15 +148,14 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
         lock.acquire()
     try:
         old = _open_old(p)
-        if old is not None and old.attrs.get("key") == p.key:
+        if old is not None and old.file.attrs.get("key") == p.key:
             skipped = old.skipped
-            old.close()
-            _update_split(p.path, split[p.row_image], config)
+            _update_split(old, p.split[p.row_image], config)  # closes old
             rows = len(p.row_image)
             result = ExtractResult(p.path, p.key, cache_hit=True, rows=rows, reused=rows,
                                    skipped=sorted(set(skipped)))
         else:
-            result = run(config, p, split, old, progress)
+            result = run(config, p, p.split, old, progress)
     finally:
         lock.release()
     if result.skipped and config.extract.strict:
@@ -179,22 +186,30 @@ def _open_old(p: Plan) -> FeatureStore | None:
     except StoreError as e:
         print(f"featx: ignoring unusable store ({e}); extracting afresh", file=sys.stderr)
         return None
-    if old.attrs.get("settings_key") != p.settings["settings_key"]:
+    if old.file.attrs.get("settings_key") != p.settings["settings_key"]:
         old.close()  # same file name, other settings: a hash collision or a tampered file
         return None
     return old
 
 
-def _update_split(path: Path, split: np.ndarray, config: Config) -> None:
-    """A split change needs no new features: rewrite the split in the complete store."""
+def _update_split(old: FeatureStore, split: np.ndarray, config: Config) -> None:
+    """A split change needs no new features: rewrite the split in the complete store
+    (``old``, open read-only, is closed here and reopened to write only if it changed)."""
     import h5py
 
-    with h5py.File(path, "r") as f:
-        same = np.array_equal(f["split"][:], split) and f.attrs["split"] == _split_attr(config)
+    with old:
+        same = np.array_equal(old.split, split) and old.file.attrs["split"] == _split_attr(config)
     if not same:
-        with h5py.File(path, "r+") as f:
+        with h5py.File(old.path, "r+") as f:
             f["split"][:] = split
             f.attrs["split"] = _split_attr(config)
+
+
+def store_attrs(config: Config, p: Plan) -> dict:
+    """The attributes of the store ``p`` (both engines write the same ones)."""
+    return {**p.settings, "key": p.key, "dataset": p.dataset.name,
+            "split": _split_attr(config), "hash": config.dataset.hash,
+            "pipeline": config.to_json(), "versions": library_versions()}
 
 
 def _split_attr(config: Config) -> str:
@@ -243,20 +258,17 @@ def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
         extracted, rate = _extract_blocks(config, dataset, backbone, row_image[todo], blocks,
                                           remaining, progress, variant=variant)
     seconds = time.perf_counter() - t0
-    attrs = {**p.settings, "key": p.key, "dataset": dataset.name, "split": _split_attr(config),
-             "hash": config.dataset.hash, "pipeline": config.to_json(),
-             "versions": library_versions()}
     feature_shape = _feature_shape(blocks, old, backbone)
-    write_store(p.path, feature_shape=feature_shape, source=RowSource(old_row, new_row),
-                old=old, blocks=blocks, paths=[dataset.paths[i] for i in row_image],
-                signatures=[p.signatures[i] for i in row_image],
-                labels=dataset.labels[row_image], label_names=dataset.label_names,
-                split=split[row_image], attrs={**attrs, "feature_shape": list(feature_shape)},
-                compression=config.extract.compression,
-                extra={"view": p.row_view} if variant.rows_per_image > 1 else None)
+    skipped = write_store(
+        p.path, feature_shape=feature_shape, source=RowSource(old_row, new_row), old=old,
+        blocks=blocks, paths=[dataset.paths[i] for i in row_image],
+        signatures=[p.signatures[i] for i in row_image], labels=dataset.labels[row_image],
+        label_names=dataset.label_names, split=split[row_image],
+        attrs={**store_attrs(config, p), "feature_shape": list(feature_shape)},
+        compression=config.extract.compression,
+        extra={"view": p.row_view} if variant.rows_per_image > 1 else None)
     blocks.remove()
-    with FeatureStore(p.path) as store:
-        skipped = sorted(set(store.skipped))  # a variant lists an image once per view
+    skipped = sorted(set(skipped))  # a variant lists an image once per view
     return ExtractResult(p.path, p.key, cache_hit=False, rows=len(row_image),
                          extracted=extracted, reused=len(row_image) - extracted,
                          dropped=dropped, seconds=seconds, images_per_second=rate,
@@ -280,7 +292,7 @@ def _extract_blocks(config: Config, dataset: Dataset, backbone: Backbone, todo: 
     """Extract the rows of the ``remaining`` blocks (``todo``: the image of each row to
     extract); return (rows, steady backbone passes/s)."""
     batch, size = config.extract.batch_size, backbone.input_size
-    forward = backbone.compiled(batch)
+    forward = backbone.batched(batch)
     per_image, group = variant.rows_per_image, variant.group
 
     positions = np.concatenate([np.asarray(blocks.rows_of(b)) for b in remaining])
@@ -307,12 +319,7 @@ def _extract_blocks(config: Config, dataset: Dataset, backbone: Backbone, todo: 
                 raise ExtractError(f"unreadable image {files[bad]}: {errors.reasons[bad]} "
                                    "(--strict; finished blocks are kept)")
             n = len(batch_images)
-            if n < batch:
-                batch_images = np.concatenate(
-                    [batch_images, np.zeros((batch - n, *batch_images.shape[1:]),
-                                            batch_images.dtype)])
-            features = forward(batch_images).numpy()[:n]
-            features[~ok] = 0.0
+            features = forward(batch_images, ok)
             if first == 0:
                 t_first = time.perf_counter()
             elif first + n == passes:

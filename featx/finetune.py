@@ -33,8 +33,8 @@ from featx.backbones import Backbone
 from featx.config import BackboneConfig, Config, FinetuneConfig
 from featx.dataset import TEST, TRAIN, VAL, load_dataset, manifest_digest, stratified_split
 from featx.images import RESIZE_POLICY, ReadErrors, read_batches
-from featx.report import evaluate, summary_line, write_reports
-from featx.store import store_key
+from featx.report import beside, evaluate, summary_line, write_reports
+from featx.store import safe_name, store_key
 
 OPTIMIZERS = ("adam", "rmsprop")
 HEAD_POOLINGS = ("avg", "max", "flatten")
@@ -65,7 +65,7 @@ def load_image_splits(config: Config) -> ImageSplits:
     dataset = load_dataset(config.dataset)
     d = config.dataset
     split = stratified_split(dataset.labels, d.val, d.test, d.seed)
-    size = config.backbone.input_size or Backbone(config.backbone).input_size
+    size = Backbone(config.backbone).input_size
     errors = ReadErrors()
     images = np.empty((len(dataset), size, size, 3), np.uint8)
     ok = np.zeros(len(dataset), bool)
@@ -219,36 +219,34 @@ class FineTuner:
                     for v in (a, a_val))
         warm = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}[
             s.warmup_optimizer](learning_rate=s.warmup_lr)
-        best = self._phase("warmup", self.head, warm, s.warmup_epochs, p, y, p_val, y_val)
+        self._phase("warmup", self.head, warm, s.warmup_epochs, p, y, p_val, y_val)
         self.timings["warmup_s"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        if s.epochs:
-            sgd = keras.optimizers.SGD(learning_rate=s.lr, momentum=MOMENTUM)
-            self._phase("finetune", self.network, sgd, s.epochs, a, y, a_val, y_val, best)
+        sgd = keras.optimizers.SGD(learning_rate=s.lr, momentum=MOMENTUM)
+        self._phase("finetune", self.network, sgd, s.epochs, a, y, a_val, y_val,
+                    keep_start=True)
         self.timings["finetune_s"] = time.perf_counter() - started
         self.val_loss, self.val_accuracy = (float(v) for v in self.network.evaluate(
             a_val, y_val, batch_size=self.batch_size, verbose=0))
         return self
 
     def _phase(self, phase: str, model, optimizer, epochs: int, x, y, x_val, y_val,
-               baseline: float | None = None) -> float:
-        """Train ``model`` up to ``epochs``, stopping early; keep the best validation loss
-        (``baseline``: what the model scores before this phase)."""
+               keep_start: bool = False) -> None:
+        """Train ``model`` up to ``epochs``, stopping early, and keep the weights of the best
+        validation loss (``keep_start``: the weights it starts with count as a candidate)."""
         model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
         if not epochs:
-            return baseline if baseline is not None else float("inf")
-        if baseline is None:
-            baseline = float("inf")
-        else:
+            return
+        baseline = float("inf")
+        if keep_start:
             baseline = float(model.evaluate(x_val, y_val, batch_size=self.batch_size,
                                             verbose=0)[0])
         keeper = _KeepBest(phase, self.settings.patience, baseline, self.history, self.log,
                            epochs)
         model.fit(x, y, batch_size=self.settings.batch_size, epochs=epochs, shuffle=True,
                   validation_data=(x_val, y_val), callbacks=[keeper], verbose=0)
-        return keeper.best
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         a = self.frozen_features(images)
@@ -318,8 +316,7 @@ def runs_dir(config: Config, dataset: str, backbone: str) -> Path:
     feature stores, where ``featx runs`` finds it)."""
     if config.out:
         return Path(config.out)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset)
-    return config.cache_path / f"{safe}-{backbone}-finetune.runs"
+    return config.cache_path / f"{safe_name(dataset)}-{backbone}-finetune.runs"
 
 
 def finetune(config: Config, echo: Callable[[str], None] = print,
@@ -362,7 +359,7 @@ def finetune(config: Config, echo: Callable[[str], None] = print,
     out_dir = runs_dir(config, data.dataset, model.backbone.spec.name)
     stem = out_dir / f"{config.name}-finetune"
     write_reports(result, stem)
-    model.save(stem.with_suffix(".keras"))
+    model.save(beside(stem, ".keras"))
     echo(summary_line("finetune", {**result, "best_params": _short(config.finetune)}))
     print(f"featx: results in {out_dir}/", file=sys.stderr)
     return result

@@ -54,40 +54,38 @@ def load_splits(config: Config, store_path: Path) -> Splits:
     a variant store instead (featx/variants.py): "augmented" trains on the plain rows plus
     every augmented pass; "tencrop" gives one row per crop or per image as it was extracted
     (validation and test rows always one per image, the mean of its crops)."""
-    with FeatureStore(store_path) as store:
-        _check_split(store, config)
-        attrs = store.attrs
-        labels, split, ok = store.labels, store.split, store.ok
-        all_paths = store.paths
-        rows = {s: np.flatnonzero((split == s) & ok) for s in (TRAIN, VAL, TEST)}
-        if not len(rows[TEST]):
-            raise StoreError(f"{store_path}: the split has no test rows (dataset.test = 0?)")
-        x = {s: store.features(r) for s, r in rows.items()}
-        names = store.label_names
-    data = Splits(store_path, attrs, names, x, {s: labels[r] for s, r in rows.items()},
-                  {s: [all_paths[i] for i in r] for s, r in rows.items()}, rows)
     c = config.classify
-    if c.train_features == c.test_features == "plain":
+    source = {TRAIN: c.train_features, VAL: c.test_features, TEST: c.test_features}
+    with FeatureStore(store_path) as store:
+        data = _index(store, config)
+        # Plain features only where plain rows are kept ("augmented" keeps them, plus passes).
+        data.x = {s: store.features(data.rows[s]) for s, variant in source.items()
+                  if variant in ("plain", "augmented")}
+    if all(variant == "plain" for variant in source.values()):
         return data
     from featx.extract import plan
     from featx.variants import check, read_rows
 
     check(config)
-    source = {TRAIN: c.train_features, VAL: c.test_features, TEST: c.test_features}
-    for s, variant in source.items():
-        if variant == "plain":
-            continue
+    variant_paths = {}
+    for variant in dict.fromkeys(v for v in source.values() if v != "plain"):
         p = plan(config, variant)
         with FeatureStore(p.path) as store:
             _check_split(store, config)
             if store.attrs.get("key") != p.key:
                 raise StoreError(f"{p.path}: the {variant} store is out of date with the "
                                  "dataset; run `featx extract` again")
-        got = read_rows(p.path, (s,), names, average=s != TRAIN)
+        variant_paths[variant] = p.path
+    for s, variant in source.items():
+        if variant == "plain":
+            continue
+        got = read_rows(variant_paths[variant], (s,), data.label_names, average=s != TRAIN)
         if variant == "augmented":  # the plain rows and every pass of them
-            got.x, got.y = np.concatenate([data.x[s], got.x]), np.concatenate([data.y[s], got.y])
-            got.paths = data.paths[s] + got.paths
-        data.x[s], data.y[s], data.paths[s] = got.x, got.y, got.paths
+            data.x[s] = np.concatenate([data.x[s], got.x])
+            data.y[s] = np.concatenate([data.y[s], got.y])
+            data.paths[s] = data.paths[s] + got.paths
+        else:
+            data.x[s], data.y[s], data.paths[s] = got.x, got.y, got.paths
     data.rows = {}  # rows from several stores: the features exist only in memory
     return data
 
@@ -96,20 +94,25 @@ def index_splits(config: Config, store_path: Path) -> Splits:
     """What :func:`load_splits` gives, less the features (``x`` is empty): for learners that
     stream them from the store."""
     with FeatureStore(store_path) as store:
-        _check_split(store, config)
-        attrs, names = store.attrs, store.label_names
-        labels, split, ok, all_paths = store.labels, store.split, store.ok, store.paths
+        return _index(store, config)
+
+
+def _index(store: FeatureStore, config: Config) -> Splits:
+    # The readable rows of each split of an open store: labels, paths and row numbers.
+    _check_split(store, config)
+    labels, split, ok, all_paths = store.labels, store.split, store.ok, store.paths
     rows = {s: np.flatnonzero((split == s) & ok) for s in (TRAIN, VAL, TEST)}
     if not len(rows[TEST]):
-        raise StoreError(f"{store_path}: the split has no test rows (dataset.test = 0?)")
-    return Splits(store_path, attrs, names, {}, {s: labels[r] for s, r in rows.items()},
+        raise StoreError(f"{store.path}: the split has no test rows (dataset.test = 0?)")
+    return Splits(store.path, store.attrs, store.label_names, {},
+                  {s: labels[r] for s, r in rows.items()},
                   {s: [all_paths[i] for i in r] for s, r in rows.items()}, rows)
 
 
 def read_splits(config: Config, store_path: Path) -> Splits:
     """Features in memory unless every classifier streams them from the store."""
-    streaming = all(learners.get_learner(n).streaming for n in config.classify.classifiers)
-    if streaming and _plain(config):
+    if _plain(config) and all(learners.get_learner(n).streaming
+                              for n in config.classify.classifiers):
         return index_splits(config, store_path)
     return load_splits(config, store_path)
 
@@ -120,10 +123,10 @@ def _plain(config: Config) -> bool:
     return c.train_features == "plain" and c.test_features == "plain"
 
 
-def _streams(name: str, data: Splits, config: Config) -> bool:
-    # A streaming learner reads the store itself; fused features exist only in memory
-    # (their Splits have no store rows).
-    return learners.get_learner(name).streaming and bool(data.rows) and _plain(config)
+def _streams(name: str, data: Splits) -> bool:
+    # A streaming learner reads the store itself. Only plain rows have store rows: features
+    # from variant stores (load_splits) or fused ones (featx.combine) exist only in memory.
+    return learners.get_learner(name).streaming and bool(data.rows)
 
 
 def fit_learner(name: str, data: Splits, config: Config) -> learners.FitResult:
@@ -133,7 +136,7 @@ def fit_learner(name: str, data: Splits, config: Config) -> learners.FitResult:
     from featx.distributed import search_backend
 
     with search_backend(config):  # classify.engine = "ray": the search's jobs on Ray
-        if _streams(name, data, config):
+        if _streams(name, data):
             return learners.fit_store(name, data.store, data.rows[TRAIN], data.rows[VAL],
                                       **opts)
         paths = data.paths[TRAIN]
@@ -143,22 +146,23 @@ def fit_learner(name: str, data: Splits, config: Config) -> learners.FitResult:
                             groups=groups, **opts)
 
 
-def scores_on_test(fitted: learners.FitResult, data: Splits, config: Config) -> np.ndarray:
+def scores_on_test(fitted: learners.FitResult, data: Splits) -> np.ndarray:
     """Class scores of the test rows (probabilities or decision values)."""
-    if _streams(fitted.name, data, config):
+    if _streams(fitted.name, data):
         return learners.store_apply(lambda x: learners.class_scores(fitted.model, x),
                                     data.store, data.rows[TEST])
     return learners.class_scores(fitted.model, data.x[TEST])
 
 
-def probabilities_on_test(fitted: learners.FitResult, data: Splits, config: Config
-                          ) -> tuple[Any, np.ndarray]:
+def probabilities_on_test(fitted: learners.FitResult, data: Splits, config: Config,
+                          scores: np.ndarray | None = None) -> tuple[Any, np.ndarray]:
     """The model with predict_proba (calibrated if it has none, see
-    classify.with_probabilities) and its test-row probabilities."""
+    classify.with_probabilities) and its test-row probabilities. ``scores``: the test rows'
+    :func:`scores_on_test`, if already computed (they are the probabilities of a model with
+    predict_proba; every streaming learner has it)."""
+    if hasattr(fitted.model, "predict_proba"):
+        return fitted.model, scores if scores is not None else scores_on_test(fitted, data)
     c = config.classify
-    if _streams(fitted.name, data, config):
-        return fitted.model, learners.store_apply(fitted.model.predict_proba, data.store,
-                                                  data.rows[TEST])
     x = np.concatenate([data.x[TRAIN], data.x[VAL]])
     y = np.concatenate([data.y[TRAIN], data.y[VAL]])
     model = learners.with_probabilities(fitted.model, x, y, cv=c.cv, seed=c.seed,
@@ -166,15 +170,16 @@ def probabilities_on_test(fitted: learners.FitResult, data: Splits, config: Conf
     return model, model.predict_proba(data.x[TEST])
 
 
-def make_result(config: Config, data: Splits, classifier: str, fitted: learners.FitResult,
-                scores: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
+def make_result(config: Config, data: Splits, fitted: learners.FitResult,
+                scores: np.ndarray) -> dict[str, Any]:
     return {
-        "pipeline": config.name, "classifier": classifier, "dataset": data.attrs["dataset"],
+        "pipeline": config.name, "classifier": fitted.name, "dataset": data.attrs["dataset"],
         "store": str(data.store), "key": data.attrs["key"], "backbone": data.backbone,
         "best_params": fitted.best_params, "cv_score": fitted.cv_score,
         "fit_seconds": fitted.fit_seconds,
         "n_train": int(len(data.y[TRAIN]) + len(data.y[VAL])),
-        **evaluate(data.y[TEST], scores, classes, data.label_names, paths=data.paths[TEST]),
+        **evaluate(data.y[TEST], scores, fitted.model.classes_, data.label_names,
+                   paths=data.paths[TEST]),
     }
 
 
@@ -234,22 +239,24 @@ def fit_and_report(config: Config, data: Splits, out_dir: Path, echo=print,
                    save_models: bool = True) -> list[dict[str, Any]]:
     """Each classifier (and with ``classify.ensemble`` their average) fitted on ``data``'s
     training rows, scored on its test rows, reported into ``out_dir``."""
-    results, fits = [], []
+    results, fits, scored = [], [], []
     for name in config.classify.classifiers:
         fitted = fit_learner(name, data, config)
-        result = make_result(config, data, name, fitted, scores_on_test(fitted, data, config),
-                             fitted.model.classes_)
+        scores = scores_on_test(fitted, data)
+        result = make_result(config, data, fitted, scores)
         results.append(write_result(result, out_dir / f"{config.name}-{name}", echo))
         if save_models:
             save_model(out_dir / f"{config.name}-{name}.joblib", fitted, data, config)
         fits.append(fitted)
+        scored.append(scores)
     if config.classify.ensemble:
         t0 = time.perf_counter()
-        models, probabilities = zip(*(probabilities_on_test(f, data, config) for f in fits))
+        models, probabilities = zip(*(probabilities_on_test(f, data, config, s)
+                                      for f, s in zip(fits, scored)))
         fitted, proba = average(ensemble_name(config.classify.classifiers), fits,
                                 list(probabilities), list(models),
                                 config.classify.classifiers, time.perf_counter() - t0)
-        result = make_result(config, data, fitted.name, fitted, proba, fitted.model.classes_)
+        result = make_result(config, data, fitted, proba)
         results.append(write_result(result, out_dir / f"{config.name}-ensemble", echo))
         if save_models:
             save_model(out_dir / f"{config.name}-ensemble.joblib", fitted, data, config)

@@ -15,7 +15,6 @@ import dataclasses
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,10 +24,12 @@ from featx.backbones import Backbone, BackboneError, keras_home
 from featx.classify import class_scores
 from featx.config import BackboneConfig
 from featx.dataset import IMAGE_EXTENSIONS
-from featx.images import ReadErrors, Views, crop_load_size, read_batches, ten_crops
+from featx.images import ReadErrors, Views, read_batches
 from featx.store import store_key
+from featx.variants import Variant
 
 CSV_HEADER = ("path", "rank", "label", "score", "error")
+TENCROP = Variant("tencrop", views=10)  # its reader: the 10 crops of the tencrop store
 
 
 class PredictError(ValueError):
@@ -150,21 +151,14 @@ class Predictor:
             raise PredictError(f"batch size must be at least 1, not {batch_size}")
         size = self.backbone.input_size
         views = Views()
-        if self.tencrop:
-            views = Views(count=10, load_size=crop_load_size(size),
-                          crop=partial(ten_crops, size=size))
+        if self.tencrop:  # 10-crop views read as the tencrop store reads them
+            views = TENCROP.reader(size, list(paths))
         batch = max(1, min(batch_size, len(paths) * views.count))
-        forward = self.backbone.compiled(batch)
+        forward = self.backbone.batched(batch)  # padded to one traced shape, as extraction
         errors = ReadErrors()
         feats, oks = [], []
         for _, images, ok in read_batches(list(paths), size, batch, errors, views=views):
-            n = len(images)
-            if n < batch:  # one traced shape: pad the last batch as extraction does
-                images = np.concatenate([images, np.zeros((batch - n, *images.shape[1:]),
-                                                          images.dtype)])
-            f = forward(images).numpy()[:n].reshape(n, -1)
-            f[~ok] = 0.0
-            feats.append(f)
+            feats.append(forward(images, ok).reshape(len(images), -1))
             oks.append(ok)
         if not feats:
             return np.zeros((0, 0), np.float32), np.zeros(0, bool), {}

@@ -83,9 +83,9 @@ def write_reports(result: dict[str, Any], stem: Path) -> dict[str, Path]:
     Returns the paths by kind: json, md, html, confusion, recall."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"json": _beside(stem, ".json"), "md": _beside(stem, ".md"),
-             "html": _beside(stem, ".html"), "confusion": _beside(stem, "-confusion.png"),
-             "recall": _beside(stem, "-recall.png")}
+    paths = {"json": beside(stem, ".json"), "md": beside(stem, ".md"),
+             "html": beside(stem, ".html"), "confusion": beside(stem, "-confusion.png"),
+             "recall": beside(stem, "-recall.png")}
     paths["json"].write_text(json.dumps(result, indent=2, sort_keys=True))
     names = list(result["per_class"])
     pngs = {"confusion": confusion_png(result["confusion"], names, _title(result)),
@@ -97,7 +97,7 @@ def write_reports(result: dict[str, Any], stem: Path) -> dict[str, Path]:
     return paths
 
 
-def _beside(stem: Path, suffix: str) -> Path:
+def beside(stem: Path, suffix: str) -> Path:
     # not with_suffix: a pipeline name may contain dots
     return stem.with_name(stem.name + suffix)
 
@@ -191,10 +191,7 @@ def _bar_colour(recall: float) -> str:
 
 
 def _png(fig: Any) -> bytes:
-    # the Agg canvas directly: no pyplot, no global backend state, no display needed
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
+    # a plain Figure saves through Agg by itself: no pyplot, no global backend state
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()

@@ -50,9 +50,18 @@ def store_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def safe_name(name: str) -> str:
+    """``name`` with every character but letters, digits and ``-_.`` replaced by ``_``."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
 def store_path(cache_dir: Path, dataset_name: str, backbone: str, pooling: str, key: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in dataset_name)
-    return Path(cache_dir) / f"{safe}-{backbone}-{pooling}-{key}.h5"
+    return Path(cache_dir) / f"{safe_name(dataset_name)}-{backbone}-{pooling}-{key}.h5"
+
+
+def shard_dir(store: Path, content_key: str) -> Path:
+    """Where the Ray engine (featx.distributed) keeps the shard files of a store."""
+    return Path(store).with_name(Path(store).name + f".{content_key}.shards")
 
 
 def library_versions() -> dict[str, str]:
@@ -140,10 +149,11 @@ def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource
                 old: FeatureStore | None, blocks: BlockDir | None, paths: list[str],
                 signatures: list[str], labels: np.ndarray, label_names: list[str],
                 split: np.ndarray, attrs: dict[str, Any], compression: str = "lzf",
-                extra: dict[str, np.ndarray] | None = None) -> Path:
+                extra: dict[str, np.ndarray] | None = None) -> list[tuple[str, str]]:
     """Assemble a complete store from reused and new rows, streaming chunk by chunk, under a
     temporary name; rename it into place only when everything is written. ``extra``: more
-    per-row datasets (e.g. a variant store's ``view``)."""
+    per-row datasets (e.g. a variant store's ``view``). Returns the skipped (path, reason)
+    pairs, sorted."""
     n = len(paths)
     row_bytes = 4 * int(np.prod(feature_shape))
     chunk_rows = int(max(1, min(n, CHUNK_BYTES // max(row_bytes, 1))))
@@ -155,7 +165,6 @@ def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource
     # Read the old store's small per-row datasets once, not per chunk or per row.
     old_reasons = dict(old.skipped) if old is not None else {}
     old_ok = old.ok if old is not None else None
-    old_paths = old.paths if old is not None else None
     with h5py.File(tmp, "w") as f:
         feats = f.create_dataset("features", (n, *feature_shape), np.float32,
                                  chunks=(chunk_rows, *feature_shape), compression=comp,
@@ -179,10 +188,10 @@ def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource
                 ok_all[start + i] = bool(b["ok"][j])
                 if not b["ok"][j]:
                     skipped.append((paths[start + i], str(b["reasons"][j])))
-            for i in reuse:
+            for i in reuse:  # a reused row has the same path in the old store
                 if not ok_all[start + i]:
-                    rel = old_paths[old_rows[i]]
-                    skipped.append((paths[start + i], old_reasons.get(rel, "unreadable")))
+                    rel = paths[start + i]
+                    skipped.append((rel, old_reasons.get(rel, "unreadable")))
             feats[start:stop] = block
             digest.update(np.ascontiguousarray(block).tobytes())
         write_columns(f, labels=labels, paths=paths, signatures=signatures,
@@ -191,7 +200,7 @@ def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource
     if old is not None:
         old.close()  # the old store is replaced below; nothing reads it any more
     os.replace(tmp, path)  # atomic: a store under its final name is complete
-    return path
+    return sorted(skipped)
 
 
 def write_columns(f: h5py.File, *, labels, paths, signatures, label_names, split, ok,
@@ -317,12 +326,15 @@ class FeatureStore:
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (row indices, features) chunk by chunk, so no more than a chunk is in memory."""
         ds, step = self.file["features"], self.rows_per_read
-        wanted = np.arange(len(self)) if rows is None else np.sort(np.asarray(rows))
-        for start in range(0, len(self), step):
-            sel = wanted[(wanted >= start) & (wanted < start + step)]
-            if len(sel):
-                block = ds[start:min(start + step, len(self))]
-                yield sel, block[sel - start]
+        n = len(self)
+        wanted = np.arange(n) if rows is None else np.sort(np.asarray(rows))
+        # only the blocks holding wanted rows: bounds[b]:bounds[b + 1] are block b's rows
+        bounds = np.searchsorted(wanted, np.arange(0, n + step, step))
+        for b in np.flatnonzero(np.diff(bounds)):
+            sel = wanted[bounds[b]:bounds[b + 1]]
+            start = int(b) * step
+            block = ds[start:min(start + step, n)]
+            yield sel, block[sel - start]
 
     def features(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Features of ``rows`` (all rows by default, ascending), flattened to 2-D float32."""

@@ -234,3 +234,20 @@ def test_settings_that_cannot_work_are_errors(tiny_root, make_config, tmp_path, 
                  "--input-size", "32", "--cache-dir", str(tmp_path), "--set", "dataset.val=0",
                  "--set", "finetune.holdout=0"]) == 2
     assert "finetune.holdout" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_epochs_zero_trains_the_head_only(tiny_images):
+    """finetune.epochs = 0 (README: "0: the head only") warms the head up and stops there."""
+    config, data = tiny_images
+    settings = dataclasses.replace(config.finetune, epochs=0)
+    model = FineTuner(config.backbone, settings, len(data.label_names),
+                      backbone_seed=config.dataset.seed, batch_size=8)
+    before = weights_by_variable(model.base)
+    model.fit(data.images[TRAIN], data.labels[TRAIN], data.images[VAL], data.labels[VAL])
+    assert {row["phase"] for row in model.history} == {"warmup"}
+    for name, value in weights_by_variable(model.base).items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+    assert 0.0 <= model.val_accuracy <= 1.0
+    assert model.predict_proba(data.images[TEST]).shape == (len(data.labels[TEST]),
+                                                            len(data.label_names))
