@@ -59,6 +59,11 @@ def _specs() -> dict[str, BackboneSpec]:
 
 
 REGISTRY: dict[str, BackboneSpec] = _specs()
+# keras.applications refuses smaller inputs (the Inception stems shrink them below 1 pixel).
+MIN_INPUT_SIZE = {"inception_v3": 75, "xception": 71, "inception_resnet_v2": 75}
+# Past this the activations of one batch outgrow memory (an input of 100,000 pixels was
+# killed at 22 GB here), and ImageNet CNNs were trained at 224-600 pixels.
+MAX_INPUT_SIZE = 1024
 
 
 class BackboneError(ValueError):
@@ -108,6 +113,10 @@ class Backbone:
             raise BackboneError(f"unknown precision {config.precision!r}; "
                                 f"valid: {', '.join(PRECISIONS)}")
         self.input_size = config.input_size or self.spec.input_size
+        low = MIN_INPUT_SIZE.get(self.spec.module, 32)
+        if not low <= self.input_size <= MAX_INPUT_SIZE:
+            raise BackboneError(f"backbone.input_size = {self.input_size}: {self.spec.name} "
+                                f"takes {low} to {MAX_INPUT_SIZE} pixels")
         self.layers = parse_layers(config.layer)
         if len(self.layers) > 1 and config.pooling == "none":
             raise BackboneError(f"backbone.layer names {len(self.layers)} layers: their maps "

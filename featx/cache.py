@@ -11,7 +11,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from featx.store import FeatureStore, StoreError, shard_dir
+from featx.layout import (
+    STORE_SUFFIX,
+    belongings,
+    parse_store_name,
+    partial_dirs,
+    partial_key,
+    runs_dir,
+    shard_dir,
+    store_files,
+)
+from featx.store import FeatureStore, StoreError
 
 
 @dataclass
@@ -28,43 +38,57 @@ class Entry:
 def entries(cache_dir: Path) -> list[Entry]:
     """Every store and unfinished extraction under ``cache_dir``."""
     out = []
-    for path in sorted(Path(cache_dir).glob("*.h5")):
+    for path in store_files(cache_dir):
+        name = parse_store_name(path.name)
         try:
             with h5py.File(path, "r") as f:
                 a = f.attrs
-                key = str(a.get("key", "?"))
+                key = str(a.get("key", name.key))
                 # A store made on Ray may be a virtual dataset over its shard files.
                 shards = shard_dir(path, key).glob("shard-*.h5")
                 size = path.stat().st_size + sum(p.stat().st_size for p in shards)
-                out.append(Entry(path, key, str(a.get("dataset", "?")),
-                                 str(a.get("backbone", "?")), int(f["features"].shape[0]),
-                                 size, bool(a.get("complete", False))))
+                out.append(Entry(path, key, str(a.get("dataset", name.dataset)),
+                                 str(a.get("backbone", name.backbone)),
+                                 int(f["features"].shape[0]), size,
+                                 bool(a.get("complete", False))))
         except (OSError, KeyError):
-            out.append(Entry(path, "?", "?", "?", 0, path.stat().st_size, False))
-    for partial in sorted(Path(cache_dir).glob("*.h5.*.partial")):
+            out.append(Entry(path, name.key, name.dataset, name.backbone, 0,
+                             path.stat().st_size, False))
+    for partial in partial_dirs(cache_dir):
         blocks = list(partial.glob("block-*.npz"))
         try:
             meta = json.loads((partial / "meta.json").read_text())
             rows = min(len(blocks) * int(meta["block_rows"]), int(meta["rows"]))
         except (OSError, ValueError, KeyError):
             rows = 0
-        key = partial.name.rsplit(".", 2)[-2]
-        dataset, backbone = partial.name.split("-")[0], partial.name.split("-")[1]
-        out.append(Entry(partial, key, dataset, backbone, rows,
+        name = parse_store_name(partial.name)
+        out.append(Entry(partial, partial_key(partial), name.dataset, name.backbone, rows,
                          sum(b.stat().st_size for b in blocks), False))
     return out
 
 
-def find(cache_dir: Path, key: str) -> Entry:
-    """The one entry whose content key, settings key or file name starts with ``key``."""
-    matches = [e for e in entries(cache_dir)
-               if e.key.startswith(key) or e.path.name.startswith(key)
-               or (e.path.suffix == ".h5" and e.path.stem.rsplit("-", 1)[-1].startswith(key))]
+def find(cache_dir: Path, key: str, exact: bool = False) -> Entry:
+    """The one entry whose content key, settings key or file name starts with ``key`` (with
+    ``exact``: is ``key``, as ``featx cache rm`` asks, so that no prefix deletes by chance)."""
+    key = key.strip()
+    if not key:
+        raise StoreError("an empty key names no store (featx cache ls lists them)")
+
+    def names(e: Entry) -> list[str]:
+        return [e.key, e.path.name, e.path.stem]
+
+    every = entries(cache_dir)
+    matches = [e for e in every if key in names(e)]
+    if not exact and not matches:
+        matches = [e for e in every if any(n.startswith(key) for n in names(e))]
     if not matches:
-        raise StoreError(f"no store with key {key!r} in {cache_dir} (featx cache ls lists them)")
+        hint = ("; give the whole key or file name, as `featx cache ls` prints it"
+                if exact and any(any(n.startswith(key) for n in names(e)) for e in every)
+                else " (featx cache ls lists them)")
+        raise StoreError(f"no store with key {key!r} in {cache_dir}{hint}")
     if len(matches) > 1:
-        names = ", ".join(e.path.name for e in matches)
-        raise StoreError(f"key {key!r} matches several entries: {names}")
+        listed = ", ".join(e.path.name for e in matches)
+        raise StoreError(f"key {key!r} matches several entries: {listed}")
     return matches[0]
 
 
@@ -74,13 +98,15 @@ def info(path: Path) -> dict:
         attrs = store.attrs
         attrs["rows"] = len(store)
         attrs["skipped"] = store.skipped
+        attrs["duplicates"] = store.duplicates
         attrs["label_names"] = store.label_names
     return attrs
 
 
 def verify(path: Path) -> list[str]:
-    """Problems found in a store (empty: it is sound). Reads every chunk, so HDF5's Fletcher-32
-    checksums are checked, and compares the content hash recorded at writing."""
+    """Problems found in a store (empty: it is sound): row counts, the column checksum (on
+    opening), every feature block's checksum and HDF5's Fletcher-32 (by reading them all),
+    and the whole-features checksum recorded at writing."""
     try:
         store = FeatureStore(path)
     except StoreError as e:
@@ -95,22 +121,21 @@ def verify(path: Path) -> list[str]:
         try:
             for _, block in store.iter_chunks():
                 digest.update(np.ascontiguousarray(block).tobytes())
-        except OSError as e:
-            return problems + [f"features unreadable (checksum or I/O error): {e}"]
-        recorded = store.attrs.get("features_sha256")
-        if recorded and recorded != digest.hexdigest():
+        except StoreError as e:
+            return problems + [str(e)]
+        if store.attrs.get("features_sha256") != digest.hexdigest():
             problems.append("features do not match the checksum recorded when written")
+        if not problems:
+            store.mark_verified()
     return problems
 
 
 def remove(entry: Entry) -> list[Path]:
     """Delete a store (or unfinished extraction) with its lock and results; return what went."""
     gone = []
-    related = [entry.path, Path(str(entry.path) + ".lock"),
-               entry.path.with_name(entry.path.stem + ".runs")]
-    if entry.path.suffix == ".h5":
-        related += list(entry.path.parent.glob(entry.path.name + ".*.partial"))
-        related += list(entry.path.parent.glob(entry.path.name + ".*.shards"))  # ray engine
+    related = [entry.path]
+    if entry.path.suffix == STORE_SUFFIX:  # partial and shard folders, results
+        related = [*belongings(entry.path), runs_dir(entry.path)]
     for p in related:
         if p.is_dir():
             shutil.rmtree(p)

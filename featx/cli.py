@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help="check row counts, completeness and checksums")
     p.add_argument("keys", nargs="*", help="default: every store")
     p = cache_sub.add_parser("rm", parents=[cache_dir], help="remove stores and their results")
-    p.add_argument("keys", nargs="+")
+    p.add_argument("keys", nargs="*", help="whole keys or file names, as `featx cache ls` "
+                   "prints them (no prefixes)")
+    p.add_argument("--all", action="store_true", help="every store and unfinished extraction")
     p = sub.add_parser("predict", help="label images with a saved model (top-k)",
                        description="Rebuild the backbone a saved model was trained on, read "
                        "the images as extraction does and print the top-k labels per image.")
@@ -201,6 +203,10 @@ def _dispatch(args: argparse.Namespace) -> int:
                     print(f"  skipped {path}: {reason}")
                 if len(r.skipped) > 10:
                     print(f"  ... and {len(r.skipped) - 10} more (featx cache info {r.key})")
+            if r.duplicates:
+                print(f"featx: {len(r.duplicates)} image(s) have the same bytes as another "
+                      f"image, e.g. {r.duplicates[0][0]} = {r.duplicates[0][1]} (featx cache "
+                      f"info {r.key} lists them)")
         return 0
     if args.command == "classify":
         from pathlib import Path
@@ -235,6 +241,7 @@ def _cache(args: argparse.Namespace) -> int:
     import json
 
     from featx import cache
+    from featx.store import StoreError
 
     folder = Config(cache_dir=args.cache_dir or "").cache_path
     if args.cache_command == "ls":
@@ -261,8 +268,13 @@ def _cache(args: argparse.Namespace) -> int:
                   + "".join(f"\n     {p}" for p in problems))
         return 1 if bad else 0
     if args.cache_command == "rm":
-        for key in args.keys:
-            for path in cache.remove(cache.find(folder, key)):
+        if args.all == bool(args.keys):
+            raise StoreError("featx cache rm takes whole keys or --all (not both, not neither)")
+        # every key is checked before anything is removed
+        targets = cache.entries(folder) if args.all else \
+            [cache.find(folder, key, exact=True) for key in args.keys]
+        for entry in targets:
+            for path in cache.remove(entry):
                 print(f"removed {path}")
         return 0
     raise AssertionError(args.cache_command)

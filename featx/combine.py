@@ -129,12 +129,12 @@ def classify_combined(config: Config, echo=print) -> list[dict[str, Any]]:
     """Classify with a ``[combine]`` pipeline; results (JSON, Markdown, HTML) go beside the
     first member's store (or into ``--out``). Models are not saved: predicting would need
     every member's features."""
-    from featx.extract import locate_store
+    from featx.extract import find_store
 
     check_ensemble(config)
     ms = members(config)
     labels = [m.name for m in ms]
-    stores = [locate_store(m) for m in ms]
+    stores = [find_store(m).path for m in ms]
     out_dir = results_dir(config, stores[0])
     if config.combine.mode == "fuse":
         data = fuse([load_splits(m, st) for m, st in zip(ms, stores)], labels)

@@ -180,7 +180,9 @@ class Config:
             valid = ", ".join(sorted(fields))
             raise ConfigError(f"{source}: unknown field {dotted!r} (valid here: {valid})")
         current = getattr(target, name)
-        setattr(target, name, _coerce(value, current, dotted, source))
+        value = _coerce(value, current, dotted, source)
+        _check_limits(dotted, value, source)
+        setattr(target, name, value)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -195,6 +197,29 @@ class Config:
 
 class ConfigError(ValueError):
     """A pipeline file or override that cannot be used."""
+
+
+# Numeric fields with bounds (inclusive; None: unbounded), checked as each value is set, so
+# that a bad value fails before any image is read or any folder is made.
+LIMITS: dict[str, tuple[float | None, float | None]] = {
+    "extract.batch_size": (1, 4096),
+    "extract.augment": (0, 1000),
+    "extract.shard_rows": (1, None),
+    "backbone.input_size": (0, None),  # 0: native; the backbone checks its own range
+    "classify.cv": (2, None),
+    "finetune.batch_size": (1, 4096),
+    "finetune.warmup_epochs": (0, None),
+    "finetune.epochs": (0, None),
+    "finetune.unfreeze": (0, None),
+    "finetune.patience": (0, None),
+}
+
+
+def _check_limits(dotted: str, value: Any, source: str) -> None:
+    low, high = LIMITS.get(dotted, (None, None))
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"at least {low}" if high is None else f"from {low} to {high}"
+        raise ConfigError(f"{source}: {dotted} = {value} is out of range ({bounds})")
 
 
 def _coerce(value: Any, current: Any, dotted: str, source: str) -> Any:

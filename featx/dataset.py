@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,10 +98,15 @@ def _from_folder(root: Path, name: str) -> Dataset:
 
 
 def _from_csv(manifest: Path, root: Path | None, name: str) -> Dataset:
+    """Relative paths are relative to the CSV's folder; every image must lie under the
+    dataset root (``root``, else the CSV's folder), whether named relatively or absolutely.
+    The same file twice is one row when both rows give it the same label, an error when not."""
     if not manifest.is_file():
         raise DatasetError(f"manifest not found: {manifest}")
+    base = manifest.parent.resolve()
     root = (root or manifest.parent).resolve()
-    rows: list[tuple[str, str]] = []
+    rows: dict[str, tuple[str, int]] = {}  # relative path -> label, line
+    repeated = 0
     with manifest.open(newline="") as f:
         for line_no, row in enumerate(csv.reader(f), 1):
             header = [c.strip().lower() for c in row[:2]] == ["path", "label"]
@@ -108,21 +114,33 @@ def _from_csv(manifest: Path, root: Path | None, name: str) -> Dataset:
                 continue
             if len(row) < 2:
                 raise DatasetError(f"{manifest}:{line_no}: expected path,label, got {row!r}")
-            path = Path(row[0].strip())
+            path = (base / row[0].strip()).resolve()
             try:
-                rel = path.relative_to(root) if path.is_absolute() else path
+                rel = path.relative_to(root).as_posix()
             except ValueError:
-                raise DatasetError(f"{manifest}:{line_no}: {path} is not under the dataset "
-                                   f"root {root}") from None
-            if not (root / rel).is_file():
-                raise DatasetError(f"{manifest}:{line_no}: image not found: {root / rel}")
-            rows.append((rel.as_posix(), row[1].strip()))
+                raise DatasetError(f"{manifest}:{line_no}: {row[0].strip()} is not under the "
+                                   f"dataset root {root}") from None
+            if not path.is_file():
+                raise DatasetError(f"{manifest}:{line_no}: image not found: {path}")
+            label = row[1].strip()
+            if rel in rows:
+                first_label, first_line = rows[rel]
+                if first_label != label:
+                    raise DatasetError(f"{manifest}:{line_no}: {rel} is listed again with label "
+                                       f"{label!r}, and with {first_label!r} at line "
+                                       f"{first_line}: one image, one label")
+                repeated += 1
+                continue
+            rows[rel] = (label, line_no)
     if not rows:
         raise DatasetError(f"{manifest}: no rows")
-    rows.sort()
-    label_names = sorted({label for _, label in rows})
+    if repeated:
+        print(f"featx: warning: {manifest}: {repeated} row(s) repeat an earlier row with the "
+              "same label; each image is used once", file=sys.stderr)
+    paths = sorted(rows)
+    label_names = sorted({label for label, _ in rows.values()})
     index = {n: i for i, n in enumerate(label_names)}
-    return Dataset(root, [p for p, _ in rows], np.asarray([index[lb] for _, lb in rows], np.int32),
+    return Dataset(root, paths, np.asarray([index[rows[p][0]] for p in paths], np.int32),
                    label_names, name or manifest.stem)
 
 

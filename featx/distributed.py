@@ -20,7 +20,6 @@ Search (``classify.engine = "ray"``): the grid search runs through joblib's Ray 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -46,6 +45,8 @@ from featx.extract import (
 from featx.store import (
     CHUNK_BYTES,
     STRING,
+    VIRTUAL_READ_ROWS,
+    FeatureDigest,
     FeatureStore,
     RowSource,
     shard_dir,
@@ -359,13 +360,13 @@ def _write_virtual(path: Path, shards: ShardDir, *, feature_shape: tuple[int, ..
 
     n = len(paths)
     layout = h5py.VirtualLayout((n, *feature_shape), np.float32)
-    digest = hashlib.sha256()
+    digest = FeatureDigest(VIRTUAL_READ_ROWS)
     ok_all = np.ones(n, bool)
     skipped: list[tuple[str, str]] = []
     for s in range(shards.n_shards):
         start, stop = shards.bounds(s)
         part = shards.load(s)  # read back: checks every chunk before the store is published
-        digest.update(np.ascontiguousarray(part["features"]).tobytes())
+        digest.update(part["features"])
         ok_all[start:stop] = part["ok"]
         skipped += [(paths[start + i], str(part["reasons"][i]))
                     for i in np.flatnonzero(~part["ok"])]
@@ -379,7 +380,7 @@ def _write_virtual(path: Path, shards: ShardDir, *, feature_shape: tuple[int, ..
         f.create_virtual_dataset("features", layout, fillvalue=np.nan)
         write_columns(f, labels=labels, paths=paths, signatures=signatures,
                       label_names=label_names, split=split, ok=ok_all, skipped=skipped,
-                      attrs=attrs, features_sha256=digest.hexdigest())
+                      attrs=attrs, digest=digest)
     os.replace(tmp, path)
 
 

@@ -8,6 +8,8 @@ interrupted extraction resumes from its last finished block.
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 from tqdm import tqdm
@@ -23,14 +26,23 @@ from featx.backbones import Backbone
 from featx.config import Config
 from featx.dataset import TRAIN, Dataset, load_dataset, manifest_digest, stratified_split
 from featx.images import RESIZE_POLICY, ReadErrors, read_batches
+from featx.layout import (
+    STORE_SUFFIX,
+    belongings,
+    lock_path,
+    parse_store_name,
+    partial_dirs,
+    store_path,
+)
 from featx.store import (
+    STRING,
     BlockDir,
     FeatureStore,
     RowSource,
     StoreError,
     library_versions,
+    rewrite_split,
     store_key,
-    store_path,
     write_store,
 )
 from featx.variants import PLAIN, Variant, get_variant
@@ -55,6 +67,8 @@ class ExtractResult:
     images_per_second: float = 0.0  # steady state: after the first batch (graph tracing)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     device: str = ""  # where the model ran ("CPU", "GPU:0 <name>"); empty on a cache hit
+    # (path, path of an earlier image with the same bytes): duplicate files in the dataset
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
 
 
 def feature_settings(backbone: Backbone, variant: Variant = PLAIN) -> dict:
@@ -74,6 +88,7 @@ class Plan:
     variant: Variant = PLAIN
     images: np.ndarray | None = None  # the dataset rows the store covers (None: all)
     split: np.ndarray | None = None  # the split of every dataset image
+    manifest: str = ""  # featx.dataset.manifest_digest of the dataset as it is now
 
     @cached_property
     def row_image(self) -> np.ndarray:
@@ -88,29 +103,27 @@ class Plan:
         return np.tile(np.arange(per), len(self.row_image) // per)
 
 
-def _locate(config: Config, variant: str = "plain"
-            ) -> tuple[Dataset, Backbone, Variant, dict, Path]:
-    """The dataset, backbone, variant, settings (with their ``settings_key``) and store path
-    of a config: the path depends on the settings only, not on the images' contents."""
+def _settings(config: Config, variant: str = "plain"
+              ) -> tuple[Dataset, Backbone, Variant, dict]:
+    """The dataset, backbone, variant and settings (with their ``settings_key``) of a config."""
     dataset = load_dataset(config.dataset)
     backbone = Backbone(config.backbone, seed=config.dataset.seed)
     if config.dataset.hash not in ("stat", "content"):
         raise StoreError(f"dataset.hash must be stat or content, not {config.dataset.hash!r}")
     v = get_variant(config, variant)
     settings = feature_settings(backbone, v)
-    settings_key = store_key(settings)
-    path = store_path(config.cache_path, dataset.name + v.suffix, backbone.spec.name,
-                      config.backbone.pooling, settings_key)
-    return dataset, backbone, v, {**settings, "settings_key": settings_key}, path
+    return dataset, backbone, v, {**settings, "settings_key": store_key(settings)}
 
 
 def plan(config: Config, variant: str = "plain") -> Plan:
     """Read the dataset and work out which store this config needs (no model work);
-    ``variant`` names a variant store (featx/variants.py) instead of the plain one."""
-    dataset, backbone, v, settings, path = _locate(config, variant)
+    ``variant`` names a variant store (featx/variants.py) instead of the plain one. The
+    store is named by its content key (featx/layout.py): what it holds, not where from."""
+    dataset, backbone, v, settings = _settings(config, variant)
     signatures = dataset.signatures(content=config.dataset.hash == "content")
-    content = {"settings": settings["settings_key"],
-               "manifest": manifest_digest(dataset, signatures), "hash": config.dataset.hash}
+    manifest = manifest_digest(dataset, signatures)
+    content = {"settings": settings["settings_key"], "manifest": manifest,
+               "hash": config.dataset.hash}
     split = stratified_split(dataset.labels, config.dataset.val, config.dataset.test,
                              config.dataset.seed)
     images = None
@@ -118,17 +131,109 @@ def plan(config: Config, variant: str = "plain") -> Plan:
         images = np.flatnonzero(split == TRAIN)
         content["split"] = _split_attr(config)
     key = store_key(content)
-    return Plan(dataset, backbone, path, settings, key, signatures, v, images, split)
+    path = store_path(config.cache_path, dataset.name + v.suffix, backbone.spec.name,
+                      config.backbone.pooling, key)
+    # The same images under another folder name: the store made under that name holds them.
+    same = [q for q in config.cache_path.glob(f"*-{key}{STORE_SUFFIX}") if q != path]
+    if same and not path.exists():
+        path = same[0]
+    return Plan(dataset, backbone, path, settings, key, signatures, v, images, split, manifest)
 
 
 def locate_store(config: Config) -> Path:
-    """The plain store's path, without reading the images (no stat, no hash)."""
-    return _locate(config)[4]
+    """Where the plain store of ``config``'s data as it is now is (or would be)."""
+    return plan(config).path
+
+
+def find_store(config: Config, variant: str = "plain") -> Plan:
+    """The plan of the store that holds the data named by ``config`` as it is now, for the
+    commands that read stores; a StoreError saying what changed when there is none."""
+    p = plan(config, variant)
+    if p.path.is_file():
+        return p
+    if partial_dirs(p.path.parent, p.path):
+        raise StoreError(f"the extraction of {p.dataset.root} into {p.path} is unfinished: "
+                         "run `featx extract` to resume it")
+    raise StoreError(mismatch(p.dataset, p.signatures, _candidates(p), p.path.parent))
+
+
+def check_store_matches(config: Config, store: Path) -> None:
+    """Refuse ``store`` (given by path, with whatever settings it has) unless it holds the
+    images ``config`` names as they are now; a config without a dataset names none."""
+    if not (config.dataset.root or config.dataset.manifest):
+        return
+    with FeatureStore(store) as given:
+        recorded, mode = given.attrs.get("manifest"), given.attrs.get("hash", "stat")
+    dataset = load_dataset(config.dataset)
+    signatures = dataset.signatures(content=mode == "content")
+    if manifest_digest(dataset, signatures) != recorded:
+        raise StoreError(mismatch(dataset, signatures, [Path(store)]))
+
+
+def mismatch(d: Dataset, signatures: list[str], candidates: list[Path],
+             cache_dir: Path | None = None) -> str:
+    """One line: no store holds dataset ``d`` as it is now, and what changed since the
+    closest of ``candidates`` (stores of earlier versions)."""
+    where = f"{d.root} (dataset {d.name!r})"
+    if not candidates:
+        return (f"no feature store for {where} with these settings in {cache_dir}: run "
+                "`featx extract` first")
+    try:
+        with FeatureStore(candidates[0]) as old:
+            before = {path: (old.label_names[label], sig) for path, label, sig
+                      in zip(old.paths, old.labels, old.signatures)}
+            old_classes = set(old.label_names)
+    except StoreError as e:
+        return f"{e} (no store matches {where})"
+    now = {path: (d.label_names[label], sig)
+           for path, label, sig in zip(d.paths, d.labels, signatures)}
+    changes = []
+    for what, names in (("added", set(d.label_names) - old_classes),
+                        ("removed", old_classes - set(d.label_names))):
+        if names:
+            changes.append(f"{_count(len(names), 'class', 'classes')} {what} "
+                           f"({', '.join(sorted(names)[:5])})")
+    for what, paths in (("added", now.keys() - before.keys()),
+                        ("removed", before.keys() - now.keys()),
+                        ("changed", {q for q in now.keys() & before.keys()
+                                     if now[q] != before[q]})):
+        if paths:
+            changes.append(f"{_count(len(paths), 'image', 'images')} {what} "
+                           f"(e.g. {sorted(paths)[0]})")
+    if not changes:  # same files; other signature mode or split of a variant store
+        changes.append("recorded with other settings")
+    return (f"{candidates[0]} does not hold {where} as it is now: {'; '.join(changes)}; run "
+            "`featx extract` to update it")
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _candidates(p: Plan) -> list[Path]:
+    """Complete stores of earlier versions of ``p``'s dataset with the same settings: those
+    made from the same folder first, then the newest."""
+    prefix = p.path.name[:-len(parse_store_name(p.path.name).key) - len(STORE_SUFFIX)]
+    found = []
+    for path in p.path.parent.glob(prefix + "*" + STORE_SUFFIX):
+        if path == p.path or parse_store_name(path.name).dataset != \
+                parse_store_name(p.path.name).dataset:
+            continue
+        try:
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("settings_key") != p.settings["settings_key"] or \
+                        not f.attrs.get("complete", False):
+                    continue
+                same_root = f.attrs.get("root") == str(p.dataset.root)
+        except OSError:
+            continue
+        found.append((not same_root, -path.stat().st_mtime, path))
+    return [path for *_, path in sorted(found)]
 
 
 def extract(config: Config, progress: bool = True, variant: str = "plain") -> ExtractResult:
     """Make sure the feature store for ``config`` (or its ``variant`` store) exists, is
-    complete and matches the dataset as it is now; return where it is."""
+    complete, sound and matches the dataset as it is now; return where it is."""
     run = _run
     if config.extract.engine != "local":  # the same store, built on a Ray cluster
         from featx.distributed import check_engine, run_on_ray
@@ -139,30 +244,110 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
                                f"not the {variant!r} store: use extract.engine = \"local\"")
         run = run_on_ray
     p = plan(config, variant)
-    p.path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(p.path) + ".lock")
+    duplicates = duplicate_files(p.dataset, p.signatures)
+    lock = FileLock(str(lock_path(p.path)))
     try:
+        p.path.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
     except Timeout:
         print(f"featx: another extraction is writing {p.path}; waiting for it", file=sys.stderr)
         lock.acquire()
+    except OSError as e:  # a read-only cache folder serves cache hits, unlocked: stores are
+        result = _cache_hit(p, config)  # only ever replaced whole, by a rename
+        if result is None:
+            raise StoreError(f"cannot write to the cache folder {p.path.parent} "
+                             f"({e.strerror or e}): the store for {p.dataset.root} needs "
+                             "extracting; choose a writable --cache-dir") from None
+        return _finish(result, config, p, duplicates)
     try:
-        old = _open_old(p)
-        if old is not None and old.file.attrs.get("key") == p.key:
-            skipped = old.skipped
-            _update_split(old, p.split[p.row_image], config)  # closes old
-            rows = len(p.row_image)
-            result = ExtractResult(p.path, p.key, cache_hit=True, rows=rows, reused=rows,
-                                   skipped=sorted(set(skipped)))
-        else:
+        result = _cache_hit(p, config)
+        if result is None:
+            old = _open_old(p)
+            superseded = old.path if old is not None and old.path != p.path and \
+                old.file.attrs.get("root") == str(p.dataset.root) else None
             result = run(config, p, p.split, old, progress)
+            _note_duplicates(p.path, duplicates)
+            if superseded is not None:  # the previous version of this very folder's store
+                for path in belongings(superseded):
+                    _delete(path)
     finally:
         lock.release()
+    return _finish(result, config, p, duplicates)
+
+
+def _finish(result: ExtractResult, config: Config, p: Plan,
+            duplicates: list[tuple[str, str]]) -> ExtractResult:
+    result.duplicates = duplicates
     if result.skipped and config.extract.strict:
         listing = "\n".join(f"  {path}: {reason}" for path, reason in result.skipped[:20])
         raise ExtractError(f"{len(result.skipped)} unreadable image(s) under "
                            f"{p.dataset.root} (--strict):\n{listing}")
     return result
+
+
+def _cache_hit(p: Plan, config: Config) -> ExtractResult | None:
+    """The result of a cache hit on ``p``, or None: no store yet, or a damaged one (which
+    the extraction then replaces)."""
+    if not p.path.is_file():
+        return None
+    try:
+        with FeatureStore(p.path) as store:
+            if store.file.attrs.get("key") != p.key:
+                return None
+            store.verify_once()  # checks every feature block, once per file version
+            skipped = store.skipped
+    except StoreError as e:
+        print(f"featx: warning: {e}; extracting afresh", file=sys.stderr)
+        return None
+    _update_split(p.path, p.split[p.row_image], config)
+    rows = len(p.row_image)
+    return ExtractResult(p.path, p.key, cache_hit=True, rows=rows, reused=rows,
+                         skipped=sorted(set(skipped)))
+
+
+def duplicate_files(dataset: Dataset, signatures: list[str]) -> list[tuple[str, str]]:
+    """(path, path of an earlier image with the same bytes) for every image whose bytes
+    repeat another's. Only images that share a size are read (a stat signature carries it);
+    content signatures are hashes already."""
+    by_size: dict[str, list[int]] = {}
+    for i, sig in enumerate(signatures):
+        by_size.setdefault(sig if sig.startswith("sha256:") else sig.split(":")[0], []).append(i)
+    out = []
+    for rows in by_size.values():
+        if len(rows) < 2:
+            continue
+        first_of: dict[str, int] = {}
+        for i in rows:
+            sig = signatures[i]
+            if not sig.startswith("sha256:"):
+                try:
+                    sig = hashlib.sha256(Path(dataset.absolute(i)).read_bytes()).hexdigest()
+                except OSError:
+                    continue
+            if sig in first_of:
+                out.append((dataset.paths[i], dataset.paths[first_of[sig]]))
+            else:
+                first_of[sig] = i
+    return sorted(out)
+
+
+def _note_duplicates(store: Path, duplicates: list[tuple[str, str]]) -> None:
+    """Record the duplicates in the new store, where ``featx cache info`` shows them, and
+    the store as verified: its writer computed its checksums a moment ago."""
+    with h5py.File(store, "r+") as f:
+        if "duplicates" in f:
+            del f["duplicates"]
+        f.create_dataset("duplicates", data=np.asarray(duplicates, dtype=object).reshape(-1, 2),
+                         dtype=STRING)
+    with FeatureStore(store) as written:
+        written.mark_verified()
+
+
+def _delete(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def extract_all(config: Config, progress: bool = True) -> Iterator[ExtractResult]:
@@ -178,36 +363,31 @@ def extract_all(config: Config, progress: bool = True) -> Iterator[ExtractResult
 
 
 def _open_old(p: Plan) -> FeatureStore | None:
-    """The complete store already at this path, if it was made with the same settings."""
-    if not p.path.exists():
-        return None
-    try:
-        old = FeatureStore(p.path)
-    except StoreError as e:
-        print(f"featx: ignoring unusable store ({e}); extracting afresh", file=sys.stderr)
-        return None
-    if old.file.attrs.get("settings_key") != p.settings["settings_key"]:
-        old.close()  # same file name, other settings: a hash collision or a tampered file
-        return None
-    return old
+    """The complete, sound store of an earlier version of this dataset with the same
+    settings, to reuse the rows of unchanged images from (None: extract every row)."""
+    for path in _candidates(p):
+        try:
+            return FeatureStore(path)
+        except StoreError as e:
+            print(f"featx: warning: ignoring unusable store ({e})", file=sys.stderr)
+    return None
 
 
-def _update_split(old: FeatureStore, split: np.ndarray, config: Config) -> None:
-    """A split change needs no new features: rewrite the split in the complete store
-    (``old``, open read-only, is closed here and reopened to write only if it changed)."""
-    import h5py
-
-    with old:
-        same = np.array_equal(old.split, split) and old.file.attrs["split"] == _split_attr(config)
+def _update_split(path: Path, split: np.ndarray, config: Config) -> None:
+    """A split change needs no new features: rewrite the split in the complete store."""
+    with FeatureStore(path) as store:
+        same = np.array_equal(store.split, split) and \
+            store.file.attrs["split"] == _split_attr(config)
     if not same:
-        with h5py.File(old.path, "r+") as f:
-            f["split"][:] = split
-            f.attrs["split"] = _split_attr(config)
+        rewrite_split(path, split, _split_attr(config))
+        with FeatureStore(path) as store:  # its features were verified just before
+            store.mark_verified()
 
 
 def store_attrs(config: Config, p: Plan) -> dict:
     """The attributes of the store ``p`` (both engines write the same ones)."""
-    return {**p.settings, "key": p.key, "dataset": p.dataset.name,
+    return {**p.settings, "key": p.key, "dataset": p.dataset.name, "root": str(p.dataset.root),
+            "manifest": p.manifest,
             "split": _split_attr(config), "hash": config.dataset.hash,
             "pipeline": config.to_json(), "versions": library_versions()}
 

@@ -63,18 +63,15 @@ def load_splits(config: Config, store_path: Path) -> Splits:
                   if variant in ("plain", "augmented")}
     if all(variant == "plain" for variant in source.values()):
         return data
-    from featx.extract import plan
+    from featx.extract import find_store
     from featx.variants import check, read_rows
 
     check(config)
     variant_paths = {}
     for variant in dict.fromkeys(v for v in source.values() if v != "plain"):
-        p = plan(config, variant)
+        p = find_store(config, variant)
         with FeatureStore(p.path) as store:
             _check_split(store, config)
-            if store.attrs.get("key") != p.key:
-                raise StoreError(f"{p.path}: the {variant} store is out of date with the "
-                                 "dataset; run `featx extract` again")
         variant_paths[variant] = p.path
     for s, variant in source.items():
         if variant == "plain":
@@ -102,8 +99,25 @@ def _index(store: FeatureStore, config: Config) -> Splits:
     _check_split(store, config)
     labels, split, ok, all_paths = store.labels, store.split, store.ok, store.paths
     rows = {s: np.flatnonzero((split == s) & ok) for s in (TRAIN, VAL, TEST)}
-    if not len(rows[TEST]):
+    if not ok.any():
+        raise StoreError(f"{store.path}: none of its {len(ok)} images could be read "
+                         f"(featx cache info {store.attrs.get('key', '')} lists why)")
+    if not (split == TEST).any():
         raise StoreError(f"{store.path}: the split has no test rows (dataset.test = 0?)")
+    if not len(rows[TEST]):
+        raise StoreError(f"{store.path}: none of the test images could be read "
+                         f"(featx cache info {store.attrs.get('key', '')} lists why)")
+    names = store.label_names
+    if len(names) < 2:
+        raise StoreError(f"{store.path}: the dataset has one class ({names[0]!r}); "
+                         "classifying needs at least two class folders")
+    if not len(rows[VAL]):  # the grid search cross-validates on the training rows
+        counts = np.bincount(labels[rows[TRAIN]], minlength=len(names))
+        few = [f"{names[c]!r} ({counts[c]})" for c in np.flatnonzero(counts < 2)]
+        if few:
+            raise StoreError(f"{store.path}: class {', '.join(few)} has fewer than 2 readable "
+                             "training images; cross-validation needs 2 per class (add images "
+                             "or lower dataset.test)")
     return Splits(store.path, store.attrs, store.label_names, {},
                   {s: labels[r] for s, r in rows.items()},
                   {s: [all_paths[i] for i in r] for s, r in rows.items()}, rows)
@@ -223,10 +237,12 @@ def classify(config: Config, store_path: Path | None = None,
         if store_path is not None:
             raise ConfigError("a [combine] pipeline reads its members' stores: drop --store")
         return classify_combined(config, echo=echo)
-    if store_path is None:
-        from featx.extract import locate_store
+    from featx.extract import check_store_matches, find_store
 
-        store_path = locate_store(config)
+    if store_path is None:
+        store_path = find_store(config).path
+    else:
+        check_store_matches(config, store_path)
     check_ensemble(config)
     data = read_splits(config, store_path)
     out_dir = results_dir(config, store_path)

@@ -24,6 +24,7 @@ from featx.backbones import Backbone, BackboneError, keras_home
 from featx.classify import class_scores
 from featx.config import BackboneConfig
 from featx.dataset import IMAGE_EXTENSIONS
+from featx.escape import spreadsheet_cell
 from featx.images import ReadErrors, Views, read_batches
 from featx.store import store_key
 from featx.variants import Variant
@@ -230,11 +231,12 @@ def write_csv(predictions: Sequence[Prediction], out: TextIO) -> None:
     one row with its reason in ``error``."""
     w = csv.writer(out, lineterminator="\n")
     w.writerow(CSV_HEADER)
+    c = spreadsheet_cell  # paths and labels come from folder names: never formulas
     for p in predictions:
         if p.error:
-            w.writerow([p.path, "", "", "", p.error])
+            w.writerow([c(p.path), "", "", "", c(p.error)])
         for rank, (label, score) in enumerate(p.labels, 1):
-            w.writerow([p.path, rank, label, f"{score:.6f}", ""])
+            w.writerow([c(p.path), rank, c(label), f"{score:.6f}", ""])
 
 
 def run(model: str, inputs: Sequence[str], top: int = 5, csv_file: str | None = None,

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
+from featx.escape import markdown_cell
+
 TOP_PAIRS = 10  # most-confused pairs shown in the reports
 N_EXAMPLES = 3  # example test images recorded per confused pair
 
@@ -215,23 +217,24 @@ def _settings(r: dict[str, Any]) -> list[tuple[str, str]]:
 
 def markdown(r: dict[str, Any], images: dict[str, str] | None = None) -> str:
     """The Markdown report; ``images`` maps confusion/recall to PNG file names beside it."""
-    lines = [f"# {r['pipeline']}: {r['classifier']}", ""]
-    lines += [f"- {k}: {v}" for k, v in _settings(r)]
+    m = markdown_cell
+    lines = [f"# {m(r['pipeline'])}: {m(r['classifier'])}", ""]
+    lines += [f"- {k}: {m(v)}" for k, v in _settings(r)]
     lines += ["", f"**rank-1 {r['rank1']:.3f} · rank-5 {r['rank5']:.3f}**", ""]
     if images:
         lines += [f"![confusion matrix]({images['confusion']})", "",
                   f"![per-class recall]({images['recall']})", ""]
     lines += ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
     for name, s in r["per_class"].items():
-        lines.append(f"| {name} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} "
+        lines.append(f"| {m(name)} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} "
                      f"| {s['support']} |")
     pairs = _pairs(r)
     lines += ["", f"## Most-confused pairs (top {TOP_PAIRS})", ""]
     if pairs:
         lines += ["| true | predicted | count | examples |", "|---|---|---:|---|"]
         for p in pairs:
-            examples = ", ".join(f"`{e}`" for e in p.get("examples", []))
-            lines.append(f"| {p['true']} | {p['predicted']} | {p['count']} | {examples} |")
+            examples = ", ".join(m(e) for e in p.get("examples", []))
+            lines.append(f"| {m(p['true'])} | {m(p['predicted'])} | {p['count']} | {examples} |")
     else:
         lines.append("No test image was misclassified.")
     lines += ["", "Full confusion matrix (rows: true, columns: predicted): `confusion` in the "

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from featx.escape import spreadsheet_cell
+
 # column -> (header, where in the result JSON); rank and time columns are numbers.
 COLUMNS = {
     "dataset": ("dataset", ("dataset",)),
@@ -123,5 +125,5 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=[*COLUMNS, "path"], lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: spreadsheet_cell(v) for k, v in row.items()} for row in rows)
     return buffer.getvalue()

@@ -10,23 +10,31 @@ Layout (every dataset has one row per image, in the dataset's sorted path order)
     label_names  utf-8   (C,)
     signatures   utf-8   (N,)       size:mtime (or content hash) of each image when read
     skipped      utf-8   (K, 2)     path, reason of every unreadable image
+    block_sha256 utf-8 (B,)       SHA-256 of each ``check_rows`` rows of features
     attrs: key (content key), settings_key, backbone settings, weights identity, versions,
-           pipeline, split, features_sha256, complete
+           pipeline, split, root, features_sha256, columns_sha256, check_rows, complete
 
-The file name carries the settings key (what the numbers depend on, less the images), the
-``key`` attribute the content key (settings plus the image manifest). Extraction writes
-whole blocks into ``<name>.h5.<key>.partial/`` and assembles the store under a temporary
-name renamed only when complete, so a finished store is never confused with an unfinished
-one and a killed extraction resumes from its last finished block.
+The file name carries the content key (settings plus the image manifest: featx/layout.py).
+Extraction writes whole blocks into a ``.partial`` folder and assembles the store under a
+temporary name renamed only when complete, so a finished store is never confused with an
+unfinished one and a killed extraction resumes from its last finished block.
+
+Integrity: ``labels``, ``split``, ``paths``, ``ok`` and ``label_names`` are checked against
+``columns_sha256`` whenever a store is opened (cheap: they are small); features are checked
+block by block against ``block_sha256`` as they are read, so every command that reads
+features reads only checked ones, and HDF5's Fletcher-32 catches damage below that.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import platform
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +43,25 @@ from typing import Any
 import h5py
 import numpy as np
 
-FORMAT_VERSION = 1
+from featx.layout import (
+    assembling_path,
+    partial_dir,
+    safe_name,
+    shard_dir,
+    store_path,
+    verified_stamp,
+)
+
+FORMAT_VERSION = 2  # 2: content-keyed file names, column and block checksums
 CHUNK_BYTES = 2 << 20
+MIN_READ_ROWS = 64  # iter_chunks reads at least this many rows at a time
+VIRTUAL_READ_ROWS = 4096  # rows a read of a virtual store (no chunks of its own)
 STRING = h5py.string_dtype("utf-8")
+__all__ = ["safe_name", "shard_dir", "store_path"]  # re-exported names of featx.layout
 
 
 class StoreError(ValueError):
-    """A store that is missing, unfinished or does not match what was asked."""
+    """A store that is missing, unfinished, damaged or does not match what was asked."""
 
 
 def store_key(settings: dict[str, Any]) -> str:
@@ -50,18 +70,56 @@ def store_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def safe_name(name: str) -> str:
-    """``name`` with every character but letters, digits and ``-_.`` replaced by ``_``."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+def columns_digest(*, labels, paths, split, ok, label_names) -> str:
+    """One SHA-256 of every per-row column a result depends on, besides the features."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(labels, "<i4").tobytes())
+    h.update(np.ascontiguousarray(split, "i1").tobytes())
+    h.update(np.ascontiguousarray(ok, bool).tobytes())
+    for texts in (paths, label_names):
+        h.update(b"\x1e")
+        for t in texts:
+            h.update(str(t).encode() + b"\0")
+    return h.hexdigest()
 
 
-def store_path(cache_dir: Path, dataset_name: str, backbone: str, pooling: str, key: str) -> Path:
-    return Path(cache_dir) / f"{safe_name(dataset_name)}-{backbone}-{pooling}-{key}.h5"
+class FeatureDigest:
+    """SHA-256 of every ``rows`` rows of features (``block_sha256``) and of all of them,
+    fed rows in order, in pieces of any size."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = max(1, int(rows))
+        self.whole = hashlib.sha256()
+        self.blocks: list[str] = []
+        self._block = hashlib.sha256()
+        self._filled = 0
+
+    def update(self, features: np.ndarray) -> None:
+        features = np.ascontiguousarray(features, np.float32)
+        self.whole.update(features.tobytes())
+        at = 0
+        while at < len(features):
+            take = min(self.rows - self._filled, len(features) - at)
+            self._block.update(features[at:at + take].tobytes())
+            self._filled += take
+            at += take
+            if self._filled == self.rows:
+                self.blocks.append(self._block.hexdigest())
+                self._block, self._filled = hashlib.sha256(), 0
+
+    def finish(self) -> tuple[str, list[str]]:
+        if self._filled:
+            self.blocks.append(self._block.hexdigest())
+            self._block, self._filled = hashlib.sha256(), 0
+        return self.whole.hexdigest(), self.blocks
 
 
-def shard_dir(store: Path, content_key: str) -> Path:
-    """Where the Ray engine (featx.distributed) keeps the shard files of a store."""
-    return Path(store).with_name(Path(store).name + f".{content_key}.shards")
+def read_rows_for(chunk_rows: int | None) -> int:
+    """How many rows one read (and one checksum block) covers: whole chunks, at least
+    MIN_READ_ROWS rows; a virtual dataset over Ray shards has no chunks of its own."""
+    if not chunk_rows:
+        return VIRTUAL_READ_ROWS
+    return chunk_rows * max(1, MIN_READ_ROWS // chunk_rows)
 
 
 def library_versions() -> dict[str, str]:
@@ -77,27 +135,31 @@ def library_versions() -> dict[str, str]:
 
 
 class BlockDir:
-    """Finished blocks of an unfinished extraction, one ``.npz`` file each.
+    """Finished blocks of an unfinished extraction, one ``.npz`` file each, with the SHA-256
+    of its bytes in a ``.sha256`` file beside it.
 
     A block is written to a temporary name and renamed, so a process killed at any moment
-    leaves only whole blocks; the next run skips them. The folder is named by the content
-    key, so only the very same job resumes from it.
+    leaves only whole blocks; the next run skips them. A block that cannot be read or does
+    not match its checksum is discarded with a warning and extracted again. The folder is
+    named by the content key, so only the very same job resumes from it.
     """
 
     def __init__(self, store: Path, content_key: str, rows: int, block_rows: int) -> None:
-        self.dir = Path(store).with_name(Path(store).name + f".{content_key}.partial")
+        self.dir = partial_dir(store, content_key)
         self.rows = rows
         meta_path = self.dir / "meta.json"
         if meta_path.exists():
             try:  # a resumed job keeps the block size it started with
                 block_rows = int(json.loads(meta_path.read_text())["block_rows"])
-            except (ValueError, KeyError):
-                pass
-        self.block_rows = block_rows
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                warn(f"{meta_path}: unreadable; its blocks are extracted again")
+                self.remove()
+        self.block_rows = max(1, block_rows)
         self.dir.mkdir(parents=True, exist_ok=True)
         _write_atomic(meta_path, json.dumps({"key": content_key, "rows": rows,
-                                             "block_rows": block_rows}).encode())
+                                             "block_rows": self.block_rows}).encode())
         self._cache: tuple[int, dict[str, np.ndarray]] | None = None
+        self._checked: set[int] = set()
 
     @property
     def n_blocks(self) -> int:
@@ -106,19 +168,62 @@ class BlockDir:
     def block_path(self, index: int) -> Path:
         return self.dir / f"block-{index:06d}.npz"
 
+    def _digest_path(self, index: int) -> Path:
+        return self.block_path(index).with_suffix(".sha256")
+
     def done(self) -> list[int]:
-        return [i for i in range(self.n_blocks) if self.block_path(i).exists()]
+        """The finished blocks; damaged ones are discarded here (checked once each)."""
+        out = []
+        for i in range(self.n_blocks):
+            if i in self._checked:
+                out.append(i)
+            elif self.block_path(i).exists():
+                problem = self._problem(i)
+                if problem:
+                    warn(f"discarding resume block {self.block_path(i)} ({problem}); "
+                         "its rows are extracted again")
+                    self.block_path(i).unlink(missing_ok=True)
+                    self._digest_path(i).unlink(missing_ok=True)
+                else:
+                    self._checked.add(i)
+                    out.append(i)
+        return out
+
+    def _problem(self, index: int) -> str:
+        """Why block ``index`` cannot be used ("" when it can)."""
+        try:
+            data = self.block_path(index).read_bytes()
+            recorded = self._digest_path(index).read_text().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            return f"no readable checksum: {e.strerror or e}"
+        if hashlib.sha256(data).hexdigest() != recorded:
+            return "does not match its checksum"
+        try:
+            with np.load(io.BytesIO(data)) as z:
+                n = len(z["features"])
+                ok = len(z["ok"])
+        except Exception as e:  # any damage numpy's reader trips on
+            return f"unreadable: {type(e).__name__}"
+        if n != ok or n != len(self.rows_of(index)):
+            return f"holds {n} rows, expected {len(self.rows_of(index))}"
+        return ""
 
     def rows_of(self, index: int) -> range:
         return range(index * self.block_rows, min((index + 1) * self.block_rows, self.rows))
 
     def save(self, index: int, features: np.ndarray, ok: np.ndarray, reasons: list[str]) -> None:
-        tmp = self.block_path(index).with_suffix(".tmp")
-        with tmp.open("wb") as f:
-            np.savez(f, features=features, ok=ok, reasons=np.asarray(reasons, dtype=str))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.block_path(index))
+        buffer = io.BytesIO()
+        np.savez(buffer, features=features, ok=ok, reasons=np.asarray(reasons, dtype=str))
+        data = buffer.getvalue()
+        path = self.block_path(index)
+        try:
+            # checksum first: a block without its checksum file is never trusted
+            _write_atomic(self._digest_path(index), hashlib.sha256(data).hexdigest().encode())
+            _write_atomic(path, data, sync=True)
+        except OSError as e:
+            raise StoreError(f"cannot write {path}: {e.strerror or e} "
+                             "(finished blocks are kept for a resume)") from None
+        self._checked.add(index)
 
     def load(self, index: int) -> dict[str, np.ndarray]:
         if self._cache is None or self._cache[0] != index:
@@ -130,9 +235,17 @@ class BlockDir:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def warn(message: str) -> None:
+    print(f"featx: warning: {message}", file=sys.stderr)
+
+
+def _write_atomic(path: Path, data: bytes, sync: bool = False) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
+    with tmp.open("wb") as f:
+        f.write(data)
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -158,45 +271,49 @@ def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource
     row_bytes = 4 * int(np.prod(feature_shape))
     chunk_rows = int(max(1, min(n, CHUNK_BYTES // max(row_bytes, 1))))
     comp = None if compression == "none" else compression
-    tmp = path.with_name(path.name + ".assembling")
-    digest = hashlib.sha256()
+    tmp = assembling_path(path)
+    digest = FeatureDigest(read_rows_for(chunk_rows))
     ok_all = np.ones(n, bool)
     skipped: list[tuple[str, str]] = []
     # Read the old store's small per-row datasets once, not per chunk or per row.
     old_reasons = dict(old.skipped) if old is not None else {}
     old_ok = old.ok if old is not None else None
-    with h5py.File(tmp, "w") as f:
-        feats = f.create_dataset("features", (n, *feature_shape), np.float32,
-                                 chunks=(chunk_rows, *feature_shape), compression=comp,
-                                 shuffle=comp is not None, fletcher32=True)
-        for start in range(0, n, chunk_rows):
-            stop = min(start + chunk_rows, n)
-            block = np.empty((stop - start, *feature_shape), np.float32)
-            old_rows = source.old_row[start:stop]
-            reuse = np.flatnonzero(old_rows >= 0)
-            if len(reuse):
-                order = np.argsort(old_rows[reuse])  # h5py reads increasing indices
-                got = old.file["features"][old_rows[reuse][order]]
-                block[reuse[order]] = got
-                for i in reuse:
-                    ok_all[start + i] = old_ok[old_rows[i]]
-            for i in np.flatnonzero(old_rows < 0):
-                row = int(source.new_row[start + i])
-                b = blocks.load(row // blocks.block_rows)
-                j = row - (row // blocks.block_rows) * blocks.block_rows
-                block[i] = b["features"][j]
-                ok_all[start + i] = bool(b["ok"][j])
-                if not b["ok"][j]:
-                    skipped.append((paths[start + i], str(b["reasons"][j])))
-            for i in reuse:  # a reused row has the same path in the old store
-                if not ok_all[start + i]:
-                    rel = paths[start + i]
-                    skipped.append((rel, old_reasons.get(rel, "unreadable")))
-            feats[start:stop] = block
-            digest.update(np.ascontiguousarray(block).tobytes())
-        write_columns(f, labels=labels, paths=paths, signatures=signatures,
-                      label_names=label_names, split=split, ok=ok_all, skipped=skipped,
-                      attrs=attrs, features_sha256=digest.hexdigest(), extra=extra)
+    try:
+        with h5py.File(tmp, "w") as f:
+            feats = f.create_dataset("features", (n, *feature_shape), np.float32,
+                                     chunks=(chunk_rows, *feature_shape), compression=comp,
+                                     shuffle=comp is not None, fletcher32=True)
+            for start in range(0, n, chunk_rows):
+                stop = min(start + chunk_rows, n)
+                block = np.empty((stop - start, *feature_shape), np.float32)
+                old_rows = source.old_row[start:stop]
+                reuse = np.flatnonzero(old_rows >= 0)
+                if len(reuse):
+                    order = np.argsort(old_rows[reuse])  # h5py reads increasing indices
+                    got = old.file["features"][old_rows[reuse][order]]
+                    block[reuse[order]] = got
+                    for i in reuse:
+                        ok_all[start + i] = old_ok[old_rows[i]]
+                for i in np.flatnonzero(old_rows < 0):
+                    row = int(source.new_row[start + i])
+                    b = blocks.load(row // blocks.block_rows)
+                    j = row - (row // blocks.block_rows) * blocks.block_rows
+                    block[i] = b["features"][j]
+                    ok_all[start + i] = bool(b["ok"][j])
+                    if not b["ok"][j]:
+                        skipped.append((paths[start + i], str(b["reasons"][j])))
+                for i in reuse:  # a reused row has the same path in the old store
+                    if not ok_all[start + i]:
+                        rel = paths[start + i]
+                        skipped.append((rel, old_reasons.get(rel, "unreadable")))
+                feats[start:stop] = block
+                digest.update(block)
+            write_columns(f, labels=labels, paths=paths, signatures=signatures,
+                          label_names=label_names, split=split, ok=ok_all, skipped=skipped,
+                          attrs=attrs, digest=digest, extra=extra)
+    except OSError as e:  # full disk, file size limit: say where, keep the old store
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot write {tmp}: {e.strerror or e}") from None
     if old is not None:
         old.close()  # the old store is replaced below; nothing reads it any more
     os.replace(tmp, path)  # atomic: a store under its final name is complete
@@ -204,10 +321,12 @@ def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource
 
 
 def write_columns(f: h5py.File, *, labels, paths, signatures, label_names, split, ok,
-                  skipped: list[tuple[str, str]], attrs: dict[str, Any], features_sha256: str,
+                  skipped: list[tuple[str, str]], attrs: dict[str, Any], digest: FeatureDigest,
                   extra: dict[str, Any] | None = None) -> None:
-    """Everything of a store but ``features``: the per-row datasets and the attributes, the
-    last of them ``complete``."""
+    """Everything of a store but ``features``: the per-row datasets, the checksums and the
+    attributes, the last of them ``complete``."""
+    whole, blocks = digest.finish()
+    f.create_dataset("block_sha256", data=np.asarray(blocks, dtype=object), dtype=STRING)
     f.create_dataset("labels", data=np.asarray(labels, np.int32))
     f.create_dataset("paths", data=np.asarray(paths, dtype=object), dtype=STRING)
     f.create_dataset("signatures", data=np.asarray(signatures, dtype=object), dtype=STRING)
@@ -220,9 +339,26 @@ def write_columns(f: h5py.File, *, labels, paths, signatures, label_names, split
                      dtype=STRING)
     for name, value in attrs.items():
         f.attrs[name] = value if isinstance(value, (int, float, str)) else json.dumps(value)
-    f.attrs["features_sha256"] = features_sha256
+    f.attrs["features_sha256"] = whole
+    f.attrs["check_rows"] = digest.rows
+    f.attrs["columns_sha256"] = columns_digest(labels=labels, paths=paths, split=split, ok=ok,
+                                               label_names=label_names)
     f.attrs["rows"] = len(labels)
     f.attrs["complete"] = True
+
+
+def rewrite_split(path: Path, split: np.ndarray, split_attr: str) -> None:
+    """Give a complete store a new split in place (no features change), checksum included."""
+    with h5py.File(path, "r+") as f:
+        f["split"][:] = split
+        f.attrs["split"] = split_attr
+        f.attrs["columns_sha256"] = columns_digest(
+            labels=f["labels"][:], paths=f["paths"].asstr()[:], split=split, ok=f["ok"][:],
+            label_names=f["label_names"].asstr()[:])
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def missing_sources(path: Path, dataset: h5py.Dataset) -> list[str]:
@@ -255,6 +391,28 @@ class FeatureStore:
             self.file.close()
             raise StoreError(f"{self.path}: {len(missing)} shard file(s) missing, e.g. "
                              f"{missing[0]} (run `featx extract` again)")
+        try:
+            self._check_columns()
+        except StoreError:
+            self.file.close()
+            raise
+        self._block_sha256: list[str] | None = None
+
+    def _check_columns(self) -> None:
+        recorded = self.file.attrs.get("columns_sha256")
+        if recorded is None or "block_sha256" not in self.file:
+            raise StoreError(f"{self.path}: a store without checksums (written by an older "
+                             "featx); run `featx extract` to rebuild it")
+        try:
+            now = columns_digest(labels=self.labels, paths=self.paths, split=self.split,
+                                 ok=self.ok, label_names=self.label_names)
+        except (OSError, KeyError) as e:
+            raise StoreError(f"{self.path}: unreadable ({e}); run `featx extract` to "
+                             "rebuild it") from None
+        if now != _text(recorded):
+            raise StoreError(f"{self.path}: labels, split, paths or ok do not match the "
+                             "checksum recorded when the store was written; run `featx "
+                             "extract` to rebuild it")
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -316,25 +474,73 @@ class FeatureStore:
                 for row in self.file["skipped"][:]]
 
     @property
+    def duplicates(self) -> list[tuple[str, str]]:
+        """(path, path of an earlier image with the same bytes), as extraction found them."""
+        if "duplicates" not in self.file:
+            return []
+        return [tuple(_text(x) for x in row) for row in self.file["duplicates"][:]]
+
+    @property
     def rows_per_read(self) -> int:
-        """The rows ``iter_chunks`` reads at a time: whole chunks, at least 64 rows (a virtual
-        dataset over Ray shards has no chunks of its own)."""
-        chunks = self.file["features"].chunks
-        return chunks[0] * max(1, 64 // chunks[0]) if chunks else 4096
+        """The rows ``iter_chunks`` reads at a time: one checksum block (whole chunks)."""
+        return int(self.file.attrs["check_rows"])
+
+    def read_block(self, b: int) -> np.ndarray:
+        """Rows ``b * rows_per_read`` onwards, checked against their recorded SHA-256."""
+        step, n = self.rows_per_read, len(self)
+        start, stop = b * step, min((b + 1) * step, n)
+        if self._block_sha256 is None:
+            self._block_sha256 = [_text(x) for x in self.file["block_sha256"][:]]
+        try:
+            block = self.file["features"][start:stop]
+        except OSError as e:  # Fletcher-32 or I/O: name the store, never h5py's bare message
+            raise StoreError(f"{self.path}: features of rows {start}-{stop - 1} unreadable "
+                             f"({str(e).split(':')[0]}); the file is damaged: run `featx "
+                             "extract` to rebuild it") from None
+        digest = hashlib.sha256(np.ascontiguousarray(block, np.float32).tobytes()).hexdigest()
+        if b >= len(self._block_sha256) or digest != self._block_sha256[b]:
+            raise StoreError(f"{self.path}: features of rows {start}-{stop - 1} do not match "
+                             "the checksum recorded when the store was written; run `featx "
+                             "extract` to rebuild it")
+        return block
 
     def iter_chunks(self, rows: np.ndarray | None = None
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (row indices, features) chunk by chunk, so no more than a chunk is in memory."""
-        ds, step = self.file["features"], self.rows_per_read
-        n = len(self)
+        """Yield (row indices, features) chunk by chunk, so no more than a chunk is in memory.
+        Every chunk is checked against its checksum as it is read (``read_block``)."""
+        step, n = self.rows_per_read, len(self)
         wanted = np.arange(n) if rows is None else np.sort(np.asarray(rows))
         # only the blocks holding wanted rows: bounds[b]:bounds[b + 1] are block b's rows
         bounds = np.searchsorted(wanted, np.arange(0, n + step, step))
         for b in np.flatnonzero(np.diff(bounds)):
             sel = wanted[bounds[b]:bounds[b + 1]]
-            start = int(b) * step
-            block = ds[start:min(start + step, n)]
-            yield sel, block[sel - start]
+            yield sel, self.read_block(int(b))[sel - int(b) * step]
+
+    def verify(self) -> None:
+        """Read and check every feature block; raise StoreError on the first mismatch."""
+        for _ in self.iter_chunks():
+            pass
+
+    def verify_once(self) -> bool:
+        """:meth:`verify`, unless this very file version (size, mtime, inode) was verified
+        before; records it beside the store when the folder is writable. True when it read."""
+        try:
+            if verified_stamp(self.path).read_text() == self._version():
+                return False
+        except OSError:
+            pass
+        self.verify()
+        self.mark_verified()
+        return True
+
+    def mark_verified(self) -> None:
+        """Record this file version as checked (its writer computed the checksums)."""
+        with contextlib.suppress(OSError):  # a read-only cache verifies every time
+            _write_atomic(verified_stamp(self.path), self._version().encode())
+
+    def _version(self) -> str:
+        st = self.path.stat()
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{_text(self.file.attrs['key'])}"
 
     def features(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Features of ``rows`` (all rows by default, ascending), flattened to 2-D float32."""

@@ -165,7 +165,7 @@ def test_cache_commands(data, tmp_path, capsys):
         fh.write(b"\xff\xfe\xfd\xfc")
     assert main(["cache", "verify", *folder]) == 1
     assert "FAIL" in capsys.readouterr().out
-    assert main(["cache", "rm", r.key[:8], *folder]) == 0
+    assert main(["cache", "rm", r.key, *folder]) == 0
     assert not r.path.exists()
     assert main(["cache", "info", "ffff", *folder]) == 2
     assert "no store with key" in capsys.readouterr().err

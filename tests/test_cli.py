@@ -195,7 +195,7 @@ def test_cache_verify_finds_a_damaged_store(cache_copy, capsys):
 def test_cache_rm(cache_copy, tiny_store, capsys):
     cache, path = cache_copy
     (cache / (path.stem + ".runs")).mkdir()
-    assert main(["cache", "rm", tiny_store.key[:8], "--cache-dir", str(cache)]) == 0
+    assert main(["cache", "rm", tiny_store.key, "--cache-dir", str(cache)]) == 0
     assert str(path) in capsys.readouterr().out
     assert not path.exists() and not (cache / (path.stem + ".runs")).exists()
     assert main(["cache", "rm", tiny_store.key[:8], "--cache-dir", str(cache)]) == 2

@@ -136,11 +136,13 @@ def test_manifest_with_and_without_header_agree(tmp_path, image_folder):
     assert np.array_equal(a.labels, b.labels)
 
 
-def test_manifest_paths_relative_to_a_given_root(tmp_path, image_folder):
+def test_manifest_paths_relative_to_the_csv_stored_relative_to_a_given_root(tmp_path,
+                                                                            image_folder):
     images = tmp_path / "images"
     rows = _manifest_rows(image_folder(images, per_class=2, junk=False))
     (tmp_path / "lists").mkdir()
-    ds = _manifest(_write_csv(tmp_path / "lists" / "m.csv", rows), root=images)
+    from_csv = [(f"../images/{p}", lb) for p, lb in rows]
+    ds = _manifest(_write_csv(tmp_path / "lists" / "m.csv", from_csv), root=images)
     assert ds.root == images.resolve() and ds.paths == sorted(p for p, _ in rows)
 
 

@@ -1,0 +1,106 @@
+"""Every file and folder name in the cache folder, made and parsed back here only.
+
+A store is named by what it holds::
+
+    <dataset>-<backbone>-<pooling>-<content key>.h5
+
+``<dataset>`` is only a readable prefix (the folder or manifest name, made file-safe; it may
+contain hyphens, so names are parsed from the right). The content key is a hash of the
+extraction settings and of the image manifest (relative paths, labels, signatures), so the
+same files under another folder name or path find the same store, and another dataset that
+happens to have the same folder name gets a store of its own. Beside a store::
+
+    <store>.h5.lock                 one extraction at a time
+    <store>.h5.<key>.partial/       finished blocks of an unfinished local extraction
+    <store>.h5.<key>.shards/        shard files of a Ray extraction (a virtual store reads them)
+    <store>.h5.assembling           a store being written (renamed into place when complete)
+    <store>.h5.verified             the file version whose checksums were last checked in full
+    <store>.runs/                   classification results
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+STORE_SUFFIX = ".h5"
+
+
+def safe_name(name: str) -> str:
+    """``name`` with every character but letters, digits and ``-_.`` replaced by ``_``."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def store_prefix(dataset_name: str, backbone: str, pooling: str) -> str:
+    """What every version of a dataset's store with this backbone and pooling starts with."""
+    return f"{safe_name(dataset_name)}-{backbone}-{pooling}-"
+
+
+def store_path(cache_dir: Path, dataset_name: str, backbone: str, pooling: str,
+               key: str) -> Path:
+    return Path(cache_dir) / f"{store_prefix(dataset_name, backbone, pooling)}{key}{STORE_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class StoreName:
+    dataset: str
+    backbone: str
+    pooling: str
+    key: str
+
+
+def parse_store_name(name: str) -> StoreName:
+    """The parts of a store's file name (or of a name that starts with one, such as its
+    ``.partial`` folder). A dataset name may hold hyphens: the other parts never do."""
+    stem = name.split(STORE_SUFFIX, 1)[0] if STORE_SUFFIX in name else name
+    parts = stem.rsplit("-", 3)
+    if len(parts) < 4:
+        return StoreName(stem, "?", "?", "?")
+    return StoreName(*parts)
+
+
+def lock_path(store: Path) -> Path:
+    return Path(str(store) + ".lock")
+
+
+def partial_dir(store: Path, content_key: str) -> Path:
+    return Path(store).with_name(Path(store).name + f".{content_key}.partial")
+
+
+def shard_dir(store: Path, content_key: str) -> Path:
+    """Where the Ray engine (featx.distributed) keeps the shard files of a store."""
+    return Path(store).with_name(Path(store).name + f".{content_key}.shards")
+
+
+def assembling_path(store: Path) -> Path:
+    return Path(store).with_name(Path(store).name + ".assembling")
+
+
+def verified_stamp(store: Path) -> Path:
+    return Path(str(store) + ".verified")
+
+
+def runs_dir(store: Path) -> Path:
+    return Path(store).with_name(Path(store).stem + ".runs")
+
+
+def store_files(cache_dir: Path) -> list[Path]:
+    return sorted(Path(cache_dir).glob("*" + STORE_SUFFIX))
+
+
+def partial_dirs(cache_dir: Path, store: Path | None = None) -> list[Path]:
+    """Unfinished extractions: all of the folder, or those of ``store``."""
+    pattern = (Path(store).name if store else "*" + STORE_SUFFIX) + ".*.partial"
+    return sorted(Path(cache_dir).glob(pattern))
+
+
+def partial_key(partial: Path) -> str:
+    return partial.name.rsplit(".", 2)[-2]
+
+
+def belongings(store: Path) -> list[Path]:
+    """Everything in the cache folder that belongs to ``store`` but its results."""
+    store = Path(store)
+    return [store, lock_path(store), verified_stamp(store), assembling_path(store),
+            *store.parent.glob(store.name + ".*.partial"),
+            *store.parent.glob(store.name + ".*.shards")]
