@@ -10,7 +10,7 @@ WEIGHTS ?=
 DEMO_WEIGHTS ?= $(or $(WEIGHTS),$(wildcard ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5))
 FLAGS = $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(ARGS)
 
-.PHONY: install demo features classify finetune test test-fast lint clean-cache bench compare
+.PHONY: install demo features classify finetune test test-fast lint clean-cache bench bench-integrity compare
 
 $(BIN)/featx: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/bench.py
+
+# what the store's checksums cost on a 50k-row store (checked vs unchecked reads)
+bench-integrity: install
+	$(BIN)/python benchmarks/integrity.py
 
 clean-cache:
 	rm -rf data/cache
