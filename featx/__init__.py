@@ -13,3 +13,20 @@ import os
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 __version__ = "0.1.0"
+
+# The public API (README: From Python). Loaded on first use, so that `import featx` (and the
+# command line) imports neither scikit-learn nor TensorFlow.
+_PUBLIC = {
+    "extract": "featx.api", "make_config": "featx.api", "Store": "featx.api",
+    "FeatureExtractor": "featx.transformer", "Config": "featx.config",
+    "FeatxError": "featx.errors",
+}
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        import importlib
+
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'featx' has no attribute {name!r}")

@@ -13,10 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from featx.config import BackboneConfig
-
-POOLINGS = ("avg", "max", "flatten", "none")
-PRECISIONS = ("float32", "mixed_float16")
+from featx.config import POOLINGS, PRECISIONS, BackboneConfig
+from featx.errors import BackboneError
 
 
 @dataclass(frozen=True)
@@ -65,9 +63,6 @@ MIN_INPUT_SIZE = {"inception_v3": 75, "xception": 71, "inception_resnet_v2": 75}
 # killed at 22 GB here), and ImageNet CNNs were trained at 224-600 pixels.
 MAX_INPUT_SIZE = 1024
 
-
-class BackboneError(ValueError):
-    """A backbone that cannot be built as asked: says which setting and what is valid."""
 
 
 def get_spec(name: str) -> BackboneSpec:

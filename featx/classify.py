@@ -32,15 +32,13 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.class_weight import compute_class_weight
 
+from featx.errors import ClassifierError
 from featx.store import FeatureStore
 
 # sgd holds at most this many bytes of features at a time (or one store chunk, if larger).
 BUFFER_BYTES = 64 << 20
 QUICK_FOLDS = 2
 
-
-class ClassifierError(ValueError):
-    pass
 
 
 def _per_feature(x: np.ndarray) -> np.ndarray:

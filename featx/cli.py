@@ -6,18 +6,8 @@ import argparse
 import os
 import sys
 
-from featx.config import Config
-
-# flag -> config field; each flag is a shorthand for --set field=value.
-SHORTHANDS = {
-    "data": "dataset.root", "manifest": "dataset.manifest", "backbone": "backbone.name",
-    "weights": "backbone.weights", "layer": "backbone.layer", "pooling": "backbone.pooling",
-    "input_size": "backbone.input_size", "batch_size": "extract.batch_size",
-    "cache_dir": "cache_dir", "out": "out", "classifiers": "classify.classifiers",
-    "n_jobs": "classify.n_jobs", "engine": "extract.engine", "address": "ray_address",
-    # on/off flags: None when absent, so that the pipeline's value stands
-    "strict": "extract.strict", "quick": "classify.quick", "consolidate": "extract.consolidate",
-}
+from featx.config import SHORTHANDS, Config
+from featx.errors import FeatxError, StoreError
 
 
 def _common() -> argparse.ArgumentParser:
@@ -139,20 +129,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out
     args = build_parser().parse_args(argv)
-    from featx.backbones import BackboneError
-    from featx.classify import ClassifierError
-    from featx.config import ConfigError
-    from featx.dataset import DatasetError
-    from featx.extract import ExtractError
-    from featx.finetune import FinetuneError
-    from featx.predict import PredictError
-    from featx.runs import RunsError
-    from featx.store import StoreError
-
     try:
         return _dispatch(args)
-    except (ConfigError, DatasetError, BackboneError, StoreError, ExtractError,
-            ClassifierError, PredictError, RunsError, FinetuneError) as e:
+    except FeatxError as e:
         print(f"featx: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # full disk, read-only folder, permissions: name the path
@@ -241,7 +220,6 @@ def _cache(args: argparse.Namespace) -> int:
     import json
 
     from featx import cache
-    from featx.store import StoreError
 
     folder = Config(cache_dir=args.cache_dir or "").cache_path
     if args.cache_command == "ls":

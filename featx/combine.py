@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from featx.config import Config, ConfigError
+from featx.config import COMBINE_MODES, Config, ConfigError
 from featx.dataset import TEST, TRAIN, VAL
 from featx.pipeline import (
     BACKBONE_ATTRS,
@@ -35,7 +35,7 @@ from featx.pipeline import (
 )
 from featx.store import StoreError
 
-MODES = ("fuse", "ensemble")
+MODES = COMBINE_MODES
 SPLIT_NAMES = {TRAIN: "training", VAL: "validation", TEST: "test"}
 
 

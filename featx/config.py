@@ -14,12 +14,56 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featx.errors import ConfigError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_CACHE_DIR = "data/cache"
+# Command-line flag (and featx.extract keyword) -> config field: each is a shorthand for
+# --set field=value.
+SHORTHANDS = {
+    "data": "dataset.root", "manifest": "dataset.manifest", "backbone": "backbone.name",
+    "weights": "backbone.weights", "layer": "backbone.layer", "pooling": "backbone.pooling",
+    "input_size": "backbone.input_size", "batch_size": "extract.batch_size",
+    "cache_dir": "cache_dir", "out": "out", "classifiers": "classify.classifiers",
+    "n_jobs": "classify.n_jobs", "engine": "extract.engine", "address": "ray_address",
+    # on/off flags: None when absent, so that the pipeline's value stands
+    "strict": "extract.strict", "quick": "classify.quick", "consolidate": "extract.consolidate",
+}
+
+# The allowed values of every text setting with a fixed set of them, declared once here and
+# checked as each value is set (a typo fails before any image is read); the modules that
+# act on a setting import its tuple from here.
+HASHES = ("stat", "content")
+POOLINGS = ("avg", "max", "flatten", "none")
+PRECISIONS = ("float32", "mixed_float16")
+COMPRESSIONS = ("lzf", "gzip", "none")
+FLIPS = ("horizontal", "vertical", "horizontal_and_vertical")
+TENCROP_MODES = ("off", "mean", "keep")
+ENGINES = ("local", "ray")
+TRAIN_FEATURES = ("plain", "augmented", "tencrop")
+TEST_FEATURES = ("plain", "tencrop")
+CLASS_WEIGHTS = ("", "balanced")
+COMBINE_MODES = ("fuse", "ensemble")
+OPTIMIZERS = ("adam", "rmsprop")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset.hash": HASHES,
+    "backbone.pooling": POOLINGS,
+    "backbone.precision": PRECISIONS,
+    "extract.compression": COMPRESSIONS,
+    "extract.augment_flip": FLIPS,
+    "extract.tencrop": TENCROP_MODES,
+    "extract.engine": ENGINES,
+    "classify.train_features": TRAIN_FEATURES,
+    "classify.test_features": TEST_FEATURES,
+    "classify.class_weight": CLASS_WEIGHTS,
+    "classify.engine": ENGINES,
+    "combine.mode": COMBINE_MODES,
+    "finetune.warmup_optimizer": OPTIMIZERS,
+}
 # Text fields that also take a TOML list (stored comma-separated).
 COMMA_LISTS = {"backbone.layer"}
 
@@ -181,7 +225,7 @@ class Config:
             raise ConfigError(f"{source}: unknown field {dotted!r} (valid here: {valid})")
         current = getattr(target, name)
         value = _coerce(value, current, dotted, source)
-        _check_limits(dotted, value, source)
+        _check_value(dotted, value, source)
         setattr(target, name, value)
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,9 +238,6 @@ class Config:
     def cache_path(self) -> Path:
         return Path(self.cache_dir or os.environ.get("FEATX_CACHE_DIR") or DEFAULT_CACHE_DIR)
 
-
-class ConfigError(ValueError):
-    """A pipeline file or override that cannot be used."""
 
 
 # Numeric fields with bounds (inclusive; None: unbounded), checked as each value is set, so
@@ -215,7 +256,10 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
 }
 
 
-def _check_limits(dotted: str, value: Any, source: str) -> None:
+def _check_value(dotted: str, value: Any, source: str) -> None:
+    if dotted in CHOICES and value not in CHOICES[dotted]:
+        valid = ", ".join(repr(c) for c in CHOICES[dotted])
+        raise ConfigError(f"{source}: {dotted} = {value!r} is not one of {valid}")
     low, high = LIMITS.get(dotted, (None, None))
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"at least {low}" if high is None else f"from {low} to {high}"

@@ -15,14 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from featx.config import DatasetConfig
+from featx.errors import DatasetError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 SPLIT_NAMES = ("train", "val", "test")
 TRAIN, VAL, TEST = 0, 1, 2
 
-
-class DatasetError(ValueError):
-    """A dataset that cannot be read: says what and where."""
 
 
 @dataclass(frozen=True)

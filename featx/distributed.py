@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from featx.config import Config, ConfigError
+from featx.config import ENGINES, Config, ConfigError
 from featx.extract import (
     ExtractError,
     ExtractResult,
@@ -54,7 +54,6 @@ from featx.store import (
     write_store,
 )
 
-ENGINES = ("local", "ray")
 ATTEMPTS = 3  # runs of the unfinished shards before giving up
 TASK_BATCHES = 4  # batches per Ray Data block: the unit Ray retries on a restarted actor
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from featx.backbones import Backbone
 from featx.config import Config
 from featx.dataset import TRAIN, Dataset, load_dataset, manifest_digest, stratified_split
+from featx.errors import ExtractError
 from featx.images import RESIZE_POLICY, ReadErrors, read_batches
 from featx.layout import (
     STORE_SUFFIX,
@@ -49,9 +50,6 @@ from featx.variants import PLAIN, Variant, get_variant
 
 BLOCK_BATCHES = 8  # a block (the unit of resume) is this many batches
 
-
-class ExtractError(RuntimeError):
-    """Extraction could not finish as asked (finished blocks are kept for a resume)."""
 
 
 @dataclass
@@ -106,11 +104,9 @@ class Plan:
 def _settings(config: Config, variant: str = "plain"
               ) -> tuple[Dataset, Backbone, Variant, dict]:
     """The dataset, backbone, variant and settings (with their ``settings_key``) of a config."""
-    dataset = load_dataset(config.dataset)
-    backbone = Backbone(config.backbone, seed=config.dataset.seed)
-    if config.dataset.hash not in ("stat", "content"):
-        raise StoreError(f"dataset.hash must be stat or content, not {config.dataset.hash!r}")
+    backbone = Backbone(config.backbone, seed=config.dataset.seed)  # settings before images
     v = get_variant(config, variant)
+    dataset = load_dataset(config.dataset)
     settings = feature_settings(backbone, v)
     return dataset, backbone, v, {**settings, "settings_key": store_key(settings)}
 

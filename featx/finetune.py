@@ -30,19 +30,16 @@ from typing import Any
 import numpy as np
 
 from featx.backbones import Backbone
-from featx.config import BackboneConfig, Config, FinetuneConfig
+from featx.config import OPTIMIZERS, BackboneConfig, Config, FinetuneConfig
 from featx.dataset import TEST, TRAIN, VAL, load_dataset, manifest_digest, stratified_split
+from featx.errors import FinetuneError
 from featx.images import RESIZE_POLICY, ReadErrors, read_batches
 from featx.report import beside, evaluate, summary_line, write_reports
 from featx.store import safe_name, store_key
 
-OPTIMIZERS = ("adam", "rmsprop")
 HEAD_POOLINGS = ("avg", "max", "flatten")
 MOMENTUM = 0.9
 
-
-class FinetuneError(ValueError):
-    """A fine-tuning run that cannot be done as configured: says which setting."""
 
 
 @dataclass

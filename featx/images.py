@@ -33,12 +33,18 @@ def load_image(path: str, size: int) -> np.ndarray:
             if img.format == "JPEG":
                 # libjpeg DCT scaling: decode at 1/2, 1/4 or 1/8 while still >= size.
                 img.draft("RGB", (size, size))
-            img.seek(0)  # animated GIF/WebP: the first frame
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            img = _to_rgb(img)
-            img = img.resize((size, size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
+            return fit_image(img, size)
+
+
+def fit_image(img: Image.Image, size: int) -> np.ndarray:
+    """A PIL image as a (size, size, 3) uint8 RGB array, exactly as :func:`load_image` makes
+    one from a file (first frame, EXIF orientation, RGB on white, bilinear squash)."""
+    img.seek(0)  # animated GIF/WebP: the first frame
+    img.load()
+    img = ImageOps.exif_transpose(img)
+    img = _to_rgb(img)
+    img = img.resize((size, size), Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

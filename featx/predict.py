@@ -24,6 +24,7 @@ from featx.backbones import Backbone, BackboneError, keras_home
 from featx.classify import class_scores
 from featx.config import BackboneConfig
 from featx.dataset import IMAGE_EXTENSIONS
+from featx.errors import PredictError
 from featx.escape import spreadsheet_cell
 from featx.images import ReadErrors, Views, read_batches
 from featx.store import store_key
@@ -32,9 +33,6 @@ from featx.variants import Variant
 CSV_HEADER = ("path", "rank", "label", "score", "error")
 TENCROP = Variant("tencrop", views=10)  # its reader: the 10 crops of the tencrop store
 
-
-class PredictError(ValueError):
-    """A model that cannot predict as asked: says which file and which setting."""
 
 
 @dataclass

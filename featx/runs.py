@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from featx.errors import RunsError
 from featx.escape import spreadsheet_cell
 
 # column -> (header, where in the result JSON); rank and time columns are numbers.
@@ -30,9 +31,6 @@ NUMERIC = {"rank1", "rank5", "fit_seconds"}
 DESCENDING = {"rank1", "rank5"}
 REQUIRED = ("classifier", "rank1")  # a JSON without these is not a run result
 
-
-class RunsError(ValueError):
-    """A folder to search does not exist."""
 
 
 def find_results(cache_dir: Path, dirs: Iterable[str | Path] = ()) -> list[Path]:

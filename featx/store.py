@@ -43,6 +43,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from featx.errors import StoreError
 from featx.layout import (
     assembling_path,
     partial_dir,
@@ -59,9 +60,6 @@ VIRTUAL_READ_ROWS = 4096  # rows a read of a virtual store (no chunks of its own
 STRING = h5py.string_dtype("utf-8")
 __all__ = ["safe_name", "shard_dir", "store_path"]  # re-exported names of featx.layout
 
-
-class StoreError(ValueError):
-    """A store that is missing, unfinished, damaged or does not match what was asked."""
 
 
 def store_key(settings: dict[str, Any]) -> str:

@@ -21,14 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from featx.config import Config, ConfigError
+from featx.config import FLIPS, TENCROP_MODES, Config, ConfigError
 from featx.images import Views, crop_load_size, ten_crops
 from featx.store import FeatureStore, StoreError
 
 TRAIN_FEATURES = ("plain", "augmented", "tencrop")
 TEST_FEATURES = ("plain", "tencrop")
-TENCROP_MODES = ("off", "mean", "keep")
-FLIPS = ("horizontal", "vertical", "horizontal_and_vertical")
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,7 @@ def test_extract_and_classify_a_combined_pipeline(tiny_root, tmp_path, capsys):
 def test_combine_settings_are_checked(tmp_path):
     (tmp_path / "m.toml").write_text('name = "m"\n')
     (tmp_path / "nested.toml").write_text('[combine]\npipelines = ["m.toml", "m.toml"]\n')
-    with pytest.raises(ConfigError, match="fuse or ensemble"):
+    with pytest.raises(ConfigError, match="combine.mode = .vote. is not one of .fuse., .ensemble."):
         members(Config.from_dict({"combine": {"pipelines": ["a", "b"], "mode": "vote"}}))
     with pytest.raises(ConfigError, match="at least two"):
         members(Config.from_dict({"combine": {"pipelines": [str(tmp_path / "m.toml")]}}))

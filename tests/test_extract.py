@@ -14,6 +14,7 @@ import pytest
 
 from featx import store as store_module
 from featx.backbones import Backbone
+from featx.config import ConfigError
 from featx.dataset import load_dataset, stratified_split
 from featx.extract import ExtractError, extract, locate_store, plan
 from featx.images import load_image
@@ -351,9 +352,8 @@ def test_changed_dataset_is_updated_incrementally(tiny_store, make_config, tmp_p
 
 
 def test_unknown_hash_mode_is_an_error(tiny_store, make_config):
-    config = make_config(tiny_store.root, tiny_store.config.cache_dir, dataset={"hash": "md5"})
-    with pytest.raises(StoreError, match="md5"):
-        extract(config, progress=False)
+    with pytest.raises(ConfigError, match="dataset.hash = 'md5' is not one of 'stat', 'content'"):
+        make_config(tiny_store.root, tiny_store.config.cache_dir, dataset={"hash": "md5"})
 
 
 def test_mixed_precision_store_holds_float32(tiny_store, make_config, tmp_path):

@@ -1,0 +1,48 @@
+"""Every error featx raises on purpose, under one base: ``except FeatxError`` catches what
+featx means to say to a user (the command line prints it as one line, with no traceback).
+
+Each is also a ValueError or RuntimeError, as the standard library's would be, so code
+written against those keeps working.
+"""
+
+from __future__ import annotations
+
+
+class FeatxError(Exception):
+    """Base of every error featx raises on purpose: its message says what and where."""
+
+
+class ConfigError(FeatxError, ValueError):
+    """A pipeline file or override that cannot be used."""
+
+
+class DatasetError(FeatxError, ValueError):
+    """A dataset that cannot be read: says what and where."""
+
+
+class BackboneError(FeatxError, ValueError):
+    """A backbone, layer, pooling or weights setting that cannot be used."""
+
+
+class StoreError(FeatxError, ValueError):
+    """A store that is missing, unfinished, damaged or does not match what was asked."""
+
+
+class ExtractError(FeatxError, RuntimeError):
+    """Extraction could not finish as asked (finished blocks are kept for a resume)."""
+
+
+class ClassifierError(FeatxError, ValueError):
+    """A classifier that is unknown or cannot be fitted on the data as asked."""
+
+
+class FinetuneError(FeatxError, ValueError):
+    """Fine-tuning settings or data that cannot be used."""
+
+
+class PredictError(FeatxError, ValueError):
+    """A saved model or input images that cannot be used for prediction."""
+
+
+class RunsError(FeatxError, ValueError):
+    """Result files that cannot be read or compared."""

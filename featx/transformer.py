@@ -1,0 +1,274 @@
+"""``FeatureExtractor``: a frozen ImageNet CNN as a scikit-learn transformer.
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    model = make_pipeline(FeatureExtractor(weights="imagenet", cache_dir="data/cache"),
+                          LogisticRegression(max_iter=1000))
+    model.fit(train_paths, train_labels).score(test_paths, test_labels)
+
+Images go in as file paths, PIL images or one uint8 array (N, H, W, 3); float32 features
+(N, F) come out, read and resized exactly as ``featx extract`` reads them. With file paths
+and a ``cache_dir``, features come from the same HDF5 stores as ``featx extract``'s (any
+store there with the same settings that holds the file, unchanged since); the others are
+extracted into a store of their own there, so a grid search or a cross-validation pays for
+each image once.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from featx.config import Config
+from featx.errors import DatasetError
+
+LABEL = "unlabelled"  # the one class of the stores this transformer writes
+
+
+class FeatureExtractor(TransformerMixin, BaseEstimator):
+    """Frozen-backbone features of images, cached on disk when asked.
+
+    Parameters
+    ----------
+    backbone : str, default="MobileNetV2"
+        A keras.applications name (``featx backbones`` lists them).
+    weights : str, default="imagenet"
+        ``"imagenet"`` (Keras' download or cache), a local weights file, or ``"none"``
+        (random, seeded: for tests).
+    layer : str, default=""
+        The layer(s) to read, comma-separated; empty: the last convolutional output.
+    pooling : {"avg", "max", "flatten", "none"}, default="avg"
+    input_size : int, default=0
+        Square input size in pixels; 0: the backbone's own.
+    batch_size : int, default=32
+    cache_dir : str or None, default=None
+        Feature-store folder (as ``featx extract --cache-dir``); None: no cache.
+    seed : int, default=42
+        Seeds random weights (``weights="none"``), as ``dataset.seed`` does for extraction.
+
+    The model is built on first use and never pickled or cloned: a clone or an unpickled
+    copy builds its own.
+    """
+
+    def __init__(self, backbone: str = "MobileNetV2", weights: str = "imagenet",
+                 layer: str = "", pooling: str = "avg", input_size: int = 0,
+                 batch_size: int = 32, cache_dir: str | None = None, seed: int = 42) -> None:
+        self.backbone = backbone
+        self.weights = weights
+        self.layer = layer
+        self.pooling = pooling
+        self.input_size = input_size
+        self.batch_size = batch_size
+        self.cache_dir = cache_dir
+        self.seed = seed
+
+    # -- scikit-learn API ------------------------------------------------------------------
+
+    def fit(self, X: Any = None, y: Any = None) -> FeatureExtractor:
+        """Check the settings (nothing is learned: the backbone is frozen). Returns self."""
+        self._backbone()  # every setting checked here, before any image is read
+        return self
+
+    @property
+    def n_features_out_(self) -> int:
+        """Width of the features ``transform`` returns (builds the model if unknown)."""
+        if getattr(self, "_width", None) is None:
+            self._width = int(np.prod(self._backbone().feature_shape))
+        return self._width
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Features of the images ``X``.
+
+        Parameters
+        ----------
+        X : sequence of str or os.PathLike, sequence of PIL.Image.Image, or ndarray
+            File paths, PIL images, or uint8 RGB pixels of shape (N, H, W, 3).
+
+        Returns
+        -------
+        ndarray of shape (N, n_features_out_), float32
+        """
+        kind, items = _as_images(X)
+        if kind == "paths" and self.cache_dir:
+            out = self._from_cache([os.path.abspath(p) for p in items])
+        elif kind == "paths":
+            out = self._compute_files(items)
+        else:
+            out = self._compute_pixels(items)
+        out = out.reshape(len(out), -1).astype(np.float32, copy=False)
+        if len(out):
+            self._width = out.shape[1]
+        return out
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """``<backbone><pooling><i>``: one name per output column (channels have no names)."""
+        prefix = f"{self.backbone.lower()}{self.pooling}"
+        return np.asarray([f"{prefix}{i}" for i in range(self.n_features_out_)], dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False  # a frozen network: nothing is learned from the data
+        tags.input_tags.two_d_array = False  # images, not a feature matrix
+        tags.input_tags.string = True  # file paths
+        return tags
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_model", None)  # a live Keras model is rebuilt, never pickled
+        return state
+
+    def __sklearn_clone__(self) -> FeatureExtractor:
+        return type(self)(**self.get_params())  # never the model
+
+    # -- inside --------------------------------------------------------------------------
+
+    def _config(self) -> Config:
+        config = Config.from_dict({
+            "backbone": {"name": self.backbone, "weights": self.weights, "layer": self.layer,
+                         "pooling": self.pooling, "input_size": self.input_size},
+            "extract": {"batch_size": self.batch_size},
+            "dataset": {"seed": self.seed, "test": 0.0},
+            "cache_dir": str(self.cache_dir or ""),
+        }, source="FeatureExtractor")
+        return config
+
+    def _backbone(self):
+        from featx.backbones import Backbone
+
+        if getattr(self, "_model", None) is None:
+            self._model = Backbone(self._config().backbone, seed=self.seed)
+        return self._model
+
+    def _compute_pixels(self, items: list) -> np.ndarray:
+        from PIL import Image
+
+        from featx.images import fit_image
+
+        backbone = self._backbone()
+        forward = backbone.batched(self.batch_size)
+        images = [fit_image(x if isinstance(x, Image.Image) else Image.fromarray(x),
+                            backbone.input_size) for x in items]
+        chunks = [forward(np.stack(images[i:i + self.batch_size]),
+                          np.ones(len(images[i:i + self.batch_size]), bool))
+                  for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.n_features_out_),
+                                                              np.float32)
+
+    def _compute_files(self, paths: list[str]) -> np.ndarray:
+        from featx.images import ReadErrors, read_batches
+
+        backbone = self._backbone()
+        forward = backbone.batched(self.batch_size)
+        errors = ReadErrors()
+        out = [forward(images, ok) for _, images, ok
+               in read_batches([str(p) for p in paths], backbone.input_size, self.batch_size,
+                               errors)]
+        if errors.reasons:
+            _unreadable([(str(paths[i]), r) for i, r in sorted(errors.reasons.items())])
+        return np.concatenate(out) if out else np.zeros((0, self.n_features_out_), np.float32)
+
+    def _from_cache(self, paths: list[str]) -> np.ndarray:
+        from featx.extract import extract, feature_settings
+        from featx.store import store_key
+
+        config = self._config()
+        settings_key = store_key(feature_settings(self._backbone()))
+        found = _read_cached(paths, Path(config.cache_path), settings_key)
+        missing = sorted({p for i, p in enumerate(paths) if i not in found})
+        if missing:
+            # a store of their own, named by what it holds, made as `featx extract` makes one
+            folder = Path(config.cache_path) / "transform-manifests"
+            folder.mkdir(parents=True, exist_ok=True)
+            digest = hashlib.sha256("\n".join(missing).encode()).hexdigest()[:12]
+            manifest = folder / f"transform-{digest}.csv"
+            with manifest.open("w", newline="") as f:
+                csv.writer(f).writerows([("path", "label"), *((p, LABEL) for p in missing)])
+            config.dataset.manifest = str(manifest)
+            config.dataset.root = os.path.commonpath([os.path.dirname(p) for p in missing])
+            config.dataset.name = f"transform-{digest}"
+            result = extract(config, progress=False)
+            if result.skipped:
+                _unreadable(result.skipped)
+            found = _read_cached(paths, Path(config.cache_path), settings_key)
+        if len(found) < len(paths):
+            raise DatasetError(f"{len(paths) - len(found)} image(s) changed while being "
+                               "extracted; run again")
+        return np.stack([found[i] for i in range(len(paths))])
+
+
+def _read_cached(paths: list[str], cache_dir: Path, settings_key: str) -> dict[int, np.ndarray]:
+    """The features of every path held, unchanged, by a plain store in ``cache_dir`` made
+    with ``settings_key``, by the path's index in ``paths``."""
+    import h5py
+
+    from featx.layout import store_files
+    from featx.store import FeatureStore, StoreError
+
+    wanted: dict[str, list[int]] = {}
+    for i, p in enumerate(paths):
+        wanted.setdefault(p, []).append(i)
+    found: dict[int, np.ndarray] = {}
+    for path in store_files(cache_dir):
+        try:
+            with h5py.File(path, "r") as f:
+                a = f.attrs
+                if a.get("settings_key") != settings_key or "view" in f or \
+                        a.get("hash", "stat") != "stat" or not a.get("complete", False):
+                    continue
+                root = str(a.get("root", ""))
+        except OSError:
+            continue
+        try:
+            with FeatureStore(path) as store:
+                rows = {}
+                for row, (rel, sig, ok) in enumerate(zip(store.paths, store.signatures,
+                                                         store.ok)):
+                    full = os.path.join(root, rel)
+                    if full in wanted and wanted[full][0] not in found and ok and \
+                            _signature(full) == sig:
+                        rows[row] = wanted[full]
+                if rows:
+                    order = sorted(rows)
+                    for row, feats in zip(order, store.features(np.asarray(order))):
+                        for i in rows[row]:
+                            found[i] = feats
+        except StoreError:
+            continue  # a damaged store serves nothing; extraction replaces what it held
+    return found
+
+
+def _signature(path: str) -> str:
+    st = os.stat(path)  # as featx.dataset.Dataset.signatures makes it
+    return f"{st.st_size}:{st.st_mtime_ns // 1_000_000_000}"
+
+
+def _unreadable(skipped: list[tuple[str, str]]) -> None:
+    first, reason = skipped[0]
+    raise DatasetError(f"{len(skipped)} image(s) could not be read, e.g. {first}: {reason}")
+
+
+def _as_images(X: Any) -> tuple[str, list]:
+    """("paths", [str]) or ("pixels", [uint8 (H, W, 3)]) resized later by the backbone."""
+    from PIL import Image
+
+    if isinstance(X, np.ndarray) and X.dtype != object:
+        if X.ndim != 4 or X.shape[-1] != 3:
+            raise DatasetError(f"an image array must be (N, H, W, 3) uint8 RGB, got shape "
+                               f"{X.shape}")
+        return "pixels", list(np.asarray(X, np.uint8))
+    items = list(X) if isinstance(X, Sequence | np.ndarray) else None
+    if items is None:
+        raise DatasetError(f"images must be a list of paths, of PIL images, or an (N, H, W, 3) "
+                           f"array, not {type(X).__name__}")
+    if all(isinstance(x, str | os.PathLike) for x in items):
+        return "paths", [os.fspath(x) for x in items]
+    if all(isinstance(x, Image.Image) for x in items):
+        return "pixels", items
+    raise DatasetError("images must be all file paths or all PIL images, not a mix")
