@@ -12,4 +12,4 @@ import os
 # effect if featx is imported before TensorFlow; a user's own setting wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # also the first heading of CHANGELOG.md

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from featx import __version__
 from featx.config import Config
 
 # flag -> config field; each flag is a shorthand for --set field=value.
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transfer learning by feature extraction: push images once through a "
                     "frozen ImageNet CNN into an HDF5 cache, then train classical classifiers "
                     "on the cached features in seconds.")
+    parser.add_argument("--version", action="version", version=f"featx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("extract", parents=[common], help="images -> frozen CNN -> HDF5 store",
                        description="Extract features into the cache (a cache hit does nothing).")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import h5py
 import pytest
 from PIL import Image
 
+import featx
 from featx.backbones import REGISTRY
 from featx.cli import build_parser, main
+from featx.config import tomllib  # tomli on Python 3.10
 from featx.store import FeatureStore
 
 TINY_FLAGS = ["--backbone", "MobileNetV2", "--weights", "none", "--input-size", "32",
@@ -206,3 +210,16 @@ def test_cache_on_an_empty_folder(tmp_path, capsys):
     assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
     assert "0 entries" in capsys.readouterr().out
     assert main(["cache", "verify", "--cache-dir", str(tmp_path)]) == 0
+
+
+def test_version_is_printed_and_is_the_changelogs_latest_release(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"featx {featx.__version__}"
+    repo = Path(__file__).resolve().parents[1]
+    releases = re.findall(r"^## (\S+)", (repo / "CHANGELOG.md").read_text(), re.M)
+    assert releases and releases[0] == featx.__version__
+    project = tomllib.loads((repo / "pyproject.toml").read_text())
+    assert "version" in project["project"]["dynamic"]  # read from featx.__version__
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "featx.__version__"}
