@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from featx import __version__
 from featx.config import Config
@@ -63,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ray: copy the shard files into one store file")
     p = sub.add_parser("classify", parents=[common], help="HDF5 store -> classifiers -> report",
                        description="Fit the pipeline's classifiers on the cached training "
-                       "rows; print rank-1/rank-5 on the test rows; write JSON, Markdown "
-                       "and a joblib model beside the store (or into --out).")
+                       "rows; print rank-1/rank-5 on the test rows; write JSON, Markdown, "
+                       "HTML and a .skops model into a new run folder beside the store (or "
+                       "under --out).")
     p.add_argument("--store", help="use this store file instead of locating it from the data")
     p.add_argument("--classifiers", help="comma-separated: logreg, linear_svm, rbf_svm, knn, "
                    "sgd")
@@ -100,7 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="label images with a saved model (top-k)",
                        description="Rebuild the backbone a saved model was trained on, read "
                        "the images as extraction does and print the top-k labels per image.")
-    p.add_argument("model", help="a saved model: <results>/<pipeline>-<classifier>.joblib")
+    p.add_argument("model", help="a run folder (its best rank-1 model) or a model file: "
+                   "<run folder>/<pipeline>-<classifier>.skops")
+    p.add_argument("--trust", action="store_true",
+                   help="load a pickle/joblib model file (it can run any code: only a file "
+                   "you trust), or a .skops file holding types featx does not trust")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
                    help="image files; folders are searched recursively for images")
     p.add_argument("--top", type=int, default=5, help="labels per image (default 5)")
@@ -111,16 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "the same weights the model was trained with)")
     p.add_argument("--batch-size", type=int, default=32)
     p = sub.add_parser("runs", help="one table of every classification result, best first",
-                       description="Find every result JSON (in <cache-dir>/**/*.runs/ and "
-                       "under the folders given, e.g. --out folders) and print dataset, "
-                       "backbone, layer, pooling, classifier, pipeline, rank-1, rank-5, fit "
-                       "seconds.")
+                       description="Find every result JSON (in the run folders under "
+                       "<cache-dir>/**/*.runs/ and under the folders given, e.g. --out "
+                       "folders) and print dataset, backbone, layer, pooling, classifier, "
+                       "pipeline, rank-1, rank-5, fit seconds, start time and the classify "
+                       "settings; 'best' marks the best rank-1 of each dataset.")
     p.add_argument("dirs", nargs="*", metavar="DIR", help="more folders (or JSON files)")
     p.add_argument("--cache-dir", help="default $FEATX_CACHE_DIR or data/cache")
     p.add_argument("--sort", default="rank1", metavar="COLUMN",
-                   help="dataset, backbone, layer, pooling, classifier, pipeline, rank1, rank5 "
-                   "or fit_seconds (default rank1, best first)")
+                   help="any column: dataset, backbone, layer, pooling, classifier, pipeline, "
+                   "rank1, rank5, fit_seconds, started, quick, class_weight, cv, "
+                   "train_features, test_features (default rank1, best first)")
     p.add_argument("--dataset", help="only the runs on this dataset")
+    p.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                   help="only the rows where COLUMN is VALUE (as printed or as recorded), "
+                   "e.g. --where classifier=logreg --where quick=no; repeat to narrow")
+    p.add_argument("--latest", action="store_true",
+                   help="only the newest run (the run folder started last)")
     p.add_argument("--csv", action="store_true", help="CSV instead of the table")
     p = sub.add_parser("demo-data", help="export scikit-learn's digits as PNGs (the demo set)")
     p.add_argument("folder", nargs="?", default="data/digits")
@@ -145,19 +158,32 @@ def main(argv: list[str] | None = None) -> int:
     from featx.dataset import DatasetError
     from featx.extract import ExtractError
     from featx.finetune import FinetuneError
+    from featx.modelfile import ModelFileError
     from featx.predict import PredictError
     from featx.runs import RunsError
     from featx.store import StoreError
 
     try:
-        return _dispatch(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return _dispatch(args)
     except (ConfigError, DatasetError, BackboneError, StoreError, ExtractError,
-            ClassifierError, PredictError, RunsError, FinetuneError) as e:
+            ClassifierError, PredictError, RunsError, FinetuneError, ModelFileError) as e:
         print(f"featx: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # full disk, read-only folder, permissions: name the path
         print(f"featx: error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # featx's own warnings are one line, like its errors; others keep Python's format.
+    from featx.modelfile import ModelFileWarning
+
+    if issubclass(category, ModelFileWarning):
+        print(f"featx: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -186,7 +212,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from featx.predict import run
 
         return run(args.model, args.inputs, top=args.top, csv_file=args.csv,
-                   weights=args.weights, batch_size=args.batch_size)
+                   weights=args.weights, batch_size=args.batch_size, trust=args.trust)
     config = config_from_args(args)
     if args.command == "extract":
         from featx.extract import extract_all
@@ -224,7 +250,10 @@ def _runs(args: argparse.Namespace) -> int:
 
     folder = Config(cache_dir=args.cache_dir or "").cache_path
     rows = runs.load_runs(runs.find_results(folder, args.dirs))
-    rows = runs.sort_runs(runs.filter_runs(rows, args.dataset), args.sort)
+    rows = runs.filter_runs(rows, args.dataset, args.where)
+    if args.latest:
+        rows = runs.latest(rows)
+    rows = runs.sort_runs(runs.mark_best(rows), args.sort)
     if args.csv:
         print(runs.to_csv(rows), end="")
     else:

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
+from featx.runinfo import write_atomic
+
 TOP_PAIRS = 10  # most-confused pairs shown in the reports
 N_EXAMPLES = 3  # example test images recorded per confused pair
 
@@ -80,23 +82,29 @@ def summary_line(name: str, result: dict[str, Any]) -> str:
             f"{result['n_train']} train / {result['n_test']} test)")
 
 
+def report_paths(stem: Path) -> dict[str, Path]:
+    """The files :func:`write_reports` writes, by kind: json, md, html, confusion, recall."""
+    stem = Path(stem)
+    return {"json": beside(stem, ".json"), "md": beside(stem, ".md"),
+            "html": beside(stem, ".html"), "confusion": beside(stem, "-confusion.png"),
+            "recall": beside(stem, "-recall.png")}
+
+
 def write_reports(result: dict[str, Any], stem: Path) -> dict[str, Path]:
     """Write ``stem.json`` (everything), ``stem.md``, ``stem.html`` (self-contained: the
-    charts are embedded) and the charts ``stem-confusion.png`` and ``stem-recall.png``.
+    charts are embedded) and the charts ``stem-confusion.png`` and ``stem-recall.png``, each
+    atomically, the JSON last (`featx runs` lists a result once its JSON is there).
     Returns the paths by kind: json, md, html, confusion, recall."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"json": beside(stem, ".json"), "md": beside(stem, ".md"),
-             "html": beside(stem, ".html"), "confusion": beside(stem, "-confusion.png"),
-             "recall": beside(stem, "-recall.png")}
-    paths["json"].write_text(json.dumps(result, indent=2, sort_keys=True))
+    paths = report_paths(stem)
+    paths["json"].parent.mkdir(parents=True, exist_ok=True)
     names = list(result["per_class"])
     pngs = {"confusion": confusion_png(result["confusion"], names, _title(result)),
             "recall": recall_png(result["per_class"], _title(result), result.get("rank1"))}
     for kind, png in pngs.items():
-        paths[kind].write_bytes(png)
-    paths["md"].write_text(markdown(result, {k: paths[k].name for k in pngs}))
-    paths["html"].write_text(html_report(result, pngs))
+        write_atomic(paths[kind], png)
+    write_atomic(paths["md"], markdown(result, {k: paths[k].name for k in pngs}))
+    write_atomic(paths["html"], html_report(result, pngs))
+    write_atomic(paths["json"], json.dumps(result, indent=2, sort_keys=True))
     return paths
 
 

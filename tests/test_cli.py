@@ -49,9 +49,10 @@ def test_extract_then_classify(tiny_store, tmp_path, capsys):
     lines = [line for line in printed.splitlines() if line.strip()]
     assert len(lines) == 1
     assert lines[0].startswith("logreg") and "rank-1" in lines[0] and "rank-5" in lines[0]
-    assert sorted(p.suffix for p in out.iterdir()) == [".html", ".joblib", ".json", ".md",
-                                                       ".png", ".png"]
-    saved = json.loads(next(out.glob("*.json")).read_text())
+    (run,) = out.iterdir()  # the run's own folder
+    assert sorted(p.suffix for p in run.iterdir()) == [".html", ".json", ".md", ".png", ".png",
+                                                       ".skops"]
+    saved = json.loads(next(run.glob("*.json")).read_text())
     assert f"rank-1 {saved['rank1']:.3f}" in lines[0]
 
     assert main(["extract", *tiny_args(root, cache)]) == 0
@@ -64,7 +65,7 @@ def test_classify_with_an_explicit_store(tiny_store, tmp_path, capsys):
                  "--classifiers", "linear_svm", "--out", str(out), "--set", "name=given"])
     assert code == 0
     assert "linear_svm" in capsys.readouterr().out
-    assert (out / "given-linear_svm.json").is_file()
+    assert len(list(out.glob("*/given-linear_svm.json"))) == 1
 
 
 def test_backbones_lists_every_name(capsys):
