@@ -99,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("keys", nargs="*", help="default: every store")
     p = cache_sub.add_parser("rm", parents=[cache_dir], help="remove stores and their results")
     p.add_argument("keys", nargs="+")
+    p = cache_sub.add_parser(
+        "export", parents=[cache_dir], help="write a store's features and metadata as "
+        ".npy + Parquet, .npz or Parquet", description="Stream a store's features (float32, "
+        "the store's row order) and metadata (path, label, label_name, split, ok) into "
+        "files other tools read: npy: features.npy beside metadata.parquet (clip-retrieval's "
+        "layout); npz: features.npz; parquet: features.parquet (features as a list column). "
+        "Parquet needs pyarrow (pip install 'featx[export]').")
+    p.add_argument("store", help="a store's key (as featx cache ls lists it) or its .h5 file")
+    p.add_argument("--format", required=True, choices=["npy", "npz", "parquet"])
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the files")
     p = sub.add_parser("predict", help="label images with a saved model (top-k)",
                        description="Rebuild the backbone a saved model was trained on, read "
                        "the images as extraction does and print the top-k labels per image.")
@@ -156,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     from featx.classify import ClassifierError
     from featx.config import ConfigError
     from featx.dataset import DatasetError
+    from featx.export import ExportError
     from featx.extract import ExtractError
     from featx.finetune import FinetuneError
     from featx.modelfile import ModelFileError
@@ -168,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             return _dispatch(args)
     except (ConfigError, DatasetError, BackboneError, StoreError, ExtractError,
-            ClassifierError, PredictError, RunsError, FinetuneError, ModelFileError) as e:
+            ClassifierError, PredictError, RunsError, FinetuneError, ModelFileError,
+            ExportError) as e:
         print(f"featx: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # full disk, read-only folder, permissions: name the path
@@ -291,6 +303,16 @@ def _cache(args: argparse.Namespace) -> int:
             print(f"{'OK  ' if not problems else 'FAIL'} {e.path.name}"
                   + "".join(f"\n     {p}" for p in problems))
         return 1 if bad else 0
+    if args.cache_command == "export":
+        from pathlib import Path
+
+        from featx.export import export
+
+        store = Path(args.store)
+        path = store if store.suffix == ".h5" else cache.find(folder, args.store).path
+        for written in export(path, args.format, args.out):
+            print(f"wrote {written}")
+        return 0
     if args.cache_command == "rm":
         for key in args.keys:
             for path in cache.remove(cache.find(folder, key)):

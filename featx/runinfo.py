@@ -5,6 +5,7 @@ leaves no half file under a name a later command trusts."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -24,20 +26,26 @@ DISTRIBUTIONS = {"scikit-learn": ("scikit-learn",), "numpy": ("numpy",), "skops"
                  "tensorflow": ("tensorflow", "tensorflow-cpu"), "h5py": ("h5py",)}
 
 
-def write_atomic(path: Path, data: bytes | str) -> Path:
-    """Write ``data`` to a temporary name beside ``path``, then rename it into place: readers
-    see the old file or the whole new one, never a part."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write; renamed to ``path`` when the block ends
+    without an error, removed otherwise: readers see the old file or the whole new one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # only there if the write or the rename failed
-    return path
+
+
+def write_atomic(path: Path, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_file`, synced to disk first."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
