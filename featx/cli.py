@@ -19,6 +19,7 @@ SHORTHANDS = {
     "n_jobs": "classify.n_jobs", "engine": "extract.engine", "address": "ray_address",
     # on/off flags: None when absent, so that the pipeline's value stands
     "strict": "extract.strict", "quick": "classify.quick", "consolidate": "extract.consolidate",
+    "mlflow": "classify.mlflow",
 }
 
 
@@ -75,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a first look: each learner's reduced grid and 2 folds")
     p.add_argument("--address", help="Ray cluster address for classify.engine = \"ray\"")
     p.add_argument("--out", help="folder for results and models")
+    p.add_argument("--mlflow", nargs="?", const="on", metavar="URI",
+                   help="log one MLflow run per classifier (pip install 'featx[mlflow]'): "
+                   "to URI, or without one to <cache-dir>/mlflow.db (SQLite, artifacts in "
+                   "<cache-dir>/mlflow-artifacts/)")
     p = sub.add_parser("finetune", parents=[common], help="images -> fine-tuned CNN -> report",
                        description="Fine-tune the backbone with a new head (the comparison to "
                        "feature extraction): warm the head up on the frozen base, then train "
@@ -173,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     from featx.predict import PredictError
     from featx.runs import RunsError
     from featx.store import StoreError
+    from featx.tracking import TrackingError
 
     try:
         with warnings.catch_warnings():
@@ -180,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             return _dispatch(args)
     except (ConfigError, DatasetError, BackboneError, StoreError, ExtractError,
             ClassifierError, PredictError, RunsError, FinetuneError, ModelFileError,
-            ExportError) as e:
+            ExportError, TrackingError) as e:
         print(f"featx: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # full disk, read-only folder, permissions: name the path

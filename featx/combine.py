@@ -30,6 +30,7 @@ from featx.pipeline import (
     open_run,
     probabilities_on_test,
     read_splits,
+    track,
     write_result,
 )
 from featx.runinfo import Run
@@ -144,6 +145,7 @@ def classify_combined(config: Config, echo=print) -> list[dict[str, Any]]:
         run = open_run(config, stores[0])
         results = _ensemble(config, parts, labels, run, echo)
     print(f"featx: results in {run.dir}/", file=sys.stderr)
+    track(config, results)
     return results
 
 

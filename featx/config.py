@@ -83,6 +83,9 @@ class ClassifyConfig:
     quick: bool = False  # a first look: each learner's reduced grid and 2 folds
     ensemble: bool = False  # also report the average of the classifiers' probabilities
     engine: str = "local"  # local | ray: the grid search's jobs on the Ray cluster (joblib)
+    # MLflow logging (featx/tracking.py, pip install featx[mlflow]): "" off, "on" a local
+    # store under the cache folder, or a tracking URI
+    mlflow: str = ""
 
 
 @dataclass

@@ -24,6 +24,7 @@ from featx.dataset import TEST, TRAIN, VAL
 from featx.report import evaluate, report_paths, summary_line, write_reports
 from featx.runinfo import Run
 from featx.store import FeatureStore, StoreError
+from featx.tracking import ARTIFACTS, ON, log_results, require, tracking_uri
 
 BACKBONE_ATTRS = ("backbone", "weights", "weights_id", "layer", "pooling", "input_size",
                   "preprocess", "resize", "combine")  # combine: featx.combine's members
@@ -238,11 +239,26 @@ def classify(config: Config, store_path: Path | None = None,
 
         store_path = locate_store(config)
     check_ensemble(config)
+    if tracking_uri(config.classify.mlflow, config.cache_path):
+        require()  # before the fits, not after
     data = read_splits(config, store_path)
     run = open_run(config, store_path)
     results = fit_and_report(config, data, run, echo)
     print(f"featx: results in {run.dir}/", file=sys.stderr)
+    track(config, results)
     return results
+
+
+def track(config: Config, results: list[dict[str, Any]]) -> None:
+    """With ``classify.mlflow``: one MLflow run per result (featx.tracking)."""
+    uri = tracking_uri(config.classify.mlflow, config.cache_path)
+    if uri is None:
+        return
+    local = config.classify.mlflow.strip().lower() in ON  # the default store: artifacts beside
+    ids = log_results(uri, config.name, results,
+                      config.cache_path / ARTIFACTS if local else None)
+    print(f"featx: {len(ids)} MLflow runs in {uri} (experiment {config.name!r})",
+          file=sys.stderr)
 
 
 def fit_and_report(config: Config, data: Splits, run: Run, echo=print,
