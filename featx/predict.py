@@ -21,12 +21,12 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from featx import modelfile
 from featx.backbones import Backbone, BackboneError, keras_home
 from featx.classify import class_scores
 from featx.config import BackboneConfig
 from featx.dataset import IMAGE_EXTENSIONS
 from featx.images import ReadErrors, Views, read_batches
-from featx.modelfile import SUFFIX, load
 from featx.store import store_key
 from featx.variants import Variant
 
@@ -95,7 +95,7 @@ class Predictor:
         backbone; ``weights`` replaces the recorded weights location (the file must be the
         same weights, by content). A pickle/joblib file loads only with ``trust``."""
         path = model_file(path)
-        bundle = load(path, trust=trust)
+        bundle = modelfile.load(path, trust=trust)
         if not isinstance(bundle, dict) or not {"model", "label_names", "pipeline"} <= set(bundle):
             raise PredictError(f"{path}: not a featx model bundle (no model, label_names "
                                "and pipeline)")
@@ -194,7 +194,7 @@ def model_file(path: str | Path) -> Path:
         return path
     if not path.is_dir():
         raise PredictError(f"no saved model at {path} (featx classify writes a run folder "
-                           f"holding <pipeline>-<classifier>{SUFFIX})")
+                           f"holding <pipeline>-<classifier>{modelfile.SUFFIX})")
     candidates = []
     for result in sorted(path.glob("*.json")):
         try:
@@ -207,7 +207,8 @@ def model_file(path: str | Path) -> Path:
                                path / data["model"]))
     if not candidates:
         raise PredictError(f"{path}: a folder with no saved model (a featx classify run "
-                           f"folder holds <pipeline>-<classifier>{SUFFIX} and its JSON)")
+                           f"folder holds <pipeline>-<classifier>{modelfile.SUFFIX} and its "
+                           "JSON)")
     rank1, best = min(candidates, key=lambda c: (-c[0], c[1].name))  # equals: by name
     if len(candidates) > 1:
         print(f"featx: {path}: {len(candidates)} models; using {best.name} (best rank-1 "
