@@ -12,7 +12,7 @@ import os
 # effect if featx is imported before TensorFlow; a user's own setting wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # also the first heading of CHANGELOG.md
 
 # The public API (README: From Python). Loaded on first use, so that `import featx` (and the
 # command line) imports neither scikit-learn nor TensorFlow.

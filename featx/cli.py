@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
+from featx import __version__
 from featx.config import SHORTHANDS, Config
 from featx.errors import FeatxError, StoreError
 
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transfer learning by feature extraction: push images once through a "
                     "frozen ImageNet CNN into an HDF5 cache, then train classical classifiers "
                     "on the cached features in seconds.")
+    parser.add_argument("--version", action="version", version=f"featx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("extract", parents=[common], help="images -> frozen CNN -> HDF5 store",
                        description="Extract features into the cache (a cache hit does nothing).")
@@ -51,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ray: copy the shard files into one store file")
     p = sub.add_parser("classify", parents=[common], help="HDF5 store -> classifiers -> report",
                        description="Fit the pipeline's classifiers on the cached training "
-                       "rows; print rank-1/rank-5 on the test rows; write JSON, Markdown "
-                       "and a joblib model beside the store (or into --out).")
+                       "rows; print rank-1/rank-5 on the test rows; write JSON, Markdown, "
+                       "HTML and a .skops model into a new run folder beside the store (or "
+                       "under --out).")
     p.add_argument("--store", help="use this store file instead of locating it from the data")
     p.add_argument("--classifiers", help="comma-separated: logreg, linear_svm, rbf_svm, knn, "
                    "sgd")
@@ -61,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a first look: each learner's reduced grid and 2 folds")
     p.add_argument("--address", help="Ray cluster address for classify.engine = \"ray\"")
     p.add_argument("--out", help="folder for results and models")
+    p.add_argument("--mlflow", nargs="?", const="on", metavar="URI",
+                   help="log one MLflow run per classifier (pip install 'featx[mlflow]'): "
+                   "to URI, or without one to <cache-dir>/mlflow.db (SQLite, artifacts in "
+                   "<cache-dir>/mlflow-artifacts/)")
     p = sub.add_parser("finetune", parents=[common], help="images -> fine-tuned CNN -> report",
                        description="Fine-tune the backbone with a new head (the comparison to "
                        "feature extraction): warm the head up on the frozen base, then train "
@@ -87,10 +95,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("keys", nargs="*", help="whole keys or file names, as `featx cache ls` "
                    "prints them (no prefixes)")
     p.add_argument("--all", action="store_true", help="every store and unfinished extraction")
+    p = cache_sub.add_parser(
+        "export", parents=[cache_dir], help="write a store's features and metadata as "
+        ".npy + Parquet, .npz or Parquet", description="Stream a store's features (float32, "
+        "the store's row order) and metadata (path, label, label_name, split, ok) into "
+        "files other tools read: npy: features.npy beside metadata.parquet (clip-retrieval's "
+        "layout); npz: features.npz; parquet: features.parquet (features as a list column). "
+        "Parquet needs pyarrow (pip install 'featx[export]').")
+    p.add_argument("store", help="a store's key (as featx cache ls lists it) or its .h5 file")
+    p.add_argument("--format", required=True, choices=["npy", "npz", "parquet"])
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the files")
     p = sub.add_parser("predict", help="label images with a saved model (top-k)",
                        description="Rebuild the backbone a saved model was trained on, read "
                        "the images as extraction does and print the top-k labels per image.")
-    p.add_argument("model", help="a saved model: <results>/<pipeline>-<classifier>.joblib")
+    p.add_argument("model", help="a run folder (its best rank-1 model) or a model file: "
+                   "<run folder>/<pipeline>-<classifier>.skops")
+    p.add_argument("--trust", action="store_true",
+                   help="load a pickle/joblib model file (it can run any code: only a file "
+                   "you trust), or a .skops file holding types featx does not trust")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
                    help="image files; folders are searched recursively for images")
     p.add_argument("--top", type=int, default=5, help="labels per image (default 5)")
@@ -101,16 +123,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "the same weights the model was trained with)")
     p.add_argument("--batch-size", type=int, default=32)
     p = sub.add_parser("runs", help="one table of every classification result, best first",
-                       description="Find every result JSON (in <cache-dir>/**/*.runs/ and "
-                       "under the folders given, e.g. --out folders) and print dataset, "
-                       "backbone, layer, pooling, classifier, pipeline, rank-1, rank-5, fit "
-                       "seconds.")
+                       description="Find every result JSON (in the run folders under "
+                       "<cache-dir>/**/*.runs/ and under the folders given, e.g. --out "
+                       "folders) and print dataset, backbone, layer, pooling, classifier, "
+                       "pipeline, rank-1, rank-5, fit seconds, start time and the classify "
+                       "settings; 'best' marks the best rank-1 of each dataset.")
     p.add_argument("dirs", nargs="*", metavar="DIR", help="more folders (or JSON files)")
     p.add_argument("--cache-dir", help="default $FEATX_CACHE_DIR or data/cache")
     p.add_argument("--sort", default="rank1", metavar="COLUMN",
-                   help="dataset, backbone, layer, pooling, classifier, pipeline, rank1, rank5 "
-                   "or fit_seconds (default rank1, best first)")
+                   help="any column: dataset, backbone, layer, pooling, classifier, pipeline, "
+                   "rank1, rank5, fit_seconds, started, quick, class_weight, cv, "
+                   "train_features, test_features (default rank1, best first)")
     p.add_argument("--dataset", help="only the runs on this dataset")
+    p.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                   help="only the rows where COLUMN is VALUE (as printed or as recorded), "
+                   "e.g. --where classifier=logreg --where quick=no; repeat to narrow")
+    p.add_argument("--latest", action="store_true",
+                   help="only the newest run (the run folder started last)")
     p.add_argument("--csv", action="store_true", help="CSV instead of the table")
     p = sub.add_parser("demo-data", help="export scikit-learn's digits as PNGs (the demo set)")
     p.add_argument("folder", nargs="?", default="data/digits")
@@ -130,13 +159,25 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return _dispatch(args)
     except FeatxError as e:
         print(f"featx: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # full disk, read-only folder, permissions: name the path
         print(f"featx: error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # featx's own warnings are one line, like its errors; others keep Python's format.
+    from featx.modelfile import ModelFileWarning
+
+    if issubclass(category, ModelFileWarning):
+        print(f"featx: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -165,7 +206,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from featx.predict import run
 
         return run(args.model, args.inputs, top=args.top, csv_file=args.csv,
-                   weights=args.weights, batch_size=args.batch_size)
+                   weights=args.weights, batch_size=args.batch_size, trust=args.trust)
     config = config_from_args(args)
     if args.command == "extract":
         from featx.extract import extract_all
@@ -207,7 +248,10 @@ def _runs(args: argparse.Namespace) -> int:
 
     folder = Config(cache_dir=args.cache_dir or "").cache_path
     rows = runs.load_runs(runs.find_results(folder, args.dirs))
-    rows = runs.sort_runs(runs.filter_runs(rows, args.dataset), args.sort)
+    rows = runs.filter_runs(rows, args.dataset, args.where)
+    if args.latest:
+        rows = runs.latest(rows)
+    rows = runs.sort_runs(runs.mark_best(rows), args.sort)
     if args.csv:
         print(runs.to_csv(rows), end="")
     else:
@@ -245,6 +289,16 @@ def _cache(args: argparse.Namespace) -> int:
             print(f"{'OK  ' if not problems else 'FAIL'} {e.path.name}"
                   + "".join(f"\n     {p}" for p in problems))
         return 1 if bad else 0
+    if args.cache_command == "export":
+        from pathlib import Path
+
+        from featx.export import export
+
+        store = Path(args.store)
+        path = store if store.suffix == ".h5" else cache.find(folder, args.store).path
+        for written in export(path, args.format, args.out):
+            print(f"wrote {written}")
+        return 0
     if args.cache_command == "rm":
         if args.all == bool(args.keys):
             raise StoreError("featx cache rm takes whole keys or --all (not both, not neither)")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,11 +27,13 @@ from featx.pipeline import (
     fit_learner,
     load_splits,
     make_result,
+    open_run,
     probabilities_on_test,
     read_splits,
-    results_dir,
+    track,
     write_result,
 )
+from featx.runinfo import Run
 from featx.store import StoreError
 
 MODES = COMBINE_MODES
@@ -135,18 +136,20 @@ def classify_combined(config: Config, echo=print) -> list[dict[str, Any]]:
     ms = members(config)
     labels = [m.name for m in ms]
     stores = [find_store(m).path for m in ms]
-    out_dir = results_dir(config, stores[0])
     if config.combine.mode == "fuse":
         data = fuse([load_splits(m, st) for m, st in zip(ms, stores)], labels)
-        results = fit_and_report(config, data, out_dir, echo, save_models=False)
+        run = open_run(config, stores[0])
+        results = fit_and_report(config, data, run, echo, save_models=False)
     else:
         parts = align([read_splits(m, st) for m, st in zip(ms, stores)])
-        results = _ensemble(config, parts, labels, out_dir, echo)
-    print(f"featx: results in {out_dir}/", file=sys.stderr)
+        run = open_run(config, stores[0])
+        results = _ensemble(config, parts, labels, run, echo)
+    print(f"featx: results in {run.dir}/", file=sys.stderr)
+    track(config, results)
     return results
 
 
-def _ensemble(config: Config, parts: list[Splits], labels: list[str], out_dir: Path,
+def _ensemble(config: Config, parts: list[Splits], labels: list[str], run: Run,
               echo) -> list[dict[str, Any]]:
     first = parts[0]
     report_on = Splits(first.store, combined_attrs(parts, labels, "ensemble"),
@@ -158,7 +161,7 @@ def _ensemble(config: Config, parts: list[Splits], labels: list[str], out_dir: P
                                       for f, p in zip(fits, parts)))
         fitted, proba = average(name, fits, list(probabilities), list(models), labels)
         result = make_result(config, report_on, fitted, proba)
-        results.append(write_result(result, out_dir / f"{config.name}-{name}", echo))
+        results.append(write_result(result, run, run.dir / f"{config.name}-{name}", echo))
         every += [(f"{label}.{name}", f, m, p)
                   for label, f, m, p in zip(labels, fits, models, probabilities)]
     if config.classify.ensemble:
@@ -166,5 +169,5 @@ def _ensemble(config: Config, parts: list[Splits], labels: list[str], out_dir: P
         fitted, proba = average(ensemble_name(config.classify.classifiers), list(fits),
                                 list(probabilities), list(models), list(names))
         result = make_result(config, report_on, fitted, proba)
-        results.append(write_result(result, out_dir / f"{config.name}-ensemble", echo))
+        results.append(write_result(result, run, run.dir / f"{config.name}-ensemble", echo))
     return results

@@ -32,6 +32,7 @@ SHORTHANDS = {
     "n_jobs": "classify.n_jobs", "engine": "extract.engine", "address": "ray_address",
     # on/off flags: None when absent, so that the pipeline's value stands
     "strict": "extract.strict", "quick": "classify.quick", "consolidate": "extract.consolidate",
+    "mlflow": "classify.mlflow",
 }
 
 # The allowed values of every text setting with a fixed set of them, declared once here and
@@ -127,6 +128,9 @@ class ClassifyConfig:
     quick: bool = False  # a first look: each learner's reduced grid and 2 folds
     ensemble: bool = False  # also report the average of the classifiers' probabilities
     engine: str = "local"  # local | ray: the grid search's jobs on the Ray cluster (joblib)
+    # MLflow logging (featx/tracking.py, pip install featx[mlflow]): "" off, "on" a local
+    # store under the cache folder, or a tracking URI
+    mlflow: str = ""
 
 
 @dataclass

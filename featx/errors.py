@@ -46,3 +46,15 @@ class PredictError(FeatxError, ValueError):
 
 class RunsError(FeatxError, ValueError):
     """Result files that cannot be read or compared."""
+
+
+class ExportError(FeatxError, ValueError):
+    """An export that cannot be made as asked: says which format or file."""
+
+
+class ModelFileError(FeatxError, ValueError):
+    """A model file that is missing, unreadable or not trusted: says which and why."""
+
+
+class TrackingError(FeatxError, ValueError):
+    """MLflow asked for but not installed, or a tracking URI it cannot use."""

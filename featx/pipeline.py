@@ -7,6 +7,7 @@ predict later).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -14,22 +15,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 
 from featx import classify as learners
+from featx import modelfile
 from featx.config import Config, ConfigError
 from featx.dataset import TEST, TRAIN, VAL
-from featx.report import evaluate, summary_line, write_reports
+from featx.report import evaluate, report_paths, summary_line, write_reports
+from featx.runinfo import Run
 from featx.store import FeatureStore, StoreError
+from featx.tracking import ARTIFACTS, ON, log_results, require, tracking_uri
 
 BACKBONE_ATTRS = ("backbone", "weights", "weights_id", "layer", "pooling", "input_size",
                   "preprocess", "resize", "combine")  # combine: featx.combine's members
 
 
 def results_dir(config: Config, store: Path) -> Path:
-    """Where results and models go: ``--out``, else a folder beside the store."""
+    """Where run folders go: ``--out``, else a folder beside the store."""
     return Path(config.out) if config.out else store.with_name(store.stem + ".runs")
+
+
+def open_run(config: Config, store: Path) -> Run:
+    """A new run folder under :func:`results_dir`, named by its start time and a hash of the
+    classify settings: no run overwrites another."""
+    return Run.open(results_dir(config, store), dataclasses.asdict(config.classify))
 
 
 @dataclass
@@ -214,16 +223,18 @@ def average(name: str, fitted: list[learners.FitResult], probabilities: list[np.
     return result, np.mean(probabilities, axis=0)
 
 
-def save_model(path: Path, fitted: learners.FitResult, data: Splits, config: Config) -> None:
+def save_model(path: Path, fitted: learners.FitResult, data: Splits, config: Config) -> Path:
+    """The model and what predicting needs, as a skops file (featx.modelfile)."""
     # featx predict rebuilds the backbone from the pipeline that extracted the store
     # ("extracted_by"; "pipeline" is this run's, which `classify --store` need not match) and
     # refuses it unless it gives the same settings_key and feature_shape.
-    joblib.dump({"model": fitted.model, "label_names": data.label_names,
-                 "classifier": fitted.name, "backbone": data.backbone, "key": data.attrs["key"],
-                 "settings_key": data.attrs.get("settings_key"),
-                 "feature_shape": data.attrs.get("feature_shape"),
-                 "pipeline": json.loads(config.to_json()),
-                 "extracted_by": data.attrs.get("pipeline")}, path)
+    return modelfile.save(path, {
+        "model": fitted.model, "label_names": list(data.label_names),
+        "classifier": fitted.name, "backbone": data.backbone, "key": data.attrs["key"],
+        "settings_key": data.attrs.get("settings_key"),
+        "feature_shape": data.attrs.get("feature_shape"),
+        "pipeline": json.loads(config.to_json()),
+        "extracted_by": data.attrs.get("pipeline")})
 
 
 def classify(config: Config, store_path: Path | None = None,
@@ -244,25 +255,39 @@ def classify(config: Config, store_path: Path | None = None,
     else:
         check_store_matches(config, store_path)
     check_ensemble(config)
+    if tracking_uri(config.classify.mlflow, config.cache_path):
+        require()  # before the fits, not after
     data = read_splits(config, store_path)
-    out_dir = results_dir(config, store_path)
-    results = fit_and_report(config, data, out_dir, echo)
-    print(f"featx: results in {out_dir}/", file=sys.stderr)
+    run = open_run(config, store_path)
+    results = fit_and_report(config, data, run, echo)
+    print(f"featx: results in {run.dir}/", file=sys.stderr)
+    track(config, results)
     return results
 
 
-def fit_and_report(config: Config, data: Splits, out_dir: Path, echo=print,
+def track(config: Config, results: list[dict[str, Any]]) -> None:
+    """With ``classify.mlflow``: one MLflow run per result (featx.tracking)."""
+    uri = tracking_uri(config.classify.mlflow, config.cache_path)
+    if uri is None:
+        return
+    local = config.classify.mlflow.strip().lower() in ON  # the default store: artifacts beside
+    ids = log_results(uri, config.name, results,
+                      config.cache_path / ARTIFACTS if local else None)
+    print(f"featx: {len(ids)} MLflow runs in {uri} (experiment {config.name!r})",
+          file=sys.stderr)
+
+
+def fit_and_report(config: Config, data: Splits, run: Run, echo=print,
                    save_models: bool = True) -> list[dict[str, Any]]:
     """Each classifier (and with ``classify.ensemble`` their average) fitted on ``data``'s
-    training rows, scored on its test rows, reported into ``out_dir``."""
+    training rows, scored on its test rows, reported (with its model) into the run's
+    folder."""
     results, fits, scored = [], [], []
     for name in config.classify.classifiers:
         fitted = fit_learner(name, data, config)
         scores = scores_on_test(fitted, data)
         result = make_result(config, data, fitted, scores)
-        results.append(write_result(result, out_dir / f"{config.name}-{name}", echo))
-        if save_models:
-            save_model(out_dir / f"{config.name}-{name}.joblib", fitted, data, config)
+        results.append(report(result, fitted, data, config, run, name, echo, save_models))
         fits.append(fitted)
         scored.append(scores)
     if config.classify.ensemble:
@@ -273,10 +298,18 @@ def fit_and_report(config: Config, data: Splits, out_dir: Path, echo=print,
                                 list(probabilities), list(models),
                                 config.classify.classifiers, time.perf_counter() - t0)
         result = make_result(config, data, fitted, proba)
-        results.append(write_result(result, out_dir / f"{config.name}-ensemble", echo))
-        if save_models:
-            save_model(out_dir / f"{config.name}-ensemble.joblib", fitted, data, config)
+        results.append(report(result, fitted, data, config, run, "ensemble", echo,
+                              save_models))
     return results
+
+
+def report(result: dict[str, Any], fitted: learners.FitResult, data: Splits, config: Config,
+           run: Run, name: str, echo, save: bool = True) -> dict[str, Any]:
+    """Save the model (``save``) and write the reports of ``<run>/<pipeline>-<name>``."""
+    stem = run.dir / f"{config.name}-{name}"
+    model = save_model(stem.with_name(stem.name + modelfile.SUFFIX), fitted, data, config) \
+        if save else None
+    return write_result(result, run, stem, echo, model)
 
 
 def ensemble_name(classifiers: list[str]) -> str:
@@ -290,15 +323,24 @@ def check_ensemble(config: Config) -> None:
                                        "name at least two in classify.classifiers")
 
 
-def write_result(result: dict[str, Any], stem: Path, echo) -> dict[str, Any]:
+def write_result(result: dict[str, Any], run: Run, stem: Path, echo,
+                 model: Path | None = None) -> dict[str, Any]:
+    """The reports of ``result`` at ``stem``, with what the run records (its settings,
+    versions, machine, the files written; ``model``: the model file, already written); the
+    JSON last, so that a run killed before it leaves no result that `featx runs` lists."""
+    files = [*report_paths(stem).values(), *([model] if model else [])]
+    result = run.record(result, files)
+    if model:
+        result["model"] = model.name  # beside the JSON
     write_reports(result, stem)
     echo(summary_line(result["classifier"], result))
     return result
 
 
-def load_model(path: str | Path) -> dict[str, Any]:
-    """A saved classifier bundle: model, label_names, backbone settings, key."""
-    return joblib.load(path)
+def load_model(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """A saved classifier bundle: model, label_names, backbone settings, key
+    (featx.modelfile.load: a pickle only with ``trust``)."""
+    return modelfile.load(path, trust=trust)
 
 
 def _check_split(store: FeatureStore, config: Config) -> None:

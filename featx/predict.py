@@ -1,17 +1,18 @@
 """Predict with a saved model: images -> the same frozen backbone -> classifier -> top-k labels.
 
-A bundle saved by ``featx classify`` (``<results>/<pipeline>-<classifier>.joblib``) records
-the classifier, the label names, the pipeline and the feature settings key. ``Predictor.load``
-rebuilds the backbone from the recorded pipeline and refuses to predict when the features it
-would compute are not the ones the classifier was trained on (other weights, layer, pooling,
-input size, preprocessing or resize policy): a classifier on the wrong features still
-returns confident, meaningless labels.
+A bundle saved by ``featx classify`` (``<run folder>/<pipeline>-<classifier>.skops``, see
+featx.modelfile) records the classifier, the label names, the pipeline and the feature
+settings key. ``Predictor.load`` rebuilds the backbone from the recorded pipeline and
+refuses to predict when the features it would compute are not the ones the classifier was
+trained on (other weights, layer, pooling, input size, preprocessing or resize policy): a
+classifier on the wrong features still returns confident, meaningless labels.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from featx import modelfile
 from featx.backbones import Backbone, BackboneError, keras_home
 from featx.classify import class_scores
 from featx.config import BackboneConfig
@@ -86,23 +88,19 @@ class Predictor:
         _check_settings(bundle, backbone, source)
 
     @classmethod
-    def load(cls, path: str | Path, weights: str | None = None) -> Predictor:
-        """Read a bundle and rebuild its backbone; ``weights`` replaces the recorded weights
-        location (the file must be the same weights, by content)."""
-        import joblib
-
-        path = Path(path)
-        if not path.is_file():
-            raise PredictError(f"no saved model at {path} (featx classify writes "
-                               "<results>/<pipeline>-<classifier>.joblib)")
-        try:
-            bundle = joblib.load(path)
-        except Exception as e:  # pickle/joblib raise many types on a foreign or cut file
-            raise PredictError(f"{path}: not a featx model bundle ({type(e).__name__}: {e})"
-                               ) from None
+    def load(cls, path: str | Path, weights: str | None = None,
+             trust: bool = False) -> Predictor:
+        """Read a bundle (a model file, or the best one of a run folder) and rebuild its
+        backbone; ``weights`` replaces the recorded weights location (the file must be the
+        same weights, by content). A pickle/joblib file loads only with ``trust``."""
+        path = model_file(path)
+        bundle = modelfile.load(path, trust=trust)
         if not isinstance(bundle, dict) or not {"model", "label_names", "pipeline"} <= set(bundle):
             raise PredictError(f"{path}: not a featx model bundle (no model, label_names "
                                "and pipeline)")
+        if not hasattr(bundle["model"], "classes_"):
+            raise PredictError(f"{path}: not a featx model bundle (its model is a "
+                               f"{type(bundle['model']).__name__}, not a fitted classifier)")
         # The pipeline that extracted the training features, where recorded.
         pipeline = bundle.get("extracted_by") or bundle["pipeline"]
         section = dict(pipeline.get("backbone", {}))
@@ -187,6 +185,36 @@ class Predictor:
         return out
 
 
+def model_file(path: str | Path) -> Path:
+    """``path`` if it is a file; in a run folder, the model of its best rank-1 result (said on
+    stderr when there are several)."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise PredictError(f"no saved model at {path} (featx classify writes a run folder "
+                           f"holding <pipeline>-<classifier>{modelfile.SUFFIX})")
+    candidates = []
+    for result in sorted(path.glob("*.json")):
+        try:
+            data = json.loads(result.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and data.get("model") and (path / data["model"]).is_file():
+            rank1 = data.get("rank1")
+            candidates.append((rank1 if isinstance(rank1, (int, float)) else -1.0,
+                               path / data["model"]))
+    if not candidates:
+        raise PredictError(f"{path}: a folder with no saved model (a featx classify run "
+                           f"folder holds <pipeline>-<classifier>{modelfile.SUFFIX} and its "
+                           "JSON)")
+    rank1, best = min(candidates, key=lambda c: (-c[0], c[1].name))  # equals: by name
+    if len(candidates) > 1:
+        print(f"featx: {path}: {len(candidates)} models; using {best.name} (best rank-1 "
+              f"{rank1:.3f}); give a model file to use another", file=sys.stderr)
+    return best
+
+
 def _check_settings(bundle: dict[str, Any], backbone: Backbone, source: str) -> None:
     """Refuse a backbone whose features differ from those the model was trained on."""
     from featx.extract import feature_settings
@@ -238,11 +266,12 @@ def write_csv(predictions: Sequence[Prediction], out: TextIO) -> None:
 
 
 def run(model: str, inputs: Sequence[str], top: int = 5, csv_file: str | None = None,
-        weights: str | None = None, batch_size: int = 32, out: TextIO | None = None) -> int:
+        weights: str | None = None, batch_size: int = 32, out: TextIO | None = None,
+        trust: bool = False) -> int:
     """``featx predict``: the table on ``out`` (stdout), or the CSV there with ``csv_file="-"``,
-    or both the table and a CSV file."""
+    or both the table and a CSV file. ``model``: a model file or a run folder."""
     out = out or sys.stdout
-    predictor = Predictor.load(model, weights)
+    predictor = Predictor.load(model, weights, trust=trust)
     paths = image_files(inputs)
     if not paths:
         raise PredictError(f"no image files in {', '.join(map(str, inputs))} "

@@ -15,17 +15,20 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
 from featx.escape import markdown_cell
+from featx.runinfo import write_atomic
 
 TOP_PAIRS = 10  # most-confused pairs shown in the reports
 N_EXAMPLES = 3  # example test images recorded per confused pair
 
 
-def rank_k(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray, k: int) -> float:
+def rank_k(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray,
+           k: int) -> float | None:
     """Fraction of rows whose true class is among the k highest scores (columns ordered as
-    ``classes``). With k at or above the number of classes every row counts."""
+    ``classes``). None (not applicable) with k at or above the number of classes: every row
+    would count, a 1.000 true by definition that reads as a result."""
     n_classes = scores.shape[1]
     if k >= n_classes:
-        return 1.0
+        return None
     if n_classes == 2:  # scikit-learn would threshold binary scores, not compare columns
         return float(np.mean(classes[np.argmax(scores, axis=1)] == y_true))
     return float(top_k_accuracy_score(y_true, scores, k=k, labels=classes))
@@ -73,29 +76,36 @@ def confused_pairs(confusion: Any, label_names: list[str],
 
 def summary_line(name: str, result: dict[str, Any]) -> str:
     params = ", ".join(f"{k.split('__')[-1]}={v}" for k, v in result["best_params"].items())
-    return (f"{name:<12} rank-1 {result['rank1']:.3f}  rank-5 {result['rank5']:.3f}  "
+    rank5 = _num(result["rank5"], na="n/a")  # n/a: k at or above the number of classes
+    return (f"{name:<12} rank-1 {result['rank1']:.3f}  rank-5 {rank5}  "
             f"({params}; cv {_num(result.get('cv_score'))}; "
             f"fit {_num(result.get('fit_seconds'), 1)}s; "
             f"{result['n_train']} train / {result['n_test']} test)")
 
 
+def report_paths(stem: Path) -> dict[str, Path]:
+    """The files :func:`write_reports` writes, by kind: json, md, html, confusion, recall."""
+    stem = Path(stem)
+    return {"json": beside(stem, ".json"), "md": beside(stem, ".md"),
+            "html": beside(stem, ".html"), "confusion": beside(stem, "-confusion.png"),
+            "recall": beside(stem, "-recall.png")}
+
+
 def write_reports(result: dict[str, Any], stem: Path) -> dict[str, Path]:
     """Write ``stem.json`` (everything), ``stem.md``, ``stem.html`` (self-contained: the
-    charts are embedded) and the charts ``stem-confusion.png`` and ``stem-recall.png``.
+    charts are embedded) and the charts ``stem-confusion.png`` and ``stem-recall.png``, each
+    atomically, the JSON last (`featx runs` lists a result once its JSON is there).
     Returns the paths by kind: json, md, html, confusion, recall."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = {"json": beside(stem, ".json"), "md": beside(stem, ".md"),
-             "html": beside(stem, ".html"), "confusion": beside(stem, "-confusion.png"),
-             "recall": beside(stem, "-recall.png")}
-    paths["json"].write_text(json.dumps(result, indent=2, sort_keys=True))
+    paths = report_paths(stem)
+    paths["json"].parent.mkdir(parents=True, exist_ok=True)
     names = list(result["per_class"])
     pngs = {"confusion": confusion_png(result["confusion"], names, _title(result)),
             "recall": recall_png(result["per_class"], _title(result), result.get("rank1"))}
     for kind, png in pngs.items():
-        paths[kind].write_bytes(png)
-    paths["md"].write_text(markdown(result, {k: paths[k].name for k in pngs}))
-    paths["html"].write_text(html_report(result, pngs))
+        write_atomic(paths[kind], png)
+    write_atomic(paths["md"], markdown(result, {k: paths[k].name for k in pngs}))
+    write_atomic(paths["html"], html_report(result, pngs))
+    write_atomic(paths["json"], json.dumps(result, indent=2, sort_keys=True))
     return paths
 
 
@@ -110,8 +120,8 @@ def _title(r: dict[str, Any]) -> str:
             f"({b.get('pooling', '?')})")
 
 
-def _num(x: Any, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
+def _num(x: Any, digits: int = 3, na: str = "-") -> str:
+    return na if x is None else f"{x:.{digits}f}"
 
 
 def _pairs(r: dict[str, Any]) -> list[dict[str, Any]]:
@@ -220,7 +230,7 @@ def markdown(r: dict[str, Any], images: dict[str, str] | None = None) -> str:
     m = markdown_cell
     lines = [f"# {m(r['pipeline'])}: {m(r['classifier'])}", ""]
     lines += [f"- {k}: {m(v)}" for k, v in _settings(r)]
-    lines += ["", f"**rank-1 {r['rank1']:.3f} · rank-5 {r['rank5']:.3f}**", ""]
+    lines += ["", f"**rank-1 {r['rank1']:.3f} · rank-5 {_num(r['rank5'])}**", ""]
     if images:
         lines += [f"![confusion matrix]({images['confusion']})", "",
                   f"![per-class recall]({images['recall']})", ""]
@@ -254,7 +264,7 @@ def html_report(r: dict[str, Any], pngs: dict[str, bytes]) -> str:
     title = f"{r['pipeline']}: {r['classifier']}"
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
            f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
-           f"<p class='score'><b>rank-1 {r['rank1']:.3f}</b> · rank-5 {r['rank5']:.3f}</p>",
+           f"<p class='score'><b>rank-1 {r['rank1']:.3f}</b> · rank-5 {_num(r['rank5'])}</p>",
            "<h2>Settings</h2><table>"]
     out += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _settings(r)]
     out.append("</table>")

@@ -1,5 +1,7 @@
 """``featx runs``: one table of every classification result (the ``*.json`` that
-``write_reports`` writes), to compare backbones, layers, poolings and classifiers."""
+``write_reports`` writes, one run folder per ``featx classify``), to compare backbones,
+layers, poolings, classifiers and classify settings; the best rank-1 of each dataset
+marked."""
 
 from __future__ import annotations
 
@@ -25,20 +27,28 @@ COLUMNS = {
     "rank1": ("rank-1", ("rank1",)),
     "rank5": ("rank-5", ("rank5",)),
     "fit_seconds": ("fit_seconds", ("fit_seconds",)),
+    # when and with which classify settings (recorded since featx 0.2.0)
+    "started": ("started", ("started",)),
+    "quick": ("quick", ("classify", "quick")),
+    "class_weight": ("class_weight", ("classify", "class_weight")),
+    "cv": ("cv", ("classify", "cv")),
+    "train_features": ("train_features", ("classify", "train_features")),
+    "test_features": ("test_features", ("classify", "test_features")),
 }
-NUMERIC = {"rank1", "rank5", "fit_seconds"}
-# "best first": higher accuracy, shorter fit, names alphabetically
-DESCENDING = {"rank1", "rank5"}
+NUMERIC = {"rank1", "rank5", "fit_seconds", "cv"}
+# "best first": higher accuracy, shorter fit, newest, names alphabetically
+DESCENDING = {"rank1", "rank5", "started"}
 REQUIRED = ("classifier", "rank1")  # a JSON without these is not a run result
 
 
 
 def find_results(cache_dir: Path, dirs: Iterable[str | Path] = ()) -> list[Path]:
-    """Every ``*.json`` in ``<cache_dir>/**/*.runs/`` and under each of ``dirs`` (a folder,
-    searched recursively, or a JSON file), each once."""
+    """Every ``*.json`` under ``<cache_dir>/**/*.runs/`` (run folders, or results written
+    flat before featx 0.2.0) and under each of ``dirs`` (a folder, searched recursively, or a
+    JSON file), each once."""
     found: list[Path] = []
     if Path(cache_dir).is_dir():
-        found += sorted(p for p in Path(cache_dir).glob("**/*.runs/*.json") if p.is_file())
+        found += sorted(p for p in Path(cache_dir).glob("**/*.runs/**/*.json") if p.is_file())
     for d in map(Path, dirs):
         if d.is_file():
             found.append(d)
@@ -79,20 +89,61 @@ def load_runs(paths: Iterable[Path],
     return rows
 
 
+def _column(name: str, doing: str) -> str:
+    # a key of COLUMNS, or its header
+    column = {h: c for c, (h, _) in COLUMNS.items()}.get(name, name)
+    if column not in COLUMNS:
+        raise RunsError(f"cannot {doing} {name!r}; columns: {', '.join(COLUMNS)}")
+    return column
+
+
 def sort_runs(rows: list[dict[str, Any]], column: str = "rank1") -> list[dict[str, Any]]:
     """Best first by ``column`` (a key of COLUMNS or its header); rows without a value go
     last."""
-    column = {h: c for c, (h, _) in COLUMNS.items()}.get(column, column)
-    if column not in COLUMNS:
-        raise RunsError(f"cannot sort by {column!r}; columns: {', '.join(COLUMNS)}")
+    column = _column(column, "sort by")
     present = [r for r in rows if r[column] is not None]
     missing = [r for r in rows if r[column] is None]
     key = (lambda r: r[column]) if column in NUMERIC else (lambda r: str(r[column]).lower())
     return sorted(present, key=key, reverse=column in DESCENDING) + missing
 
 
-def filter_runs(rows: list[dict[str, Any]], dataset: str | None) -> list[dict[str, Any]]:
-    return rows if dataset is None else [r for r in rows if r["dataset"] == dataset]
+def filter_runs(rows: list[dict[str, Any]], dataset: str | None = None,
+                where: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """The rows of ``dataset`` (None: every dataset) matching every ``column=value`` of
+    ``where``: the value as the table prints it or as recorded (``quick=yes``,
+    ``quick=true``, ``class_weight=balanced``, ``cv=3``), case-insensitively."""
+    tests = []
+    for condition in where:
+        name, eq, wanted = condition.partition("=")
+        if not eq:
+            raise RunsError(f"--where {condition!r} is not of the form column=value")
+        tests.append((_column(name.strip().lower(), "filter on"), wanted.strip().lower()))
+    if dataset is not None:
+        tests.append(("dataset", dataset.lower()))
+    return [r for r in rows
+            if all(wanted in {_cell(c, r[c]).lower(), str(r[c]).lower()} for c, wanted in tests)]
+
+
+def latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of the newest run (the run folder with the latest ``started``)."""
+    dated = [r for r in rows if r["started"]]
+    if not dated:
+        return []
+    newest = Path(max(dated, key=lambda r: r["started"])["path"]).parent
+    return [r for r in rows if Path(r["path"]).parent == newest]
+
+
+def mark_best(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Set ``best`` on the row with the highest rank-1 of each dataset (the first of equals)."""
+    best: dict[Any, dict[str, Any]] = {}
+    for r in rows:
+        r["best"] = False
+        if r["rank1"] is not None and (r["dataset"] not in best
+                                       or r["rank1"] > best[r["dataset"]]["rank1"]):
+            best[r["dataset"]] = r
+    for r in best.values():
+        r["best"] = True
+    return rows
 
 
 def _cell(column: str, value: Any) -> str:
@@ -102,18 +153,27 @@ def _cell(column: str, value: Any) -> str:
         return f"{value:.3f}"
     if column == "fit_seconds":
         return f"{value:.1f}"
+    if column == "started":  # ISO time, to the second
+        return str(value)[:19].replace("T", " ")
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if column == "class_weight" and value == "":
+        return "none"
     return str(value)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table, columns aligned (numbers to the right)."""
-    cells = [[_cell(c, r[c]) for c in COLUMNS] for r in rows]
-    headers = [h for h, _ in COLUMNS.values()]
+    """A plain-text table, columns aligned (numbers to the right); ``best`` last, on the
+    best rank-1 of each dataset (see :func:`mark_best`)."""
+    columns = [*COLUMNS, "best"]
+    cells = [[_cell(c, r[c]) for c in COLUMNS] + ["best" if r.get("best") else ""]
+             for r in rows]
+    headers = [h for h, _ in COLUMNS.values()] + ["best"]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
 
     def line(values: list[str]) -> str:
         return "  ".join(v.rjust(w) if c in NUMERIC else v.ljust(w)
-                         for c, v, w in zip(COLUMNS, values, widths)).rstrip()
+                         for c, v, w in zip(columns, values, widths)).rstrip()
 
     return "\n".join([line(headers)] + [line(row) for row in cells])
 
@@ -121,7 +181,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 def to_csv(rows: list[dict[str, Any]]) -> str:
     """The same rows as CSV, with full-precision numbers and the result file's path."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[*COLUMNS, "path"], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=[*COLUMNS, "best", "path"],
+                            lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    writer.writerows({k: spreadsheet_cell(v) for k, v in row.items()} for row in rows)
+    writer.writerows({k: spreadsheet_cell(v) for k, v in {"best": False, **r}.items()}
+                     for r in rows)
     return buffer.getvalue()

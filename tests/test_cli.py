@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from pathlib import Path
 
 import h5py
 import pytest
 from PIL import Image
 
+import featx
 from featx.backbones import REGISTRY
 from featx.cli import build_parser, main
+from featx.config import tomllib  # tomli on Python 3.10
 from featx.store import FeatureStore
 
 TINY_FLAGS = ["--backbone", "MobileNetV2", "--weights", "none", "--input-size", "32",
@@ -45,9 +49,10 @@ def test_extract_then_classify(tiny_store, tmp_path, capsys):
     lines = [line for line in printed.splitlines() if line.strip()]
     assert len(lines) == 1
     assert lines[0].startswith("logreg") and "rank-1" in lines[0] and "rank-5" in lines[0]
-    assert sorted(p.suffix for p in out.iterdir()) == [".html", ".joblib", ".json", ".md",
-                                                       ".png", ".png"]
-    saved = json.loads(next(out.glob("*.json")).read_text())
+    (run,) = out.iterdir()  # the run's own folder
+    assert sorted(p.suffix for p in run.iterdir()) == [".html", ".json", ".md", ".png", ".png",
+                                                       ".skops"]
+    saved = json.loads(next(run.glob("*.json")).read_text())
     assert f"rank-1 {saved['rank1']:.3f}" in lines[0]
 
     assert main(["extract", *tiny_args(root, cache)]) == 0
@@ -60,7 +65,7 @@ def test_classify_with_an_explicit_store(tiny_store, tmp_path, capsys):
                  "--classifiers", "linear_svm", "--out", str(out), "--set", "name=given"])
     assert code == 0
     assert "linear_svm" in capsys.readouterr().out
-    assert (out / "given-linear_svm.json").is_file()
+    assert len(list(out.glob("*/given-linear_svm.json"))) == 1
 
 
 def test_backbones_lists_every_name(capsys):
@@ -206,3 +211,16 @@ def test_cache_on_an_empty_folder(tmp_path, capsys):
     assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
     assert "0 entries" in capsys.readouterr().out
     assert main(["cache", "verify", "--cache-dir", str(tmp_path)]) == 0
+
+
+def test_version_is_printed_and_is_the_changelogs_latest_release(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"featx {featx.__version__}"
+    repo = Path(__file__).resolve().parents[1]
+    releases = re.findall(r"^## (\S+)", (repo / "CHANGELOG.md").read_text(), re.M)
+    assert releases and releases[0] == featx.__version__
+    project = tomllib.loads((repo / "pyproject.toml").read_text())
+    assert "version" in project["project"]["dynamic"]  # read from featx.__version__
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "featx.__version__"}

@@ -98,7 +98,8 @@ def test_extract_and_classify_a_combined_pipeline(tiny_root, tmp_path, capsys):
     for r in results:
         assert r["backbone"]["combine"].startswith("fuse: tiny-avg (MobileNetV2, avg) + tiny-max")
         assert r["backbone"]["pooling"] == "avg + max"
-        assert (tmp_path / "out" / f"tiny-fuse-{r['classifier'].split('(')[0]}.json").is_file()
+        run = tmp_path / "out" / r["run"]
+        assert (run / f"tiny-fuse-{r['classifier'].split('(')[0]}.json").is_file()
 
     # ensemble mode: each member's classifier, probabilities averaged
     config = Config.load(_pipelines(tmp_path, root, "ensemble"))

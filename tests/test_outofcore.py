@@ -170,7 +170,7 @@ def test_classify_with_sgd_alone_never_loads_the_features(chunked_store, monkeyp
     assert spy.largest_buffer <= 100
     assert result["classifier"] == "sgd" and result["n_test"] == int((split == TEST).sum())
     assert result["rank1"] > 0.95 and result["best_params"]["alpha"] > 0
-    assert (tmp_path / "out" / "stream-sgd.json").is_file()
+    assert (tmp_path / "out" / result["run"] / "stream-sgd.json").is_file()
 
 
 def test_sgd_on_arrays_matches_the_grid_and_predicts(monkeypatch):

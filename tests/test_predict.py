@@ -15,7 +15,9 @@ from featx.backbones import Backbone
 from featx.cli import main
 from featx.config import BackboneConfig
 from featx.dataset import TEST, TRAIN
-from featx.pipeline import classify
+from featx.modelfile import ModelFileError
+from featx.modelfile import save as save_bundle
+from featx.pipeline import classify, load_model
 from featx.predict import CSV_HEADER, PredictError, Predictor, image_files, run
 from featx.store import FeatureStore
 
@@ -30,8 +32,9 @@ def models(tiny_store, tmp_path_factory, make_config):
     """logreg and linear_svm bundles trained on the tiny store, by classifier name."""
     out = tmp_path_factory.mktemp("predict-models")
     config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(out))
-    classify(config, tiny_store.path, echo=lambda line: None)
-    return {name: out / f"tiny-{name}.joblib" for name in ("logreg", "linear_svm")}
+    results = classify(config, tiny_store.path, echo=lambda line: None)
+    run = out / results[0]["run"]
+    return {name: run / f"tiny-{name}.skops" for name in ("logreg", "linear_svm")}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +75,7 @@ def test_scores_are_probabilities_or_a_softmax_said_so(models):
 
 
 def test_the_bundle_records_the_feature_settings(models, tiny_store):
-    bundle = joblib.load(models["logreg"])
+    bundle = load_model(models["logreg"])
     with FeatureStore(tiny_store.path) as store:
         attrs = store.attrs
     assert bundle["settings_key"] == attrs["settings_key"]
@@ -88,7 +91,7 @@ def tiny_backbone(**changes) -> Backbone:
 
 
 def test_the_same_settings_are_accepted(models):
-    bundle = joblib.load(models["logreg"])
+    bundle = load_model(models["logreg"])
     assert Predictor(bundle, tiny_backbone()).classes  # the control for the refusals below
 
 
@@ -98,13 +101,13 @@ def test_the_same_settings_are_accepted(models):
     ({"layer": "block_16_project"}, "layer"),
 ])
 def test_other_feature_settings_are_refused(models, changes, named):
-    bundle = joblib.load(models["logreg"])
+    bundle = load_model(models["logreg"])
     with pytest.raises(PredictError, match=f"trained on: .*{named}="):
         Predictor(bundle, tiny_backbone(**changes))
 
 
 def test_other_random_weights_are_refused(models):
-    bundle = joblib.load(models["logreg"])
+    bundle = load_model(models["logreg"])
     backbone = Backbone(BackboneConfig(name="MobileNetV2", weights="none", input_size=32), seed=7)
     with pytest.raises(PredictError, match="random:seed=7.*random:seed=42"):
         Predictor(bundle, backbone)
@@ -123,13 +126,13 @@ def test_a_weights_file_that_is_not_the_trained_one_is_refused(models, tmp_path,
 
 
 def test_a_tampered_bundle_is_refused_by_its_settings_key(models, tmp_path):
-    bundle = joblib.load(models["logreg"])
+    bundle = load_model(models["logreg"])
     bundle["extracted_by"]["backbone"]["pooling"] = "max"
-    joblib.dump(bundle, tmp_path / "tampered.joblib")
+    save_bundle(tmp_path / "tampered.skops", bundle)
     with pytest.raises(PredictError, match="pooling='avg' \\(now 'max'\\)"):
-        Predictor.load(tmp_path / "tampered.joblib")
+        Predictor.load(tmp_path / "tampered.skops")
     # A setting the recorded backbone dict does not list is still caught by the key.
-    bundle = joblib.load(models["logreg"])
+    bundle = load_model(models["logreg"])
     bundle["backbone"].pop("pooling")
     bundle["extracted_by"]["backbone"]["pooling"] = "max"
     with pytest.raises(PredictError, match="settings key"):
@@ -144,13 +147,19 @@ def test_features_of_another_width_are_refused(models):
 
 def test_missing_or_foreign_model_files(tmp_path):
     with pytest.raises(PredictError, match="no saved model"):
-        Predictor.load(tmp_path / "absent.joblib")
+        Predictor.load(tmp_path / "absent.skops")
     (tmp_path / "junk.joblib").write_bytes(b"not a pickle")
-    with pytest.raises(PredictError, match="not a featx model bundle"):
+    with pytest.raises(ModelFileError, match="refused: not a skops file"):
         Predictor.load(tmp_path / "junk.joblib")
-    joblib.dump({"model": None}, tmp_path / "dict.joblib")
+    with pytest.warns(UserWarning, match="you said you trust it"), \
+            pytest.raises(ModelFileError, match="not a featx model bundle"):
+        Predictor.load(tmp_path / "junk.joblib", trust=True)
+    save_bundle(tmp_path / "dict.skops", {"model": None})
     with pytest.raises(PredictError, match="not a featx model bundle"):
-        Predictor.load(tmp_path / "dict.joblib")
+        Predictor.load(tmp_path / "dict.skops")
+    joblib.dump({"model": None}, tmp_path / "dict.joblib")
+    with pytest.warns(UserWarning), pytest.raises(PredictError, match="not a featx model"):
+        Predictor.load(tmp_path / "dict.joblib", trust=True)
 
 
 def test_folders_expand_recursively_to_image_files(tiny_root, tmp_path):
@@ -244,8 +253,8 @@ def test_a_moved_weights_file_is_accepted_and_another_refused(tiny_root, tmp_pat
     config = make_config(root, tmp_path / "cache", out=str(tmp_path / "out"),
                          backbone={"weights": str(trained)}, classify={"classifiers": ["logreg"]})
     store = extract(config, progress=False).path
-    classify(config, store, echo=lambda line: None)
-    model = tmp_path / "out" / "tiny-logreg.joblib"
+    results = classify(config, store, echo=lambda line: None)
+    model = tmp_path / "out" / results[0]["run"] / "tiny-logreg.skops"
     moved = tmp_path / "elsewhere" / "copy.weights.h5"
     moved.parent.mkdir()
     shutil.move(trained, moved)
@@ -287,8 +296,8 @@ def flowers_subset(tmp_path_factory):
     config.classify.classifiers = ["logreg"]
     config.classify.n_jobs = 1
     store = extract(config, progress=False).path
-    classify(config, store, echo=lambda line: None)
-    return root, store, base / "out" / "flowers5of17-logreg.joblib"
+    results = classify(config, store, echo=lambda line: None)
+    return root, store, base / "out" / results[0]["run"] / "flowers5of17-logreg.skops"
 
 
 @pytest.mark.slow

@@ -32,14 +32,23 @@ SCORES3 = np.array([
 ])
 
 
-@pytest.mark.parametrize("k, expected", [(1, 0.5), (2, 0.75), (3, 1.0)])
+@pytest.mark.parametrize("k, expected", [(1, 0.5), (2, 0.75)])
 def test_rank_k_by_hand(k, expected):
     assert rank_k(Y3, SCORES3, CLASSES3, k) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("k", [5, 100])
-def test_k_larger_than_the_number_of_classes_counts_every_row(k):
-    assert rank_k(Y3, SCORES3, CLASSES3, k) == pytest.approx(1.0)
+@pytest.mark.parametrize("k", [3, 5, 100])
+def test_k_at_or_above_the_number_of_classes_is_not_applicable(k):
+    """Every row would count: 1.000 by definition, not a result (issue 12)."""
+    assert rank_k(Y3, SCORES3, CLASSES3, k) is None
+
+
+def test_rank5_is_a_number_with_more_than_five_classes():
+    rng = np.random.default_rng(1)
+    y, scores = rng.integers(0, 6, 40), rng.normal(size=(40, 6))
+    expected = np.mean([t in np.argsort(-s)[:5] for t, s in zip(y, scores)])
+    assert expected < 1.0
+    assert rank_k(y, scores, np.arange(6), 5) == pytest.approx(expected)
 
 
 BINARY_Y = np.array([0, 1, 1, 0])
@@ -49,7 +58,7 @@ P1 = np.array([0.2, 0.8, 0.4, 0.6])  # argmax predicts 0, 1, 0, 1: two right
 def test_binary_probabilities():
     scores = np.column_stack([1 - P1, P1])
     assert rank_k(BINARY_Y, scores, np.array([0, 1]), 1) == pytest.approx(0.5)
-    assert rank_k(BINARY_Y, scores, np.array([0, 1]), 5) == pytest.approx(1.0)
+    assert rank_k(BINARY_Y, scores, np.array([0, 1]), 5) is None
 
 
 @pytest.mark.parametrize("case", ["margins", "unnormalised"])
@@ -69,7 +78,7 @@ def test_binary_rank1_is_the_argmax_accuracy(case):
 def test_evaluate_by_hand():
     names = ["ant", "bee", "cow"]
     r = evaluate(Y3, SCORES3, CLASSES3, names)
-    assert r["rank1"] == pytest.approx(0.5) and r["rank5"] == pytest.approx(1.0)
+    assert r["rank1"] == pytest.approx(0.5) and r["rank5"] is None
     assert r["n_test"] == 4
     # predicted 0, 1, 0, 1 for true 0, 1, 2, 0
     assert r["confusion"] == [[1, 1, 0], [0, 1, 0], [1, 0, 0]]
@@ -84,7 +93,7 @@ def test_evaluate_by_hand():
 
 def test_evaluate_binary_by_hand():
     r = evaluate(BINARY_Y, np.column_stack([1 - P1, P1]), np.array([0, 1]), ["no", "yes"])
-    assert r["rank1"] == pytest.approx(0.5) and r["rank5"] == pytest.approx(1.0)
+    assert r["rank1"] == pytest.approx(0.5) and r["rank5"] is None
     assert r["confusion"] == [[1, 1], [1, 1]]
     assert r["per_class"]["yes"]["precision"] == pytest.approx(0.5)
 
@@ -112,8 +121,16 @@ def _result():
 
 def test_summary_line():
     line = summary_line("logreg", _result())
-    assert "logreg" in line and "rank-1 0.500" in line and "rank-5 1.000" in line
+    assert "logreg" in line and "rank-1 0.500" in line and "rank-5 n/a" in line
     assert "C=0.1" in line and "12 train / 4 test" in line
+    assert "rank-5 0.750" in summary_line("logreg", {**_result(), "rank5": 0.75})
+
+
+def test_rank5_not_applicable_is_null_and_a_dash_in_every_report(tmp_path):
+    paths = write_reports(_result(), tmp_path / "three-classes")
+    assert json.loads(paths["json"].read_text())["rank5"] is None
+    assert "rank-5 -**" in paths["md"].read_text()
+    assert "rank-5 -</p>" in paths["html"].read_text()
 
 
 def test_write_reports(tmp_path):
@@ -127,7 +144,7 @@ def test_write_reports(tmp_path):
     text = paths["md"].read_text()
     assert text == markdown(result, {"confusion": "tiny-logreg-confusion.png",
                                      "recall": "tiny-logreg-recall.png"})
-    assert "rank-1 0.500" in text and "rank-5 1.000" in text and "MobileNetV2" in text
+    assert "rank-1 0.500" in text and "rank-5 -" in text and "MobileNetV2" in text
     assert all(f"| {name} |" in text for name in ("ant", "bee", "cow"))
     assert "![confusion matrix](tiny-logreg-confusion.png)" in text
     assert "| cow | ant | 1 |" in text and "| ant | bee | 1 |" in text  # the two errors

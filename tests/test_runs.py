@@ -51,7 +51,7 @@ def cache(tmp_path) -> Path:
 def _rows(out: str) -> list[list[str]]:
     """The table's cells: columns are two or more spaces apart (a value may hold one)."""
     lines = out.strip().splitlines()
-    assert re.split(r"\s{2,}", lines[0]) == [h for h, _ in COLUMNS.values()]
+    assert re.split(r"\s{2,}", lines[0]) == [h for h, _ in COLUMNS.values()] + ["best"]
     return [re.split(r"\s{2,}", line) for line in lines[1:]]
 
 
@@ -66,6 +66,9 @@ def test_every_run_listed_best_rank1_first(cache, capsys):
     assert rows[0][:8] == ["flowers17", "ResNet50", "conv4_block6_out", "max", "logreg",
                            "f17r", "0.981", "1.000"]
     assert rows[0][8] == "40.2"
+    # the best rank-1 of each dataset, marked in the last column
+    assert [(r[0], r[6]) for r in rows if r[-1] == "best"] == [
+        ("flowers17", "0.981"), ("digits", "0.902"), ("flowers5", "0.750")]
     assert "warning" not in captured.err and f"{len(RUNS)} runs" in captured.err
 
 
@@ -146,6 +149,7 @@ def test_empty_cache_is_an_empty_table(tmp_path, capsys):
 
 
 def test_reads_what_write_reports_writes(tmp_path, capsys):
+    """Three classes: rank-5 is not applicable, a dash in the table (issue 12)."""
     import numpy as np
 
     y = np.array([0, 1, 2, 0])
@@ -156,5 +160,81 @@ def test_reads_what_write_reports_writes(tmp_path, capsys):
     captured = capsys.readouterr()
     (row,) = _rows(captured.out)
     assert row == ["flowers17", "MobileNetV2", "(last conv)", "avg", "linear_svm", "f17",
-                   "0.750", "1.000", "10.8"]
+                   "0.750", "-", "10.8", *["-"] * 6, "best"]  # no settings recorded
     assert "warning" not in captured.err
+
+
+def _settings_run(folder: Path, classifier: str, rank1: float, started: str, quick: bool,
+                  class_weight: str = "") -> Path:
+    """A result as featx classify writes it since 0.2.0: in a run folder, with its settings."""
+    result = _result(("flowers17", "MobileNetV2", "(last conv)", "avg", classifier, "f17",
+                      rank1, 0.99, 1.0))
+    result.update({"started": started, "run": folder.name,
+                   "classify": {"quick": quick, "class_weight": class_weight, "cv": 3,
+                                "train_features": "plain", "test_features": "plain"}})
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"f17-{classifier}.json"
+    path.write_text(json.dumps(result))
+    return path
+
+
+@pytest.fixture
+def settings_runs(tmp_path) -> Path:
+    """Three runs of one store: a full one, a quick one, a balanced one (the newest)."""
+    runs = tmp_path / "cache" / "flowers17-MobileNetV2-avg-0123.runs"
+    _settings_run(runs / "20261130-080000-aaaa1111", "logreg", 0.94, "2026-11-30T08:00:00",
+                  False)
+    _settings_run(runs / "20261130-080000-aaaa1111", "linear_svm", 0.93,
+                  "2026-11-30T08:00:00", False)
+    _settings_run(runs / "20261130-090000-bbbb2222", "logreg", 0.91, "2026-11-30T09:00:00",
+                  True)
+    _settings_run(runs / "20261130-100000-cccc3333", "logreg", 0.95, "2026-11-30T10:00:00",
+                  False, "balanced")
+    return tmp_path / "cache"
+
+
+def test_settings_columns_and_the_best_run(settings_runs, capsys):
+    assert main(["runs", "--cache-dir", str(settings_runs)]) == 0
+    rows = _rows(capsys.readouterr().out)
+    started, quick, weight, cv = (list(COLUMNS).index(c) for c in
+                                  ("started", "quick", "class_weight", "cv"))
+    assert [(r[4], r[started], r[quick], r[weight], r[cv]) for r in rows] == [
+        ("logreg", "2026-11-30 10:00:00", "no", "balanced", "3"),
+        ("logreg", "2026-11-30 08:00:00", "no", "none", "3"),
+        ("linear_svm", "2026-11-30 08:00:00", "no", "none", "3"),
+        ("logreg", "2026-11-30 09:00:00", "yes", "none", "3")]
+    assert [r[-1] == "best" for r in rows] == [True, False, False, False]
+
+
+@pytest.mark.parametrize("where, expected", [
+    (["classifier=logreg"], ["0.950", "0.940", "0.910"]),
+    (["quick=yes"], ["0.910"]), (["quick=true"], ["0.910"]),
+    (["classifier=logreg", "class_weight=none"], ["0.940", "0.910"]),
+    (["class-weight=balanced"], []), (["cv=3", "Classifier=LINEAR_SVM"], ["0.930"])])
+def test_where_filters(settings_runs, capsys, where, expected):
+    args = [a for w in where for a in ("--where", w)]
+    code = main(["runs", "--cache-dir", str(settings_runs), *args])
+    if where == ["class-weight=balanced"]:  # not a column
+        assert code == 2
+        assert "cannot filter on 'class-weight'" in capsys.readouterr().err
+        return
+    assert code == 0
+    assert [r[6] for r in _rows(capsys.readouterr().out)] == expected
+
+
+def test_where_needs_an_equals_sign(settings_runs, capsys):
+    assert main(["runs", "--cache-dir", str(settings_runs), "--where", "logreg"]) == 2
+    assert "column=value" in capsys.readouterr().err
+
+
+def test_latest_is_the_newest_run(settings_runs, capsys):
+    assert main(["runs", "--cache-dir", str(settings_runs), "--latest"]) == 0
+    (row,) = _rows(capsys.readouterr().out)
+    assert row[6] == "0.950" and row[-1] == "best"
+    # filtered first: the newest run with a linear_svm
+    assert main(["runs", "--cache-dir", str(settings_runs), "--latest",
+                 "--where", "classifier=linear_svm"]) == 0
+    assert [r[6] for r in _rows(capsys.readouterr().out)] == ["0.930"]
+    assert main(["runs", "--cache-dir", str(settings_runs), "--latest", "--csv"]) == 0
+    (row,) = csv.DictReader(io.StringIO(capsys.readouterr().out))
+    assert row["best"] == "True" and "20261130-100000-cccc3333" in row["path"]

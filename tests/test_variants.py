@@ -353,8 +353,8 @@ def test_predict_uses_the_crops_a_tencrop_model_was_tested_on(variant_cache, tmp
     run.out = str(tmp_path / "out")
     run.classify.classifiers = ["logreg"]
     run.classify.test_features = "tencrop"
-    classify(run, results["plain"].path, echo=lambda line: None)
-    predictor = Predictor.load(tmp_path / "out" / "tiny-logreg.joblib")
+    [result] = classify(run, results["plain"].path, echo=lambda line: None)
+    predictor = Predictor.load(tmp_path / "out" / result["run"] / "tiny-logreg.skops")
     data = load_splits(run, results["plain"].path)
     root = config.dataset.root
     files = [f"{root}/{p}" for p in data.paths[TEST]]

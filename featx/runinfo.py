@@ -1,0 +1,138 @@
+"""What a classify run records about itself, and where: a run folder of its own (start time
+plus a short hash of the classify settings), the library versions and the machine, and
+files written atomically (temporary name, then rename), so that a run killed while writing
+leaves no half file under a name a later command trusts."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# The distributions whose versions a run records ("tensorflow" may be installed as -cpu).
+DISTRIBUTIONS = {"scikit-learn": ("scikit-learn",), "numpy": ("numpy",), "skops": ("skops",),
+                 "tensorflow": ("tensorflow", "tensorflow-cpu"), "h5py": ("h5py",)}
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write; renamed to ``path`` when the block ends
+    without an error, removed otherwise: readers see the old file or the whole new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only there if the write or the rename failed
+
+
+def write_atomic(path: Path, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_file`, synced to disk first."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
+
+
+def settings_hash(settings: dict[str, Any]) -> str:
+    """8 hex digits naming a set of settings (the same settings, the same digits)."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def versions() -> dict[str, str | None]:
+    """featx's and the installed libraries' versions (None: not installed)."""
+    import featx
+
+    found: dict[str, str | None] = {"featx": featx.__version__}
+    for name, distributions in DISTRIBUTIONS.items():
+        found[name] = None
+        for dist in distributions:
+            try:
+                found[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    found["python"] = platform.python_version()
+    return found
+
+
+def machine() -> dict[str, Any]:
+    """The machine a run ran on: system, CPU model and count, GPUs (names; empty if none)."""
+    return {"system": platform.platform(), "cpu": _cpu_model(), "cpus": os.cpu_count(),
+            "gpus": _gpus()}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpus() -> list[str]:
+    # Without importing TensorFlow (seconds) when this process has not: ask the driver.
+    if "tensorflow" in sys.modules:
+        tf = sys.modules["tensorflow"]
+        return [d.name for d in tf.config.list_physical_devices("GPU")]
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in done.stdout.splitlines() if line.strip()]
+
+
+@dataclass
+class Run:
+    """One ``featx classify`` run: its own folder under the results folder, never reused."""
+
+    dir: Path
+    started: datetime
+    settings: dict[str, Any]
+    libraries: dict[str, str | None] = field(default_factory=versions)
+    host: dict[str, Any] = field(default_factory=machine)
+    clock: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def open(cls, parent: Path, settings: dict[str, Any]) -> Run:
+        """A new folder ``<parent>/<UTC start time>-<settings hash>`` (``-2``, ``-3``... if a
+        run with the same settings started in the same second)."""
+        started = datetime.now(timezone.utc)
+        stem = f"{started:%Y%m%d-%H%M%S}-{settings_hash(settings)}"
+        Path(parent).mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            folder = Path(parent) / (stem if n == 1 else f"{stem}-{n}")
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            return cls(folder, started, settings)
+        raise FileExistsError(f"{parent}: too many runs named {stem}")
+
+    def record(self, result: dict[str, Any], files: list[Path]) -> dict[str, Any]:
+        """``result`` with what the run records about itself: start time, seconds since,
+        the classify settings, versions, machine and the files written for it."""
+        return {**result, "run": self.dir.name, "started": self.started.isoformat(),
+                "duration_seconds": time.perf_counter() - self.clock,
+                "classify": self.settings, "versions": self.libraries, "machine": self.host,
+                "files": [str(p) for p in files]}
