@@ -10,7 +10,7 @@ flowers5 (128px JPEGs), one run measures side by side:
   ``tf.function`` at the same batch size over uint8 batches already in memory. It is sampled
   before and after every featx and naive run; each run is divided by the mean of its two
   neighbouring samples, and the table gives medians of those ratios.
-* featx: ``featx.extract.extract(config, progress=False)`` over a temporary folder of symlinks
+* featx: ``featx.extraction.extract(config, progress=False)`` over a temporary folder of symlinks
   to the subset, with a temporary cache folder (never a cache hit): decode, resize,
   preprocess, model, store write. "steady" is featx's own ``ExtractResult.images_per_second``;
   "wall" is rows / wall time of the whole ``extract()`` call (dataset scan, model build,
@@ -154,7 +154,7 @@ def featx_config(model: str, root: Path, cache: Path):
 
 def run_featx(model: str, root: Path, work: Path) -> tuple[int, float, float, float]:
     """(rows, steady img/s, wall img/s, background cores) of one featx extraction."""
-    from featx.extract import extract
+    from featx.extraction import extract
 
     cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
     with Meter() as m:
@@ -324,7 +324,7 @@ def measure_row(model: str, dataset: str, files: list[Path], bound: Bound, naive
 
 def memory_child(root: str, cache: str) -> None:
     """Run in a fresh process: one featx extraction, then print its peak memory as JSON."""
-    from featx.extract import extract
+    from featx.extraction import extract
 
     result = extract(featx_config("MobileNetV2", Path(root), Path(cache)), progress=False)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a child of this
@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     log("loading featx and TensorFlow")
     # featx first: whatever it sets up for TensorFlow at import must come before TF loads.
-    for module in ("featx", "featx.backbones", "featx.images", "featx.extract"):
+    for module in ("featx", "featx.backbones", "featx.images", "featx.extraction"):
         importlib.import_module(module)
     importlib.import_module("tensorflow")  # (the import itself is not measured)
 

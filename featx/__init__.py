@@ -1,8 +1,9 @@
 """featx: transfer learning by feature extraction.
 
 images -> :mod:`featx.dataset` -> :mod:`featx.images` -> :mod:`featx.backbones`
--> :mod:`featx.store` (HDF5) -> :mod:`featx.classify` -> :mod:`featx.report`,
-run by :mod:`featx.extract` and :mod:`featx.pipeline`, configured by :class:`featx.config.Config`.
+-> :mod:`featx.store` (HDF5) -> :mod:`featx.learners` -> :mod:`featx.report`,
+run by :mod:`featx.extraction` and :mod:`featx.classification`, configured by
+:class:`featx.config.Config`; the public API is :mod:`featx.api`.
 """
 
 import os
@@ -17,7 +18,9 @@ __version__ = "0.2.0"  # also the first heading of CHANGELOG.md
 # The public API (README: From Python). Loaded on first use, so that `import featx` (and the
 # command line) imports neither scikit-learn nor TensorFlow.
 _PUBLIC = {
-    "extract": "featx.api", "make_config": "featx.api", "Store": "featx.api",
+    "extract": "featx.api", "classify": "featx.api", "load_model": "featx.api",
+    "make_config": "featx.api", "Store": "featx.api", "ClassifyResult": "featx.api",
+    "Model": "featx.api",
     "FeatureExtractor": "featx.transformer", "Config": "featx.config",
     "FeatxError": "featx.errors",
 }

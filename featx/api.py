@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from featx.config import SHORTHANDS, Config
 from featx.dataset import SPLIT_NAMES
-from featx.errors import ConfigError
+from featx.errors import ConfigError, DatasetError
 
 
 def make_config(pipeline: str | os.PathLike | Config | None = None,
@@ -143,8 +144,146 @@ def extract(pipeline: str | os.PathLike | Config | None = None, *,
     Store
         The plain store (variant stores the pipeline asks for are extracted too).
     """
-    from featx.extract import extract_all
+    from featx.extraction import extract_all
 
     config = make_config(pipeline, set, **overrides)
     results = list(extract_all(config, progress=progress))
     return Store(results[0].path)
+
+
+@dataclass
+class ClassifyResult:
+    """One classifier's result on a store's test rows.
+
+    Attributes
+    ----------
+    classifier : str
+    estimator : fitted scikit-learn estimator, or None (a [combine] pipeline saves none)
+    rank1, rank5 : float; rank5 is None where it means nothing (5 classes or fewer)
+    per_class : dict of class name -> precision, recall, f1, support
+    confusion : ndarray of shape (n_classes, n_classes), rows true, columns predicted
+    label_names : list of str
+    files : list of Path, everything written (reports, charts, the model)
+    record : dict, the whole JSON result
+    """
+
+    classifier: str
+    estimator: Any
+    rank1: float
+    rank5: float | None
+    per_class: dict[str, dict[str, float]]
+    confusion: np.ndarray
+    label_names: list[str]
+    files: list[Path]
+    record: dict[str, Any] = field(repr=False)
+
+    @property
+    def model_file(self) -> Path | None:
+        """The saved model (for :func:`load_model` and ``featx predict``), if one was."""
+        return next((f for f in self.files if f.name == self.record.get("model")), None)
+
+
+def run_classify(config: Config, store: Path | None = None,
+                 echo: Any = print) -> list[dict[str, Any]]:
+    """``featx classify`` for any pipeline: a [combine] one by featx.combine, any other by
+    featx.classification. Returns the result records (the JSON written for each)."""
+    from featx.classification import classify as classify_store
+    from featx.combine import classify_combined
+
+    if config.combine.pipelines:
+        if store is not None:
+            raise ConfigError("a [combine] pipeline reads its members' stores: drop --store")
+        return classify_combined(config, echo=echo)
+    return classify_store(config, store, echo=echo)
+
+
+def classify(pipeline: str | os.PathLike | Config | None = None, *,
+             store: str | os.PathLike | Store | None = None,
+             set: list[str] | tuple[str, ...] = (), verbose: bool = False,
+             **overrides: Any) -> list[ClassifyResult]:
+    """Fit the pipeline's classifiers on a store's training rows, score them on its test
+    rows, write the reports into a new run folder; return the results.
+
+    Parameters
+    ----------
+    pipeline : path to a pipeline TOML file, a Config, or None (defaults)
+    store : a store (or its path) to use instead of the one the pipeline's data names
+    set : list of "section.field=value"
+    verbose : bool, default=False
+        Print each classifier's summary line, as the command line does.
+    **overrides
+        The command line's flags (data, classifiers, cache_dir, out, quick, ...).
+
+    Returns
+    -------
+    list of ClassifyResult, one per classifier (and the ensemble, if asked)
+    """
+    from featx import modelfile
+
+    config = make_config(pipeline, set, **overrides)
+    path = Path(store.path if isinstance(store, Store) else store) if store else None
+    records = run_classify(config, path, echo=print if verbose else (lambda *a: None))
+    out = []
+    for r in records:
+        result = ClassifyResult(r["classifier"], None, r["rank1"], r.get("rank5"),
+                                r["per_class"], np.asarray(r["confusion"]),
+                                list(r["per_class"]), [Path(f) for f in r.get("files", [])], r)
+        if result.model_file:  # the estimator as saved (it round-trips: tests/test_modelfile)
+            result.estimator = modelfile.load(result.model_file)["model"]
+        out.append(result)
+    return out
+
+
+def load_model(path: str | os.PathLike, *, weights: str | None = None,
+               trust: bool = False) -> Model:
+    """A saved classifier (a ``.skops`` file, or the best model of a run folder) with the
+    backbone that computes its features.
+
+    Parameters
+    ----------
+    path : a model file or a run folder
+    weights : the weights file where it is on this machine, if not where it was
+    trust : bool, default=False
+        Also load a pickle/joblib model, which can run code: only files you trust.
+    """
+    from featx.predict import Predictor
+
+    return Model(Predictor.load(path, weights=weights, trust=trust))
+
+
+class Model:
+    """Predict from images: file paths, PIL images or uint8 RGB pixels (N, H, W, 3), read
+    and resized exactly as extraction reads them."""
+
+    def __init__(self, predictor: Any) -> None:
+        self.predictor = predictor
+        self.classes_: list[str] = predictor.classes  # column order of predict_proba
+
+    def predict_proba(self, images: Any) -> np.ndarray:
+        """ndarray of shape (N, n_classes): probabilities (softmax of decision values for a
+        learner without predict_proba), columns in ``classes_`` order."""
+        return self.predictor.predict_proba(self._features(images))
+
+    def predict(self, images: Any) -> list[str]:
+        """The best class name of each image, list of length N."""
+        proba = self.predict_proba(images)
+        return [self.classes_[i] for i in proba.argmax(axis=1)]
+
+    def top_k(self, images: Any, k: int = 5) -> list[list[tuple[str, float]]]:
+        """The ``k`` best (class name, score) of each image, best first."""
+        proba = self.predict_proba(images)
+        best = np.argsort(-proba, axis=1, kind="stable")[:, :min(k, proba.shape[1])]
+        return [[(self.classes_[j], float(row[j])) for j in b] for row, b in zip(proba, best)]
+
+    def _features(self, images: Any) -> np.ndarray:
+        from featx.transformer import as_images, pixel_features
+
+        kind, items = as_images(images)
+        if kind == "paths":
+            x, ok, reasons = self.predictor.features(items)
+            if not ok.all():
+                bad = int(np.flatnonzero(~ok)[0])
+                raise DatasetError(f"{int((~ok).sum())} image(s) could not be read, e.g. "
+                                   f"{items[bad]}: {reasons.get(bad, 'unreadable')}")
+            return x
+        return pixel_features(self.predictor.backbone, items, 32, self.predictor.tencrop)

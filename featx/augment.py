@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from featx.variants import AugmentParams
+from featx.config import AugmentParams
 
 
 class _ImageSeed(keras.random.SeedGenerator):

@@ -209,7 +209,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                    weights=args.weights, batch_size=args.batch_size, trust=args.trust)
     config = config_from_args(args)
     if args.command == "extract":
-        from featx.extract import extract_all
+        from featx.extraction import extract_all
 
         for r in extract_all(config, progress=not args.no_progress):
             if r.cache_hit:
@@ -231,9 +231,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "classify":
         from pathlib import Path
 
-        from featx.pipeline import classify
+        from featx.api import run_classify
 
-        classify(config, Path(args.store) if args.store else None)
+        run_classify(config, Path(args.store) if args.store else None)
         return 0
     if args.command == "finetune":
         from featx.finetune import finetune

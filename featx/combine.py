@@ -9,15 +9,12 @@ classifier on every member's store and averages their test probabilities.
 
 from __future__ import annotations
 
-import copy
 import sys
 from typing import Any
 
 import numpy as np
 
-from featx.config import COMBINE_MODES, Config, ConfigError
-from featx.dataset import TEST, TRAIN, VAL
-from featx.pipeline import (
+from featx.classification import (
     BACKBONE_ATTRS,
     Splits,
     average,
@@ -33,32 +30,12 @@ from featx.pipeline import (
     track,
     write_result,
 )
+from featx.config import Config
+from featx.dataset import TEST, TRAIN, VAL
 from featx.runinfo import Run
 from featx.store import StoreError
 
-MODES = COMBINE_MODES
 SPLIT_NAMES = {TRAIN: "training", VAL: "validation", TEST: "test"}
-
-
-def members(config: Config) -> list[Config]:
-    """The member pipelines, each with the parent's dataset, classify section and cache."""
-    c = config.combine
-    if c.mode not in MODES:
-        raise ConfigError(f"combine.mode must be fuse or ensemble, not {c.mode!r}")
-    if len(c.pipelines) < 2:
-        raise ConfigError(f"combine.pipelines names {len(c.pipelines)} pipeline(s): "
-                          "combining needs at least two")
-    out = []
-    for path in c.pipelines:
-        member = Config.load(path)
-        if member.combine.pipelines:
-            raise ConfigError(f"{path}: a member pipeline cannot itself have a [combine] "
-                              "section")
-        member.dataset = copy.deepcopy(config.dataset)
-        member.classify = copy.deepcopy(config.classify)
-        member.cache_dir = config.cache_dir
-        out.append(member)
-    return out
 
 
 def align(parts: list[Splits]) -> list[Splits]:
@@ -130,10 +107,10 @@ def classify_combined(config: Config, echo=print) -> list[dict[str, Any]]:
     """Classify with a ``[combine]`` pipeline; results (JSON, Markdown, HTML) go beside the
     first member's store (or into ``--out``). Models are not saved: predicting would need
     every member's features."""
-    from featx.extract import find_store
+    from featx.plan import find_store
 
     check_ensemble(config)
-    ms = members(config)
+    ms = config.members()
     labels = [m.name for m in ms]
     stores = [find_store(m).path for m in ms]
     if config.combine.mode == "fuse":

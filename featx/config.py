@@ -6,6 +6,7 @@ any field with ``--set section.field=value``. Each stage reads only its own sect
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -22,7 +23,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_CACHE_DIR = "data/cache"
-# Command-line flag (and featx.extract keyword) -> config field: each is a shorthand for
+# Command-line flag (and featx.extraction keyword) -> config field: each is a shorthand for
 # --set field=value.
 SHORTHANDS = {
     "data": "dataset.root", "manifest": "dataset.manifest", "backbone": "backbone.name",
@@ -67,6 +68,18 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 # Text fields that also take a TOML list (stored comma-separated).
 COMMA_LISTS = {"backbone.layer"}
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """The Keras augmentation layers' settings (featx/augment.py; all of them go into the
+    store's settings key). Built from the [extract] section by featx.variants."""
+
+    flip: str = "horizontal"  # RandomFlip mode
+    rotation: float = 0.05  # RandomRotation factor (fraction of a full turn)
+    zoom: float = 0.1  # RandomZoom height and width factor
+    translation: float = 0.1  # RandomTranslation height and width factor
+    contrast: float = 0.2  # RandomContrast factor
 
 
 @dataclass
@@ -231,6 +244,25 @@ class Config:
         value = _coerce(value, current, dotted, source)
         _check_value(dotted, value, source)
         setattr(target, name, value)
+
+    def members(self) -> list[Config]:
+        """The member pipelines of a [combine] pipeline (featx/combine.py), each with this
+        pipeline's dataset, classify section and cache."""
+        c = self.combine
+        if len(c.pipelines) < 2:
+            raise ConfigError(f"combine.pipelines names {len(c.pipelines)} pipeline(s): "
+                              "combining needs at least two")
+        out = []
+        for path in c.pipelines:
+            member = Config.load(path)
+            if member.combine.pipelines:
+                raise ConfigError(f"{path}: a member pipeline cannot itself have a [combine] "
+                                  "section")
+            member.dataset = copy.deepcopy(self.dataset)
+            member.classify = copy.deepcopy(self.classify)
+            member.cache_dir = self.cache_dir
+            out.append(member)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

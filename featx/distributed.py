@@ -36,12 +36,8 @@ import numpy as np
 from tqdm import tqdm
 
 from featx.config import ENGINES, Config, ConfigError
-from featx.extract import (
-    ExtractError,
-    ExtractResult,
-    Plan,
-    store_attrs,
-)
+from featx.errors import ExtractError
+from featx.plan import ExtractResult, Plan, store_attrs
 from featx.store import (
     CHUNK_BYTES,
     STRING,
@@ -238,7 +234,7 @@ class ShardExtractor:
 
 def run_on_ray(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
                progress: bool) -> ExtractResult:
-    """The extraction step of :func:`featx.extract.extract` (which plans, locks and spots
+    """The extraction step of :func:`featx.extraction.extract` (which plans, locks and spots
     cache hits) on a Ray cluster: the same store as the local engine makes."""
     if old is not None:
         old.close()  # the ray engine recomputes every row (no incremental reuse)
@@ -401,7 +397,7 @@ def search_backend(config: Config) -> Iterator[None]:
     if config.classify.engine == "local":
         yield
         return
-    from featx.classify import ClassifierError
+    from featx.learners import ClassifierError
 
     with connected(config.ray_address, ClassifierError):
         import joblib

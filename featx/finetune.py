@@ -320,7 +320,7 @@ def finetune(config: Config, echo: Callable[[str], None] = print,
              progress: bool = True) -> dict[str, Any]:
     """Fine-tune on the training rows, stop early on the validation rows, report on the test
     rows of the feature-extraction split. Writes ``<pipeline>-finetune.json``, ``.md`` and
-    ``.keras``; returns the result dict (the keys of ``featx.pipeline.classify``'s)."""
+    ``.keras``; returns the result dict (the keys of ``featx.classification.classify``'s)."""
     started = time.perf_counter()
     data = load_image_splits(config)
     decode_s = time.perf_counter() - started

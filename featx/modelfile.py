@@ -25,10 +25,10 @@ SUFFIX = ".skops"
 # scikit-learn internals of the calibrated models an ensemble averages. Found with
 # skops.io.get_untrusted_types on every learner's bundle (tests/test_modelfile.py).
 FEATX_TYPES = (
-    "featx.classify.KNN",
-    "featx.classify.ProbabilityAverage",
-    "featx.classify.StreamingSGD",
-    "featx.classify._per_feature",  # rbf_svm's FunctionTransformer
+    "featx.learners.KNN",
+    "featx.learners.ProbabilityAverage",
+    "featx.learners.StreamingSGD",
+    "featx.learners._per_feature",  # rbf_svm's FunctionTransformer
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.model_selection._split.StratifiedKFold",

@@ -23,12 +23,12 @@ import numpy as np
 
 from featx import modelfile
 from featx.backbones import Backbone, BackboneError, keras_home
-from featx.classify import class_scores
 from featx.config import BackboneConfig
 from featx.dataset import IMAGE_EXTENSIONS
 from featx.errors import PredictError
 from featx.escape import spreadsheet_cell
 from featx.images import ReadErrors, Views, read_batches
+from featx.learners import class_scores
 from featx.store import store_key
 from featx.variants import Variant
 
@@ -217,7 +217,7 @@ def model_file(path: str | Path) -> Path:
 
 def _check_settings(bundle: dict[str, Any], backbone: Backbone, source: str) -> None:
     """Refuse a backbone whose features differ from those the model was trained on."""
-    from featx.extract import feature_settings
+    from featx.plan import feature_settings
 
     recorded = bundle.get("backbone") or {}
     settings = feature_settings(backbone)

@@ -95,7 +95,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         -------
         ndarray of shape (N, n_features_out_), float32
         """
-        kind, items = _as_images(X)
+        kind, items = as_images(X)
         if kind == "paths" and self.cache_dir:
             out = self._from_cache([os.path.abspath(p) for p in items])
         elif kind == "paths":
@@ -147,19 +147,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return self._model
 
     def _compute_pixels(self, items: list) -> np.ndarray:
-        from PIL import Image
-
-        from featx.images import fit_image
-
-        backbone = self._backbone()
-        forward = backbone.batched(self.batch_size)
-        images = [fit_image(x if isinstance(x, Image.Image) else Image.fromarray(x),
-                            backbone.input_size) for x in items]
-        chunks = [forward(np.stack(images[i:i + self.batch_size]),
-                          np.ones(len(images[i:i + self.batch_size]), bool))
-                  for i in range(0, len(images), self.batch_size)]
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.n_features_out_),
-                                                              np.float32)
+        return pixel_features(self._backbone(), items, self.batch_size)
 
     def _compute_files(self, paths: list[str]) -> np.ndarray:
         from featx.images import ReadErrors, read_batches
@@ -175,7 +163,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return np.concatenate(out) if out else np.zeros((0, self.n_features_out_), np.float32)
 
     def _from_cache(self, paths: list[str]) -> np.ndarray:
-        from featx.extract import extract, feature_settings
+        from featx.extraction import extract
+        from featx.plan import feature_settings
         from featx.store import store_key
 
         config = self._config()
@@ -254,7 +243,32 @@ def _unreadable(skipped: list[tuple[str, str]]) -> None:
     raise DatasetError(f"{len(skipped)} image(s) could not be read, e.g. {first}: {reason}")
 
 
-def _as_images(X: Any) -> tuple[str, list]:
+def pixel_features(backbone: Any, items: list, batch_size: int,
+                   tencrop: bool = False) -> np.ndarray:
+    """Features (N, ...) of PIL images or uint8 arrays (H, W, 3), each resized as
+    :func:`featx.images.load_image` resizes a file (with ``tencrop``: the mean of its 10
+    crops, as the 10-crop store holds it)."""
+    from PIL import Image
+
+    from featx.images import crop_load_size, fit_image, ten_crops
+
+    size = backbone.input_size
+    load = crop_load_size(size) if tencrop else size
+    images = [fit_image(x if isinstance(x, Image.Image) else Image.fromarray(x), load)
+              for x in items]
+    if tencrop:
+        images = [crop for image in images for crop in ten_crops(image, size)]
+    forward = backbone.batched(batch_size)
+    chunks = [forward(np.stack(images[i:i + batch_size]),
+                      np.ones(len(images[i:i + batch_size]), bool))
+              for i in range(0, len(images), batch_size)]
+    if not chunks:
+        return np.zeros((0, int(np.prod(backbone.feature_shape))), np.float32)
+    x = np.concatenate(chunks).reshape(len(images), -1)
+    return x.reshape(len(items), 10, -1).mean(axis=1) if tencrop else x
+
+
+def as_images(X: Any) -> tuple[str, list]:
     """("paths", [str]) or ("pixels", [uint8 (H, W, 3)]) resized later by the backbone."""
     from PIL import Image
 

@@ -21,23 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from featx.config import FLIPS, TENCROP_MODES, Config, ConfigError
+from featx.config import FLIPS, TENCROP_MODES, AugmentParams, Config, ConfigError
 from featx.images import Views, crop_load_size, ten_crops
 from featx.store import FeatureStore, StoreError
 
 TRAIN_FEATURES = ("plain", "augmented", "tencrop")
 TEST_FEATURES = ("plain", "tencrop")
-
-
-@dataclass(frozen=True)
-class AugmentParams:
-    """The Keras layers' settings (all of them go into the store's settings key)."""
-
-    flip: str = "horizontal"  # RandomFlip mode
-    rotation: float = 0.05  # RandomRotation factor (fraction of a full turn)
-    zoom: float = 0.1  # RandomZoom height and width factor
-    translation: float = 0.1  # RandomTranslation height and width factor
-    contrast: float = 0.2  # RandomContrast factor
 
 
 def image_seeds(paths: list[str], seed: int) -> np.ndarray:

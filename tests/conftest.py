@@ -140,7 +140,7 @@ def tiny_root(tmp_path_factory) -> tuple[Path, dict[str, list[str]]]:
 def tiny_store(tiny_root, tmp_path_factory) -> TinyStore:
     """The feature store of ``tiny_root``, extracted once per session. Read it, never write it:
     tests that change a store work on a copy."""
-    from featx.extract import extract
+    from featx.extraction import extract
 
     root, written = tiny_root
     config = tiny_config(root, tmp_path_factory.mktemp("tiny-cache"))

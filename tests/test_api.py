@@ -1,4 +1,4 @@
-"""The Python face: featx.extract / Store, and FeatureExtractor as a scikit-learn transformer."""
+"""The Python face: featx.extraction / Store, and FeatureExtractor as a scikit-learn transformer."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from featx.config import Config
-from featx.extract import ExtractError, extract
+from featx.extraction import ExtractError, extract
 from featx.images import ReadErrors, load_image, read_batches
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)

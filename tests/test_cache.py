@@ -17,7 +17,8 @@ from PIL import Image
 from featx import cache
 from featx.cli import main
 from featx.config import Config
-from featx.extract import extract, plan
+from featx.extraction import extract
+from featx.plan import plan
 
 
 def _images(root: Path, n_per_class: int = 5, classes=("cat", "dog"), seed: int = 0) -> None:

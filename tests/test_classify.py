@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix
 
-from featx import classify as learners
-from featx.classify import ClassifierError, class_scores, fit, get_learner
+from featx import learners
+from featx.classification import classify, load_model, results_dir
 from featx.dataset import TEST, TRAIN
-from featx.pipeline import classify, load_model, results_dir
+from featx.learners import ClassifierError, class_scores, fit, get_learner
 from featx.store import FeatureStore, StoreError
 
 

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from test_outofcore import write_synthetic_store
 
+from featx.api import run_classify as classify
+from featx.classification import fit_learner, load_splits
 from featx.cli import main
-from featx.combine import fuse, members
+from featx.combine import fuse
 from featx.config import Config, ConfigError
 from featx.dataset import TEST, TRAIN
-from featx.pipeline import classify, fit_learner, load_splits
 from featx.report import evaluate
 from featx.store import StoreError
 
@@ -89,7 +90,7 @@ def test_extract_and_classify_a_combined_pipeline(tiny_root, tmp_path, capsys):
     assert main(["extract", "-p", str(parent), "--no-progress"]) == 0
     assert len(list((tmp_path / "cache").glob("*.h5"))) == 2  # one store per member
     config = Config.load(parent)
-    ms = members(config)
+    ms = config.members()
     assert [m.backbone.pooling for m in ms] == ["avg", "max"]
     assert all(m.dataset == config.dataset and m.cache_dir == config.cache_dir for m in ms)
 
@@ -104,7 +105,7 @@ def test_extract_and_classify_a_combined_pipeline(tiny_root, tmp_path, capsys):
     # ensemble mode: each member's classifier, probabilities averaged
     config = Config.load(_pipelines(tmp_path, root, "ensemble"))
     [result] = classify(config, echo=lambda line: None)
-    parts = [load_splits(m, p) for m, p in zip(members(config),
+    parts = [load_splits(m, p) for m, p in zip(config.members(),
                                                 sorted((tmp_path / "cache").glob("*.h5")))]
     parts.sort(key=lambda p: p.attrs["pooling"])  # avg, max: the members' order
     probabilities = [fit_learner("logreg", p, config).model.predict_proba(p.x[TEST])
@@ -119,14 +120,14 @@ def test_extract_and_classify_a_combined_pipeline(tiny_root, tmp_path, capsys):
 def test_combine_settings_are_checked(tmp_path):
     (tmp_path / "m.toml").write_text('name = "m"\n')
     (tmp_path / "nested.toml").write_text('[combine]\npipelines = ["m.toml", "m.toml"]\n')
-    with pytest.raises(ConfigError, match="combine.mode = .vote. is not one of .fuse., .ensemble."):
-        members(Config.from_dict({"combine": {"pipelines": ["a", "b"], "mode": "vote"}}))
+    with pytest.raises(ConfigError, match="combine.mode = .vote. is not one of .fuse., .ensem"):
+        Config.from_dict({"combine": {"pipelines": ["a", "b"], "mode": "vote"}})
     with pytest.raises(ConfigError, match="at least two"):
-        members(Config.from_dict({"combine": {"pipelines": [str(tmp_path / "m.toml")]}}))
+        Config.from_dict({"combine": {"pipelines": [str(tmp_path / "m.toml")]}}).members()
     with pytest.raises(ConfigError, match="nested.toml"):
-        members(Config.from_dict({"combine": {"pipelines": [str(tmp_path / "nested.toml"),
-                                                            str(tmp_path / "m.toml")]}}))
+        Config.from_dict({"combine": {"pipelines": [str(tmp_path / "nested.toml"),
+                                                            str(tmp_path / "m.toml")]}}).members()
     parent = tmp_path / "sub" / "p.toml"
     parent.parent.mkdir()
     parent.write_text('[combine]\npipelines = ["../m.toml", "../m.toml"]\n')
-    assert [m.name for m in members(Config.load(parent))] == ["m", "m"]  # relative to p.toml
+    assert [m.name for m in Config.load(parent).members()] == ["m", "m"]  # relative to p.toml

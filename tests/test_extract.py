@@ -16,8 +16,9 @@ from featx import store as store_module
 from featx.backbones import Backbone
 from featx.config import ConfigError
 from featx.dataset import load_dataset, stratified_split
-from featx.extract import ExtractError, extract, locate_store, plan
+from featx.extraction import ExtractError, extract
 from featx.images import load_image
+from featx.plan import locate_store, plan
 from featx.store import FeatureStore, StoreError
 
 LEFTOVER_SUFFIXES = (".partial", ".assembling", ".tmp")

@@ -187,7 +187,7 @@ def test_finetune_reports_like_classify_and_saves_the_model(tiny_store, make_con
 
     from featx import runs
     from featx.backbones import Backbone
-    from featx.pipeline import classify
+    from featx.classification import classify
 
     reference = classify(make_config(tiny_store.root, tiny_store.config.cache_dir,
                                      out=str(tmp_path / "ref"),

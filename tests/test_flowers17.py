@@ -23,9 +23,9 @@ import pytest
 from realdata import FLOWERS17, REPO, assert_pretrained, child_env, needs_shared, store_of
 
 from featx.backbones import Backbone
+from featx.classification import classify
 from featx.dataset import TEST
-from featx.extract import extract
-from featx.pipeline import classify
+from featx.extraction import extract
 from featx.store import FeatureStore
 
 

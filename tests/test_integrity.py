@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from featx.cli import main
-from featx.extract import extract
+from featx.extraction import extract
 from featx.store import FeatureStore, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def test_rewritten_features_are_refused_and_extract_rebuilds_them(own_store, cap
     with pytest.raises(StoreError, match=r"rows 0-.* do not match the checksum"):
         with FeatureStore(path) as store:
             store.features()
-    from featx.pipeline import classify
+    from featx.classification import classify
 
     with pytest.raises(StoreError, match=str(path)):
         classify(config, echo=lambda *a: None)
@@ -186,7 +186,7 @@ def test_a_fletcher32_failure_names_the_store(own_store, capsys):
 def test_a_virtual_store_with_swapped_shard_files_is_refused(tiny_store, tmp_path,
                                                              make_config):
     from featx.distributed import ShardDir, _ShardWriter, join
-    from featx.extract import plan, store_attrs
+    from featx.plan import plan, store_attrs
 
     config = make_config(tiny_store.root, tmp_path / "cache")
     p = plan(config)

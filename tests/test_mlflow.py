@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from realdata import needs_shared, store_of
 
+from featx.classification import classify
 from featx.cli import build_parser, config_from_args, main
-from featx.pipeline import classify
 from featx.tracking import DATABASE, TrackingError, tracking_uri
 
 mlflow = pytest.importorskip("mlflow", reason="needs featx[mlflow]")

@@ -13,8 +13,7 @@ import pytest
 import skops.io as sio
 from sklearn.preprocessing import FunctionTransformer
 
-from featx import classify as learners
-from featx import modelfile
+from featx import learners, modelfile
 from featx.cli import main
 from featx.modelfile import FEATX_TYPES, ModelFileError, ModelFileWarning
 

@@ -12,12 +12,12 @@ import pytest
 from realdata import needs_shared, store_of
 from sklearn.linear_model import SGDClassifier
 
-from featx import classify as learners
+from featx import learners
 from featx import store as store_module
-from featx.classify import StreamingSGD, fit_store, get_learner, store_apply, store_passes
+from featx.classification import classify
 from featx.config import Config
 from featx.dataset import TEST, TRAIN
-from featx.pipeline import classify
+from featx.learners import StreamingSGD, fit_store, get_learner, store_apply, store_passes
 from featx.store import BlockDir, FeatureStore, RowSource, write_store
 
 SPLIT = {"val": 0.0, "test": 0.25, "seed": 42}

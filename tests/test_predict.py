@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from featx.backbones import Backbone
+from featx.classification import classify, load_model
 from featx.cli import main
 from featx.config import BackboneConfig
 from featx.dataset import TEST, TRAIN
 from featx.modelfile import ModelFileError
 from featx.modelfile import save as save_bundle
-from featx.pipeline import classify, load_model
 from featx.predict import CSV_HEADER, PredictError, Predictor, image_files, run
 from featx.store import FeatureStore
 
@@ -239,7 +239,7 @@ def test_a_moved_weights_file_is_accepted_and_another_refused(tiny_root, tmp_pat
     """Trained with a weights file; on 'another machine' the same bytes elsewhere work."""
     import keras
 
-    from featx.extract import extract
+    from featx.extraction import extract
 
     def save_weights(path: Path, seed: int) -> Path:
         keras.utils.set_random_seed(seed)
@@ -279,7 +279,7 @@ def flowers_subset(tmp_path_factory):
     if not (FLOWERS17.is_dir() and WEIGHTS.is_file()):
         pytest.skip(f"needs {FLOWERS17} and {WEIGHTS} (../shared)")
     from featx.config import Config
-    from featx.extract import extract
+    from featx.extraction import extract
 
     base = tmp_path_factory.mktemp("flowers-subset")
     root = base / "flowers"

@@ -27,7 +27,7 @@ pytest.importorskip("ray")
 from featx import cache  # noqa: E402
 from featx.config import Config  # noqa: E402
 from featx.distributed import shard_dir  # noqa: E402
-from featx.extract import extract  # noqa: E402
+from featx.extraction import extract  # noqa: E402
 from featx.store import FeatureStore, StoreError  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -305,7 +305,7 @@ def test_resume_extracts_only_missing_shards(cluster, tiny_store, tmp_path, capf
 
 
 def test_grid_search_on_ray_equals_local(cluster, tiny_store, tmp_path):
-    from featx.pipeline import classify
+    from featx.classification import classify
 
     local = dataclasses.replace(tiny_store.config, out=str(tmp_path / "local"))
     local.classify = dataclasses.replace(local.classify, n_jobs=2)

@@ -16,8 +16,8 @@ import sklearn
 
 import featx
 from featx import report, runinfo
+from featx.classification import classify
 from featx.cli import main
-from featx.pipeline import classify
 from featx.predict import PredictError, Predictor
 
 RUN_NAME = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}(-\d+)?")

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featx import classify as learners
+from featx import learners
 from featx.backbones import Backbone, BackboneError, list_layers
+from featx.classification import classify, load_splits
 from featx.config import BackboneConfig, Config, ConfigError
 from featx.dataset import TEST, TRAIN, VAL
-from featx.extract import extract, feature_settings, plan
+from featx.extraction import extract
 from featx.images import RESIZE_POLICY, ReadErrors, Views, crop_load_size, read_batches, ten_crops
-from featx.pipeline import classify, load_splits
+from featx.plan import feature_settings, plan
 from featx.store import FeatureStore, StoreError, store_key
 
 LOW = "block_13_expand_relu"  # a MobileNetV2 layer well below the last (576 channels)

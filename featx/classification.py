@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from featx import classify as learners
-from featx import modelfile
+from featx import learners, modelfile
 from featx.config import Config, ConfigError
 from featx.dataset import TEST, TRAIN, VAL
 from featx.report import evaluate, report_paths, summary_line, write_reports
@@ -72,7 +71,7 @@ def load_splits(config: Config, store_path: Path) -> Splits:
                   if variant in ("plain", "augmented")}
     if all(variant == "plain" for variant in source.values()):
         return data
-    from featx.extract import find_store
+    from featx.plan import find_store
     from featx.variants import check, read_rows
 
     check(config)
@@ -242,13 +241,10 @@ def classify(config: Config, store_path: Path | None = None,
     """Fit every classifier the config names on the store's training rows and report on its
     test rows (with ``classify.ensemble``, also their average). Returns one result dict per
     classifier. A pipeline with a ``[combine]`` section runs featx.combine instead."""
-    if config.combine.pipelines:
-        from featx.combine import classify_combined
-
-        if store_path is not None:
-            raise ConfigError("a [combine] pipeline reads its members' stores: drop --store")
-        return classify_combined(config, echo=echo)
-    from featx.extract import check_store_matches, find_store
+    if config.combine.pipelines:  # featx.api.run_classify sends these to featx.combine
+        raise ConfigError(f"pipeline {config.name!r} has a [combine] section: classify it "
+                          "with featx.classify or featx.combine.classify_combined")
+    from featx.plan import check_store_matches, find_store
 
     if store_path is None:
         store_path = find_store(config).path
