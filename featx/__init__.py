@@ -8,6 +8,8 @@ run by :mod:`featx.extraction` and :mod:`featx.classification`, configured by
 
 import os
 
+from featx import log as _log  # noqa: F401  (featx's messages: warnings to stderr)
+
 # TF 2.21 leaves oneDNN off on CPUs without AVX512-VNNI/AMX; on this AVX2 machine turning it
 # on took MobileNetV2 from 39 to 64-74 img/s (features agree to 2e-6 relative). Only takes
 # effect if featx is imported before TensorFlow; a user's own setting wins.

@@ -15,6 +15,7 @@ import numpy as np
 
 from featx.config import POOLINGS, PRECISIONS, BackboneConfig
 from featx.errors import BackboneError
+from featx.log import import_tensorflow
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ def get_spec(name: str) -> BackboneSpec:
 def keras_home() -> Path:
     """The folder Keras caches downloads in: Keras reads $KERAS_HOME once, at import."""
     try:
+        import_tensorflow()
         from keras.src.backend.config import keras_home as home
 
         return Path(home())
@@ -159,6 +161,7 @@ class Backbone:
     @cached_property
     def model(self):
         """The frozen keras feature extractor (built on first use)."""
+        import_tensorflow()
         import keras
 
         app = getattr(keras.applications, self.spec.name)
@@ -220,8 +223,8 @@ class Backbone:
 
     def preprocess(self, images):
         """uint8 or float RGB 0-255 -> what this model expects."""
+        tf = import_tensorflow()
         import keras
-        import tensorflow as tf
 
         x = tf.cast(images, tf.float32)
         if self.spec.preprocess == "none":
@@ -230,7 +233,7 @@ class Backbone:
         return module.preprocess_input(x)
 
     def features(self, images):
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         # float16 activations under mixed precision: stored (and compared) as float32.
         return tf.cast(self.model(self.preprocess(images), training=False), tf.float32)
@@ -239,7 +242,7 @@ class Backbone:
         """``features`` as a ``tf.function`` for one fixed batch shape (traced once; callers
         pad the last batch). The model is built eagerly first: built inside the trace, its
         weights would be created in the graph and the loaded ones silently lost."""
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         self.model  # noqa: B018 - build now, outside the trace
         size = self.input_size
@@ -266,7 +269,7 @@ class Backbone:
 
 def compute_device() -> str:
     """Where TensorFlow places the model: the first GPU if it sees one (used with no flag)."""
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,8 @@ from featx.report import evaluate, report_paths, summary_line, write_reports
 from featx.runinfo import Run
 from featx.store import FeatureStore, StoreError
 from featx.tracking import ARTIFACTS, ON, log_results, require, tracking_uri
+
+log = logging.getLogger(__name__)
 
 BACKBONE_ATTRS = ("backbone", "weights", "weights_id", "layer", "pooling", "input_size",
                   "preprocess", "resize", "combine")  # combine: featx.combine's members
@@ -256,7 +258,7 @@ def classify(config: Config, store_path: Path | None = None,
     data = read_splits(config, store_path)
     run = open_run(config, store_path)
     results = fit_and_report(config, data, run, echo)
-    print(f"featx: results in {run.dir}/", file=sys.stderr)
+    log.info("results in %s/", run.dir)
     track(config, results)
     return results
 
@@ -269,8 +271,7 @@ def track(config: Config, results: list[dict[str, Any]]) -> None:
     local = config.classify.mlflow.strip().lower() in ON  # the default store: artifacts beside
     ids = log_results(uri, config.name, results,
                       config.cache_path / ARTIFACTS if local else None)
-    print(f"featx: {len(ids)} MLflow runs in {uri} (experiment {config.name!r})",
-          file=sys.stderr)
+    log.info("%d MLflow runs in %s (experiment %r)", len(ids), uri, config.name)
 
 
 def fit_and_report(config: Config, data: Splits, run: Run, echo=print,

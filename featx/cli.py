@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
@@ -10,6 +11,7 @@ import warnings
 from featx import __version__
 from featx.config import SHORTHANDS, Config
 from featx.errors import FeatxError, StoreError
+from featx.log import set_level
 
 
 def _common() -> argparse.ArgumentParser:
@@ -41,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "frozen ImageNet CNN into an HDF5 cache, then train classical classifiers "
                     "on the cached features in seconds.")
     parser.add_argument("--version", action="version", version=f"featx {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug lines too, and TensorFlow's own start-up lines")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("extract", parents=[common], help="images -> frozen CNN -> HDF5 store",
                        description="Extract features into the cache (a cache hit does nothing).")
@@ -156,8 +161,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out
     args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    if not args.verbose:  # TF's C++ lines; the absl lines before its logging starts stay
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    previous = set_level(level)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -168,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # full disk, read-only folder, permissions: name the path
         print(f"featx: error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return 2
+    finally:
+        set_level(previous)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -9,7 +9,7 @@ classifier on every member's store and averages their test probabilities.
 
 from __future__ import annotations
 
-import sys
+import logging
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,8 @@ from featx.config import Config
 from featx.dataset import TEST, TRAIN, VAL
 from featx.runinfo import Run
 from featx.store import StoreError
+
+log = logging.getLogger(__name__)
 
 SPLIT_NAMES = {TRAIN: "training", VAL: "validation", TEST: "test"}
 
@@ -121,7 +123,7 @@ def classify_combined(config: Config, echo=print) -> list[dict[str, Any]]:
         parts = align([read_splits(m, st) for m, st in zip(ms, stores)])
         run = open_run(config, stores[0])
         results = _ensemble(config, parts, labels, run, echo)
-    print(f"featx: results in {run.dir}/", file=sys.stderr)
+    log.info("results in %s/", run.dir)
     track(config, results)
     return results
 

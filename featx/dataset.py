@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,8 @@ import numpy as np
 
 from featx.config import DatasetConfig
 from featx.errors import DatasetError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 SPLIT_NAMES = ("train", "val", "test")
@@ -133,8 +135,8 @@ def _from_csv(manifest: Path, root: Path | None, name: str) -> Dataset:
     if not rows:
         raise DatasetError(f"{manifest}: no rows")
     if repeated:
-        print(f"featx: warning: {manifest}: {repeated} row(s) repeat an earlier row with the "
-              "same label; each image is used once", file=sys.stderr)
+        log.warning("%s: %d row(s) repeat an earlier row with the same label; each image is "
+                    "used once", manifest, repeated)
     paths = sorted(rows)
     label_names = sorted({label for label, _ in rows.values()})
     index = {n: i for i, n in enumerate(label_names)}

@@ -50,6 +50,8 @@ from featx.store import (
     write_store,
 )
 
+log = logging.getLogger(__name__)
+
 ATTEMPTS = 3  # runs of the unfinished shards before giving up
 TASK_BATCHES = 4  # batches per Ray Data block: the unit Ray retries on a restarted actor
 
@@ -245,8 +247,7 @@ def _run(config: Config, p: Plan, split: np.ndarray, progress: bool) -> ExtractR
     shards = ShardDir(p.path, p.key, len(p.dataset), config.extract.shard_rows)
     done = shards.done()
     if done:
-        print(f"featx: resuming: {len(done)} of {shards.n_shards} shards already extracted",
-              file=sys.stderr)
+        log.info("resuming: %d of %d shards already extracted", len(done), shards.n_shards)
     t0 = time.perf_counter()
     extracted = 0
     with connected(config.ray_address) as ray:
@@ -261,8 +262,8 @@ def _run(config: Config, p: Plan, split: np.ndarray, progress: bool) -> ExtractR
                     raise ExtractError(f"ray extraction failed ({len(shards.done())} of "
                                        f"{shards.n_shards} shards kept for a resume): "
                                        f"{type(e).__name__}: {e}") from e
-                print(f"featx: ray run failed ({type(e).__name__}: {str(e)[:300]}); retrying "
-                      f"{len(shards.todo())} unfinished shard(s)", file=sys.stderr)
+                log.warning("ray run failed (%s: %s); retrying %d unfinished shard(s)",
+                            type(e).__name__, str(e)[:300], len(shards.todo()))
     seconds = time.perf_counter() - t0
     join(p, shards, split, store_attrs(config, p), config.extract.compression,
          config.extract.consolidate)

@@ -9,6 +9,7 @@ interrupted extraction resumes from its last finished block.
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import sys
 import time
@@ -48,6 +49,8 @@ from featx.store import (
 )
 from featx.variants import PLAIN, Variant
 
+log = logging.getLogger(__name__)
+
 BLOCK_BATCHES = 8  # a block (the unit of resume) is this many batches
 
 
@@ -71,7 +74,7 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
         p.path.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
     except Timeout:
-        print(f"featx: another extraction is writing {p.path}; waiting for it", file=sys.stderr)
+        log.info("another extraction is writing %s; waiting for it", p.path)
         lock.acquire()
     except OSError as e:  # a read-only cache folder serves cache hits, unlocked: stores are
         result = _cache_hit(p, config)  # only ever replaced whole, by a rename
@@ -118,7 +121,7 @@ def _cache_hit(p: Plan, config: Config) -> ExtractResult | None:
             store.verify_once()  # checks every feature block, once per file version
             skipped = store.skipped
     except StoreError as e:
-        print(f"featx: warning: {e}; extracting afresh", file=sys.stderr)
+        log.warning("%s; extracting afresh", e)
         return None
     _update_split(p.path, p.split[p.row_image], config)
     rows = len(p.row_image)
@@ -189,7 +192,7 @@ def _open_old(p: Plan) -> FeatureStore | None:
         try:
             return FeatureStore(path)
         except StoreError as e:
-            print(f"featx: warning: ignoring unusable store ({e})", file=sys.stderr)
+            log.warning("ignoring unusable store (%s)", e)
     return None
 
 
@@ -234,8 +237,7 @@ def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
     done = set(blocks.done())
     remaining = [b for b in range(blocks.n_blocks) if b not in done]
     if done:
-        print(f"featx: resuming: {len(done)} of {blocks.n_blocks} blocks already extracted",
-              file=sys.stderr)
+        log.info("resuming: %d of %d blocks already extracted", len(done), blocks.n_blocks)
     t0 = time.perf_counter()
     extracted, rate, device = 0, 0.0, ""
     if remaining:

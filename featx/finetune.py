@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,8 +34,11 @@ from featx.config import OPTIMIZERS, BackboneConfig, Config, FinetuneConfig
 from featx.dataset import TEST, TRAIN, VAL, load_dataset, manifest_digest, stratified_split
 from featx.errors import FinetuneError
 from featx.images import RESIZE_POLICY, ReadErrors, read_batches
+from featx.log import import_tensorflow
 from featx.report import beside, evaluate, summary_line, write_reports
 from featx.store import safe_name, store_key
+
+log = logging.getLogger(__name__)
 
 HEAD_POOLINGS = ("avg", "max", "flatten")
 MOMENTUM = 0.9
@@ -75,8 +78,7 @@ def load_image_splits(config: Config) -> ImageSplits:
         if config.extract.strict:
             raise FinetuneError(f"{len(errors.reasons)} unreadable image(s) under "
                                 f"{dataset.root} (--strict): {listing[:2000]}")
-        print(f"featx: skipped {len(errors.reasons)} unreadable image(s): {listing[:500]}",
-              file=sys.stderr)
+        log.warning("skipped %d unreadable image(s): %s", len(errors.reasons), listing[:500])
     rows = {s: np.flatnonzero((split == s) & ok) for s in (TRAIN, VAL, TEST)}
     if not len(rows[TEST]):
         raise FinetuneError(f"{dataset.root}: the split has no test rows (dataset.test = 0?)")
@@ -146,7 +148,7 @@ class FineTuner:
 
     def _build(self) -> None:
         import keras
-        import tensorflow as tf
+        tf = import_tensorflow()
 
         base = self.backbone.model
         self.base = base
@@ -202,6 +204,7 @@ class FineTuner:
 
     def fit(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
             ) -> FineTuner:
+        import_tensorflow()
         import keras
 
         s = self.settings
@@ -252,6 +255,7 @@ class FineTuner:
     def save(self, path: str | Path) -> Path:
         """The whole network as one ``.keras`` file: input is the image preprocessed as the
         backbone's ``preprocess`` says (recorded in the result JSON)."""
+        import_tensorflow()
         import keras
 
         full = keras.Model(self.base.input, self.dense(self.dropout(self.pool(self.base.output))),
@@ -264,6 +268,7 @@ class FineTuner:
 
 @functools.cache
 def _keep_best_callback():
+    import_tensorflow()
     import keras
 
     class KeepBest(keras.callbacks.Callback):
@@ -287,7 +292,7 @@ def _keep_best_callback():
             row = {"phase": self.phase, "epoch": epoch + 1, "seconds": round(seconds, 3),
                    **{k: float(logs[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")}}
             self.history.append(row)
-            self.log(f"featx: {self.phase:<8} epoch {epoch + 1:>2}/{self.epochs}  "
+            self.log(f"{self.phase:<8} epoch {epoch + 1:>2}/{self.epochs}  "
                      f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}  val loss "
                      f"{row['val_loss']:.3f} acc {row['val_accuracy']:.3f}  ({seconds:.1f}s)")
             if row["val_loss"] < self.best:
@@ -324,11 +329,11 @@ def finetune(config: Config, echo: Callable[[str], None] = print,
     started = time.perf_counter()
     data = load_image_splits(config)
     decode_s = time.perf_counter() - started
-    log = (lambda line: print(line, file=sys.stderr)) if progress else None
+    epochs = (lambda line: log.info("%s", line)) if progress else None
     # Random weights ("none") follow the dataset seed, as in extraction: the same network.
     model = FineTuner(config.backbone, config.finetune, len(data.label_names),
                       backbone_seed=config.dataset.seed, batch_size=config.extract.batch_size,
-                      log=log)
+                      log=epochs)
     model.fit(data.images[TRAIN], data.labels[TRAIN], data.images[VAL], data.labels[VAL])
     fit_seconds = time.perf_counter() - started
     scores = model.predict_proba(data.images[TEST])
@@ -358,7 +363,7 @@ def finetune(config: Config, echo: Callable[[str], None] = print,
     write_reports(result, stem)
     model.save(beside(stem, ".keras"))
     echo(summary_line("finetune", {**result, "best_params": _short(config.finetune)}))
-    print(f"featx: results in {out_dir}/", file=sys.stderr)
+    log.info("results in %s/", out_dir)
     return result
 
 

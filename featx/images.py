@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from featx.log import import_tensorflow
+
 # How a file becomes the backbone's input: part of what the features depend on.
 RESIZE_POLICY = "pil-draft+exif+rgb-on-white+bilinear-squash"
 # 10-crop over-sampling reads the image at input_size * 256/224 (the classic recipe).
@@ -120,7 +122,7 @@ def read_batches(
     (its reason is in ``errors``, by file index). With ``views``, file ``i`` gives rows
     ``i * views.count`` to ``(i + 1) * views.count - 1``.
     """
-    import tensorflow as tf
+    tf = import_tensorflow()
 
     path_array = np.asarray(paths, dtype=object)
     views = views or Views()

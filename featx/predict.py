@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from featx.images import ReadErrors, Views, read_batches
 from featx.learners import class_scores
 from featx.store import store_key
 from featx.variants import Variant
+
+log = logging.getLogger(__name__)
 
 CSV_HEADER = ("path", "rank", "label", "score", "error")
 TENCROP = Variant("tencrop", views=10)  # its reader: the 10 crops of the tencrop store
@@ -210,8 +213,8 @@ def model_file(path: str | Path) -> Path:
                            "JSON)")
     rank1, best = min(candidates, key=lambda c: (-c[0], c[1].name))  # equals: by name
     if len(candidates) > 1:
-        print(f"featx: {path}: {len(candidates)} models; using {best.name} (best rank-1 "
-              f"{rank1:.3f}); give a model file to use another", file=sys.stderr)
+        log.info("%s: %d models; using %s (best rank-1 %.3f); give a model file to use "
+                 "another", path, len(candidates), best.name, rank1)
     return best
 
 
@@ -278,7 +281,7 @@ def run(model: str, inputs: Sequence[str], top: int = 5, csv_file: str | None = 
                            f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
     predictions = predictor.top_k(paths, top, batch_size)
     if csv_file == "-":
-        print(f"featx: scores are {predictor.calibration}", file=sys.stderr)
+        log.info("scores are %s", predictor.calibration)
         write_csv(predictions, out)
     else:
         write_table(predictions, predictor, out)
@@ -287,5 +290,5 @@ def run(model: str, inputs: Sequence[str], top: int = 5, csv_file: str | None = 
                 write_csv(predictions, f)
     bad = sum(bool(p.error) for p in predictions)
     if bad:
-        print(f"featx: {bad} of {len(predictions)} images unreadable", file=sys.stderr)
+        log.warning("%d of %d images unreadable", bad, len(predictions))
     return 0

@@ -8,13 +8,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
+import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from featx.errors import RunsError
 from featx.escape import spreadsheet_cell
+
+log = logging.getLogger(__name__)
 
 # column -> (header, where in the result JSON); rank and time columns are numbers.
 COLUMNS = {
@@ -63,7 +65,7 @@ def find_results(cache_dir: Path, dirs: Iterable[str | Path] = ()) -> list[Path]
 
 
 def load_runs(paths: Iterable[Path],
-              warn: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
+              warn: Callable[[str], None] = log.warning
               ) -> list[dict[str, Any]]:
     """One row per result file (the COLUMNS plus ``path``); anything that is not a readable
     result is skipped with a warning."""
@@ -72,10 +74,10 @@ def load_runs(paths: Iterable[Path],
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            warn(f"featx: warning: {path}: not readable JSON ({e})")
+            warn(f"{path}: not readable JSON ({e})")
             continue
         if not isinstance(data, dict) or any(k not in data for k in REQUIRED):
-            warn(f"featx: warning: {path}: not a run result (no {' or '.join(REQUIRED)})")
+            warn(f"{path}: not a run result (no {' or '.join(REQUIRED)})")
             continue
         row = {"path": str(path)}
         for column, (_, keys) in COLUMNS.items():

@@ -31,12 +31,13 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ from featx.layout import (
     store_path,
     verified_stamp,
 )
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: content-keyed file names, column and block checksums
 CHUNK_BYTES = 2 << 20
@@ -121,15 +124,20 @@ def read_rows_for(chunk_rows: int | None) -> int:
 
 
 def library_versions() -> dict[str, str]:
-    import keras
-    import sklearn
-    import tensorflow as tf
-
+    """Installed versions, from package metadata: importing TensorFlow to ask would cost
+    seconds, and a cache hit imports none."""
     import featx
 
-    return {"featx": featx.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-            "h5py": h5py.__version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__,
-            "python": platform.python_version()}
+    def installed(*names: str) -> str:
+        for name in names:
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                return metadata.version(name)
+        return "?"
+
+    return {"featx": featx.__version__,
+            "tensorflow": installed("tensorflow", "tensorflow-cpu", "tf-nightly"),
+            "keras": installed("keras"), "h5py": h5py.__version__, "numpy": np.__version__,
+            "scikit-learn": installed("scikit-learn"), "python": platform.python_version()}
 
 
 class BlockDir:
@@ -234,7 +242,7 @@ class BlockDir:
 
 
 def warn(message: str) -> None:
-    print(f"featx: warning: {message}", file=sys.stderr)
+    log.warning("%s", message)
 
 
 def _write_atomic(path: Path, data: bytes, sync: bool = False) -> None:

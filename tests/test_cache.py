@@ -139,8 +139,8 @@ def test_second_writer_waits_for_the_first(data, tmp_path):
     while not list((tmp_path / "cache").glob("*.lock")) and time.monotonic() < deadline:
         time.sleep(0.05)
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    out1, _ = first.communicate(timeout=300)
-    assert first.returncode == 0 and second.returncode == 0
+    out1, err1 = first.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, err1[-2000:] + second.stderr[-2000:]
     assert "extracted 10 images" in out1
     assert "waiting" in second.stderr and "cache hit" in second.stdout
     assert cache.verify(next((tmp_path / "cache").glob("*.h5"))) == []

@@ -68,7 +68,7 @@ def test_two_datasets_with_one_folder_name_keep_their_own_stores(tmp_path, image
     out = tmp_path / "results"
     assert main(["classify", *tiny_args(x, cache, "--classifiers", "logreg", "--out",
                                         str(out))]) == 0
-    report = next(out.glob("*logreg.md")).read_text()
+    report = next(out.rglob("*logreg.md")).read_text()
     assert "rose" in report and "tulip" not in report
 
 
