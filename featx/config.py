@@ -36,9 +36,9 @@ SHORTHANDS = {
     "mlflow": "classify.mlflow",
 }
 
-# The allowed values of every text setting with a fixed set of them, declared once here and
-# checked as each value is set (a typo fails before any image is read); the modules that
-# act on a setting import its tuple from here.
+# The allowed values of the text settings with a fixed set of them. Each field names its own
+# (``one_of`` below, next to the field) and is checked as it is set, so that a typo fails
+# before any image is read; the modules that act on a setting import its tuple from here.
 HASHES = ("stat", "content")
 POOLINGS = ("avg", "max", "flatten", "none")
 PRECISIONS = ("float32", "mixed_float16")
@@ -51,21 +51,18 @@ TEST_FEATURES = ("plain", "tencrop")
 CLASS_WEIGHTS = ("", "balanced")
 COMBINE_MODES = ("fuse", "ensemble")
 OPTIMIZERS = ("adam", "rmsprop")
-CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset.hash": HASHES,
-    "backbone.pooling": POOLINGS,
-    "backbone.precision": PRECISIONS,
-    "extract.compression": COMPRESSIONS,
-    "extract.augment_flip": FLIPS,
-    "extract.tencrop": TENCROP_MODES,
-    "extract.engine": ENGINES,
-    "classify.train_features": TRAIN_FEATURES,
-    "classify.test_features": TEST_FEATURES,
-    "classify.class_weight": CLASS_WEIGHTS,
-    "classify.engine": ENGINES,
-    "combine.mode": COMBINE_MODES,
-    "finetune.warmup_optimizer": OPTIMIZERS,
-}
+CLASSIFIERS = ("logreg", "linear_svm", "rbf_svm", "knn", "sgd")  # featx.learners.LEARNERS
+
+
+def one_of(default: str, allowed: tuple[str, ...]) -> Any:
+    """A text field that takes only ``allowed`` values."""
+    return field(default=default, metadata={"one_of": allowed})
+
+
+def within(default: int | float, low: int | float | None = None,
+           high: int | float | None = None) -> Any:
+    """A number field bounded by ``low`` and ``high`` (inclusive; None: unbounded)."""
+    return field(default=default, metadata={"within": (low, high)})
 # Text fields that also take a TOML list (stored comma-separated).
 COMMA_LISTS = {"backbone.layer"}
 
@@ -90,7 +87,8 @@ class DatasetConfig:
     val: float = 0.0  # fraction of each class held out for validation
     test: float = 0.25  # fraction of each class held out for the final test
     seed: int = 42
-    hash: str = "stat"  # how an unchanged image is recognised: stat (size, mtime) | content
+    # how an unchanged image is recognised: stat (size, mtime) | content (SHA-256)
+    hash: str = one_of("stat", HASHES)
 
 
 @dataclass
@@ -100,47 +98,52 @@ class BackboneConfig:
     # empty: the model's last convolutional output; several: "a,b" or a TOML list, each
     # pooled and concatenated in order (featx layers NAME lists them)
     layer: str = ""
-    pooling: str = "avg"  # avg | max | flatten | none
-    input_size: int = 0  # 0: the backbone's native size
+    pooling: str = one_of("avg", POOLINGS)
+    input_size: int = within(0, 0)  # 0: the backbone's native size (it checks its own range)
     # float32 | mixed_float16 (float16 compute, float32 weights; for GPUs with tensor cores,
     # slower on CPUs). Features are stored as float32 either way.
-    precision: str = "float32"
+    precision: str = one_of("float32", PRECISIONS)
 
 
 @dataclass
 class ExtractConfig:
-    batch_size: int = 32
-    compression: str = "lzf"  # lzf | gzip | none
+    batch_size: int = within(32, 1, 4096)
+    compression: str = one_of("lzf", COMPRESSIONS)
     strict: bool = False  # an unreadable image is an error instead of a recorded skip
     # Variant stores (featx/variants.py), each its own cache entry beside the plain one:
-    augment: int = 0  # K > 0: K augmented passes over the training images (own store)
+    # K > 0: K augmented passes over the training images (own store)
+    augment: int = within(0, 0, 1000)
     augment_seed: int = 0  # with the image's path, seeds its passes
-    augment_flip: str = "horizontal"  # RandomFlip: horizontal | vertical | horizontal_and_vertical
+    augment_flip: str = one_of("horizontal", FLIPS)  # RandomFlip mode
     augment_rotation: float = 0.05  # RandomRotation factor (fraction of a turn)
     augment_zoom: float = 0.1  # RandomZoom factor
     augment_translation: float = 0.1  # RandomTranslation factor (height and width)
     augment_contrast: float = 0.2  # RandomContrast factor
-    tencrop: str = "off"  # off | mean (10 crops averaged per image) | keep (a row per crop)
+    # off | mean (10 crops averaged per image) | keep (a row per crop)
+    tencrop: str = one_of("off", TENCROP_MODES)
     # local | ray (a Ray cluster at ray_address: featx/distributed.py, pip install featx[ray])
-    engine: str = "local"
-    shard_rows: int = 4096  # ray: rows per shard file (the unit of resume)
+    engine: str = one_of("local", ENGINES)
+    shard_rows: int = within(4096, 1)  # ray: rows per shard file (the unit of resume)
     consolidate: bool = False  # ray: copy the shards into one file instead of a virtual dataset
 
 
 @dataclass
 class ClassifyConfig:
-    classifiers: list[str] = field(default_factory=lambda: ["logreg", "linear_svm"])
-    cv: int = 3  # folds for the grid search when there is no validation split
+    classifiers: list[str] = field(default_factory=lambda: ["logreg", "linear_svm"],
+                                   metadata={"one_of": CLASSIFIERS})
+    cv: int = within(3, 2)  # folds for the grid search when there is no validation split
     n_jobs: int = -1  # grid-search processes (-1: every core)
     seed: int = 0
     # Where the rows come from: plain | augmented (plain + the augmented passes) | tencrop;
     # validation rows come from the test side.
-    train_features: str = "plain"
-    test_features: str = "plain"  # plain | tencrop
-    class_weight: str = ""  # "" | "balanced" (classes weighted by their inverse frequency)
+    train_features: str = one_of("plain", TRAIN_FEATURES)
+    test_features: str = one_of("plain", TEST_FEATURES)
+    # "balanced": classes weighted by their inverse frequency
+    class_weight: str = one_of("", CLASS_WEIGHTS)
     quick: bool = False  # a first look: each learner's reduced grid and 2 folds
     ensemble: bool = False  # also report the average of the classifiers' probabilities
-    engine: str = "local"  # local | ray: the grid search's jobs on the Ray cluster (joblib)
+    # ray: the grid search's jobs on the Ray cluster (joblib)
+    engine: str = one_of("local", ENGINES)
     # MLflow logging (featx/tracking.py, pip install featx[mlflow]): "" off, "on" a local
     # store under the cache folder, or a tracking URI
     mlflow: str = ""
@@ -150,21 +153,22 @@ class ClassifyConfig:
 class CombineConfig:
     """Several pipelines' stores of the same dataset, used together (featx/combine.py)."""
     pipelines: list[str] = field(default_factory=list)  # paths relative to the pipeline file
-    mode: str = "fuse"  # fuse: features side by side | ensemble: probabilities averaged
+    # fuse: features side by side | ensemble: probabilities averaged
+    mode: str = one_of("fuse", COMBINE_MODES)
 
 
 @dataclass
 class FinetuneConfig:
     """``featx finetune``: a new head on the backbone, warmed up, then the top layers trained."""
-    warmup_epochs: int = 30  # phase 1: the base frozen, only the head trained
-    warmup_optimizer: str = "adam"  # adam | rmsprop
+    warmup_epochs: int = within(30, 0)  # phase 1: the base frozen, only the head trained
+    warmup_optimizer: str = one_of("adam", OPTIMIZERS)
     warmup_lr: float = 1e-3
-    epochs: int = 20  # phase 2: the top `unfreeze` layers trained too (0: no phase 2)
-    unfreeze: int = 38  # top layers of the base trained in phase 2 (BatchNorm layers stay frozen)
+    epochs: int = within(20, 0)  # phase 2: the top `unfreeze` layers trained too (0: no phase 2)
+    unfreeze: int = within(38, 0)  # top layers trained in phase 2 (BatchNorm stays frozen)
     lr: float = 1e-4  # phase 2: SGD with momentum 0.9
     dropout: float = 0.2  # before the dense softmax
-    batch_size: int = 32
-    patience: int = 5  # epochs without a lower validation loss before a phase stops
+    batch_size: int = within(32, 1, 4096)
+    patience: int = within(5, 0)  # epochs without a lower validation loss before a phase stops
     augment: bool = True  # train on each training image and its mirror image
     holdout: float = 0.15  # per-class share of training rows for early stopping if dataset.val=0
     seed: int = 0
@@ -242,7 +246,7 @@ class Config:
             raise ConfigError(f"{source}: unknown field {dotted!r} (valid here: {valid})")
         current = getattr(target, name)
         value = _coerce(value, current, dotted, source)
-        _check_value(dotted, value, source)
+        _check_value(fields[name], dotted, value, source)
         setattr(target, name, value)
 
     def members(self) -> list[Config]:
@@ -276,27 +280,14 @@ class Config:
 
 
 
-# Numeric fields with bounds (inclusive; None: unbounded), checked as each value is set, so
-# that a bad value fails before any image is read or any folder is made.
-LIMITS: dict[str, tuple[float | None, float | None]] = {
-    "extract.batch_size": (1, 4096),
-    "extract.augment": (0, 1000),
-    "extract.shard_rows": (1, None),
-    "backbone.input_size": (0, None),  # 0: native; the backbone checks its own range
-    "classify.cv": (2, None),
-    "finetune.batch_size": (1, 4096),
-    "finetune.warmup_epochs": (0, None),
-    "finetune.epochs": (0, None),
-    "finetune.unfreeze": (0, None),
-    "finetune.patience": (0, None),
-}
-
-
-def _check_value(dotted: str, value: Any, source: str) -> None:
-    if dotted in CHOICES and value not in CHOICES[dotted]:
-        valid = ", ".join(repr(c) for c in CHOICES[dotted])
-        raise ConfigError(f"{source}: {dotted} = {value!r} is not one of {valid}")
-    low, high = LIMITS.get(dotted, (None, None))
+def _check_value(spec: dataclasses.Field, dotted: str, value: Any, source: str) -> None:
+    """The field's own allowed values (``one_of``) and bounds (``within``)."""
+    allowed = spec.metadata.get("one_of")
+    for v in (value if isinstance(value, list) else [value]) if allowed else []:
+        if v not in allowed:
+            valid = ", ".join(repr(c) for c in allowed)
+            raise ConfigError(f"{source}: {dotted} = {v!r} is not one of {valid}")
+    low, high = spec.metadata.get("within", (None, None))
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"at least {low}" if high is None else f"from {low} to {high}"
         raise ConfigError(f"{source}: {dotted} = {value} is out of range ({bounds})")

@@ -185,3 +185,18 @@ def test_partial_extraction_is_listed_and_not_a_store(data, tmp_path):
         FeatureStore(p.path)
     r = extract(c, progress=False)
     assert r.extracted == 6  # the saved block was taken as done
+
+
+def test_cache_ls_reads_hyphenated_dataset_names(tmp_path, capsys):
+    from featx import cache
+    from featx.cli import main
+
+    store = tmp_path / "flowers-17-MobileNetV2-avg-0123456789abcdef.h5"
+    partial = store.with_name(store.name + ".0123456789abcdef.partial")
+    partial.mkdir(parents=True)
+    (partial / "meta.json").write_text('{"rows": 10, "block_rows": 4}')
+    [entry] = cache.entries(tmp_path)
+    assert (entry.dataset, entry.backbone, entry.key) == ("flowers-17", "MobileNetV2",
+                                                          "0123456789abcdef")
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
+    assert "flowers-17" in capsys.readouterr().out

@@ -231,3 +231,46 @@ def test_cache_path_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("FEATX_CACHE_DIR", str(tmp_path / "env"))
     assert Config().cache_path == tmp_path / "env"
     assert Config(cache_dir=str(tmp_path / "explicit")).cache_path == tmp_path / "explicit"
+
+
+# ------------------------------------------------ allowed values, checked before any image
+
+TYPOS = {  # one field of every section, and a value it does not take
+    "dataset.hash": "md5", "backbone.pooling": "mean", "extract.tencrop": "yes",
+    "classify.classifiers": "logreg,svmm", "combine.mode": "vote",
+    "finetune.warmup_optimizer": "adamm", "extract.batch_size": "0",
+    "finetune.batch_size": "-1", "classify.cv": "1",
+}
+
+
+@pytest.mark.parametrize("field", sorted(TYPOS))
+def test_a_bad_value_in_any_section_names_the_field_and_the_valid_values(field):
+    with pytest.raises(ConfigError) as e:
+        Config.load(None, [f"{field}={TYPOS[field]}"])
+    message = str(e.value)
+    assert field in message and ("is not one of" in message or "out of range" in message)
+
+
+def test_every_learner_is_an_allowed_classifier():
+    from featx.config import CLASSIFIERS
+    from featx.learners import LEARNERS
+
+    assert tuple(LEARNERS) == CLASSIFIERS
+
+
+def test_a_typo_fails_in_under_a_second_before_reading_images(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    t0 = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "featx.cli", "extract", "-p",
+                          "pipelines/flowers17.toml", "--data", str(tmp_path / "absent"),
+                          "--set", "finetune.warmup_optimizer=adamm"], cwd=repo,
+                         capture_output=True, text=True, timeout=60)
+    seconds = time.perf_counter() - t0
+    assert run.returncode == 2
+    assert "finetune.warmup_optimizer = 'adamm' is not one of 'adam', 'rmsprop'" in run.stderr
+    assert "absent" not in run.stderr  # refused before the (missing) dataset was looked at
+    assert seconds < 3, seconds  # measured 0.3 s here; 3 s leaves room for a busy machine
