@@ -157,9 +157,7 @@ def fit_learner(name: str, data: Splits, config: Config) -> learners.FitResult:
     c = config.classify
     opts = {"cv": c.cv, "n_jobs": c.n_jobs, "seed": c.seed, "class_weight": c.class_weight,
             "quick": c.quick}
-    from featx.distributed import search_backend
-
-    with search_backend(config):  # classify.engine = "ray": the search's jobs on Ray
+    with learners.search_backend(config):  # classify.engine = "ray": the search's jobs on Ray
         if _streams(name, data):
             return learners.fit_store(name, data.store, data.rows[TRAIN], data.rows[VAL],
                                       **opts)

@@ -27,7 +27,6 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,9 +34,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from featx.config import ENGINES, Config, ConfigError
+from featx.config import Config, ConfigError
 from featx.errors import ExtractError
 from featx.plan import ExtractResult, Plan, store_attrs
+from featx.rayutil import connected
 from featx.store import (
     CHUNK_BYTES,
     STRING,
@@ -54,39 +54,6 @@ log = logging.getLogger(__name__)
 
 ATTEMPTS = 3  # runs of the unfinished shards before giving up
 TASK_BATCHES = 4  # batches per Ray Data block: the unit Ray retries on a restarted actor
-
-
-def _ray(error: type[Exception] = ExtractError):
-    try:
-        import ray
-    except ImportError:
-        raise error("the ray engine needs Ray: pip install 'featx[ray]' "
-                    "(on every machine of the cluster)") from None
-    return ray
-
-
-def check_engine(engine: str, field: str) -> None:
-    if engine not in ENGINES:
-        raise ConfigError(f"{field} must be one of {', '.join(ENGINES)}, not {engine!r}")
-
-
-@contextlib.contextmanager
-def connected(address: str, error: type[Exception] = ExtractError) -> Iterator[Any]:
-    """Ray connected to ``address`` ("" : $RAY_ADDRESS, else a new one-machine instance);
-    disconnects afterwards only if it connected here."""
-    ray = _ray(error)
-    mine = not ray.is_initialized()
-    if mine:
-        try:
-            ray.init(address=address or None, logging_level=logging.WARNING,
-                     log_to_driver=False, configure_logging=False)
-        except ConnectionError as e:
-            raise error(f"cannot reach the Ray cluster at {address!r}: {e}") from None
-    try:
-        yield ray
-    finally:
-        if mine:
-            ray.shutdown()
 
 
 # --- shards -----------------------------------------------------------------------------------
@@ -386,24 +353,3 @@ def _remove_other_shards(store: Path, keep: Path | None) -> None:
     for d in store.parent.glob(store.name + ".*.shards"):
         if d != keep and pattern.fullmatch(d.name):
             shutil.rmtree(d, ignore_errors=True)
-
-
-# --- the search -------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def search_backend(config: Config) -> Iterator[None]:
-    """Where the grid search's joblib jobs run: here (``classify.engine = "local"``) or on
-    the Ray cluster at ``ray_address`` (``"ray"``, through ``ray.util.joblib``)."""
-    check_engine(config.classify.engine, "classify.engine")
-    if config.classify.engine == "local":
-        yield
-        return
-    from featx.learners import ClassifierError
-
-    with connected(config.ray_address, ClassifierError):
-        import joblib
-        from ray.util.joblib import register_ray
-
-        register_ray()
-        with joblib.parallel_backend("ray"):
-            yield

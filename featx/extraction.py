@@ -60,9 +60,8 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
     complete, sound and matches the dataset as it is now; return where it is."""
     run = _run
     if config.extract.engine != "local":  # the same store, built on a Ray cluster
-        from featx.distributed import check_engine, run_on_ray
+        from featx.distributed import run_on_ray
 
-        check_engine(config.extract.engine, "extract.engine")
         if variant != "plain":
             raise ExtractError(f"the ray engine extracts plain stores (one row per image), "
                                f"not the {variant!r} store: use extract.engine = \"local\"")

@@ -8,6 +8,7 @@ a store larger than memory can be trained on.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.class_weight import compute_class_weight
 
+from featx.config import Config
 from featx.errors import ClassifierError
 from featx.store import FeatureStore
 
@@ -402,3 +404,21 @@ class ProbabilityAverage(ClassifierMixin, BaseEstimator):
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(x), axis=1)]
+
+
+@contextlib.contextmanager
+def search_backend(config: Config) -> Iterator[None]:
+    """Where the grid search's joblib jobs run: here (``classify.engine = "local"``) or on
+    the Ray cluster at ``ray_address`` (``"ray"``, through ``ray.util.joblib``)."""
+    if config.classify.engine == "local":
+        yield
+        return
+    from featx.rayutil import connected
+
+    with connected(config.ray_address, ClassifierError):
+        import joblib
+        from ray.util.joblib import register_ray
+
+        register_ray()
+        with joblib.parallel_backend("ray"):
+            yield

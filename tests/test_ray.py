@@ -325,7 +325,7 @@ def test_search_on_ray_ran_on_the_cluster(cluster, tiny_store, monkeypatch):
     """The Ray engine is really used: inside search_backend joblib's active backend is Ray's."""
     import joblib
 
-    from featx.distributed import search_backend
+    from featx.learners import search_backend
 
     config = dataclasses.replace(tiny_store.config, ray_address=cluster.address)
     config.classify = dataclasses.replace(config.classify, engine="ray")
