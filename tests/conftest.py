@@ -154,3 +154,16 @@ def pytest_configure(config):
     config.addinivalue_line(
         "filterwarnings",
         "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+
+
+@pytest.fixture
+def featx_info():
+    """featx's info lines shown on stderr during the test, as the command line shows them
+    (a library caller sees warnings only)."""
+    import logging
+
+    from featx.log import set_level
+
+    previous = set_level(logging.INFO)
+    yield
+    set_level(previous)

@@ -10,6 +10,7 @@ from sklearn.metrics import confusion_matrix
 
 from featx import learners
 from featx.classification import classify, load_model, results_dir
+from featx.config import ConfigError
 from featx.dataset import TEST, TRAIN
 from featx.learners import ClassifierError, class_scores, fit, get_learner
 from featx.store import FeatureStore, StoreError
@@ -83,10 +84,9 @@ def test_default_results_dir_is_beside_the_store(tmp_path, make_config):
 
 
 def test_unknown_classifier_is_an_error(tiny_store, make_config, tmp_path):
-    config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(tmp_path),
-                         classify={"classifiers": ["random_forest"]})
-    with pytest.raises(ClassifierError) as e:
-        classify(config, echo=lambda line: None)
+    with pytest.raises(ConfigError) as e:  # refused with the config, before any store is read
+        make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(tmp_path),
+                    classify={"classifiers": ["random_forest"]})
     assert "random_forest" in str(e.value)
     assert all(name in str(e.value) for name in learners.LEARNERS)
     with pytest.raises(ClassifierError):

@@ -18,7 +18,13 @@ from realdata import needs_shared, store_of
 from featx.cli import main
 from featx.dataset import TEST, TRAIN, VAL
 from featx.export import FORMATS, ExportError, export
-from featx.store import CHUNK_BYTES, FeatureStore, write_columns
+from featx.store import (
+    CHUNK_BYTES,
+    FeatureDigest,
+    FeatureStore,
+    read_rows_for,
+    write_columns,
+)
 
 SPLITS = {TRAIN: "train", VAL: "val", TEST: "test"}
 
@@ -134,14 +140,16 @@ def synthetic_store(path: Path, rows: int, width: int) -> Path:
     chunk = max(1, min(rows, CHUNK_BYTES // (4 * width)))
     with h5py.File(path, "w") as f:
         ds = f.create_dataset("features", (rows, width), np.float32, chunks=(chunk, width))
+        digest = FeatureDigest(read_rows_for(chunk))  # checksums as featx writes them
         for start in range(0, rows, chunk):
             stop = min(start + chunk, rows)
-            ds[start:stop] = rng.random((stop - start, width), np.float32)
+            ds[start:stop] = block = rng.random((stop - start, width), np.float32)
+            digest.update(block)
         write_columns(f, labels=np.arange(rows) % 3, paths=[f"c/{i:07d}.jpg" for i in
                                                            range(rows)],
                       signatures=[""] * rows, label_names=["a", "b", "c"],
                       split=np.arange(rows) % 3, ok=np.ones(rows, bool), skipped=[],
-                      attrs={"key": f"synthetic{rows}"}, features_sha256="")
+                      attrs={"key": f"synthetic{rows}"}, digest=digest)
     return path
 
 

@@ -39,7 +39,8 @@ def test_runs_never_overwrite_each_other(tiny_store, make_config, tmp_path, caps
     runs = [first["run"], again["run"], quick["run"]]
     assert len(set(runs)) == 3 and all(RUN_NAME.fullmatch(r) for r in runs)
     assert sorted(p.name for p in out.iterdir()) == sorted(runs)
-    assert first["run"][-8:] == again["run"][-8:] != quick["run"][-8:]  # the settings hash
+    hashes = [r.split("-")[2] for r in runs]  # <date>-<time>-<settings hash>[-<n>]
+    assert hashes[0] == hashes[1] != hashes[2]  # a second run in one second gets "-2"
     assert _files(out / first["run"]) == kept  # untouched by the later runs
     capsys.readouterr()
     assert main(["runs", "--cache-dir", str(tmp_path / "none"), str(out)]) == 0
@@ -123,7 +124,7 @@ def test_an_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
 
 
-def test_predict_takes_a_run_folder(tiny_store, make_config, tmp_path, capsys):
+def test_predict_takes_a_run_folder(tiny_store, make_config, tmp_path, capsys, featx_info):
     out = tmp_path / "out"
     config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(out),
                          classify={"classifiers": ["logreg", "knn"]})
