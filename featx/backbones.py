@@ -156,7 +156,14 @@ class Backbone:
         }
         if self.config.precision != "float32":  # float32 stores keep the keys they had
             described["precision"] = self.config.precision
+        if self.config.flip:
+            described["flip"] = "mean of the image and its mirror"
         return described
+
+    @property
+    def resize(self) -> str:
+        """How images are fitted to ``input_size`` (featx.images.fit_image)."""
+        return self.config.resize
 
     @cached_property
     def model(self):
@@ -235,8 +242,15 @@ class Backbone:
     def features(self, images):
         tf = import_tensorflow()
 
-        # float16 activations under mixed precision: stored (and compared) as float32.
-        return tf.cast(self.model(self.preprocess(images), training=False), tf.float32)
+        def forward(x):  # float16 activations under mixed precision: stored as float32
+            return tf.cast(self.model(self.preprocess(x), training=False), tf.float32)
+
+        if not self.config.flip:
+            return forward(images)
+        # One pass over the batch and its mirror images, the two halves averaged.
+        both = forward(tf.concat([images, tf.reverse(images, axis=[2])], axis=0))
+        n = tf.shape(images)[0]
+        return (both[:n] + both[n:]) / 2
 
     def compiled(self, batch_size: int):
         """``features`` as a ``tf.function`` for one fixed batch shape (traced once; callers

@@ -19,7 +19,7 @@ import numpy as np
 
 from featx import learners, modelfile
 from featx.config import Config, ConfigError
-from featx.dataset import TEST, TRAIN, VAL
+from featx.dataset import TEST, TRAIN, VAL, stratified_split
 from featx.report import evaluate, report_paths, summary_line, write_reports
 from featx.runinfo import Run
 from featx.store import FeatureStore, StoreError
@@ -165,7 +165,7 @@ def fit_learner(name: str, data: Splits, config: Config) -> learners.FitResult:
         # Several rows per image (augmented passes, kept crops): fold by image.
         groups = np.asarray(paths, dtype=object) if len(set(paths)) < len(paths) else None
         return learners.fit(name, data.x[TRAIN], data.y[TRAIN], data.x[VAL], data.y[VAL],
-                            groups=groups, **opts)
+                            groups=groups, normalize=c.normalize, **opts)
 
 
 def scores_on_test(fitted: learners.FitResult, data: Splits) -> np.ndarray:
@@ -253,9 +253,22 @@ def classify(config: Config, store_path: Path | None = None,
     check_ensemble(config)
     if tracking_uri(config.classify.mlflow, config.cache_path):
         require()  # before the fits, not after
+    c = config.classify
+    if c.normalize != "none" and any(learners.get_learner(n).streaming for n in c.classifiers):
+        raise ConfigError(f"classify.normalize = {c.normalize!r} applies to in-memory "
+                          "learners; sgd streams the store's features as they are")
+    if c.repeats > 1 and c.ensemble:
+        raise ConfigError("classify.repeats reports each classifier over the splits; "
+                          "classify.ensemble is not repeated: run it without repeats")
+    if c.repeats > 1 and not _plain(config):
+        raise ConfigError("classify.repeats re-splits plain features: set train_features and "
+                          "test_features to \"plain\" (variant stores follow one split)")
     data = read_splits(config, store_path)
     run = open_run(config, store_path)
-    results = fit_and_report(config, data, run, echo)
+    if c.repeats > 1:
+        results = repeat_and_report(config, data, run, echo)
+    else:
+        results = fit_and_report(config, data, run, echo)
     log.info("results in %s/", run.dir)
     track(config, results)
     return results
@@ -296,6 +309,68 @@ def fit_and_report(config: Config, data: Splits, run: Run, echo=print,
         results.append(report(result, fitted, data, config, run, "ensemble", echo,
                               save_models))
     return results
+
+
+def split_seeds(config: Config) -> list[int]:
+    """The seeds of ``classify.repeats`` splits: dataset.seed, dataset.seed + 1, ..."""
+    return [config.dataset.seed + r for r in range(config.classify.repeats)]
+
+
+def resplit(data: Splits, config: Config, seed: int, labels: np.ndarray, ok: np.ndarray,
+            paths: list[str], features: np.ndarray | None) -> Splits:
+    """``data`` (a plain store's) split again, as ``featx extract`` would with ``seed``:
+    the same stratified split of every store row (``labels``), its readable (``ok``) rows
+    kept. ``features``: every store row's (None: the learners stream them)."""
+    d = config.dataset
+    split = stratified_split(labels, d.val, d.test, seed)
+    rows = {s: np.flatnonzero((split == s) & ok) for s in (TRAIN, VAL, TEST)}
+    return Splits(data.store, data.attrs, data.label_names,
+                  {s: features[r] for s, r in rows.items()} if features is not None else {},
+                  {s: labels[r] for s, r in rows.items()},
+                  {s: [paths[i] for i in r] for s, r in rows.items()}, rows)
+
+
+def repeat_and_report(config: Config, data: Splits, run: Run, echo=print
+                      ) -> list[dict[str, Any]]:
+    """``classify.repeats`` splits of the same features, the grid search re-run on each. Each
+    classifier's result is its first split's (reports, charts and model: seed dataset.seed),
+    with rank-1 and rank-5 the mean over the splits, their standard deviations, and every
+    split's seed and scores under ``repeats`` (``featx runs --compare`` pairs them)."""
+    with FeatureStore(data.store) as store:
+        labels, ok, paths = store.labels, store.ok, store.paths
+        features = store.features() if data.x else None  # in memory, as read_splits chose
+    per_seed: list[list[tuple[learners.FitResult, dict[str, Any]]]] = []
+    for seed in split_seeds(config):
+        part = resplit(data, config, seed, labels, ok, paths, features)
+        scored = []
+        for name in config.classify.classifiers:
+            fitted = fit_learner(name, part, config)
+            scored.append((fitted, make_result(config, part, fitted,
+                                               scores_on_test(fitted, part))))
+        per_seed.append(scored)
+        if seed == config.dataset.seed:
+            first = part
+    results = []
+    for i, name in enumerate(config.classify.classifiers):
+        fitted, result = per_seed[0][i]
+        runs_of = [scored[i][1] for scored in per_seed]
+        result = {**result, **repeat_summary(split_seeds(config), runs_of)}
+        results.append(report(result, fitted, first, config, run, name, echo))
+    return results
+
+
+def repeat_summary(seeds: list[int], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """rank-1/rank-5 as mean and standard deviation (ddof 1) over the splits, and each."""
+    out: dict[str, Any] = {"repeats": {"seeds": seeds}}
+    for k in ("rank1", "rank5"):
+        values = [r[k] for r in results]
+        out["repeats"][k] = values
+        if any(v is None for v in values):
+            out[k], out[f"{k}_std"] = None, None
+        else:
+            out[k] = float(np.mean(values))
+            out[f"{k}_std"] = float(np.std(values, ddof=1))
+    return out
 
 
 def report(result: dict[str, Any], fitted: learners.FitResult, data: Splits, config: Config,

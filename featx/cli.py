@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latest", action="store_true",
                    help="only the newest run (the run folder started last)")
     p.add_argument("--csv", action="store_true", help="CSV instead of the table")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="paired comparison of two runs made with classify.repeats (run "
+                   "folders or result files): per classifier, the mean of rank-1(A) - "
+                   "rank-1(B) over the splits they share and its standard error")
     p = sub.add_parser("demo-data", help="export scikit-learn's digits as PNGs (the demo set)")
     p.add_argument("folder", nargs="?", default="data/digits")
     return parser
@@ -256,6 +260,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _runs(args: argparse.Namespace) -> int:
     from featx import runs
 
+    if args.compare:
+        print(runs.comparison_table(runs.compare(*args.compare)))
+        return 0
     folder = Config(cache_dir=args.cache_dir or "").cache_path
     rows = runs.load_runs(runs.find_results(folder, args.dirs))
     rows = runs.filter_runs(rows, args.dataset, args.where)

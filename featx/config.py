@@ -33,7 +33,7 @@ SHORTHANDS = {
     "n_jobs": "classify.n_jobs", "engine": "extract.engine", "address": "ray_address",
     # on/off flags: None when absent, so that the pipeline's value stands
     "strict": "extract.strict", "quick": "classify.quick", "consolidate": "extract.consolidate",
-    "mlflow": "classify.mlflow",
+    "mlflow": "classify.mlflow", "repeats": "classify.repeats",
 }
 
 # The allowed values of the text settings with a fixed set of them. Each field names its own
@@ -42,6 +42,8 @@ SHORTHANDS = {
 HASHES = ("stat", "content")
 POOLINGS = ("avg", "max", "flatten", "none")
 PRECISIONS = ("float32", "mixed_float16")
+RESIZE_POLICIES = ("squash", "crop", "pad")
+NORMALIZATIONS = ("none", "l2", "power", "pca_whiten")
 COMPRESSIONS = ("lzf", "gzip", "none")
 FLIPS = ("horizontal", "vertical", "horizontal_and_vertical")
 TENCROP_MODES = ("off", "mean", "keep")
@@ -103,6 +105,12 @@ class BackboneConfig:
     # float32 | mixed_float16 (float16 compute, float32 weights; for GPUs with tensor cores,
     # slower on CPUs). Features are stored as float32 either way.
     precision: str = one_of("float32", PRECISIONS)
+    # How an image becomes input_size x input_size (featx.images.fit_image): squash (resize,
+    # ignoring the aspect ratio) | crop (short side to input_size, centre crop) | pad (long
+    # side to input_size, padded with ImageNet's mean colour)
+    resize: str = one_of("squash", RESIZE_POLICIES)
+    # Also read each image mirrored left-right and average the two features (twice the work)
+    flip: bool = False
 
 
 @dataclass
@@ -141,6 +149,12 @@ class ClassifyConfig:
     # "balanced": classes weighted by their inverse frequency
     class_weight: str = one_of("", CLASS_WEIGHTS)
     quick: bool = False  # a first look: each learner's reduced grid and 2 folds
+    # Before the learner: none | l2 (unit length) | power (signed square root, then l2) |
+    # pca_whiten (PCA to 99% of the variance, whitened); in the saved model too
+    normalize: str = one_of("none", NORMALIZATIONS)
+    # R > 1: R stratified splits (seeds dataset.seed .. + R - 1) of the same features, the grid
+    # search re-run on each; rank-1/rank-5 reported as mean and standard deviation
+    repeats: int = within(1, 1, 100)
     ensemble: bool = False  # also report the average of the classifiers' probabilities
     # ray: the grid search's jobs on the Ray cluster (joblib)
     engine: str = one_of("local", ENGINES)

@@ -186,7 +186,7 @@ class ShardExtractor:
 
         size = self.backbone.input_size
         try:
-            return load_image(path, size), True, ""
+            return load_image(path, size, self.backbone.resize), True, ""
         except Exception as e:  # a per-file skip, never a crash (as in images.read_batches)
             return np.zeros((size, size, 3), np.uint8), False, f"{type(e).__name__}: {e}"
 

@@ -301,7 +301,8 @@ def _extract_blocks(config: Config, dataset: Dataset, backbone: Backbone, todo: 
     t_first = time.perf_counter()
     rate = 0.0
     try:
-        for first, batch_images, ok in read_batches(files, size, batch, errors, views=views):
+        for first, batch_images, ok in read_batches(files, size, batch, errors, views=views,
+                                                        resize=backbone.resize):
             if strict and not ok.all():
                 bad = (first + int(np.flatnonzero(~ok)[0])) // variant.views
                 raise ExtractError(f"unreadable image {files[bad]}: {errors.reasons[bad]} "

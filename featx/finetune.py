@@ -33,7 +33,7 @@ from featx.backbones import Backbone
 from featx.config import OPTIMIZERS, BackboneConfig, Config, FinetuneConfig
 from featx.dataset import TEST, TRAIN, VAL, load_dataset, manifest_digest, stratified_split
 from featx.errors import FinetuneError
-from featx.images import RESIZE_POLICY, ReadErrors, read_batches
+from featx.images import READ_POLICY, ReadErrors, read_batches
 from featx.log import import_tensorflow
 from featx.report import beside, evaluate, summary_line, write_reports
 from featx.store import safe_name, store_key
@@ -70,7 +70,8 @@ def load_image_splits(config: Config) -> ImageSplits:
     images = np.empty((len(dataset), size, size, 3), np.uint8)
     ok = np.zeros(len(dataset), bool)
     absolute = [dataset.absolute(i) for i in range(len(dataset))]
-    for first, batch, batch_ok in read_batches(absolute, size, config.extract.batch_size, errors):
+    for first, batch, batch_ok in read_batches(absolute, size, config.extract.batch_size, errors,
+                                               resize=config.backbone.resize):
         images[first:first + len(batch)] = batch
         ok[first:first + len(batch)] = batch_ok
     if errors.reasons:
@@ -338,7 +339,8 @@ def finetune(config: Config, echo: Callable[[str], None] = print,
     fit_seconds = time.perf_counter() - started
     scores = model.predict_proba(data.images[TEST])
 
-    backbone = {**model.backbone.describe(), "pooling": model.pooling, "resize": RESIZE_POLICY}
+    backbone = {**model.backbone.describe(), "pooling": model.pooling,
+                "resize": f"{READ_POLICY}-{config.backbone.resize}"}
     settings = dataclasses.asdict(config.finetune)
     d = config.dataset
     key = store_key({"backbone": backbone, "finetune": settings, "images": data.key,

@@ -21,12 +21,13 @@ from PIL import Image, ImageOps
 from featx.log import import_tensorflow
 
 # How a file becomes the backbone's input: part of what the features depend on.
-RESIZE_POLICY = "pil-draft+exif+rgb-on-white+bilinear-squash"
+READ_POLICY = "pil-draft+exif+rgb-on-white+bilinear"  # + the resize policy, in the settings
+PAD_COLOUR = (124, 116, 104)  # ImageNet's mean RGB: padding that reads as "nothing there"
 # 10-crop over-sampling reads the image at input_size * 256/224 (the classic recipe).
 CROP_RATIO = 256 / 224
 
 
-def load_image(path: str, size: int) -> np.ndarray:
+def load_image(path: str, size: int, resize: str = "squash") -> np.ndarray:
     """Read one image as a (size, size, 3) uint8 RGB array; raises on anything unreadable."""
     with warnings.catch_warnings():
         # Above Pillow's pixel limit a warning comes first; treat it as the bomb it is.
@@ -35,17 +36,26 @@ def load_image(path: str, size: int) -> np.ndarray:
             if img.format == "JPEG":
                 # libjpeg DCT scaling: decode at 1/2, 1/4 or 1/8 while still >= size.
                 img.draft("RGB", (size, size))
-            return fit_image(img, size)
+            return fit_image(img, size, resize)
 
 
-def fit_image(img: Image.Image, size: int) -> np.ndarray:
+def fit_image(img: Image.Image, size: int, resize: str = "squash") -> np.ndarray:
     """A PIL image as a (size, size, 3) uint8 RGB array, exactly as :func:`load_image` makes
-    one from a file (first frame, EXIF orientation, RGB on white, bilinear squash)."""
+    one from a file (first frame, EXIF orientation, RGB on white, bilinear resampling).
+    ``resize``: squash (the whole image, aspect ratio ignored), crop (short side to ``size``,
+    the centre kept) or pad (long side to ``size``, padded with :data:`PAD_COLOUR`)."""
     img.seek(0)  # animated GIF/WebP: the first frame
     img.load()
     img = ImageOps.exif_transpose(img)
     img = _to_rgb(img)
-    img = img.resize((size, size), Image.BILINEAR)
+    if resize == "squash":
+        img = img.resize((size, size), Image.BILINEAR)
+    elif resize == "crop":
+        img = ImageOps.fit(img, (size, size), Image.BILINEAR)
+    elif resize == "pad":
+        img = ImageOps.pad(img, (size, size), Image.BILINEAR, color=PAD_COLOUR)
+    else:
+        raise ValueError(f"unknown resize policy {resize!r}")
     return np.asarray(img, dtype=np.uint8)
 
 
@@ -114,9 +124,10 @@ def _usable_cores() -> int:
 
 def read_batches(
     paths: Sequence[str], size: int, batch_size: int, errors: ReadErrors,
-    parallel: int | None = None, views: Views | None = None,
+    parallel: int | None = None, views: Views | None = None, resize: str = "squash",
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(first_row, images, ok)`` for every row in order, ``batch_size`` at a time.
+    """Yield ``(first_row, images, ok)`` for every row in order, ``batch_size`` at a time
+    (each image read by :func:`load_image` with the ``resize`` policy).
 
     ``images`` is (n, size, size, 3) uint8; ``ok[i]`` is False where the file was unreadable
     (its reason is in ``errors``, by file index). With ``views``, file ``i`` gives rows
@@ -132,7 +143,7 @@ def read_batches(
     def load(index: np.int64) -> tuple[np.ndarray, bool]:
         i = int(index)
         try:
-            image = load_image(path_array[i], load_size)
+            image = load_image(path_array[i], load_size, resize)
             return (image if views.crop is None else views.crop(image)), True
         except Exception as e:  # any decoder failure is a per-file skip, never a crash
             errors.add(i, f"{type(e).__name__}: {e}")

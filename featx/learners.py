@@ -19,6 +19,7 @@ import numpy as np
 from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.model_selection import (
     GridSearchCV,
@@ -29,7 +30,7 @@ from sklearn.model_selection import (
 )
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils.class_weight import compute_class_weight
 
@@ -193,6 +194,24 @@ LEARNERS: dict[str, Learner] = {
 }
 
 
+def signed_sqrt(x: np.ndarray) -> np.ndarray:
+    """"Power" normalisation: sign(x) * sqrt(|x|), which evens out bursty activations."""
+    return np.sign(x) * np.sqrt(np.abs(x))
+
+
+def normalizer(kind: str) -> BaseEstimator | None:
+    """The step ``classify.normalize`` puts before a learner (None for "none")."""
+    if kind == "none":
+        return None
+    if kind == "l2":
+        return Normalizer()
+    if kind == "power":
+        return Pipeline([("sqrt", FunctionTransformer(signed_sqrt)), ("l2", Normalizer())])
+    if kind == "pca_whiten":  # 99% of the variance, each component scaled to unit variance
+        return PCA(n_components=0.99, whiten=True, svd_solver="full")
+    raise ClassifierError(f"unknown normalisation {kind!r}")
+
+
 def get_learner(name: str) -> Learner:
     if name not in LEARNERS:
         raise ClassifierError(f"unknown classifier {name!r}; valid: {', '.join(LEARNERS)}")
@@ -234,7 +253,8 @@ def _folds(y: np.ndarray, cv: int, seed: int, groups: np.ndarray | None = None
 def fit(name: str, x_train: np.ndarray, y_train: np.ndarray,
         x_val: np.ndarray | None = None, y_val: np.ndarray | None = None,
         cv: int = 3, n_jobs: int = 1, seed: int = 0, class_weight: str = "",
-        quick: bool = False, groups: np.ndarray | None = None) -> FitResult:
+        quick: bool = False, groups: np.ndarray | None = None,
+        normalize: str = "none") -> FitResult:
     """Grid-search the learner's parameters on the training rows (validation split if given,
     else stratified k-fold; ``quick``: the reduced grid and 2 folds), in ``n_jobs`` processes,
     and refit the best model on training + validation rows. ``groups`` (one id per training
@@ -249,7 +269,12 @@ def fit(name: str, x_train: np.ndarray, y_train: np.ndarray,
         x, y = x_train, y_train
         folds = _folds(y, QUICK_FOLDS if quick else cv, seed, groups)
     grid = learner.quick_grid if quick else learner.grid
-    search = GridSearchCV(learner.make(seed, _class_weight(class_weight)), grid, cv=folds,
+    estimator = learner.make(seed, _class_weight(class_weight))
+    step = normalizer(normalize)
+    if step is not None:  # part of the model: predict normalises new features the same way
+        estimator = Pipeline([("normalize", step), ("model", estimator)])
+        grid = {f"model__{k}": v for k, v in grid.items()}
+    search = GridSearchCV(estimator, grid, cv=folds,
                           n_jobs=n_jobs, scoring="accuracy", refit=True, error_score="raise")
     t0 = time.perf_counter()
     search.fit(x, y, groups=groups if not isinstance(folds, PredefinedSplit) else None)

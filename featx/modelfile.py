@@ -29,6 +29,7 @@ FEATX_TYPES = (
     "featx.learners.ProbabilityAverage",
     "featx.learners.StreamingSGD",
     "featx.learners._per_feature",  # rbf_svm's FunctionTransformer
+    "featx.learners.signed_sqrt",  # classify.normalize = "power"
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.model_selection._split.StratifiedKFold",

@@ -19,7 +19,7 @@ import numpy as np
 from featx.backbones import Backbone
 from featx.config import Config
 from featx.dataset import TRAIN, Dataset, load_dataset, manifest_digest, stratified_split
-from featx.images import RESIZE_POLICY
+from featx.images import READ_POLICY
 from featx.layout import STORE_SUFFIX, parse_store_name, partial_dirs, store_path
 from featx.store import FeatureStore, StoreError, library_versions, store_key
 from featx.variants import PLAIN, Variant, get_variant
@@ -44,7 +44,7 @@ class ExtractResult:
 
 def feature_settings(backbone: Backbone, variant: Variant = PLAIN) -> dict:
     """Everything but the images that the features depend on (the settings key)."""
-    return {**backbone.describe(), "resize": RESIZE_POLICY, "dtype": "float32",
+    return {**backbone.describe(), "resize": f"{READ_POLICY}-{backbone.resize}", "dtype": "float32",
             **variant.settings}
 
 

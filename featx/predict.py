@@ -157,7 +157,8 @@ class Predictor:
         forward = self.backbone.batched(batch)  # padded to one traced shape, as extraction
         errors = ReadErrors()
         feats, oks = [], []
-        for _, images, ok in read_batches(list(paths), size, batch, errors, views=views):
+        for _, images, ok in read_batches(list(paths), size, batch, errors, views=views,
+                                          resize=self.backbone.resize):
             feats.append(forward(images, ok).reshape(len(images), -1))
             oks.append(ok)
         if not feats:

@@ -74,9 +74,21 @@ def confused_pairs(confusion: Any, label_names: list[str],
              "true_index": t, "predicted_index": p} for n, t, p in off[:top]]
 
 
+def _params(result: dict[str, Any]) -> str:
+    return ", ".join(f"{k.split('__')[-1]}={v}" for k, v in result["best_params"].items())
+
+
 def summary_line(name: str, result: dict[str, Any]) -> str:
-    params = ", ".join(f"{k.split('__')[-1]}={v}" for k, v in result["best_params"].items())
+    params = _params(result)
     rank5 = _num(result["rank5"], na="n/a")  # n/a: k at or above the number of classes
+    if result.get("repeats"):  # mean ± standard deviation over the splits
+        n = len(result["repeats"]["seeds"])
+        rank1 = f"{result['rank1']:.3f} ± {result['rank1_std']:.3f}"
+        if result["rank5"] is not None:
+            rank5 = f"{rank5} ± {result['rank5_std']:.3f}"
+        return (f"{name:<12} rank-1 {rank1}  rank-5 {rank5}  over {n} splits "
+                f"(first split: {_params(result)}; fit {_num(result.get('fit_seconds'), 1)}s; "
+                f"{result['n_train']} train / {result['n_test']} test)")
     return (f"{name:<12} rank-1 {result['rank1']:.3f}  rank-5 {rank5}  "
             f"({params}; cv {_num(result.get('cv_score'))}; "
             f"fit {_num(result.get('fit_seconds'), 1)}s; "

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from featx.errors import RunsError
 from featx.escape import spreadsheet_cell
 
@@ -28,6 +30,9 @@ COLUMNS = {
     "pipeline": ("pipeline", ("pipeline",)),
     "rank1": ("rank-1", ("rank1",)),
     "rank5": ("rank-5", ("rank5",)),
+    # classify.repeats: the standard deviation of rank-1 and its value on each split
+    "rank1_std": ("±", ("rank1_std",)),
+    "splits": ("rank-1 by split", ("repeats", "rank1")),
     "fit_seconds": ("fit_seconds", ("fit_seconds",)),
     # when and with which classify settings (recorded since featx 0.2.0)
     "started": ("started", ("started",)),
@@ -151,8 +156,10 @@ def mark_best(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _cell(column: str, value: Any) -> str:
     if value is None:
         return "-"
-    if column in ("rank1", "rank5"):
+    if column in ("rank1", "rank5", "rank1_std"):
         return f"{value:.3f}"
+    if column == "splits":
+        return "/".join(f"{v:.3f}" for v in value)
     if column == "fit_seconds":
         return f"{value:.1f}"
     if column == "started":  # ISO time, to the second
@@ -189,3 +196,54 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     writer.writerows({k: spreadsheet_cell(v) for k, v in {"best": False, **r}.items()}
                      for r in rows)
     return buffer.getvalue()
+
+
+def _repeated(target: str | Path) -> dict[str, dict[str, Any]]:
+    """classifier -> its result with ``repeats``, from a run folder or a result file."""
+    target = Path(target)
+    if not target.exists():
+        raise RunsError(f"no such folder or file: {target}")
+    out = {}
+    for path in [target] if target.is_file() else sorted(target.rglob("*.json")):
+        try:
+            result = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(result, dict) and result.get("repeats") and "classifier" in result:
+            out[result["classifier"]] = result
+    if not out:
+        raise RunsError(f"{target}: no result made with classify.repeats > 1 (featx classify "
+                        "--repeats R)")
+    return out
+
+
+def compare(a: str | Path, b: str | Path, metric: str = "rank1") -> list[dict[str, Any]]:
+    """Paired comparison of two repeated runs: for every classifier in both, the splits
+    (seeds) they share, the mean of ``metric``(A) - ``metric``(B) over them and its standard
+    error (standard deviation of the differences, ddof 1, over sqrt(n)). Pairing removes the
+    split-to-split spread both runs share, which is most of it."""
+    runs_a, runs_b = _repeated(a), _repeated(b)
+    rows = []
+    for name in sorted(runs_a.keys() & runs_b.keys()):
+        ra, rb = runs_a[name]["repeats"], runs_b[name]["repeats"]
+        va, vb = dict(zip(ra["seeds"], ra[metric])), dict(zip(rb["seeds"], rb[metric]))
+        seeds = sorted(va.keys() & vb.keys())
+        if not seeds or any(va[s] is None or vb[s] is None for s in seeds):
+            continue
+        diff = np.asarray([va[s] - vb[s] for s in seeds])
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        rows.append({"classifier": name, "splits": len(seeds),
+                     "a": float(np.mean([va[s] for s in seeds])),
+                     "b": float(np.mean([vb[s] for s in seeds])),
+                     "difference": float(diff.mean()), "standard_error": se})
+    if not rows:
+        raise RunsError(f"{a} and {b} share no classifier and split (seed) to compare")
+    return rows
+
+
+def comparison_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'classifier':<12} {'splits':>6} {'A':>7} {'B':>7} {'A - B':>8} {'s.e.':>7}"]
+    for r in rows:
+        lines.append(f"{r['classifier']:<12} {r['splits']:>6} {r['a']:>7.4f} {r['b']:>7.4f} "
+                     f"{r['difference']:>+8.4f} {r['standard_error']:>7.4f}")
+    return "\n".join(lines)

@@ -157,7 +157,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         errors = ReadErrors()
         out = [forward(images, ok) for _, images, ok
                in read_batches([str(p) for p in paths], backbone.input_size, self.batch_size,
-                               errors)]
+                               errors, resize=backbone.resize)]
         if errors.reasons:
             _unreadable([(str(paths[i]), r) for i, r in sorted(errors.reasons.items())])
         return np.concatenate(out) if out else np.zeros((0, self.n_features_out_), np.float32)
@@ -254,7 +254,8 @@ def pixel_features(backbone: Any, items: list, batch_size: int,
 
     size = backbone.input_size
     load = crop_load_size(size) if tencrop else size
-    images = [fit_image(x if isinstance(x, Image.Image) else Image.fromarray(x), load)
+    images = [fit_image(x if isinstance(x, Image.Image) else Image.fromarray(x), load,
+                        backbone.resize)
               for x in items]
     if tencrop:
         images = [crop for image in images for crop in ten_crops(image, size)]

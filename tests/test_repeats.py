@@ -1,0 +1,148 @@
+"""Accuracy measured honestly: repeated splits, paired comparisons, and the levers (resize
+policy, flip averaging, feature normalisation) that may move the score."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_outofcore import write_synthetic_store
+
+from featx import modelfile
+from featx.classification import classify, read_splits, resplit
+from featx.cli import main
+from featx.config import Config, ConfigError
+from featx.dataset import TEST, stratified_split
+from featx.images import PAD_COLOUR, fit_image
+from featx.learners import normalizer
+from featx.store import FeatureStore
+
+SPLIT = {"val": 0.0, "test": 0.25, "seed": 42}
+
+
+def synthetic(tmp_path, name: str, signal: float, n_per_class: int = 40, d: int = 16,
+              seed: int = 0):
+    """A plain store of 4 classes; ``signal`` scales how far apart the class means are (0:
+    labels carry nothing the features show)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(4), n_per_class)
+    x = rng.normal(size=(len(y), d)) + signal * np.eye(4, d)[y]
+    split = stratified_split(y, SPLIT["val"], SPLIT["test"], SPLIT["seed"])
+    paths = [f"c{c}/img{i:03d}.png" for i, c in enumerate(y)]
+    path = write_synthetic_store(tmp_path / f"{name}.h5", x.astype(np.float32), y, paths,
+                                 split, ["a", "b", "c", "d"], split_attr=SPLIT)
+    return path
+
+
+def config(tmp_path, out: str, **classify) -> Config:
+    return Config.from_dict({"dataset": dict(SPLIT), "out": str(tmp_path / out),
+                             "classify": {"classifiers": ["logreg"], "cv": 2, "n_jobs": 1,
+                                          **classify}})
+
+
+def test_repeats_report_mean_and_std_over_seeded_splits(tmp_path):
+    store = synthetic(tmp_path, "s", signal=1.0)
+    lines = []
+    [result] = classify(config(tmp_path, "out", repeats=5), store, echo=lines.append)
+    rep = result["repeats"]
+    assert rep["seeds"] == [42, 43, 44, 45, 46] and len(rep["rank1"]) == 5
+    assert result["rank1"] == pytest.approx(np.mean(rep["rank1"]))
+    assert result["rank1_std"] == pytest.approx(np.std(rep["rank1"], ddof=1))
+    assert len(set(rep["rank1"])) > 1  # different splits, different scores
+    assert "±" in lines[0] and "over 5 splits" in lines[0]
+    saved = json.loads(next((tmp_path / "out").rglob("*-logreg.json")).read_text())
+    assert saved["repeats"] == rep
+    # the first split is the store's own (dataset.seed); the others differ from it
+    with FeatureStore(store) as s:
+        labels, ok, split, paths = s.labels, s.ok, s.split, s.paths
+    c = config(tmp_path, "x")
+    data = read_splits(c, store)
+    first = resplit(data, c, 42, labels, ok, paths, None)
+    np.testing.assert_array_equal(first.rows[TEST], np.flatnonzero(split == TEST))
+    other = resplit(data, c, 43, labels, ok, paths, None)
+    assert set(other.rows[TEST]) != set(first.rows[TEST])
+    assert np.bincount(labels[other.rows[TEST]]).tolist() == [10, 10, 10, 10]  # stratified
+
+
+def test_paired_comparison_of_identical_runs_is_zero(tmp_path, capsys):
+    store = synthetic(tmp_path, "s", signal=1.0)
+    classify(config(tmp_path, "a", repeats=4), store, echo=lambda _: None)
+    classify(config(tmp_path, "b", repeats=4), store, echo=lambda _: None)
+    capsys.readouterr()
+    assert main(["runs", "--compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    header, row = capsys.readouterr().out.strip().splitlines()
+    cells = row.split()
+    assert cells[0] == "logreg" and cells[1] == "4"
+    assert float(cells[4]) == 0.0 and float(cells[5]) == 0.0
+
+
+def test_paired_comparison_finds_a_difference_made_by_construction(tmp_path):
+    from featx.runs import compare
+
+    good, bad = synthetic(tmp_path, "good", signal=4.0), synthetic(tmp_path, "bad", signal=0.0)
+    classify(config(tmp_path, "good", repeats=5), good, echo=lambda _: None)
+    classify(config(tmp_path, "bad", repeats=5), bad, echo=lambda _: None)
+    [row] = compare(tmp_path / "good", tmp_path / "bad")
+    assert row["splits"] == 5 and row["a"] > 0.8 and row["b"] < 0.45  # chance: 0.25
+    assert row["difference"] > 5 * row["standard_error"] > 0
+
+
+def test_repeats_need_plain_features(tmp_path):
+    store = synthetic(tmp_path, "s", signal=1.0)
+    with pytest.raises(ConfigError, match="classify.repeats re-splits plain features"):
+        classify(config(tmp_path, "o", repeats=3, train_features="augmented"), store)
+
+
+@pytest.mark.parametrize("kind", ["l2", "power", "pca_whiten"])
+def test_normalisation_is_part_of_the_saved_model(tmp_path, kind):
+    store = synthetic(tmp_path, "s", signal=4.0)
+    [result] = classify(config(tmp_path, "o", normalize=kind), store, echo=lambda _: None)
+    model_path = next((tmp_path / "o").rglob("*.skops"))
+    model = modelfile.load(model_path)["model"]
+    assert model.steps[0][0] == "normalize"
+    with FeatureStore(store) as s:
+        x = s.features()
+    step = normalizer(kind).fit(x)
+    z = step.transform(x)
+    if kind != "pca_whiten":
+        np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)
+    else:
+        np.testing.assert_allclose(z.std(axis=0, ddof=1), 1.0, rtol=1e-3)
+    assert result["rank1"] > 0.8
+    np.testing.assert_array_equal(model.predict(x), model.predict(x.copy()))
+
+
+def test_resize_policies():
+    # a wide image: red left quarter, green middle, blue right quarter
+    pixels = np.zeros((100, 400, 3), np.uint8)
+    pixels[:, :100] = (255, 0, 0)
+    pixels[:, 100:300] = (0, 255, 0)
+    pixels[:, 300:] = (0, 0, 255)
+    img = Image.fromarray(pixels)
+    squash = fit_image(img, 64, "squash")
+    crop = fit_image(img, 64, "crop")
+    pad = fit_image(img, 64, "pad")
+    assert squash.shape == crop.shape == pad.shape == (64, 64, 3)
+    assert squash[32, 2, 0] > 200 and squash[32, 61, 2] > 200  # every part, squeezed
+    assert (crop[:, :, 1] > 200).all()  # only the centre (green) is kept
+    np.testing.assert_array_equal(pad[0, 32], PAD_COLOUR)  # bands above and below
+    assert pad[32, 2, 0] > 200 and pad[32, 61, 2] > 200  # the whole image, in proportion
+
+
+def test_flip_averaging_is_the_mean_of_an_image_and_its_mirror(tiny_store):
+    from featx.backbones import Backbone
+    from featx.config import BackboneConfig
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    plain = Backbone(BackboneConfig(weights="none", input_size=32), seed=1)
+    flip = Backbone(BackboneConfig(weights="none", input_size=32, flip=True), seed=1)
+    a = np.asarray(plain.features(images))
+    b = np.asarray(plain.features(images[:, :, ::-1]))
+    both = np.asarray(flip.batched(4)(images, np.ones(3, bool)))
+    scale = np.abs(a).max()
+    assert scale > 0 and np.abs(a - b).max() > 1e-3 * scale  # the mirror differs
+    np.testing.assert_allclose(both, (a + b) / 2, rtol=1e-4, atol=1e-4 * scale)
+    assert "flip" in flip.describe() and "flip" not in plain.describe()
