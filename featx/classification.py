@@ -20,7 +20,7 @@ import numpy as np
 from featx import learners, modelfile
 from featx.config import Config, ConfigError
 from featx.dataset import TEST, TRAIN, VAL, stratified_split
-from featx.report import evaluate, report_paths, summary_line, write_reports
+from featx.report import evaluate, repeat_summary, report_paths, summary_line, write_reports
 from featx.runinfo import Run
 from featx.store import FeatureStore, StoreError
 from featx.tracking import ARTIFACTS, ON, log_results, require, tracking_uri
@@ -339,38 +339,19 @@ def repeat_and_report(config: Config, data: Splits, run: Run, echo=print
     with FeatureStore(data.store) as store:
         labels, ok, paths = store.labels, store.ok, store.paths
         features = store.features() if data.x else None  # in memory, as read_splits chose
-    per_seed: list[list[tuple[learners.FitResult, dict[str, Any]]]] = []
-    for seed in split_seeds(config):
-        part = resplit(data, config, seed, labels, ok, paths, features)
-        scored = []
-        for name in config.classify.classifiers:
-            fitted = fit_learner(name, part, config)
-            scored.append((fitted, make_result(config, part, fitted,
-                                               scores_on_test(fitted, part))))
-        per_seed.append(scored)
-        if seed == config.dataset.seed:
-            first = part
+    seeds = split_seeds(config)
     results = []
-    for i, name in enumerate(config.classify.classifiers):
-        fitted, result = per_seed[0][i]
-        runs_of = [scored[i][1] for scored in per_seed]
-        result = {**result, **repeat_summary(split_seeds(config), runs_of)}
-        results.append(report(result, fitted, first, config, run, name, echo))
+    for name in config.classify.classifiers:
+        scored = []
+        for seed in seeds:  # one split's copy of the features in memory at a time
+            part = resplit(data, config, seed, labels, ok, paths, features)
+            fitted = fit_learner(name, part, config)
+            scored.append(make_result(config, part, fitted, scores_on_test(fitted, part)))
+            if seed == seeds[0]:
+                first = (fitted, part)
+        result = {**scored[0], **repeat_summary(seeds, scored)}
+        results.append(report(result, first[0], first[1], config, run, name, echo))
     return results
-
-
-def repeat_summary(seeds: list[int], results: list[dict[str, Any]]) -> dict[str, Any]:
-    """rank-1/rank-5 as mean and standard deviation (ddof 1) over the splits, and each."""
-    out: dict[str, Any] = {"repeats": {"seeds": seeds}}
-    for k in ("rank1", "rank5"):
-        values = [r[k] for r in results]
-        out["repeats"][k] = values
-        if any(v is None for v in values):
-            out[k], out[f"{k}_std"] = None, None
-        else:
-            out[k] = float(np.mean(values))
-            out[f"{k}_std"] = float(np.std(values, ddof=1))
-    return out
 
 
 def report(result: dict[str, Any], fitted: learners.FitResult, data: Splits, config: Config,

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-jobs", type=int, help="parallel grid-search jobs")
     p.add_argument("--quick", action="store_true", default=None,
                    help="a first look: each learner's reduced grid and 2 folds")
+    p.add_argument("--repeats", type=int, metavar="R",
+                   help="R stratified splits (seeds dataset.seed ...), scores as mean ± std")
     p.add_argument("--address", help="Ray cluster address for classify.engine = \"ray\"")
     p.add_argument("--out", help="folder for results and models")
     p.add_argument("--mlflow", nargs="?", const="on", metavar="URI",
@@ -83,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", default=None,
                    help="unreadable images are an error")
     p.add_argument("--out", help="folder for results and the model")
+    p.add_argument("--repeats", type=int, metavar="R",
+                   help="fine-tune R times, on the splits of seeds dataset.seed ... (R times "
+                   "the cost); scores as mean ± std")
     sub.add_parser("backbones", help="list the available backbones")
     p = sub.add_parser("layers", help="list a backbone's layers and output shapes")
     p.add_argument("name")

@@ -74,6 +74,21 @@ def confused_pairs(confusion: Any, label_names: list[str],
              "true_index": t, "predicted_index": p} for n, t, p in off[:top]]
 
 
+def repeat_summary(seeds: list[int], results: list[dict[str, Any]]) -> dict[str, Any]:
+    """rank-1/rank-5 of repeated splits (``classify.repeats``) as the mean and standard
+    deviation (ddof 1) over the splits, and each split's seed and scores under ``repeats``."""
+    out: dict[str, Any] = {"repeats": {"seeds": list(seeds)}}
+    for k in ("rank1", "rank5"):
+        values = [r[k] for r in results]
+        out["repeats"][k] = values
+        if any(v is None for v in values):
+            out[k], out[f"{k}_std"] = None, None
+        else:
+            out[k] = float(np.mean(values))
+            out[f"{k}_std"] = float(np.std(values, ddof=1))
+    return out
+
+
 def _params(result: dict[str, Any]) -> str:
     return ", ".join(f"{k.split('__')[-1]}={v}" for k, v in result["best_params"].items())
 

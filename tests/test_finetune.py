@@ -254,3 +254,17 @@ def test_epochs_zero_trains_the_head_only(tiny_images):
     assert 0.0 <= model.val_accuracy <= 1.0
     assert model.predict_proba(data.images[TEST]).shape == (len(data.labels[TEST]),
                                                             len(data.label_names))
+
+
+@pytest.mark.slow
+def test_finetune_repeats_over_seeded_splits(tiny_store, make_config, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert main(["finetune", "--data", str(tiny_store.root), "--weights", "none",
+                 "--input-size", "32", "--cache-dir", str(cache), "--no-progress",
+                 *[f"--set=finetune.{k}={json.dumps(v)}" for k, v in TINY.items()],
+                 "--set=name=tiny", "--set=classify.repeats=2"]) == 0
+    assert "over 2 splits" in capsys.readouterr().out
+    out = runs_dir(make_config(tiny_store.root, cache), tiny_store.root.name, "MobileNetV2")
+    result = json.loads((out / "tiny-finetune.json").read_text())
+    assert result["repeats"]["seeds"] == [42, 43] and len(result["repeats"]["rank1"]) == 2
+    assert result["rank1"] == pytest.approx(np.mean(result["repeats"]["rank1"]))
