@@ -7,6 +7,7 @@ import shutil
 
 import h5py
 import pytest
+from helpers import one_error_line
 from PIL import Image
 
 from featx.backbones import REGISTRY
@@ -19,13 +20,6 @@ TINY_FLAGS = ["--backbone", "MobileNetV2", "--weights", "none", "--input-size", 
 
 def tiny_args(root, cache):
     return ["--data", str(root), "--cache-dir", str(cache), *TINY_FLAGS]
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("featx: error:")
-    return lines[0]
 
 
 def test_extract_then_classify(tiny_store, tmp_path, capsys):

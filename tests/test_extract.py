@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from helpers import assert_close
 
 from featx import store as store_module
 from featx.backbones import Backbone
@@ -20,14 +21,6 @@ from featx.images import load_image
 from featx.store import FeatureStore, StoreError
 
 LEFTOVER_SUFFIXES = (".partial", ".assembling", ".tmp")
-
-
-def assert_close(actual, expected, rtol=1e-4):
-    """Random-weight features are tiny (~1e-12): compare relative to their scale."""
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    scale = float(np.abs(expected).max())
-    assert scale > 0, "expected features are all zero: the comparison would prove nothing"
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
 
 
 def direct_features(config, root: Path, paths: list[str]) -> np.ndarray:
