@@ -10,6 +10,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+from helpers import one_error_line
 
 from featx.backbones import Backbone
 from featx.cli import main
@@ -118,8 +119,7 @@ def test_a_weights_file_that_is_not_the_trained_one_is_refused(models, tmp_path,
     image = tmp_path / "x.png"
     image.write_bytes(b"")
     assert main(["predict", str(models["logreg"]), str(image), "--weights", str(other)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("featx: error:") and "other.h5" in err
+    one_error_line(capsys.readouterr().err, other)
 
 
 def test_a_tampered_bundle_is_refused_by_its_settings_key(models, tmp_path):
@@ -217,7 +217,7 @@ def test_an_unreadable_image_is_reported_on_its_line(models, tiny_root, tmp_path
 def test_a_folder_without_images_is_a_one_line_error(models, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("x")
     assert main(["predict", str(models["logreg"]), str(tmp_path)]) == 2
-    assert "no image files" in capsys.readouterr().err
+    assert "no image files" in one_error_line(capsys.readouterr().err, tmp_path)
 
 
 def test_top_k_must_be_positive(models, held_out):
