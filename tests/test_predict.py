@@ -11,6 +11,7 @@ import joblib
 import numpy as np
 import pytest
 from helpers import one_error_line
+from realdata import FLOWERS17, REPO, WEIGHTS, shared_missing, unavailable
 
 from featx.backbones import Backbone
 from featx.cli import main
@@ -19,11 +20,6 @@ from featx.dataset import TEST, TRAIN
 from featx.pipeline import classify
 from featx.predict import CSV_HEADER, PredictError, Predictor, image_files, run
 from featx.store import FeatureStore
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FLOWERS17 = SHARED / "datasets" / "flowers17"
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 
 
 @pytest.fixture(scope="module")
@@ -267,8 +263,9 @@ def test_a_moved_weights_file_is_accepted_and_another_refused(tiny_root, tmp_pat
 def flowers_subset(tmp_path_factory):
     """Five Flowers-17 classes (symlinked, 80 images each), extracted with the real weights,
     75/25 split, logistic regression fitted on the training rows."""
-    if not (FLOWERS17.is_dir() and WEIGHTS.is_file()):
-        pytest.skip(f"needs {FLOWERS17} and {WEIGHTS} (../shared)")
+    reason = shared_missing()
+    if reason:
+        unavailable(reason)
     from featx.config import Config
     from featx.extract import extract
 

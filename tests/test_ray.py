@@ -2,7 +2,8 @@
 
 A module-wide cluster on this machine: a head (`ray start --head`) and one worker node
 (`ray start --address`), each in its own process group with its own temp dir, 1 CPU each;
-always stopped, by process group, when the module ends. Skipped when Ray is not installed.
+always stopped, by process group, when the module ends. Skipped when Ray is not installed
+(a failure under FEATX_REQUIRE_SHARED=1, see realdata.py).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import h5py
 import numpy as np
 import pytest
 from helpers import assert_close
+from realdata import FLOWERS17, REPO, WEIGHTS, import_or_unavailable, needs_shared
 
-pytest.importorskip("ray")
+import_or_unavailable("ray")
 
 from featx import cache  # noqa: E402
 from featx.config import Config  # noqa: E402
@@ -33,10 +35,6 @@ from featx.store import FeatureStore, StoreError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).parents[2] / "shared"
-FLOWERS17 = SHARED / "datasets" / "flowers17"
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
@@ -336,8 +334,7 @@ def test_search_on_ray_ran_on_the_cluster(cluster, tiny_store, monkeypatch):
 # --- Flowers-17, real weights, a worker killed mid-run -------------------------------------------
 
 @pytest.mark.shared
-@pytest.mark.skipif(not (FLOWERS17.is_dir() and WEIGHTS.is_file()),
-                    reason=f"needs {FLOWERS17} and {WEIGHTS} (../shared)")
+@needs_shared
 def test_flowers17_on_the_cluster_survives_a_worker_kill(cluster, tmp_path):
     pipeline = REPO / "pipelines" / "flowers17.toml"
     config = Config.load(pipeline)
