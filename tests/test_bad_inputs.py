@@ -275,3 +275,38 @@ def test_cache_folder_without_write_permission_gives_one_line_error(open_tmp):
     line = one_error_line(done.stderr, f"{cache}/")  # a path inside the cache folder
     assert "Permission denied" in line
     assert done.stdout == "" and list(cache.iterdir()) == []
+
+
+@pytest.fixture
+def decoded_sizes(monkeypatch):
+    """The size of every image as load_image hands it to the final resize."""
+    sizes = []
+    resize = Image.Image.resize
+
+    def spy(self, size, *args, **kwargs):
+        sizes.append(self.size)
+        return resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    return sizes
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale(tmp_path, decoded_sizes):
+    """README: JPEGs much larger than the input are decoded at a reduced DCT scale (never
+    below the input size); other formats are decoded whole. Either way, the same picture."""
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    big = Image.fromarray(small).resize((1600, 1200), Image.BILINEAR)  # smooth, 4:3
+    big.save(tmp_path / "big.jpg", quality=95)
+    big.save(tmp_path / "big.png")
+    decoded_sizes.clear()  # (the resize above)
+    from_jpeg = load_image(str(tmp_path / "big.jpg"), 224)
+    from_png = load_image(str(tmp_path / "big.png"), 224)
+    (jpeg_size, png_size) = decoded_sizes
+    assert png_size == (1600, 1200)
+    assert jpeg_size[0] <= 800 and jpeg_size[1] <= 600, jpeg_size  # 1/2 or less ...
+    assert min(jpeg_size) >= 224, jpeg_size  # ... and never below the input size
+    assert np.abs(from_jpeg.astype(int) - from_png.astype(int)).mean() < 8
+    decoded_sizes.clear()
+    load_image(str(tmp_path / "big.jpg"), 1000)  # hardly larger than the input: 1/1
+    assert decoded_sizes == [(1600, 1200)]

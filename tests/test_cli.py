@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import h5py
 import pytest
-from helpers import one_error_line
+from helpers import REPO, one_error_line
 from PIL import Image
 
 from featx.backbones import REGISTRY
@@ -46,6 +48,34 @@ def test_extract_then_classify(tiny_store, tmp_path, capsys):
 
     assert main(["extract", *tiny_args(root, cache)]) == 0
     assert "cache hit" in capsys.readouterr().out
+
+
+# `featx ARGS` in a fresh process, then which of the heavy frameworks it imported.
+IMPORTS_PROBE = """
+import sys
+from featx.cli import main
+code = main(sys.argv[1:])
+print("imported:", sorted({m.split(".")[0] for m in sys.modules} & {"tensorflow", "keras"}))
+sys.exit(code)
+"""
+
+
+def _imports(args: list[str]) -> tuple[str, str]:
+    done = subprocess.run([sys.executable, "-c", IMPORTS_PROBE, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, done.stdout.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_cache_hit_imports_no_tensorflow(tiny_store, tmp_path):
+    """README: a cache hit does no model work; here not even TensorFlow's import."""
+    args = ["extract", *tiny_args(tiny_store.root, tmp_path / "cache")]
+    out, imported = _imports(args)  # the first run extracts: the probe sees TensorFlow
+    assert f"extracted {tiny_store.rows} images" in out and "tensorflow" in imported
+    out, imported = _imports(args)
+    assert "cache hit" in out
+    assert imported == "imported: []"
 
 
 def test_classify_with_an_explicit_store(tiny_store, tmp_path, capsys):
@@ -200,3 +230,24 @@ def test_cache_on_an_empty_folder(tmp_path, capsys):
     assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
     assert "0 entries" in capsys.readouterr().out
     assert main(["cache", "verify", "--cache-dir", str(tmp_path)]) == 0
+
+
+def test_ray_engine_refuses_variant_stores(cache_copy, tiny_store, capsys, monkeypatch):
+    """README: only plain stores are extracted on Ray. The plain store is a cache hit (no
+    cluster needed); the 10-crop store is refused, not made: no cluster is ever contacted."""
+    from featx import distributed
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a Ray cluster was contacted")
+
+    monkeypatch.setattr(distributed, "connected", no_cluster)
+    cache, path = cache_copy
+    args = ["extract", *tiny_args(tiny_store.root, cache), "--engine", "ray",
+            "--address", "127.0.0.1:1", "--set", "extract.tencrop=mean"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert "cache hit" in captured.out
+    line = one_error_line(captured.err)
+    assert "ray engine" in line and "'tencrop'" in line and 'extract.engine = "local"' in line
+    assert list(cache.glob("*.h5")) == [path]
+    assert not [p.name for p in cache.iterdir() if "tencrop" in p.name]

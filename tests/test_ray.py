@@ -28,6 +28,7 @@ from realdata import FLOWERS17, REPO, WEIGHTS, import_or_unavailable, needs_shar
 import_or_unavailable("ray")
 
 from featx import cache  # noqa: E402
+from featx.cli import main  # noqa: E402
 from featx.config import Config  # noqa: E402
 from featx.distributed import shard_dir  # noqa: E402
 from featx.extract import extract  # noqa: E402
@@ -244,6 +245,12 @@ def test_ray_store_equals_local_store(cluster, tiny_store, tmp_path):
     # a second run is a cache hit and needs no cluster
     again = extract(ray_config(config, moved, "127.0.0.1:1"), progress=False)
     assert again.cache_hit and again.path == moved / result.path.name
+    # README: `featx cache rm` removes the shards with the store
+    moved_shards = moved / shards.name
+    assert len(list(moved_shards.glob("shard-*.h5"))) == 4
+    assert main(["cache", "rm", result.key[:8], "--cache-dir", str(moved)]) == 0
+    assert not again.path.exists() and not moved_shards.exists()
+    assert not list(moved.glob("*.h5")) and not list(moved.glob("*.shards"))
 
 
 def test_consolidated_store_is_one_file_like_the_local_one(cluster, tiny_store, tmp_path,
