@@ -95,13 +95,14 @@ def flowers_config(cache: Path, out: Path) -> Config:
 
 @pytest.fixture(scope="session")
 def flowers17(tmp_path_factory):
-    """Extract Flowers-17 once per session (about a minute on 2 cores)."""
+    """Extract Flowers-17 once per session (about a minute on 2 cores). The Ray test and
+    ``featx predict`` read it too: never extract Flowers-17 again in a test."""
     reason = shared_missing()
     if reason:
         unavailable(reason)
     base = tmp_path_factory.mktemp("flowers17")
-    keras_home = seeded_keras_home(base / "keras")
     config = flowers_config(base / "cache", base / "results")
+    keras_home = seeded_keras_home(keras_home_of(config))
     command = [sys.executable, "-m", "featx.cli", "extract", "-p", str(PIPELINE),
                "--data", str(FLOWERS17), "--cache-dir", config.cache_dir, "--no-progress"]
     done = subprocess.run(command, cwd=REPO, env=child_env(keras_home), capture_output=True,
@@ -109,6 +110,21 @@ def flowers17(tmp_path_factory):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "extracted 1360 images" in done.stdout, done.stdout
     return config
+
+
+def keras_home_of(config: Config) -> Path:
+    """The seeded KERAS_HOME the session's Flowers-17 store was extracted with."""
+    return Path(config.cache_dir).parent / "keras"
+
+
+@pytest.fixture(scope="session")
+def flowers17_logreg(flowers17):
+    """Logistic regression fitted once per session on the Flowers-17 store:
+    (its result, the saved model bundle)."""
+    from featx.pipeline import classify
+
+    (result,) = classify(flowers17, echo=lambda line: None)
+    return result, Path(flowers17.out) / f"{flowers17.name}-logreg.joblib"
 
 
 def store_of(config: Config) -> Path:

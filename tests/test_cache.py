@@ -128,6 +128,7 @@ def test_store_with_other_settings_is_never_used(data, tmp_path, capsys):
         assert f["features"][0].max() != 42.0
 
 
+@pytest.mark.slow
 def test_second_writer_waits_for_the_first(data, tmp_path):
     cmd = [sys.executable, "-m", "featx.cli", "extract", "--data", str(data), "--weights",
            "none", "--input-size", "64", "--batch-size", "1", "--cache-dir",

@@ -10,8 +10,8 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
-from helpers import one_error_line
-from realdata import FLOWERS17, REPO, WEIGHTS, shared_missing, unavailable
+from helpers import one_error_line, run_featx
+from realdata import FLOWERS17, child_env, keras_home_of, needs_shared, store_of
 
 from featx.backbones import Backbone
 from featx.cli import main
@@ -259,59 +259,38 @@ def test_a_moved_weights_file_is_accepted_and_another_refused(tiny_root, tmp_pat
         Predictor.load(model, weights=other)
 
 
-@pytest.fixture(scope="module")
-def flowers_subset(tmp_path_factory):
-    """Five Flowers-17 classes (symlinked, 80 images each), extracted with the real weights,
-    75/25 split, logistic regression fitted on the training rows."""
-    reason = shared_missing()
-    if reason:
-        unavailable(reason)
-    from featx.config import Config
-    from featx.extract import extract
-
-    base = tmp_path_factory.mktemp("flowers-subset")
-    root = base / "flowers"
-    root.mkdir()
-    classes = ["bluebell", "daisy", "iris", "sunflower", "tulip"]
-    for name in classes:
-        (root / name).symlink_to(FLOWERS17 / name, target_is_directory=True)
-    config = Config.load(REPO / "pipelines" / "flowers17.toml")
-    config.name = "flowers5of17"
-    config.dataset.root = str(root)
-    config.backbone.weights = str(WEIGHTS)
-    config.cache_dir = str(base / "cache")
-    config.out = str(base / "out")
-    config.classify.classifiers = ["logreg"]
-    config.classify.n_jobs = 1
-    store = extract(config, progress=False).path
-    classify(config, store, echo=lambda line: None)
-    return root, store, base / "out" / "flowers5of17-logreg.joblib"
-
-
 @pytest.mark.slow
 @pytest.mark.shared
-def test_real_flowers_held_out_images_are_labelled(flowers_subset, capsys):
-    root, store, model = flowers_subset
-    with FeatureStore(store) as s:
+@needs_shared
+def test_real_flowers_held_out_images_are_labelled(flowers17, flowers17_logreg):
+    """`featx predict` in a fresh process (ImageNet weights from a seeded KERAS_HOME, as the
+    session's store was extracted) on a quarter of the held-out Flowers-17 images, with the
+    session's logistic regression: right, and the same labels as from the stored features."""
+    _, model = flowers17_logreg
+    with FeatureStore(store_of(flowers17)) as s:
         rows = np.flatnonzero(s.split == TEST)
-        assert len(rows) == 100 and not (s.split[rows] == TRAIN).any()
-        paths = [str(root / s.paths[i]) for i in rows]
+        assert len(rows) == 340 and not (s.split[rows] == TRAIN).any()
+        rows = rows[::4]  # 85 images, every class
+        paths = [str(FLOWERS17 / s.paths[i]) for i in rows]
         truth = [s.label_names[c] for c in s.labels[rows]]
         stored = s.features(rows)
-    code = main(["predict", str(model), *paths, "--top", "3", "--csv", "--weights", str(WEIGHTS)])
-    assert code == 0
-    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(set(truth)) == 17
+    done = run_featx("predict", model, *paths, "--top", "3", "--csv",
+                     env=child_env(keras_home_of(flowers17)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = list(csv.DictReader(io.StringIO(done.stdout)))
     top1 = {r["path"]: r["label"] for r in table if r["rank"] == "1"}
     top3 = {}
     for r in table:
         top3.setdefault(r["path"], set()).add(r["label"])
+    assert sorted(top1) == sorted(paths)
     accuracy = np.mean([top1[p] == t for p, t in zip(paths, truth)])
     in_top3 = np.mean([t in top3[p] for p, t in zip(paths, truth)])
     predictor = Predictor.load(model)
     from_store = [predictor.classes[i] for i in predictor.predict_proba(stored).argmax(axis=1)]
     agree = np.mean([top1[p] == s for p, s in zip(paths, from_store)])
-    print(f"flowers 5 of 17: top-1 {accuracy:.3f}, top-3 {in_top3:.3f}, "
+    print(f"flowers17: top-1 {accuracy:.3f}, top-3 {in_top3:.3f}, "
           f"agreement with stored features {agree:.3f} on {len(paths)} held-out images")
-    assert accuracy >= 0.9, accuracy
-    assert in_top3 >= 0.97, in_top3
+    assert accuracy >= 0.88, accuracy
+    assert in_top3 >= 0.95, in_top3
     assert agree == 1.0, agree
