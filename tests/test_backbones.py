@@ -11,6 +11,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from helpers import assert_close
 
 from featx.backbones import POOLINGS, REGISTRY, Backbone, BackboneError, get_spec
 from featx.config import BackboneConfig
@@ -25,13 +26,6 @@ EXPECTED = (
 )
 SIZE = 64  # 2x2 at the last MobileNetV2 block: flatten differs from avg/max
 SEED = 11
-
-
-def assert_close(actual, expected, rtol=1e-4):
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    scale = float(np.abs(expected).max())
-    assert scale > 0, "expected features are all zero: the comparison would prove nothing"
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
 
 
 def mobilenet(pooling="avg", layer="", size=SIZE, seed=SEED, weights="none") -> Backbone:

@@ -4,20 +4,37 @@ with its path and reason; nothing crashes and nothing already extracted is lost.
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import struct
+import subprocess
+import tempfile
 import zlib
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
+from helpers import REPO, featx_command, one_error_line
+from PIL import Image, UnidentifiedImageError
+from PIL.Image import DecompressionBombError
 
 from featx.config import Config
 from featx.extraction import ExtractError, extract
 from featx.images import ReadErrors, load_image, read_batches
+from featx.store import FeatureStore
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
+
+# Each broken file of the corpus: the exception load_image raises (exactly this type: a
+# TypeError from a bug in the reader must not pass) and what its recorded reason says.
+BROKEN = {
+    "bad/zero-byte.png": (UnidentifiedImageError, "cannot identify image file"),
+    "bad/random-bytes.jpg": (UnidentifiedImageError, "cannot identify image file"),
+    "bad/text-file.png": (UnidentifiedImageError, "cannot identify image file"),
+    "bad/truncated.jpg": (OSError, "Truncated File Read"),
+    "bad/bomb.png": (DecompressionBombError, "could be decompression bomb"),
+}
 
 
 def _png_with_size(width: int, height: int) -> bytes:
@@ -116,18 +133,25 @@ def test_awkward_images_are_read_correctly(tmp_path):
     assert webp[16, 2, 0] > 200
 
 
-def test_broken_files_raise_in_load_image(tmp_path):
+@pytest.mark.parametrize("rel", sorted(BROKEN))
+def test_broken_files_raise_their_own_error_in_load_image(tmp_path, rel):
     make_corpus(tmp_path)
-    for name in ("zero-byte.png", "random-bytes.jpg", "text-file.png", "truncated.jpg",
-                 "bomb.png"):
-        with pytest.raises(Exception):  # noqa: B017 - each decoder has its own error type
-            load_image(str(tmp_path / "bad" / name), 32)
+    kind, message = BROKEN[rel]
+    with pytest.raises(kind, match=message) as e:
+        load_image(str(tmp_path / rel), 32)
+    assert type(e.value) is kind, type(e.value)
+
+
+def test_broken_files_are_the_corpus_skips(tmp_path):
+    expect = make_corpus(tmp_path)
+    assert set(BROKEN) == {p for p, o in expect.items() if o == "skip"}
 
 
 def test_vanished_file_is_a_recorded_skip(tmp_path):
     errors = ReadErrors()
     (first, images, ok), = list(read_batches([str(tmp_path / "gone.jpg")], 32, 4, errors))
-    assert not ok[0] and "gone.jpg" in errors.reasons[0]
+    assert not ok[0]
+    assert errors.reasons[0].startswith("FileNotFoundError: ") and "gone.jpg" in errors.reasons[0]
 
 
 def _config(data: Path, cache: Path, strict: bool = False) -> Config:
@@ -146,8 +170,10 @@ def test_extract_records_every_skip_and_keeps_the_rest(tmp_path):
     expect = make_corpus(tmp_path / "data")
     result = extract(_config(tmp_path / "data", tmp_path / "cache"), progress=False)
     skipped = dict(result.skipped)
-    assert set(skipped) == {p for p, o in expect.items() if o == "skip"}
-    assert all(reason for reason in skipped.values())
+    assert set(skipped) == set(BROKEN) == {p for p, o in expect.items() if o == "skip"}
+    for rel, (kind, message) in BROKEN.items():  # "<error type>: <what the decoder said>"
+        assert skipped[rel].startswith(f"{kind.__name__}: "), skipped[rel]
+        assert message in skipped[rel], skipped[rel]
     with h5py.File(result.path, "r") as f:
         paths = [p.decode() for p in f["paths"][:]]
         ok = f["ok"][:]
@@ -157,6 +183,8 @@ def test_extract_records_every_skip_and_keeps_the_rest(tmp_path):
         assert np.abs(f["features"][:][~ok]).max() == 0  # no garbage in skipped rows
         assert np.abs(f["features"][:][ok]).sum(axis=1).min() > 0
         assert len(f["skipped"]) == len(skipped)
+    with FeatureStore(result.path) as store:
+        assert dict(store.skipped) == skipped  # the reasons are recorded in the store
 
 
 def test_strict_turns_skips_into_an_error_naming_the_file(tmp_path):
@@ -175,8 +203,8 @@ def test_cache_folder_that_is_a_file_gives_one_line_error(tmp_path, capsys):
     code = main(["extract", "--data", str(tmp_path / "data"), "--weights", "none",
                  "--input-size", "32", "--cache-dir", str(tmp_path / "cache" / "sub"),
                  "--no-progress"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and "cache" in err[-1] and err[-1].startswith("featx: error:")
+    assert code == 2
+    one_error_line(capsys.readouterr().err, tmp_path / "cache" / "sub")
 
 
 def test_full_disk_gives_one_line_error_and_keeps_blocks(tmp_path, capsys, monkeypatch):
@@ -199,9 +227,86 @@ def test_full_disk_gives_one_line_error_and_keeps_blocks(tmp_path, capsys, monke
     args = ["extract", "--data", str(tmp_path / "data"), "--weights", "none", "--input-size",
             "32", "--batch-size", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
     assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "No space left on device" in err and "block-000001" in err
+    (partial,) = (tmp_path / "cache").glob("*.partial")
+    line = one_error_line(capsys.readouterr().err, partial / "block-000001.npz")
+    assert "No space left on device" in line
     assert len(list((tmp_path / "cache").glob("*.partial/block-*.npz"))) == 1
     monkeypatch.setattr(store.BlockDir, "save", real_save)
     assert main(args) == 0
     assert "resuming" in capsys.readouterr().err
+
+
+def _as_nobody(command: list[str]) -> list[str]:
+    """``command`` as an unprivileged user: root (as the suite runs in CI) writes anywhere."""
+    if os.geteuid() != 0:
+        return command
+    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
+
+
+@pytest.fixture
+def open_tmp():
+    """A temporary folder that any user may enter (pytest's own are root's alone)."""
+    folder = Path(tempfile.mkdtemp(prefix="featx-perm-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_cache_folder_without_write_permission_gives_one_line_error(open_tmp):
+    data, cache, home = open_tmp / "data", open_tmp / "cache", open_tmp / "home"
+    make_corpus(data)
+    for folder in (data, *data.rglob("*")):
+        folder.chmod(0o755 if folder.is_dir() else 0o644)
+    cache.mkdir(mode=0o555)
+    cache.chmod(0o555)  # readable, not writable (mkdir's mode is masked by the umask)
+    home.mkdir(mode=0o777)
+    home.chmod(0o777)
+    env = dict(os.environ, HOME=str(home), TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("FEATX_CACHE_DIR", None)
+    probe = subprocess.run(_as_nobody(featx_command("--help")), cwd=REPO, env=env,
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"featx does not run as an unprivileged user here: {probe.stderr[-500:]}")
+    done = subprocess.run(_as_nobody(featx_command(
+        "extract", "--data", data, "--weights", "none", "--input-size", "32",
+        "--cache-dir", cache, "--no-progress")), cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    line = one_error_line(done.stderr, f"{cache}/")  # a path inside the cache folder
+    assert "Permission denied" in line
+    assert done.stdout == "" and list(cache.iterdir()) == []
+
+
+@pytest.fixture
+def decoded_sizes(monkeypatch):
+    """The size of every image as load_image hands it to the final resize."""
+    sizes = []
+    resize = Image.Image.resize
+
+    def spy(self, size, *args, **kwargs):
+        sizes.append(self.size)
+        return resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    return sizes
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale(tmp_path, decoded_sizes):
+    """README: JPEGs much larger than the input are decoded at a reduced DCT scale (never
+    below the input size); other formats are decoded whole. Either way, the same picture."""
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    big = Image.fromarray(small).resize((1600, 1200), Image.BILINEAR)  # smooth, 4:3
+    big.save(tmp_path / "big.jpg", quality=95)
+    big.save(tmp_path / "big.png")
+    decoded_sizes.clear()  # (the resize above)
+    from_jpeg = load_image(str(tmp_path / "big.jpg"), 224)
+    from_png = load_image(str(tmp_path / "big.png"), 224)
+    (jpeg_size, png_size) = decoded_sizes
+    assert png_size == (1600, 1200)
+    assert jpeg_size[0] <= 800 and jpeg_size[1] <= 600, jpeg_size  # 1/2 or less ...
+    assert min(jpeg_size) >= 224, jpeg_size  # ... and never below the input size
+    assert np.abs(from_jpeg.astype(int) - from_png.astype(int)).mean() < 8
+    decoded_sizes.clear()
+    load_image(str(tmp_path / "big.jpg"), 1000)  # hardly larger than the input: 1/1
+    assert decoded_sizes == [(1600, 1200)]

@@ -12,6 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from helpers import assert_close
 from PIL import Image
 
 from featx import cache
@@ -113,7 +114,7 @@ def test_incremental_add_remove_change(data, tmp_path):
         assert list(a["paths"][:]) == list(b["paths"][:])
         assert list(a["label_names"][:]) == [b"bird", b"cat", b"dog"]
         np.testing.assert_array_equal(a["labels"][:], b["labels"][:])
-        np.testing.assert_allclose(a["features"][:], b["features"][:], atol=1e-5)
+        assert_close(a["features"][:], b["features"][:])
 
 
 def test_store_with_other_settings_is_never_used(data, tmp_path, capsys):
@@ -128,6 +129,7 @@ def test_store_with_other_settings_is_never_used(data, tmp_path, capsys):
         assert f["features"][0].max() != 42.0
 
 
+@pytest.mark.slow
 def test_second_writer_waits_for_the_first(data, tmp_path):
     cmd = [sys.executable, "-m", "featx.cli", "extract", "--data", str(data), "--weights",
            "none", "--input-size", "64", "--batch-size", "1", "--cache-dir",

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
 import pytest
+from helpers import REPO, one_error_line
 from PIL import Image
 
 import featx
@@ -23,13 +26,6 @@ TINY_FLAGS = ["--backbone", "MobileNetV2", "--weights", "none", "--input-size", 
 
 def tiny_args(root, cache):
     return ["--data", str(root), "--cache-dir", str(cache), *TINY_FLAGS]
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("featx: error:")
-    return lines[0]
 
 
 def test_extract_then_classify(tiny_store, tmp_path, capsys):
@@ -57,6 +53,34 @@ def test_extract_then_classify(tiny_store, tmp_path, capsys):
 
     assert main(["extract", *tiny_args(root, cache)]) == 0
     assert "cache hit" in capsys.readouterr().out
+
+
+# `featx ARGS` in a fresh process, then which of the heavy frameworks it imported.
+IMPORTS_PROBE = """
+import sys
+from featx.cli import main
+code = main(sys.argv[1:])
+print("imported:", sorted({m.split(".")[0] for m in sys.modules} & {"tensorflow", "keras"}))
+sys.exit(code)
+"""
+
+
+def _imports(args: list[str]) -> tuple[str, str]:
+    done = subprocess.run([sys.executable, "-c", IMPORTS_PROBE, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, done.stdout.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_cache_hit_imports_no_tensorflow(tiny_store, tmp_path):
+    """README: a cache hit does no model work; here not even TensorFlow's import."""
+    args = ["extract", *tiny_args(tiny_store.root, tmp_path / "cache")]
+    out, imported = _imports(args)  # the first run extracts: the probe sees TensorFlow
+    assert f"extracted {tiny_store.rows} images" in out and "tensorflow" in imported
+    out, imported = _imports(args)
+    assert "cache hit" in out
+    assert imported == "imported: []"
 
 
 def test_classify_with_an_explicit_store(tiny_store, tmp_path, capsys):
@@ -110,7 +134,7 @@ def test_missing_data_folder_is_a_one_line_error(tmp_path, capsys):
     missing = tmp_path / "no-such-folder"
     assert main(["extract", *tiny_args(missing, tmp_path / "cache")]) == 2
     captured = capsys.readouterr()
-    assert str(missing) in one_error_line(captured.err)
+    one_error_line(captured.err, missing)
     assert captured.out == ""
 
 
@@ -118,7 +142,7 @@ def test_missing_data_folder_is_a_one_line_error(tmp_path, capsys):
 def test_missing_pipeline_file_is_a_one_line_error(tmp_path, capsys, command):
     missing = tmp_path / "nope.toml"
     assert main([command, "-p", str(missing)]) == 2
-    assert str(missing) in one_error_line(capsys.readouterr().err)
+    one_error_line(capsys.readouterr().err, missing)
 
 
 def test_unknown_backbone_is_a_one_line_error(tiny_store, tmp_path, capsys):
@@ -204,7 +228,7 @@ def test_cache_rm(cache_copy, tiny_store, capsys):
     assert str(path) in capsys.readouterr().out
     assert not path.exists() and not (cache / (path.stem + ".runs")).exists()
     assert main(["cache", "rm", tiny_store.key[:8], "--cache-dir", str(cache)]) == 2
-    one_error_line(capsys.readouterr().err)
+    assert tiny_store.key[:8] in one_error_line(capsys.readouterr().err)
 
 
 def test_cache_on_an_empty_folder(tmp_path, capsys):
@@ -224,3 +248,24 @@ def test_version_is_printed_and_is_the_changelogs_latest_release(capsys):
     project = tomllib.loads((repo / "pyproject.toml").read_text())
     assert "version" in project["project"]["dynamic"]  # read from featx.__version__
     assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "featx.__version__"}
+
+
+def test_ray_engine_refuses_variant_stores(cache_copy, tiny_store, capsys, monkeypatch):
+    """README: only plain stores are extracted on Ray. The plain store is a cache hit (no
+    cluster needed); the 10-crop store is refused, not made: no cluster is ever contacted."""
+    from featx import distributed
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a Ray cluster was contacted")
+
+    monkeypatch.setattr(distributed, "connected", no_cluster)
+    cache, path = cache_copy
+    args = ["extract", *tiny_args(tiny_store.root, cache), "--engine", "ray",
+            "--address", "127.0.0.1:1", "--set", "extract.tencrop=mean"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert "cache hit" in captured.out
+    line = one_error_line(captured.err)
+    assert "ray engine" in line and "'tencrop'" in line and 'extract.engine = "local"' in line
+    assert list(cache.glob("*.h5")) == [path]
+    assert not [p.name for p in cache.iterdir() if "tencrop" in p.name]

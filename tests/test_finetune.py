@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import one_error_line
 
 from featx.cli import main
 from featx.config import FinetuneConfig
@@ -236,7 +237,7 @@ def test_settings_that_cannot_work_are_errors(tiny_root, make_config, tmp_path, 
     assert main(["finetune", "--data", str(tiny_root[0]), "--weights", "none",
                  "--input-size", "32", "--cache-dir", str(tmp_path), "--set", "dataset.val=0",
                  "--set", "finetune.holdout=0"]) == 2
-    assert "finetune.holdout" in capsys.readouterr().err
+    assert "finetune.holdout" in one_error_line(capsys.readouterr().err)
 
 
 @pytest.mark.slow

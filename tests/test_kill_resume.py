@@ -1,5 +1,5 @@
-"""SIGKILL an extraction at several points; the resumed store must equal an uninterrupted one
-and must not recompute finished blocks."""
+"""SIGKILL an extraction at several points, each run resuming the one killed before it; the
+finished store must equal an uninterrupted one, and finished blocks are never recomputed."""
 
 from __future__ import annotations
 
@@ -7,19 +7,27 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from helpers import REPO, assert_close, featx_command
 from PIL import Image
+
+from featx.config import Config
+from featx.extraction import extract
 
 pytestmark = pytest.mark.slow
 
 BATCH = 2  # block = 8 batches = 16 rows
+BLOCK_ROWS = 8 * BATCH
 N_IMAGES = 96
+SIZE = 96
+# One process per point, each resuming what the one before left: before any block, after
+# one, after three (a resumed run adding blocks), while assembling (all blocks done).
+KILL_POINTS = ["start", "1 block", "3 blocks", "assembling"]
 
 
 def _make_dataset(root: Path) -> None:
@@ -32,9 +40,8 @@ def _make_dataset(root: Path) -> None:
 
 
 def _cmd(data: Path, cache: Path) -> list[str]:
-    return [sys.executable, "-m", "featx.cli", "extract", "--data", str(data), "--weights",
-            "none", "--input-size", "96", "--batch-size", str(BATCH), "--cache-dir", str(cache),
-            "--no-progress"]
+    return featx_command("extract", "--data", data, "--weights", "none", "--input-size", SIZE,
+                         "--batch-size", BATCH, "--cache-dir", cache, "--no-progress")
 
 
 def _env() -> dict:
@@ -46,10 +53,12 @@ def _read(store: Path) -> tuple[list, np.ndarray]:
         return [p.decode() for p in f["paths"][:]], f["features"][:]
 
 
-def _kill_when(cmd: list[str], ready, timeout: float = 240) -> bool:
-    """Start ``cmd``, SIGKILL it as soon as ``ready()`` is true; False if it finished first."""
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+def _kill_when(cmd: list[str], ready, log: Path, timeout: float = 240) -> bool:
+    """Start ``cmd``, SIGKILL it as soon as ``ready()`` is true; False if it finished first.
+    Its stderr goes to ``log``."""
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=err)
     deadline = time.monotonic() + timeout
     try:
         while proc.poll() is None and time.monotonic() < deadline:
@@ -66,47 +75,65 @@ def _kill_when(cmd: list[str], ready, timeout: float = 240) -> bool:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Path, list, np.ndarray]:
+def reference(tmp_path_factory) -> tuple[Path, str, list, np.ndarray]:
+    """The uninterrupted store, extracted in this process (the same job as ``_cmd``)."""
     root = tmp_path_factory.mktemp("killdata")
     data = root / "data"
     _make_dataset(data)
-    cache = root / "cache-ref"
-    subprocess.run(_cmd(data, cache), env=_env(), check=True, capture_output=True)
-    (store,) = cache.glob("*.h5")
-    paths, features = _read(store)
+    config = Config()
+    config.dataset.root = str(data)
+    config.backbone.weights = "none"
+    config.backbone.input_size = SIZE
+    config.extract.batch_size = BATCH
+    config.cache_dir = str(root / "cache-ref")
+    result = extract(config, progress=False)
+    paths, features = _read(result.path)
     assert len(paths) == N_IMAGES
-    return data, paths, features
+    return data, result.path.name, paths, features
 
 
-def _blocks(cache: Path) -> int:
-    return sum(len(list(p.glob("block-*.npz"))) for p in cache.glob("*.partial"))
+def _block_files(cache: Path) -> dict[str, int]:
+    """The finished blocks: name -> modification time (ns)."""
+    return {p.name: p.stat().st_mtime_ns for p in cache.glob("*.partial/block-*.npz")}
 
 
-@pytest.mark.parametrize("point", ["start", "1 block", "3 blocks", "5 blocks", "assembling"])
-def test_sigkill_then_resume_equals_uninterrupted(reference, tmp_path, point):
-    data, ref_paths, ref_features = reference
-    cache = tmp_path / "cache"
-    if point == "start":
+def _ready(point: str, cache: Path, kept: int):
+    """When to kill the run at ``point``, ``kept`` blocks having been left before it (a
+    resumed run is killed only once it has added a block of its own)."""
+    if point == "start":  # still starting (importing TensorFlow, building the model)
         t0 = time.monotonic()
-        killed = _kill_when(_cmd(data, cache), lambda: time.monotonic() - t0 > 3.0)
-    elif point == "assembling":
-        killed = _kill_when(_cmd(data, cache),
-                            lambda: any(cache.glob("*.assembling")) if cache.exists() else False)
-    else:
-        k = int(point.split()[0])
-        killed = _kill_when(_cmd(data, cache),
-                            lambda: cache.exists() and _blocks(cache) >= k)
-    assert killed, f"the extraction finished before the kill point {point!r}"
-    assert not list(cache.glob("*.h5")), "a killed run left a store under its final name"
-    done_blocks = _blocks(cache)
+        return lambda: time.monotonic() - t0 > 3.0
+    if point == "assembling":
+        return lambda: cache.exists() and any(cache.glob("*.assembling"))
+    k = max(int(point.split()[0]), kept + 1)
+    return lambda: cache.exists() and len(_block_files(cache)) >= k
 
-    out = subprocess.run(_cmd(data, cache), env=_env(), check=True, capture_output=True,
-                         text=True).stdout
-    extracted = int(re.search(r"extracted (\d+) images", out).group(1))
-    # Finished blocks are not recomputed.
-    assert extracted == N_IMAGES - min(done_blocks * 8 * BATCH, N_IMAGES)
+
+def test_sigkill_at_each_point_then_resume_equals_uninterrupted(reference, tmp_path):
+    data, name, ref_paths, ref_features = reference
+    cache = tmp_path / "cache"
+    n_blocks = -(-N_IMAGES // BLOCK_ROWS)
+    kept: dict[str, int] = {}
+    for point in KILL_POINTS:
+        log = tmp_path / f"{point}.log"
+        assert _kill_when(_cmd(data, cache), _ready(point, cache, len(kept)), log), \
+            f"the extraction finished before the kill point {point!r}"
+        assert not list(cache.glob("*.h5")), f"killed at {point!r}: a store under its final name"
+        if kept:  # this run took the blocks left before it as done ...
+            assert f"resuming: {len(kept)} of {n_blocks} blocks" in log.read_text(), point
+        blocks = _block_files(cache)
+        # ... and neither rewrote nor removed them
+        assert {b: blocks.get(b) for b in kept} == kept, point
+        kept = blocks
+    assert len(kept) == n_blocks  # killed while assembling: every block was finished
+
+    done = subprocess.run(_cmd(data, cache), cwd=REPO, env=_env(), check=True,
+                          capture_output=True, text=True)
+    extracted = int(re.search(r"extracted (\d+) images", done.stdout).group(1))
+    assert extracted == N_IMAGES - min(len(kept) * BLOCK_ROWS, N_IMAGES)
     (store,) = cache.glob("*.h5")
+    assert store.name == name  # the same key as the uninterrupted run
     paths, features = _read(store)
     assert paths == ref_paths
-    np.testing.assert_allclose(features, ref_features, atol=1e-5)
+    assert_close(features, ref_features)
     assert not list(cache.glob("*.partial")) and not list(cache.glob("*.assembling"))

@@ -10,6 +10,8 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+from helpers import one_error_line, run_featx
+from realdata import FLOWERS17, child_env, keras_home_of, needs_shared, store_of
 
 from featx.backbones import Backbone
 from featx.classification import classify, load_model
@@ -20,11 +22,6 @@ from featx.modelfile import ModelFileError
 from featx.modelfile import save as save_bundle
 from featx.predict import CSV_HEADER, PredictError, Predictor, image_files, run
 from featx.store import FeatureStore
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FLOWERS17 = SHARED / "datasets" / "flowers17"
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +118,7 @@ def test_a_weights_file_that_is_not_the_trained_one_is_refused(models, tmp_path,
     image = tmp_path / "x.png"
     image.write_bytes(b"")
     assert main(["predict", str(models["logreg"]), str(image), "--weights", str(other)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("featx: error:") and "other.h5" in err
+    one_error_line(capsys.readouterr().err, other)
 
 
 def test_a_tampered_bundle_is_refused_by_its_settings_key(models, tmp_path):
@@ -226,7 +222,7 @@ def test_an_unreadable_image_is_reported_on_its_line(models, tiny_root, tmp_path
 def test_a_folder_without_images_is_a_one_line_error(models, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("x")
     assert main(["predict", str(models["logreg"]), str(tmp_path)]) == 2
-    assert "no image files" in capsys.readouterr().err
+    assert "no image files" in one_error_line(capsys.readouterr().err, tmp_path)
 
 
 def test_top_k_must_be_positive(models, held_out):
@@ -272,58 +268,38 @@ def test_a_moved_weights_file_is_accepted_and_another_refused(tiny_root, tmp_pat
         Predictor.load(model, weights=other)
 
 
-@pytest.fixture(scope="module")
-def flowers_subset(tmp_path_factory):
-    """Five Flowers-17 classes (symlinked, 80 images each), extracted with the real weights,
-    75/25 split, logistic regression fitted on the training rows."""
-    if not (FLOWERS17.is_dir() and WEIGHTS.is_file()):
-        pytest.skip(f"needs {FLOWERS17} and {WEIGHTS} (../shared)")
-    from featx.config import Config
-    from featx.extraction import extract
-
-    base = tmp_path_factory.mktemp("flowers-subset")
-    root = base / "flowers"
-    root.mkdir()
-    classes = ["bluebell", "daisy", "iris", "sunflower", "tulip"]
-    for name in classes:
-        (root / name).symlink_to(FLOWERS17 / name, target_is_directory=True)
-    config = Config.load(REPO / "pipelines" / "flowers17.toml")
-    config.name = "flowers5of17"
-    config.dataset.root = str(root)
-    config.backbone.weights = str(WEIGHTS)
-    config.cache_dir = str(base / "cache")
-    config.out = str(base / "out")
-    config.classify.classifiers = ["logreg"]
-    config.classify.n_jobs = 1
-    store = extract(config, progress=False).path
-    results = classify(config, store, echo=lambda line: None)
-    return root, store, base / "out" / results[0]["run"] / "flowers5of17-logreg.skops"
-
-
 @pytest.mark.slow
 @pytest.mark.shared
-def test_real_flowers_held_out_images_are_labelled(flowers_subset, capsys):
-    root, store, model = flowers_subset
-    with FeatureStore(store) as s:
+@needs_shared
+def test_real_flowers_held_out_images_are_labelled(flowers17, flowers17_logreg):
+    """`featx predict` in a fresh process (ImageNet weights from a seeded KERAS_HOME, as the
+    session's store was extracted) on a quarter of the held-out Flowers-17 images, with the
+    session's logistic regression: right, and the same labels as from the stored features."""
+    _, model = flowers17_logreg
+    with FeatureStore(store_of(flowers17)) as s:
         rows = np.flatnonzero(s.split == TEST)
-        assert len(rows) == 100 and not (s.split[rows] == TRAIN).any()
-        paths = [str(root / s.paths[i]) for i in rows]
+        assert len(rows) == 340 and not (s.split[rows] == TRAIN).any()
+        rows = rows[::4]  # 85 images, every class
+        paths = [str(FLOWERS17 / s.paths[i]) for i in rows]
         truth = [s.label_names[c] for c in s.labels[rows]]
         stored = s.features(rows)
-    code = main(["predict", str(model), *paths, "--top", "3", "--csv", "--weights", str(WEIGHTS)])
-    assert code == 0
-    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(set(truth)) == 17
+    done = run_featx("predict", model, *paths, "--top", "3", "--csv",
+                     env=child_env(keras_home_of(flowers17)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = list(csv.DictReader(io.StringIO(done.stdout)))
     top1 = {r["path"]: r["label"] for r in table if r["rank"] == "1"}
     top3 = {}
     for r in table:
         top3.setdefault(r["path"], set()).add(r["label"])
+    assert sorted(top1) == sorted(paths)
     accuracy = np.mean([top1[p] == t for p, t in zip(paths, truth)])
     in_top3 = np.mean([t in top3[p] for p, t in zip(paths, truth)])
     predictor = Predictor.load(model)
     from_store = [predictor.classes[i] for i in predictor.predict_proba(stored).argmax(axis=1)]
     agree = np.mean([top1[p] == s for p, s in zip(paths, from_store)])
-    print(f"flowers 5 of 17: top-1 {accuracy:.3f}, top-3 {in_top3:.3f}, "
+    print(f"flowers17: top-1 {accuracy:.3f}, top-3 {in_top3:.3f}, "
           f"agreement with stored features {agree:.3f} on {len(paths)} held-out images")
-    assert accuracy >= 0.9, accuracy
-    assert in_top3 >= 0.97, in_top3
+    assert accuracy >= 0.88, accuracy
+    assert in_top3 >= 0.95, in_top3
     assert agree == 1.0, agree

@@ -5,6 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+from helpers import assert_close
 from PIL import Image
 
 from featx import learners
@@ -23,13 +24,6 @@ LOW = "block_13_expand_relu"  # a MobileNetV2 layer well below the last (576 cha
 def differs(a: np.ndarray, b: np.ndarray) -> bool:
     """Clearly different (random-weight features are tiny: compare relative to their scale)."""
     return bool(np.abs(a - b).max() > 1e-3 * np.abs(a).max())
-
-
-def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-4) -> None:
-    """Equal relative to the features' scale (an absolute tolerance would pass anything)."""
-    scale = float(np.abs(expected).max())
-    assert scale > 0, "all-zero features: the comparison would prove nothing"
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
 
 
 def tiny_backbone(layer: str = "", pooling: str = "avg") -> Backbone:

@@ -1,0 +1,47 @@
+"""Helpers shared by the test modules (plain functions; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def assert_close(actual, expected, rtol: float = 1e-4) -> None:
+    """Features equal relative to their scale. Random-weight features are tiny (~1e-12), so
+    an absolute tolerance would pass anything, zeros or rows in the wrong order included."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = float(np.abs(expected).max())
+    assert scale > 0, "expected features are all zero: the comparison would prove nothing"
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def one_error_line(err: str, path: str | os.PathLike | None = None) -> str:
+    """The only non-blank line of ``err``: a ``featx: error:`` line (no traceback, no
+    warnings before it), naming ``path`` exactly where one is given."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("featx: error:"), lines[0]
+    if path is not None:
+        assert str(path) in lines[0], (str(path), lines[0])
+    return lines[0]
+
+
+def featx_command(*args: str | os.PathLike) -> list[str]:
+    """``featx ARGS`` as a fresh process running this checkout's code (run it with
+    ``cwd=REPO``: ``-m`` puts the working folder first on the path)."""
+    return [sys.executable, "-m", "featx.cli", *map(str, args)]
+
+
+def run_featx(*args: str | os.PathLike, env: dict | None = None, timeout: float = 600,
+              **kwargs) -> subprocess.CompletedProcess:
+    """Run ``featx ARGS`` in a fresh process from the repository root; output as text."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3") if env is None else env
+    return subprocess.run(featx_command(*args), cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
