@@ -30,9 +30,6 @@ COLUMNS = {
     "pipeline": ("pipeline", ("pipeline",)),
     "rank1": ("rank-1", ("rank1",)),
     "rank5": ("rank-5", ("rank5",)),
-    # classify.repeats: the standard deviation of rank-1 and its value on each split
-    "rank1_std": ("±", ("rank1_std",)),
-    "splits": ("rank-1 by split", ("repeats", "rank1")),
     "fit_seconds": ("fit_seconds", ("fit_seconds",)),
     # when and with which classify settings (recorded since featx 0.2.0)
     "started": ("started", ("started",)),
@@ -41,6 +38,9 @@ COLUMNS = {
     "cv": ("cv", ("classify", "cv")),
     "train_features": ("train_features", ("classify", "train_features")),
     "test_features": ("test_features", ("classify", "test_features")),
+    # classify.repeats: the standard deviation of rank-1 and its value on each split
+    "rank1_std": ("rank-1 sd", ("rank1_std",)),
+    "splits": ("rank-1 by split", ("repeats", "rank1")),
 }
 NUMERIC = {"rank1", "rank5", "fit_seconds", "cv"}
 # "best first": higher accuracy, shorter fit, newest, names alphabetically

@@ -92,13 +92,17 @@ def _blobs(n_classes: int = 6, n: int = 120, d: int = 8, seed: int = 0):
 
 
 def _every_model() -> dict[str, object]:
-    """Every learner, balanced too, and an ensemble holding a calibrated linear SVM."""
+    """Every learner, balanced too, every feature normalisation (classify.normalize), and
+    an ensemble holding a calibrated linear SVM."""
     x, y = _blobs()
     models = {}
     for name in learners.LEARNERS:
         for weight in ("", "balanced"):
             models[f"{name}:{weight}"] = learners.fit(name, x, y, cv=2, class_weight=weight,
                                                       quick=True).model
+    for kind in ("l2", "power", "pca_whiten"):
+        models[f"logreg:{kind}"] = learners.fit("logreg", x, y, cv=2, quick=True,
+                                                normalize=kind).model
     calibrated = learners.with_probabilities(models["linear_svm:"], x, y, cv=2)
     models["ensemble"] = learners.ProbabilityAverage([models["logreg:"], calibrated,
                                                       models["knn:"]])

@@ -162,7 +162,7 @@ def test_reads_what_write_reports_writes(tmp_path, capsys):
     captured = capsys.readouterr()
     (row,) = _rows(captured.out)
     assert row == ["flowers17", "MobileNetV2", "(last conv)", "avg", "linear_svm", "f17",
-                   "0.750", "-", "10.8", *["-"] * 6, "best"]  # no settings recorded
+                   "0.750", "-", "10.8", *["-"] * 8, "best"]  # no settings recorded
     assert "warning" not in captured.err
 
 

@@ -14,7 +14,7 @@ from featx.classification import classify, load_splits
 from featx.config import BackboneConfig, Config, ConfigError
 from featx.dataset import TEST, TRAIN, VAL
 from featx.extraction import extract
-from featx.images import RESIZE_POLICY, ReadErrors, Views, crop_load_size, read_batches, ten_crops
+from featx.images import READ_POLICY, ReadErrors, Views, crop_load_size, read_batches, ten_crops
 from featx.plan import feature_settings, plan
 from featx.store import FeatureStore, StoreError, store_key
 
@@ -79,7 +79,7 @@ def test_layer_setting_takes_a_list_and_single_layer_keys_are_unchanged(tmp_path
         # What the settings were before several layers existed: the key must not move.
         before = {"backbone": "MobileNetV2", "weights": "none", "weights_id": b.weights_id,
                   "layer": layer or "(last conv)", "pooling": "avg", "input_size": 32,
-                  "preprocess": "tf", "resize": RESIZE_POLICY, "dtype": "float32",
+                  "preprocess": "tf", "resize": f"{READ_POLICY}-squash", "dtype": "float32",
                   "variant": "single"}
         assert store_key(feature_settings(b)) == store_key(before)
     assert store_key(several) != store_key(feature_settings(tiny_backbone(LOW)))
