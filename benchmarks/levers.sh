@@ -1,32 +1,51 @@
 #!/usr/bin/env bash
 # What moves Flowers-17 rank-1: every lever with 5 repeated splits (seeds 42..46), each
-# compared, paired, with the plain pipeline. Usage: benchmarks/levers.sh CACHE_DIR OUT_DIR
-# (about 15 minutes on 2 cores; needs ../shared). The README's table comes from its output.
+# compared, paired, with the plain pipeline (MobileNetV2 ImageNet features, logreg).
+#   benchmarks/levers.sh [CACHE_DIR [OUT_DIR [LEVER...]]]     (default: every lever)
+# About 25 minutes on 2 cores (extraction at 6 resolutions); needs ../shared. The README's
+# table ("What moves the score") comes from its output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${1:-/tmp/levers/cache}
 OUT=${2:-/tmp/levers/out}
+shift $(( $# < 2 ? $# : 2 ))
 DATA=../shared/datasets/flowers17
 W=../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
 FX=".venv/bin/featx -q"
-run() {  # name, then featx flags
-  local name=$1; shift
-  $FX extract -p pipelines/flowers17.toml --data $DATA --weights $W --cache-dir "$CACHE" \
-    --no-progress "$@" >/dev/null
-  /usr/bin/time -f "$name: classify %e s" $FX classify -p pipelines/flowers17.toml --data $DATA \
-    --weights $W --cache-dir "$CACHE" --classifiers logreg --repeats 5 --out "$OUT/$name" "$@"
+LAYERS='backbone.layer=block_13_expand_relu,out_relu'
+declare -A LEVERS=(
+  [plain]=""
+  [input-288]="--input-size 288" [input-320]="--input-size 320"
+  [input-384]="--input-size 384" [input-448]="--input-size 448"
+  [resize-crop]="--set backbone.resize=crop" [resize-pad]="--set backbone.resize=pad"
+  [flip]="--set backbone.flip=true"
+  [normalize-l2]="--set classify.normalize=l2" [normalize-power]="--set classify.normalize=power"
+  [normalize-pca_whiten]="--set classify.normalize=pca_whiten"
+  [layers]="--set $LAYERS"
+  [layers-power]="--set $LAYERS --set classify.normalize=power"
+  [input-384-power]="--input-size 384 --set classify.normalize=power"
+  [input-384-layers-power]="--input-size 384 --set $LAYERS --set classify.normalize=power"
+  [layers3-power]="--set backbone.layer=block_6_expand_relu,block_13_expand_relu,out_relu --set classify.normalize=power"
+  [best]="-p pipelines/flowers17-best.toml"
+)
+ORDER=(plain input-288 input-320 input-384 input-448 resize-crop resize-pad flip normalize-l2
+       normalize-power normalize-pca_whiten layers layers-power input-384-power
+       input-384-layers-power layers3-power best)
+run() {  # lever name: extract (a cache hit after the first time), then classify 5 splits
+  local name=$1
+  # shellcheck disable=SC2086  # the flags are words
+  set -- -p pipelines/flowers17.toml --data $DATA --weights $W --cache-dir "$CACHE" ${LEVERS[$name]}
+  $FX extract "$@" --no-progress >/dev/null
+  /usr/bin/time -f "$name: classify %e s" $FX classify "$@" --classifiers logreg --repeats 5 \
+    --out "$OUT/$name"
 }
-run plain
-for s in 288 320 384 448; do run "input-$s" --input-size $s; done
-run resize-crop --set backbone.resize=crop
-run resize-pad --set backbone.resize=pad
-run flip --set backbone.flip=true
-for n in l2 power pca_whiten; do run "normalize-$n" --set classify.normalize=$n; done
-run layers --set 'backbone.layer=block_13_expand_relu,out_relu'
-run best --input-size 448 --set backbone.flip=true --set classify.normalize=power
-for d in "$OUT"/*/; do
-  name=$(basename "$d")
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=("${ORDER[@]}")
+for name in plain "${names[@]}"; do
+  [ -d "$OUT/$name" ] || run "$name"
+done
+for name in "${names[@]}"; do
   [ "$name" = plain ] && continue
   echo "== $name vs plain"
-  $FX runs --compare "$d" "$OUT/plain"
+  $FX runs --compare "$OUT/$name" "$OUT/plain"
 done

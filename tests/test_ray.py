@@ -310,7 +310,7 @@ def test_ray_store_equals_local_store(cluster, tiny_store, tmp_path):
     # README: `featx cache rm` removes the shards with the store
     moved_shards = moved / shards.name
     assert len(list(moved_shards.glob("shard-*.h5"))) == 4
-    assert main(["cache", "rm", result.key[:8], "--cache-dir", str(moved)]) == 0
+    assert main(["cache", "rm", result.key, "--cache-dir", str(moved)]) == 0
     assert not again.path.exists() and not moved_shards.exists()
     assert not list(moved.glob("*.h5")) and not list(moved.glob("*.shards"))
 
@@ -371,7 +371,7 @@ def test_resume_extracts_only_missing_shards(cluster, tiny_store, tmp_path, capf
 
 
 def test_a_killed_driver_resumes_from_its_finished_shards(cluster, image_folder, make_config,
-                                                        tmp_path, capfd):
+                                                        tmp_path, capfd, featx_info):
     """SIGKILL a real `featx extract --engine ray` once it has written a shard; the next run
     keeps the finished shards as they are and extracts only the rest."""
     root = tmp_path / "data"
