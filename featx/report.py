@@ -365,7 +365,7 @@ def markdown(r: dict[str, Any], images: dict[str, str] | None = None) -> str:
     return "\n".join(lines)
 
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
 color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;
 padding:.25em .6em}td.n{text-align:right}th{background:#f2f2f2}img{max-width:100%}
 .score{font-size:1.4em}code{font-size:.9em}
@@ -379,7 +379,7 @@ def html_report(r: dict[str, Any], pngs: dict[str, bytes]) -> str:
     e = html.escape
     title = f"{r['pipeline']}: {r['classifier']}"
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
-           f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
+           f"<style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
            f"<p class='score'><b>rank-1 {r['rank1']:.3f}</b> · rank-5 {_num(r['rank5'])}</p>",
            "<h2>Settings</h2><table>"]
     out += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _settings(r)]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from realdata import flowers17  # noqa: F401  (one Flowers-17 store per session)
+from realdata import flowers17, planted_flowers  # noqa: F401  (session fixtures, real data)
 
 from featx.config import Config
 
