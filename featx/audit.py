@@ -346,7 +346,7 @@ def table_rows(a: Audit, rows: Rows) -> list[dict[str, Any]]:
             "other_path": "" if j is None else rows.relative[j],
             "other_label": "" if j is None else name[rows.labels[j]],
             "other_split": "" if j is None else SPLIT_NAMES[rows.split[j]],
-            "score": "" if score is None else f"{score:.6f}", "note": note})
+            "score": "" if score is None else round(float(score), 6), "note": note})
 
     for r, (i, j) in enumerate(a.exact, 1):
         row("exact duplicate", r, i, j, 1.0, "; ".join(_pair_notes(rows, i, j)))

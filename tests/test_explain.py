@@ -146,3 +146,19 @@ def test_featx_explain_command(planted_flowers, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "--class '<nope>': the model has no such class" in bad.stderr
+
+
+def test_unreadable_image_and_unknown_class_are_one_line_errors(tmp_path):
+    from types import SimpleNamespace
+
+    from featx.explain import explain_image
+
+    predictor = SimpleNamespace(backbone=SimpleNamespace(input_size=32), classes=["a", "b"])
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    with pytest.raises(ExplainError, match=f"{bad}: not a readable image"):
+        explain_image(predictor, str(bad))
+    good = tmp_path / "ok.png"
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(good)
+    with pytest.raises(ExplainError, match="--class 'c': the model has no such class"):
+        explain_image(predictor, str(good), classes=["c"])
