@@ -197,6 +197,7 @@ def make_result(config: Config, data: Splits, fitted: learners.FitResult,
     return {
         "pipeline": config.name, "classifier": fitted.name, "dataset": data.attrs["dataset"],
         "store": str(data.store), "key": data.attrs["key"], "backbone": data.backbone,
+        "root": data.attrs.get("root"),  # the dataset folder: the report shows its images
         "best_params": fitted.best_params, "cv_score": fitted.cv_score,
         "fit_seconds": fitted.fit_seconds,
         "n_train": int(len(data.y[TRAIN]) + len(data.y[VAL])),

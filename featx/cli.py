@@ -132,6 +132,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="the weights file, where it is on this machine (must be "
                    "the same weights the model was trained with)")
     p.add_argument("--batch-size", type=int, default=32)
+    p = sub.add_parser("explain", help="why a saved model predicts what it does, per image",
+                       description="Per image a PNG (and index.html gathering them): the "
+                       "top-k classes, a class activation map, an occlusion-sensitivity map "
+                       "and the nearest training images in the feature store (cosine).")
+    p.add_argument("model", help="a run folder (its best rank-1 model) or a model file")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--out", default="explain", metavar="DIR",
+                   help="folder for the PNGs and index.html (default ./explain)")
+    p.add_argument("--top", type=int, default=5, help="classes listed per image (default 5)")
+    p.add_argument("--class", dest="classes", action="append", default=[], metavar="NAME",
+                   help="also map this class (repeat for several)")
+    p.add_argument("--patch", type=int, help="occlusion patch side in input pixels "
+                   "(default a quarter of the input size)")
+    p.add_argument("--stride", type=int, help="occlusion step in input pixels (default half "
+                   "the patch)")
+    p.add_argument("--neighbours", type=int, default=5,
+                   help="nearest training images shown (default 5; 0: none)")
+    p.add_argument("--store", help="feature store to search (default: the model's)")
+    p.add_argument("--weights", help="the weights file, where it is on this machine")
+    p.add_argument("--trust", action="store_true", help="load a pickle/joblib model file")
+    p = sub.add_parser("audit", parents=[common], help="duplicates, leakage, likely label "
+                       "errors and outliers of a cached dataset",
+                       description="Read the pipeline's feature store and write audit.html "
+                       "(thumbnails) and audit.csv: exact and near duplicates (cross-split "
+                       "pairs: leakage; pairs with different labels), likely label errors "
+                       "(out-of-fold probabilities, confident learning with cleanlab) and "
+                       "outliers. Needs pip install 'featx[audit]'.")
+    p.add_argument("--store", help="use this store file instead of locating it from the data")
+    p.add_argument("--out", help="folder for audit.html and audit.csv (default: beside the "
+                   "store, <store>.audit/)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="cosine similarity above which two images are near duplicates "
+                   "(default 0.95)")
+    p.add_argument("--top", type=int, default=None,
+                   help="rows per section in the HTML page (default 100)")
     p = sub.add_parser("runs", help="one table of every classification result, best first",
                        description="Find every result JSON (in the run folders under "
                        "<cache-dir>/**/*.runs/ and under the folders given, e.g. --out "
@@ -226,7 +261,26 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run(args.model, args.inputs, top=args.top, csv_file=args.csv,
                    weights=args.weights, batch_size=args.batch_size, trust=args.trust)
+    if args.command == "explain":
+        from featx.explain import explain
+
+        written = explain(args.model, args.inputs, args.out, top=args.top,
+                          classes=args.classes, patch=args.patch, stride=args.stride,
+                          neighbours=args.neighbours, store=args.store,
+                          weights=args.weights, trust=args.trust)
+        print(f"wrote {written[-1]} ({len(written) - 1} PNG)")
+        return 0
     config = config_from_args(args)
+    if args.command == "audit":
+        from pathlib import Path
+
+        from featx.audit import run_audit
+
+        written = run_audit(config, Path(args.store) if args.store else None, args.out,
+                            threshold=args.threshold, top=args.top)
+        for path in written:
+            print(f"wrote {path}")
+        return 0
     if args.command == "extract":
         from featx.extraction import extract_all
 

@@ -58,3 +58,11 @@ class ModelFileError(FeatxError, ValueError):
 
 class TrackingError(FeatxError, ValueError):
     """MLflow asked for but not installed, or a tracking URI it cannot use."""
+
+
+class ExplainError(FeatxError, ValueError):
+    """Images, classes or options that `featx explain` cannot use: says which."""
+
+
+class AuditError(FeatxError, ValueError):
+    """A store or option that `featx audit` cannot use: says which."""

@@ -19,6 +19,8 @@ from featx.runinfo import write_atomic
 
 TOP_PAIRS = 10  # most-confused pairs shown in the reports
 N_EXAMPLES = 3  # example test images recorded per confused pair
+GALLERY = 100  # misclassified test images recorded (and shown), worst first
+THUMB = 128  # thumbnail side in the HTML gallery, pixels
 
 
 def rank_k(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray,
@@ -50,6 +52,7 @@ def evaluate(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray,
         for pair in pairs:
             cell = (y_true == pair["true_index"]) & (predicted == pair["predicted_index"])
             pair["examples"] = [str(paths[i]) for i in np.flatnonzero(cell)[:N_EXAMPLES]]
+    errors = misclassified(y_true, scores, classes, label_names, paths)
     return {
         "rank1": rank_k(y_true, scores, classes, 1),
         "rank5": rank_k(y_true, scores, classes, 5),
@@ -59,7 +62,47 @@ def evaluate(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray,
                       for name, p, r, f, s in zip(label_names, precision, recall, f1, support)},
         "confusion": confusion.tolist(),
         "confused_pairs": pairs,
+        **errors,
     }
+
+
+def misclassified(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray,
+                  label_names: list[str], paths: list[str] | None,
+                  cap: int = GALLERY) -> dict[str, Any]:
+    """The misclassified test rows, worst first (highest score for the wrong class), at most
+    ``cap`` of them.
+
+    Parameters
+    ----------
+    y_true : ndarray of shape (n,), class indices
+    scores : ndarray of shape (n, n_classes), columns in ``classes`` order
+    classes : ndarray of shape (n_classes,)
+    label_names : list of str, class names by index
+    paths : list of n str, or None (then nothing is recorded)
+
+    Returns
+    -------
+    dict
+        ``misclassified``: list of {path, true, predicted, score, true_score} (at most
+        ``cap``), ``n_misclassified``: how many in all, ``scores``: "probabilities" or
+        "decision values". Empty without ``paths``.
+    """
+    if paths is None:
+        return {}
+    best = np.argmax(scores, axis=1)
+    true_col = {int(c): j for j, c in enumerate(classes)}
+    wrong = np.flatnonzero(classes[best] != y_true)
+    top = scores[wrong, best[wrong]]
+    order = wrong[np.lexsort((wrong, -top))]  # worst first; ties in row order
+    rows = [{"path": str(paths[i]), "true": label_names[int(y_true[i])],
+             "predicted": label_names[int(classes[best[i]])],
+             "score": float(scores[i, best[i]]),
+             "true_score": (float(scores[i, true_col[int(y_true[i])]])
+                            if int(y_true[i]) in true_col else None)}
+            for i in order[:cap]]
+    proba = bool(np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1, atol=1e-3))
+    return {"misclassified": rows, "n_misclassified": int(len(wrong)),
+            "scores": "probabilities" if proba else "decision values"}
 
 
 def confused_pairs(confusion: Any, label_names: list[str],
@@ -229,11 +272,72 @@ def _bar_colour(recall: float) -> str:
     return "#2b8cbe" if recall >= 0.9 else "#fdae61" if recall >= 0.7 else "#d7191c"
 
 
+def thumbnail(path: str | Path, side: int = THUMB) -> bytes | None:
+    """A JPEG of the image at ``path`` at most ``side`` pixels on its longer side (EXIF
+    orientation applied), or None where it cannot be read."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (side, side))
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            img.thumbnail((side, side))
+            buffer = io.BytesIO()
+            img.save(buffer, format="JPEG", quality=85)
+            return buffer.getvalue()
+    except Exception:  # a missing or unreadable file has no thumbnail, never an error
+        return None
+
+
+def data_uri(data: bytes, mime: str = "image/jpeg") -> str:
+    """``data`` as a base64 data URI (for self-contained HTML pages)."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def image_cell(path: str | Path, caption: str, side: int = THUMB) -> str:
+    """An HTML figure: the image's thumbnail linked to its file (or a note where it cannot be
+    read) above ``caption`` (HTML, already escaped)."""
+    e = html.escape
+    jpeg = thumbnail(path, side)
+    if jpeg is None:
+        picture = f"<div class=missing>not readable:<br>{e(str(path))}</div>"
+    else:
+        picture = (f"<a href='{e(Path(path).resolve().as_uri())}'><img class=thumb "
+                   f"alt='{e(str(path))}' src='{data_uri(jpeg)}'></a>")
+    return f"<figure>{picture}<figcaption>{caption}</figcaption></figure>"
+
+
 def _png(fig: Any) -> bytes:
     # a plain Figure saves through Agg by itself: no pyplot, no global backend state
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
+
+
+def _gallery(r: dict[str, Any]) -> list[str]:
+    # The misclassified test images, worst first, as thumbnails (a result written by other
+    # code may have none: then no section).
+    rows = r.get("misclassified")
+    if rows is None:
+        return []
+    e = html.escape
+    n = r.get("n_misclassified", len(rows))
+    kind = "probability" if r.get("scores") == "probabilities" else "score"
+    out = [f"<h2>Misclassified test images ({n})</h2>"]
+    if not rows:
+        return out + ["<p>None.</p>"]
+    out.append(f"<p>Worst first (highest {kind} given to the wrong class); the picture links "
+               "to the file.</p><div class=gallery>")
+    root = Path(r["root"]) if r.get("root") else None
+    for row in rows:
+        path = root / row["path"] if root else Path(row["path"])
+        caption = (f"true <b>{e(row['true'])}</b><br>predicted <b>{e(row['predicted'])}</b> "
+                   f"({kind} {row['score']:.3f})<br><code>{e(row['path'])}</code>")
+        out.append(image_cell(path, caption))
+    out.append("</div>")
+    if n > len(rows):
+        out.append(f"<p>... and {n - len(rows)} more (not shown).</p>")
+    return out
 
 
 # --- Markdown and HTML ----------------------------------------------------------------------
@@ -274,15 +378,27 @@ def markdown(r: dict[str, Any], images: dict[str, str] | None = None) -> str:
             lines.append(f"| {m(p['true'])} | {m(p['predicted'])} | {p['count']} | {examples} |")
     else:
         lines.append("No test image was misclassified.")
+    rows = r.get("misclassified")
+    if rows:
+        n = r.get("n_misclassified", len(rows))
+        lines += ["", f"## Misclassified test images ({n}, worst first)", "",
+                  "| image | true | predicted | score |", "|---|---|---|---:|"]
+        lines += [f"| {m(x['path'])} | {m(x['true'])} | {m(x['predicted'])} | {x['score']:.3f} |"
+                  for x in rows]
+        if n > len(rows):
+            lines.append(f"\n... and {n - len(rows)} more.")
     lines += ["", "Full confusion matrix (rows: true, columns: predicted): `confusion` in the "
               "JSON result.", ""]
     return "\n".join(lines)
 
 
-_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
 color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;
 padding:.25em .6em}td.n{text-align:right}th{background:#f2f2f2}img{max-width:100%}
-.score{font-size:1.4em}code{font-size:.9em}"""
+.score{font-size:1.4em}code{font-size:.9em}
+.gallery{display:flex;flex-wrap:wrap;gap:.6em}figure{margin:0;width:140px;font-size:.8em;
+overflow-wrap:anywhere}img.thumb{max-width:128px;max-height:128px;display:block}
+.missing{width:128px;height:96px;background:#eee;color:#777;font-size:.8em}"""
 
 
 def html_report(r: dict[str, Any], pngs: dict[str, bytes]) -> str:
@@ -290,7 +406,7 @@ def html_report(r: dict[str, Any], pngs: dict[str, bytes]) -> str:
     e = html.escape
     title = f"{r['pipeline']}: {r['classifier']}"
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
-           f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
+           f"<style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
            f"<p class='score'><b>rank-1 {r['rank1']:.3f}</b> · rank-5 {_num(r['rank5'])}</p>",
            "<h2>Settings</h2><table>"]
     out += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _settings(r)]
@@ -317,5 +433,6 @@ def html_report(r: dict[str, Any], pngs: dict[str, bytes]) -> str:
         out.append("</table>")
     else:
         out.append("<p>No test image was misclassified.</p>")
+    out += _gallery(r)
     out.append("</body></html>\n")
     return "\n".join(out)

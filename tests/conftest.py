@@ -11,7 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from realdata import flowers17, flowers17_logreg, shared_data  # noqa: F401  (once a session)
+from realdata import (  # noqa: F401  (session fixtures, real data, once a session)
+    flowers17,
+    flowers17_logreg,
+    planted_flowers,
+    shared_data,
+)
 
 from featx.config import Config
 

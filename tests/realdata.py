@@ -15,6 +15,7 @@ import importlib
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,95 @@ def assert_pretrained(feats: np.ndarray) -> None:
         "(were the ImageNet weights loaded?)")
 
 
+
+
+# --- a Flowers-17 subset with planted faults (featx explain and featx audit) ----------------
+
+PLANTED_CLASSES = ["bluebell", "crocus", "daisy", "fritillary", "iris", "pansy", "sunflower",
+                   "tigerlily"]
+N_MOVED, N_COPIES = 10, 5
+
+
+def _split_of(root: Path, seed: int = 42) -> dict[str, int]:
+    from featx.config import DatasetConfig
+    from featx.dataset import load_dataset, stratified_split
+
+    d = load_dataset(DatasetConfig(root=str(root)))
+    return dict(zip(d.paths, stratified_split(d.labels, 0.0, 0.25, seed)))
+
+
+@dataclass
+class Planted:
+    """The planted subset: its folder, store, a logreg model, the moved images (relative
+    path now -> true class) and the copies (relative path -> the training image copied)."""
+
+    root: Path
+    store: Path
+    model: Path
+    moved: dict[str, str]
+    copies: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def planted_flowers(tmp_path_factory) -> Planted:
+    """Eight Flowers-17 classes (640 images) copied, then 10 images moved into wrong classes
+    and 5 resized, re-compressed copies of training images added to the test split;
+    extracted with the real weights (about 20 s) and a logistic regression fitted."""
+    if not (FLOWERS17.is_dir() and WEIGHTS.is_file()):
+        pytest.skip("../shared is absent")
+    import shutil
+
+    from PIL import Image
+
+    from featx.classification import classify
+    from featx.dataset import TEST, TRAIN
+    from featx.extraction import extract
+
+    base = tmp_path_factory.mktemp("planted")
+    root = base / "flowers"
+    for name in PLANTED_CLASSES:
+        shutil.copytree(FLOWERS17 / name, root / name)
+    rng = np.random.default_rng(7)
+    moved = {}
+    for k in range(N_MOVED):  # from class k % 8 to another class, keeping the file name
+        source = PLANTED_CLASSES[k % len(PLANTED_CLASSES)]
+        target = PLANTED_CLASSES[(k % len(PLANTED_CLASSES) + 1 + k // 8 * 3)
+                                 % len(PLANTED_CLASSES)]
+        files = sorted((root / source).iterdir())
+        f = files[int(rng.integers(len(files)))]
+        while f.name in {Path(m).name for m in moved}:
+            f = files[int(rng.integers(len(files)))]
+        shutil.move(f, root / target / f.name)
+        moved[f"{target}/{f.name}"] = source
+    # The split depends only on each class's size and order: place each copy (one per class)
+    # under a name whose position goes to the test split, then fill it from a training image.
+    copies = {}
+    for name in PLANTED_CLASSES[:N_COPIES]:
+        for n in range(10_000):
+            rel = f"{name}/image_{n:04d}_copy.jpg"
+            (root / rel).write_bytes(b"")
+            if _split_of(root)[rel] == TEST:
+                break
+            (root / rel).unlink()
+        copies[rel] = ""
+    split = _split_of(root)
+    for rel in copies:
+        cls = rel.split("/")[0]
+        source = next(p for p in sorted(split) if p.startswith(cls + "/") and split[p] == TRAIN
+                      and p not in moved and p not in copies)
+        with Image.open(root / source) as img:
+            small = img.convert("RGB").resize((img.width * 2 // 3, img.height * 2 // 3))
+            small.save(root / rel, format="JPEG", quality=60)
+        copies[rel] = source
+    config = Config.load(PIPELINE)
+    config.name = "planted"
+    config.dataset.root = str(root)
+    config.backbone.weights = str(WEIGHTS)
+    config.cache_dir = str(base / "cache")
+    config.out = str(base / "out")
+    config.classify.classifiers = ["logreg"]
+    config.classify.quick = True
+    store = extract(config, progress=False).path
+    results = classify(config, store, echo=lambda line: None)
+    model = base / "out" / results[0]["run"] / "planted-logreg.skops"
+    return Planted(root, store, model, moved, copies)

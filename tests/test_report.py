@@ -271,3 +271,57 @@ def test_reports_from_other_code_with_only_the_documented_keys(tmp_path):
     text = paths["md"].read_text()
     assert "| cow | ant | 1 |" in text and "| ant | bee | 1 |" in text
     assert "cv -" in summary_line("head", r)
+
+
+# --- the gallery of misclassified test images -----------------------------------------------
+
+def test_misclassified_worst_first_by_hand():
+    y = np.array([0, 1, 2, 0, 1])
+    scores = np.array([
+        [0.8, 0.1, 0.1],  # right
+        [0.6, 0.3, 0.1],  # 1 -> 0 at 0.6
+        [0.1, 0.9, 0.0],  # 2 -> 1 at 0.9: the worst
+        [0.2, 0.7, 0.1],  # 0 -> 1 at 0.7
+        [0.1, 0.8, 0.1],  # right
+    ])
+    r = evaluate(y, scores, CLASSES3, ["ant", "bee", "cow"], [f"f{i}.jpg" for i in range(5)])
+    assert r["n_misclassified"] == 3 and r["scores"] == "probabilities"
+    assert [(m["path"], m["true"], m["predicted"]) for m in r["misclassified"]] == [
+        ("f2.jpg", "cow", "bee"), ("f3.jpg", "ant", "bee"), ("f1.jpg", "bee", "ant")]
+    assert [m["score"] for m in r["misclassified"]] == [0.9, 0.7, 0.6]
+    assert [m["true_score"] for m in r["misclassified"]] == [0.0, 0.2, 0.3]
+    margins = evaluate(y, scores * 5 - 1, CLASSES3, ["ant", "bee", "cow"], list("abcde"))
+    assert margins["scores"] == "decision values"
+    assert "misclassified" not in evaluate(y, scores, CLASSES3, ["ant", "bee", "cow"])
+
+
+def test_html_gallery_shows_the_worst_errors_as_thumbnails(tmp_path, image_file):
+    from featx.report import misclassified
+
+    root = tmp_path / "data"
+    names = ["ant", '<b>x</b> & "y"', "cow"]
+    y = np.array([0, 1, 2, 0])
+    scores = np.array([[0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.9, 0.0], [0.3, 0.1, 0.6]])
+    paths = [f"c{t}/img{i}.png" for i, t in enumerate(y)]
+    for i, p in enumerate(paths):
+        if i != 1:  # img1's file is missing
+            image_file(root / p, size=(60 + 10 * i, 40))
+    r = _result()
+    r["per_class"] = {n: v for n, v in zip(names, r["per_class"].values())}
+    r.update(misclassified(y, scores, CLASSES3, names, paths, cap=3), root=str(root))
+    html_page = write_reports(r, tmp_path / "run")["html"].read_text()
+    gallery = html_page.split("Misclassified test images (4)</h2>", 1)[1]
+    jpegs = re.findall(r"src='data:image/jpeg;base64,([^']*)'", gallery)
+    # all four wrong: img2 (0.9), img0 (0.7), img1 (0.6, missing); img3 (0.6) past the cap
+    assert len(jpegs) == 2
+    for data, rel in zip(jpegs, ["c2/img2.png", "c0/img0.png"]):
+        with Image.open(__import__("io").BytesIO(base64.b64decode(data))) as thumb:
+            with Image.open(root / rel) as original:
+                assert thumb.size == original.size  # smaller than 128: kept as it is
+    assert gallery.index("c2/img2.png") < gallery.index("c0/img0.png") < gallery.index(
+        "c1/img1.png")
+    assert "img3" not in gallery
+    assert f"href='{(root / 'c2/img2.png').resolve().as_uri()}'" in gallery
+    assert "not readable:" in gallery and "and 1 more" in gallery
+    assert "predicted <b>&lt;b&gt;x&lt;/b&gt; &amp; &quot;y&quot;</b>" in gallery
+    assert "<b>x</b>" not in html_page

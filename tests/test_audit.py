@@ -1,0 +1,144 @@
+"""featx audit: neighbours, duplicates, label errors and outliers; planted faults in real
+flowers, and the byte duplicates of flowers5."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from realdata import REPO, SHARED, child_env
+
+from featx.audit import (
+    audit_arrays,
+    class_outliers,
+    near_pairs,
+    neighbours,
+    unit_rows,
+)
+from featx.errors import AuditError
+
+FLOWERS5 = SHARED / "datasets" / "flowers5"
+
+
+def _clusters(n: int, d: int = 32, classes: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, d)) * 3
+    y = rng.integers(0, classes, n)
+    return (centres[y] + rng.normal(size=(n, d))).astype(np.float32), y
+
+
+def test_exact_neighbours_by_hand():
+    x = unit_rows(np.array([[1, 0], [0.99, 0.1], [0, 1], [-1, 0]], np.float32))
+    sims, index, method = neighbours(x, 2)
+    assert method.startswith("exact")
+    assert index[:, 0].tolist() == [1, 0, 1, 2]  # never itself
+    assert np.all(np.diff(sims, axis=1) <= 0)
+    assert sims[0, 0] == pytest.approx(float(x[0] @ x[1]))
+
+
+def test_faiss_finds_what_the_exact_search_finds():
+    pytest.importorskip("faiss")
+    x, _ = _clusters(3000, d=64)
+    x = unit_rows(x)
+    exact_s, exact_i, _ = neighbours(x, 5)
+    approx_s, approx_i, method = neighbours(x, 5, exact_max=1000)
+    assert method.startswith("faiss")
+    assert not (approx_i == np.arange(3000)[:, None]).any()
+    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact_i, approx_i)])
+    assert recall > 0.9, recall
+    np.testing.assert_allclose(approx_s[:, 0][approx_i[:, 0] == exact_i[:, 0]],
+                               exact_s[:, 0][approx_i[:, 0] == exact_i[:, 0]], atol=1e-4)
+
+
+def test_near_pairs_each_once_most_similar_first():
+    sims = np.array([[0.99, 0.5], [0.99, 0.97], [0.97, 0.1]], np.float32)
+    index = np.array([[1, 2], [0, 2], [1, 0]])
+    assert near_pairs(sims, index, 0.95) == [(0, 1, pytest.approx(0.99)),
+                                             (1, 2, pytest.approx(0.97))]
+
+
+def test_planted_outlier_and_label_errors_on_synthetic_clusters():
+    pytest.importorskip("cleanlab")
+    x, y = _clusters(400)
+    x[7] = -x[7]  # far from its class (and from every class)
+    wrong = [11, 22, 33, 44, 55]
+    y = y.copy()
+    y[wrong] = (y[wrong] + 1) % 4
+    a = audit_arrays(x, y, threshold=0.999)
+    assert a.outliers[0][0] == 7 or 7 in [o[0] for o in a.outliers[:3]]
+    top = [i for i, *_ in a.label_issues[:10]]
+    assert set(wrong) <= set(top), top
+    assert class_outliers(unit_rows(x), y, z_below=-1e9) == []
+    with pytest.raises(AuditError, match="--threshold 1.5"):
+        audit_arrays(x, y, threshold=1.5)
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_audit_finds_the_planted_faults(planted_flowers, tmp_path, capsys):
+    """10 images moved into wrong classes: at least 8 among the top 30 suspected label
+    errors; 5 resized, re-compressed copies of training images in the test split: all 5
+    listed as cross-split near duplicates of their originals."""
+    pytest.importorskip("cleanlab")
+    out = tmp_path / "audit"
+    command = [sys.executable, "-m", "featx.cli", "audit", "--store",
+               str(planted_flowers.store), "--out", str(out)]
+    done = subprocess.run(command, cwd=REPO, env=child_env(tmp_path), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = _csv(out / "audit.csv")
+    ranked = [r["path"] for r in rows if r["section"] == "label error"]
+    ranks = sorted(ranked.index(m) + 1 for m in planted_flowers.moved if m in ranked)
+    with capsys.disabled():
+        print(f"\nplanted: moved images at label-error ranks {ranks} of {len(ranked)}")
+    assert sum(r <= 30 for r in ranks) >= 8, ranks
+    near = {frozenset((r["path"], r["other_path"])): r for r in rows
+            if r["section"] == "near duplicate"}
+    for copy, original in planted_flowers.copies.items():
+        pair = near.get(frozenset((copy, original)))
+        assert pair is not None, f"{copy} (copy of {original}) not found"
+        assert "cross-split" in pair["note"] and {pair["split"], pair["other_split"]} == {
+            "train", "test"}
+    page = (out / "audit.html").read_text()
+    assert "pairs cross the split" in page
+    assert len(re.findall(r"src='data:image/jpeg;base64,", page)) > 50
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_audit_finds_the_six_byte_duplicates_of_flowers5(tmp_path):
+    """flowers5 holds 6 files whose bytes repeat another's (random weights at 32x32: the
+    features do not matter for this)."""
+    pytest.importorskip("cleanlab")
+    if not FLOWERS5.is_dir():
+        pytest.skip(f"needs {FLOWERS5}")
+    import hashlib
+
+    from featx.audit import run_audit
+    from featx.config import Config
+    from featx.extraction import extract
+
+    config = Config()
+    config.dataset.root = str(FLOWERS5)
+    config.backbone.weights = "none"
+    config.backbone.input_size = 32
+    config.cache_dir = str(tmp_path / "cache")
+    store = extract(config, progress=False).path
+    page, table = run_audit(config, out=tmp_path / "audit")
+    exact = [r for r in _csv(table) if r["section"] == "exact duplicate"]
+    assert len(exact) == 6
+    for r in exact:
+        a, b = (FLOWERS5 / r["path"]).read_bytes(), (FLOWERS5 / r["other_path"]).read_bytes()
+        assert r["path"] != r["other_path"] and hashlib.sha256(a).digest() == hashlib.sha256(
+            b).digest()
+    assert "Exact duplicates (same bytes) (6)" in page.read_text()
+    assert store.is_file()
