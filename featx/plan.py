@@ -20,7 +20,7 @@ from featx.backbones import Backbone
 from featx.config import Config
 from featx.dataset import TRAIN, Dataset, load_dataset, manifest_digest, stratified_split
 from featx.images import READ_POLICY
-from featx.layout import STORE_SUFFIX, parse_store_name, partial_dirs, store_path
+from featx.layout import STORE_SUFFIX, partial_dirs, store_files, store_path
 from featx.store import FeatureStore, StoreError, library_versions, store_key
 from featx.variants import PLAIN, Variant, get_variant
 
@@ -180,13 +180,14 @@ def _count(n: int, one: str, many: str) -> str:
 
 
 def _candidates(p: Plan) -> list[Path]:
-    """Complete stores of earlier versions of ``p``'s dataset with the same settings: those
-    made from the same folder first, then the newest."""
-    prefix = p.path.name[:-len(parse_store_name(p.path.name).key) - len(STORE_SUFFIX)]
+    """Complete stores made with the same settings that may hold an earlier version of
+    ``p``'s dataset, closest first: made from the same folder, then sharing the most image
+    paths (a renamed or moved folder), then the newest. Whatever they are, only rows with the
+    same path and signature are ever reused from them."""
+    wanted = set(p.dataset.paths)
     found = []
-    for path in p.path.parent.glob(prefix + "*" + STORE_SUFFIX):
-        if path == p.path or parse_store_name(path.name).dataset != \
-                parse_store_name(p.path.name).dataset:
+    for path in store_files(p.path.parent):
+        if path == p.path:
             continue
         try:
             with h5py.File(path, "r") as f:
@@ -194,9 +195,11 @@ def _candidates(p: Plan) -> list[Path]:
                         not f.attrs.get("complete", False):
                     continue
                 same_root = f.attrs.get("root") == str(p.dataset.root)
-        except OSError:
+                shared = len(wanted.intersection(f["paths"].asstr()[:]))
+        except (OSError, KeyError):
             continue
-        found.append((not same_root, -path.stat().st_mtime, path))
+        if same_root or shared:
+            found.append((not same_root, -shared, -path.stat().st_mtime, path))
     return [path for *_, path in sorted(found)]
 
 

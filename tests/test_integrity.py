@@ -491,3 +491,16 @@ def test_a_cache_hit_works_on_a_read_only_cache_folder(tiny_store):
         assert f"cannot write to the cache folder {cache}" in one_error_line(run.stderr)
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_renamed_and_changed_folder_is_diffed_against_its_old_store(tiny_store, tmp_path,
+                                                                      capsys, image_file):
+    root = copy_dataset(tiny_store.root, tmp_path / "data" / "shapes")
+    cache = tmp_path / "cache"
+    assert main(["extract", *tiny_args(root, cache)]) == 0
+    renamed = root.rename(tmp_path / "data" / "renamed")
+    image_file(renamed / "owl" / "owl_00.png", colour=(90, 90, 90))
+    capsys.readouterr()
+    assert main(["classify", *tiny_args(renamed, cache)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "shapes-MobileNetV2" in line and "1 class added (owl)" in line
