@@ -58,6 +58,7 @@ class ImageSplits:
     paths: dict[int, list[str]]
     dataset: str
     key: str  # the images: path, label and signature of every one
+    root: str = ""  # the dataset folder (the report's gallery shows its images)
 
 
 def load_image_splits(config: Config) -> ImageSplits:
@@ -95,7 +96,7 @@ def load_image_splits(config: Config) -> ImageSplits:
         dataset.label_names, {s: images[r] for s, r in rows.items()},
         {s: dataset.labels[r] for s, r in rows.items()},
         {s: [dataset.paths[i] for i in r] for s, r in rows.items()}, dataset.name,
-        manifest_digest(dataset, signatures))
+        manifest_digest(dataset, signatures), str(dataset.root))
 
 
 def _crossing(layers: list, k: int, output) -> list:
@@ -375,8 +376,9 @@ def _finetune_once(config: Config, progress: bool, backbone_seed: int
         "backbone": backbone, "best_params": settings, "cv_score": model.val_accuracy,
         "fit_seconds": fit_seconds,
         "n_train": int(len(data.labels[TRAIN]) + len(data.labels[VAL])),
+        "root": data.root,
         **evaluate(data.labels[TEST], scores, np.arange(len(data.label_names)),
-                   data.label_names),
+                   data.label_names, paths=data.paths[TEST]),
         "n_val": int(len(data.labels[VAL])),
         "cut_layer": model.cut_layer,
         "trained_layers": [layer.name for layer in model.trained_layers

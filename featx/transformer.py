@@ -97,7 +97,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         """
         kind, items = as_images(X)
         if kind == "paths" and self.cache_dir:
-            out = self._from_cache([os.path.abspath(p) for p in items])
+            # resolved, as dataset roots are: a path through a symlink is the same file
+            out = self._from_cache([os.path.realpath(p) for p in items])
         elif kind == "paths":
             out = self._compute_files(items)
         else:

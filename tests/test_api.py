@@ -170,3 +170,16 @@ def test_in_make_pipeline_grid_search_and_cross_val_score(tmp_path, monkeypatch)
     search = GridSearchCV(model, {"logisticregression__C": [0.1, 1.0]}, cv=2).fit(paths, y)
     assert search.best_score_ >= 0.8
     assert search.best_estimator_.steps[0][1].get_params()["cache_dir"] == str(tmp_path / "c")
+
+
+def test_transform_through_a_symlinked_folder_finds_the_cached_rows(tmp_path, image_file,
+                                                                     monkeypatch):
+    real = tmp_path / "real"
+    files = [image_file(real / f"n{i}.png", seed=i) for i in range(3)]
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    linked = [str(tmp_path / "link" / f.name) for f in files]
+    first = tiny_extractor(cache_dir=str(tmp_path / "cache")).transform(linked)
+    monkeypatch.setattr(Backbone, "model", property(lambda self: pytest.fail("model built")))
+    np.testing.assert_array_equal(
+        tiny_extractor(cache_dir=str(tmp_path / "cache")).transform([str(f) for f in files]),
+        first)
