@@ -86,8 +86,11 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
         result = _cache_hit(p, config)
         if result is None:
             old = _open_old(p)
+            # the previous version of this very dataset (folder and name: two manifests in
+            # one folder are two datasets), replaced below; any other store stays as it is
             superseded = old.path if old is not None and old.path != p.path and \
-                old.file.attrs.get("root") == str(p.dataset.root) else None
+                old.file.attrs.get("root") == str(p.dataset.root) and \
+                old.file.attrs.get("dataset") == p.dataset.name else None
             result = run(config, p, p.split, old, progress)
             _note_duplicates(p.path, duplicates)
             if superseded is not None:  # the previous version of this very folder's store

@@ -504,3 +504,15 @@ def test_a_renamed_and_changed_folder_is_diffed_against_its_old_store(tiny_store
     assert main(["classify", *tiny_args(renamed, cache)]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "shapes-MobileNetV2" in line and "1 class added (owl)" in line
+
+
+def test_two_manifests_in_one_folder_keep_their_own_stores(tmp_path, image_file, make_config):
+    for i in range(8):
+        image_file(tmp_path / "images" / f"{i}.png", seed=i)
+    rows = [(f"images/{i}.png", "ab"[i % 2]) for i in range(8)]
+    first = extract(make_config(None, tmp_path / "cache", dataset={
+        "root": "", "manifest": str(_csv(tmp_path / "one.csv", rows[:6]))}), progress=False)
+    second = extract(make_config(None, tmp_path / "cache", dataset={
+        "root": "", "manifest": str(_csv(tmp_path / "two.csv", rows[2:]))}), progress=False)
+    assert second.path != first.path and first.path.is_file()  # not a version of the other
+    assert second.reused == 4  # the rows the two share were not extracted again
