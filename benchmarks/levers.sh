@@ -27,17 +27,18 @@ declare -A LEVERS=(
   [input-384-layers-power]="--input-size 384 --set $LAYERS --set classify.normalize=power"
   [layers3-power]="--set backbone.layer=block_6_expand_relu,block_13_expand_relu,out_relu --set classify.normalize=power"
   [best]="-p pipelines/flowers17-best.toml"
+  [best-ensemble]="-p pipelines/flowers17-best.toml --classifiers logreg,linear_svm,rbf_svm --set classify.ensemble=true"
 )
 ORDER=(plain input-288 input-320 input-384 input-448 resize-crop resize-pad flip normalize-l2
        normalize-power normalize-pca_whiten layers layers-power input-384-power
-       input-384-layers-power layers3-power best)
+       input-384-layers-power layers3-power best best-ensemble)
 run() {  # lever name: extract (a cache hit after the first time), then classify 5 splits
   local name=$1
   # shellcheck disable=SC2086  # the flags are words
-  set -- -p pipelines/flowers17.toml --data $DATA --weights $W --cache-dir "$CACHE" ${LEVERS[$name]}
+  set -- -p pipelines/flowers17.toml --data $DATA --weights $W --cache-dir "$CACHE" \
+    --classifiers logreg ${LEVERS[$name]}
   $FX extract "$@" --no-progress >/dev/null
-  /usr/bin/time -f "$name: classify %e s" $FX classify "$@" --classifiers logreg --repeats 5 \
-    --out "$OUT/$name"
+  /usr/bin/time -f "$name: classify %e s" $FX classify "$@" --repeats 5 --out "$OUT/$name"
 }
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=("${ORDER[@]}")
@@ -48,4 +49,7 @@ for name in "${names[@]}"; do
   [ "$name" = plain ] && continue
   echo "== $name vs plain"
   $FX runs --compare "$OUT/$name" "$OUT/plain"
+  for e in "$OUT/$name"/*/*-ensemble.json; do  # an ensemble against plain's logreg
+    [ -e "$e" ] && $FX runs --compare "$e" "$(ls "$OUT"/plain/*/*-logreg.json)"
+  done
 done

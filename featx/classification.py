@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,9 +259,6 @@ def classify(config: Config, store_path: Path | None = None,
     if c.normalize != "none" and any(learners.get_learner(n).streaming for n in c.classifiers):
         raise ConfigError(f"classify.normalize = {c.normalize!r} applies to in-memory "
                           "learners; sgd streams the store's features as they are")
-    if c.repeats > 1 and c.ensemble:
-        raise ConfigError("classify.repeats reports each classifier over the splits; "
-                          "classify.ensemble is not repeated: run it without repeats")
     if c.repeats > 1 and not _plain(config):
         raise ConfigError("classify.repeats re-splits plain features: set train_features and "
                           "test_features to \"plain\" (variant stores follow one split)")
@@ -286,19 +284,18 @@ def track(config: Config, results: list[dict[str, Any]]) -> None:
     log.info("%d MLflow runs in %s (experiment %r)", len(ids), uri, config.name)
 
 
-def fit_and_report(config: Config, data: Splits, run: Run, echo=print,
-                   save_models: bool = True) -> list[dict[str, Any]]:
-    """Each classifier (and with ``classify.ensemble`` their average) fitted on ``data``'s
-    training rows, scored on its test rows, reported (with its model) into the run's
-    folder."""
-    results, fits, scored = [], [], []
+def fit_and_score(config: Config, data: Splits
+                  ) -> Iterator[tuple[str, learners.FitResult, dict[str, Any]]]:
+    """(name, fitted, result) of each classifier (and with ``classify.ensemble`` their
+    average, named "ensemble") fitted on ``data``'s training rows and scored on its test
+    rows, one at a time as each is done."""
+    fits, scored = [], []
     for name in config.classify.classifiers:
         fitted = fit_learner(name, data, config)
         scores = scores_on_test(fitted, data)
-        result = make_result(config, data, fitted, scores)
-        results.append(report(result, fitted, data, config, run, name, echo, save_models))
         fits.append(fitted)
         scored.append(scores)
+        yield name, fitted, make_result(config, data, fitted, scores)
     if config.classify.ensemble:
         t0 = time.perf_counter()
         models, probabilities = zip(*(probabilities_on_test(f, data, config, s)
@@ -306,10 +303,15 @@ def fit_and_report(config: Config, data: Splits, run: Run, echo=print,
         fitted, proba = average(ensemble_name(config.classify.classifiers), fits,
                                 list(probabilities), list(models),
                                 config.classify.classifiers, time.perf_counter() - t0)
-        result = make_result(config, data, fitted, proba)
-        results.append(report(result, fitted, data, config, run, "ensemble", echo,
-                              save_models))
-    return results
+        yield "ensemble", fitted, make_result(config, data, fitted, proba)
+
+
+def fit_and_report(config: Config, data: Splits, run: Run, echo=print,
+                   save_models: bool = True) -> list[dict[str, Any]]:
+    """:func:`fit_and_score`, each result reported (with its model) into the run's folder as
+    soon as it is done."""
+    return [report(result, fitted, data, config, run, name, echo, save_models)
+            for name, fitted, result in fit_and_score(config, data)]
 
 
 def split_seeds(config: Config) -> list[int]:
@@ -341,18 +343,15 @@ def repeat_and_report(config: Config, data: Splits, run: Run, echo=print
         labels, ok, paths = store.labels, store.ok, store.paths
         features = store.features() if data.x else None  # in memory, as read_splits chose
     seeds = split_seeds(config)
-    results = []
-    for name in config.classify.classifiers:
-        scored = []
-        for seed in seeds:  # one split's copy of the features in memory at a time
-            part = resplit(data, config, seed, labels, ok, paths, features)
-            fitted = fit_learner(name, part, config)
-            scored.append(make_result(config, part, fitted, scores_on_test(fitted, part)))
-            if seed == seeds[0]:
-                first = (fitted, part)
-        result = {**scored[0], **repeat_summary(seeds, scored)}
-        results.append(report(result, first[0], first[1], config, run, name, echo))
-    return results
+    first = resplit(data, config, seeds[0], labels, ok, paths, features)
+    kept = list(fit_and_score(config, first))  # reported, with their models
+    scored = [[result for _, _, result in kept]]
+    for seed in seeds[1:]:  # only the scores of the other splits are kept
+        part = resplit(data, config, seed, labels, ok, paths, features)
+        scored.append([result for _, _, result in fit_and_score(config, part)])
+    return [report({**result, **repeat_summary(seeds, [s[i] for s in scored])}, fitted,
+                   first, config, run, name, echo)
+            for i, (name, fitted, result) in enumerate(kept)]
 
 
 def report(result: dict[str, Any], fitted: learners.FitResult, data: Splits, config: Config,

@@ -221,11 +221,16 @@ def compare(a: str | Path, b: str | Path, metric: str = "rank1") -> list[dict[st
     """Paired comparison of two repeated runs: for every classifier in both, the splits
     (seeds) they share, the mean of ``metric``(A) - ``metric``(B) over them and its standard
     error (standard deviation of the differences, ddof 1, over sqrt(n)). Pairing removes the
-    split-to-split spread both runs share, which is most of it."""
+    split-to-split spread both runs share, which is most of it. Two single results (e.g. two
+    result files) are paired whatever their learners: an ensemble against a logreg."""
     runs_a, runs_b = _repeated(a), _repeated(b)
+    pairs = [(name, runs_a[name], runs_b[name]) for name in sorted(runs_a.keys() & runs_b.keys())]
+    if not pairs and len(runs_a) == len(runs_b) == 1:  # two results: whatever their learners
+        (na, ra), (nb, rb) = *runs_a.items(), *runs_b.items()
+        pairs = [(f"{na} vs {nb}", ra, rb)]
     rows = []
-    for name in sorted(runs_a.keys() & runs_b.keys()):
-        ra, rb = runs_a[name]["repeats"], runs_b[name]["repeats"]
+    for name, result_a, result_b in pairs:
+        ra, rb = result_a["repeats"], result_b["repeats"]
         va, vb = dict(zip(ra["seeds"], ra[metric])), dict(zip(rb["seeds"], rb[metric]))
         seeds = sorted(va.keys() & vb.keys())
         if not seeds or any(va[s] is None or vb[s] is None for s in seeds):
@@ -242,8 +247,9 @@ def compare(a: str | Path, b: str | Path, metric: str = "rank1") -> list[dict[st
 
 
 def comparison_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'classifier':<12} {'splits':>6} {'A':>7} {'B':>7} {'A - B':>8} {'s.e.':>7}"]
+    w = max(12, *(len(r["classifier"]) for r in rows))
+    lines = [f"{'classifier':<{w}} {'splits':>6} {'A':>7} {'B':>7} {'A - B':>8} {'s.e.':>7}"]
     for r in rows:
-        lines.append(f"{r['classifier']:<12} {r['splits']:>6} {r['a']:>7.4f} {r['b']:>7.4f} "
+        lines.append(f"{r['classifier']:<{w}} {r['splits']:>6} {r['a']:>7.4f} {r['b']:>7.4f} "
                      f"{r['difference']:>+8.4f} {r['standard_error']:>7.4f}")
     return "\n".join(lines)

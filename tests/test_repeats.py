@@ -146,3 +146,31 @@ def test_flip_averaging_is_the_mean_of_an_image_and_its_mirror(tiny_store):
     assert scale > 0 and np.abs(a - b).max() > 1e-3 * scale  # the mirror differs
     np.testing.assert_allclose(both, (a + b) / 2, rtol=1e-4, atol=1e-4 * scale)
     assert "flip" in flip.describe() and "flip" not in plain.describe()
+
+
+def test_repeats_with_an_ensemble_report_it_over_the_splits_too(tmp_path):
+    store = synthetic(tmp_path, "s", signal=1.0)
+    results = classify(config(tmp_path, "o", repeats=3, ensemble=True,
+                              classifiers=["logreg", "knn"]), store, echo=lambda _: None)
+    assert [r["classifier"] for r in results] == ["logreg", "knn", "ensemble(logreg+knn)"]
+    for r in results:
+        assert r["repeats"]["seeds"] == [42, 43, 44]
+        assert r["rank1"] == pytest.approx(np.mean(r["repeats"]["rank1"]))
+    # the ensemble's first split is the one without repeats
+    [_, _, single] = classify(config(tmp_path, "p", ensemble=True, classifiers=["logreg", "knn"]),
+                              store, echo=lambda _: None)
+    assert results[2]["repeats"]["rank1"][0] == single["rank1"]
+
+
+def test_two_result_files_are_paired_whatever_their_learners(tmp_path):
+    from featx.runs import compare
+
+    store = synthetic(tmp_path, "s", signal=1.0)
+    [a] = classify(config(tmp_path, "a", repeats=3), store, echo=lambda _: None)
+    [b] = classify(config(tmp_path, "b", repeats=3, classifiers=["knn"]), store,
+                   echo=lambda _: None)
+    [row] = compare(next((tmp_path / "a").rglob("*-logreg.json")),
+                    next((tmp_path / "b").rglob("*-knn.json")))
+    assert row["classifier"] == "logreg vs knn" and row["splits"] == 3
+    expected = np.subtract(a["repeats"]["rank1"], b["repeats"]["rank1"]).mean()
+    assert row["difference"] == pytest.approx(expected)
