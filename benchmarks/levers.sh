@@ -27,7 +27,7 @@ declare -A LEVERS=(
   [input-384-layers-power]="--input-size 384 --set $LAYERS --set classify.normalize=power"
   [layers3-power]="--set backbone.layer=block_6_expand_relu,block_13_expand_relu,out_relu --set classify.normalize=power"
   [best]="-p pipelines/flowers17-best.toml"
-  [best-ensemble]="-p pipelines/flowers17-best.toml --classifiers logreg,linear_svm,rbf_svm --set classify.ensemble=true"
+  [best-ensemble]="-p pipelines/flowers17-best.toml --set classify.classifiers=logreg,linear_svm,rbf_svm --set classify.ensemble=true"
 )
 ORDER=(plain input-288 input-320 input-384 input-448 resize-crop resize-pad flip normalize-l2
        normalize-power normalize-pca_whiten layers layers-power input-384-power
@@ -36,7 +36,7 @@ run() {  # lever name: extract (a cache hit after the first time), then classify
   local name=$1
   # shellcheck disable=SC2086  # the flags are words
   set -- -p pipelines/flowers17.toml --data $DATA --weights $W --cache-dir "$CACHE" \
-    --classifiers logreg ${LEVERS[$name]}
+    --set classify.classifiers=logreg ${LEVERS[$name]}
   $FX extract "$@" --no-progress >/dev/null
   /usr/bin/time -f "$name: classify %e s" $FX classify "$@" --repeats 5 --out "$OUT/$name"
 }
