@@ -67,7 +67,6 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
                                f"not the {variant!r} store: use extract.engine = \"local\"")
         run = run_on_ray
     p = plan(config, variant)
-    duplicates = duplicate_files(p.dataset, p.signatures)
     lock = FileLock(str(lock_path(p.path)))
     try:
         p.path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +80,7 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
             raise StoreError(f"cannot write to the cache folder {p.path.parent} "
                              f"({e.strerror or e}): the store for {p.dataset.root} needs "
                              "extracting; choose a writable --cache-dir") from None
-        return _finish(result, config, p, duplicates)
+        return _finish(result, config, p)
     try:
         result = _cache_hit(p, config)
         if result is None:
@@ -92,18 +91,18 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
                 old.file.attrs.get("root") == str(p.dataset.root) and \
                 old.file.attrs.get("dataset") == p.dataset.name else None
             result = run(config, p, p.split, old, progress)
-            _note_duplicates(p.path, duplicates)
+            # found once per store version (a cache hit reads them back from the store)
+            result.duplicates = duplicate_files(p.dataset, p.signatures)
+            _note_duplicates(p.path, result.duplicates)
             if superseded is not None:  # the previous version of this very folder's store
                 for path in belongings(superseded):
                     _delete(path)
     finally:
         lock.release()
-    return _finish(result, config, p, duplicates)
+    return _finish(result, config, p)
 
 
-def _finish(result: ExtractResult, config: Config, p: Plan,
-            duplicates: list[tuple[str, str]]) -> ExtractResult:
-    result.duplicates = duplicates
+def _finish(result: ExtractResult, config: Config, p: Plan) -> ExtractResult:
     if result.skipped and config.extract.strict:
         listing = "\n".join(f"  {path}: {reason}" for path, reason in result.skipped[:20])
         raise ExtractError(f"{len(result.skipped)} unreadable image(s) under "
@@ -121,14 +120,14 @@ def _cache_hit(p: Plan, config: Config) -> ExtractResult | None:
             if store.file.attrs.get("key") != p.key:
                 return None
             store.verify_once()  # checks every feature block, once per file version
-            skipped = store.skipped
+            skipped, duplicates = store.skipped, store.duplicates
     except StoreError as e:
         log.warning("%s; extracting afresh", e)
         return None
     _update_split(p.path, p.split[p.row_image], config)
     rows = len(p.row_image)
     return ExtractResult(p.path, p.key, cache_hit=True, rows=rows, reused=rows,
-                         skipped=sorted(set(skipped)))
+                         skipped=sorted(set(skipped)), duplicates=duplicates)
 
 
 def duplicate_files(dataset: Dataset, signatures: list[str]) -> list[tuple[str, str]]:

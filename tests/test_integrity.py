@@ -516,3 +516,18 @@ def test_two_manifests_in_one_folder_keep_their_own_stores(tmp_path, image_file,
         "root": "", "manifest": str(_csv(tmp_path / "two.csv", rows[2:]))}), progress=False)
     assert second.path != first.path and first.path.is_file()  # not a version of the other
     assert second.reused == 4  # the rows the two share were not extracted again
+
+
+def test_a_cache_hit_reads_the_duplicates_back_without_reading_images(tiny_store, tmp_path,
+                                                                      make_config, monkeypatch):
+    from featx import extraction
+
+    root = copy_dataset(tiny_store.root, tmp_path / "shapes")
+    original = tiny_store.written["dog"][0]
+    shutil.copy(root / original, root / "cat" / ("copy" + Path(original).suffix))
+    config = make_config(root, tmp_path / "cache")
+    first = extract(config, progress=False)
+    assert len(first.duplicates) == 1
+    monkeypatch.setattr(extraction, "duplicate_files", lambda *a: pytest.fail("files hashed"))
+    again = extract(config, progress=False)
+    assert again.cache_hit and again.duplicates == first.duplicates
