@@ -53,6 +53,7 @@ from featx.layout import (
     store_path,
     verified_stamp,
 )
+from featx.runinfo import write_atomic  # to a temporary name, synced, renamed
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class BlockDir:
                 self.remove()
         self.block_rows = max(1, block_rows)
         self.dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(meta_path, json.dumps({"key": content_key, "rows": rows,
+        write_atomic(meta_path, json.dumps({"key": content_key, "rows": rows,
                                              "block_rows": self.block_rows}).encode())
         self._cache: tuple[int, dict[str, np.ndarray]] | None = None
         self._checked: set[int] = set()
@@ -224,8 +225,8 @@ class BlockDir:
         path = self.block_path(index)
         try:
             # checksum first: a block without its checksum file is never trusted
-            _write_atomic(self._digest_path(index), hashlib.sha256(data).hexdigest().encode())
-            _write_atomic(path, data, sync=True)
+            write_atomic(self._digest_path(index), hashlib.sha256(data).hexdigest().encode())
+            write_atomic(path, data)
         except OSError as e:
             raise StoreError(f"cannot write {path}: {e.strerror or e} "
                              "(finished blocks are kept for a resume)") from None
@@ -243,16 +244,6 @@ class BlockDir:
 
 def warn(message: str) -> None:
     log.warning("%s", message)
-
-
-def _write_atomic(path: Path, data: bytes, sync: bool = False) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        if sync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -542,7 +533,7 @@ class FeatureStore:
     def mark_verified(self) -> None:
         """Record this file version as checked (its writer computed the checksums)."""
         with contextlib.suppress(OSError):  # a read-only cache verifies every time
-            _write_atomic(verified_stamp(self.path), self._version().encode())
+            write_atomic(verified_stamp(self.path), self._version().encode())
 
     def _version(self) -> str:
         st = self.path.stat()
