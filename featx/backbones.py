@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from featx.config import POOLINGS, PRECISIONS, BackboneConfig
+from featx.config import POOLINGS, PRECISIONS, BackboneConfig, cache_path
 from featx.errors import BackboneError
 from featx.log import import_tensorflow
+from featx.runtime import check_runtime, resolve_runtime
 
 
 @dataclass(frozen=True)
@@ -99,16 +100,22 @@ class Backbone:
 
     ``features(images)`` maps a uint8 batch (N, S, S, 3) of RGB pixels, already resized to
     ``input_size``, to float32 features: preprocessing is part of the backbone, not the caller.
+    ``batched`` runs it with the runtime ``config.runtime`` names (featx/runtime.py); an
+    OpenVINO model converted from it is kept under ``cache_dir`` (default: featx's cache
+    folder, $FEATX_CACHE_DIR or data/cache).
     """
 
-    def __init__(self, config: BackboneConfig, seed: int = 0) -> None:
+    def __init__(self, config: BackboneConfig, seed: int = 0,
+                 cache_dir: str | os.PathLike | None = None) -> None:
         self.config = config
+        self.cache_dir = Path(cache_dir) if cache_dir else cache_path()
         self.spec = get_spec(config.name)
         if config.pooling not in POOLINGS:
             raise BackboneError(f"unknown pooling {config.pooling!r}; valid: {', '.join(POOLINGS)}")
         if config.precision not in PRECISIONS:
             raise BackboneError(f"unknown precision {config.precision!r}; "
                                 f"valid: {', '.join(PRECISIONS)}")
+        check_runtime(config.runtime, config.precision)
         self.input_size = config.input_size or self.spec.input_size
         low = MIN_INPUT_SIZE.get(self.spec.module, 32)
         if not low <= self.input_size <= MAX_INPUT_SIZE:
@@ -263,18 +270,41 @@ class Backbone:
         spec = tf.TensorSpec((batch_size, size, size, 3), tf.uint8)
         return tf.function(self.features, input_signature=[spec])
 
+    @cached_property
+    def runtime(self) -> str:
+        """``tensorflow`` or ``openvino``: who runs ``batched`` (``auto`` resolved here)."""
+        return resolve_runtime(self.config.runtime, self.config.precision)
+
+    def openvino(self, batch_size: int):
+        """``compiled(batch_size)`` converted to OpenVINO (once per cache folder: a later
+        call reads the converted model back without building the Keras model), as a
+        callable (batch_size, S, S, 3) uint8 -> float32 features (batch_size, ...)."""
+        from featx.runtime import OpenVINOForward, load_or_convert, model_key, thread_split
+
+        key = model_key(self.describe(), batch_size)
+        model = load_or_convert(lambda: self.compiled(batch_size), self.cache_dir,
+                                self.spec.name, batch_size, key)
+        return OpenVINOForward(model, thread_split())
+
     def batched(self, batch_size: int):
         """The forward pass used everywhere: ``run(images, ok)`` pads a batch of at most
         ``batch_size`` images with zeros to the one traced shape, trims the output back to
-        the batch and zeroes the rows of unreadable images (``ok`` False)."""
-        forward = self.compiled(batch_size)
+        the batch and zeroes the rows of unreadable images (``ok`` False). It runs on
+        ``self.runtime``."""
+        if self.runtime == "openvino":
+            forward = self.openvino(batch_size)
+        else:
+            compiled = self.compiled(batch_size)
+
+            def forward(images):
+                return compiled(images).numpy()
 
         def run(images: np.ndarray, ok: np.ndarray) -> np.ndarray:
             n = len(images)
             if n < batch_size:
                 images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]),
                                                           images.dtype)])
-            features = forward(images).numpy()[:n]
+            features = forward(images)[:n]
             features[~ok] = 0.0
             return features
 

@@ -9,7 +9,7 @@ import sys
 import warnings
 
 from featx import __version__
-from featx.config import SHORTHANDS, Config
+from featx.config import RUNTIMES, SHORTHANDS, Config
 from featx.errors import FeatxError, StoreError
 from featx.log import set_level
 
@@ -27,6 +27,9 @@ def _common() -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=["avg", "max", "flatten", "none"])
     p.add_argument("--input-size", type=int, help="square input size (default: native)")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--runtime", choices=list(RUNTIMES),
+                   help="who runs the frozen backbone: tensorflow (default), openvino (CPU; "
+                   "pip install 'featx[openvino]') or auto")
     p.add_argument("--cache-dir", help="feature store folder (default $FEATX_CACHE_DIR "
                    "or data/cache)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",

@@ -29,6 +29,7 @@ SHORTHANDS = {
     "data": "dataset.root", "manifest": "dataset.manifest", "backbone": "backbone.name",
     "weights": "backbone.weights", "layer": "backbone.layer", "pooling": "backbone.pooling",
     "input_size": "backbone.input_size", "batch_size": "extract.batch_size",
+    "runtime": "backbone.runtime",
     "cache_dir": "cache_dir", "out": "out", "classifiers": "classify.classifiers",
     "n_jobs": "classify.n_jobs", "engine": "extract.engine", "address": "ray_address",
     # on/off flags: None when absent, so that the pipeline's value stands
@@ -42,6 +43,9 @@ SHORTHANDS = {
 HASHES = ("stat", "content")
 POOLINGS = ("avg", "max", "flatten", "none")
 PRECISIONS = ("float32", "mixed_float16")
+# Who runs the frozen forward pass (featx/runtime.py): TensorFlow, OpenVINO (CPU, pip install
+# featx[openvino]) or auto (OpenVINO when it is installed and no GPU is in use).
+RUNTIMES = ("tensorflow", "openvino", "auto")
 RESIZE_POLICIES = ("squash", "crop", "pad")
 NORMALIZATIONS = ("none", "l2", "power", "pca_whiten")
 COMPRESSIONS = ("lzf", "gzip", "none")
@@ -112,6 +116,10 @@ class BackboneConfig:
     resize: str = one_of("squash", RESIZE_POLICIES)
     # Also read each image mirrored left-right and average the two features (twice the work)
     flip: bool = False
+    # tensorflow | openvino (the same TensorFlow model converted once and run by OpenVINO's CPU
+    # plugin, float32: features equal TensorFlow's within 1e-4 relative, so the store's key
+    # leaves it out) | auto (openvino when installed and TensorFlow sees no GPU)
+    runtime: str = one_of("tensorflow", RUNTIMES)
 
 
 @dataclass
@@ -299,7 +307,12 @@ class Config:
 
     @property
     def cache_path(self) -> Path:
-        return Path(self.cache_dir or os.environ.get("FEATX_CACHE_DIR") or DEFAULT_CACHE_DIR)
+        return cache_path(self.cache_dir)
+
+
+def cache_path(cache_dir: str = "") -> Path:
+    """The cache folder: ``cache_dir``, else $FEATX_CACHE_DIR, else data/cache."""
+    return Path(cache_dir or os.environ.get("FEATX_CACHE_DIR") or DEFAULT_CACHE_DIR)
 
 
 

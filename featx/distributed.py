@@ -175,7 +175,7 @@ class ShardExtractor:
         from featx.images import _usable_cores
 
         cfg = Config.from_dict(config, source="ray driver")
-        self.backbone = Backbone(cfg.backbone, seed=cfg.dataset.seed)
+        self.backbone = Backbone(cfg.backbone, seed=cfg.dataset.seed, cache_dir=cfg.cache_path)
         self.batch = cfg.extract.batch_size
         self.forward = self.backbone.batched(self.batch)
         # Pillow releases the GIL while decoding: threads decode a batch in parallel.

@@ -17,6 +17,12 @@ happens to have the same folder name gets a store of its own. Beside a store::
     <store>.h5.verified             the file version whose checksums were last checked in full
     <store>.runs/                   classification results
 
+The OpenVINO runtime (featx/runtime.py) keeps each converted backbone once, shared by every
+store made with it (key: backbone, weights identity, layers, pooling, input size, batch size,
+library versions)::
+
+    openvino/<backbone>-b<batch>-<key>/model.xml, model.bin
+
 Fine-tuning trains on decoded images, not on a store::
 
     <dataset>-<backbone>-finetune.runs/            its results
@@ -110,6 +116,19 @@ def belongings(store: Path) -> list[Path]:
     return [store, lock_path(store), verified_stamp(store), assembling_path(store),
             *store.parent.glob(store.name + ".*.partial"),
             *store.parent.glob(store.name + ".*.shards")]
+
+
+OPENVINO_DIR = "openvino"
+
+
+def converted_model_dir(cache_dir: Path, backbone: str, batch_size: int, key: str) -> Path:
+    """The folder holding one converted backbone (written whole, then renamed into place)."""
+    return Path(cache_dir) / OPENVINO_DIR / f"{safe_name(backbone)}-b{batch_size}-{key}"
+
+
+def converted_model_file(folder: Path) -> Path:
+    """The model file in a converted model's folder (its weights are beside it, .bin)."""
+    return Path(folder) / "model.xml"
 
 
 FINETUNE = "finetune"

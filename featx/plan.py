@@ -77,7 +77,8 @@ class Plan:
 def _settings(config: Config, variant: str = "plain"
               ) -> tuple[Dataset, Backbone, Variant, dict]:
     """The dataset, backbone, variant and settings (with their ``settings_key``) of a config."""
-    backbone = Backbone(config.backbone, seed=config.dataset.seed)  # settings before images
+    backbone = Backbone(config.backbone, seed=config.dataset.seed,  # settings before images
+                        cache_dir=config.cache_path)
     v = get_variant(config, variant)
     dataset = load_dataset(config.dataset)
     settings = feature_settings(backbone, v)

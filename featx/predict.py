@@ -30,6 +30,7 @@ from featx.errors import PredictError
 from featx.escape import spreadsheet_cell
 from featx.images import ReadErrors, Views, read_batches
 from featx.learners import class_scores
+from featx.runtime import openvino_version
 from featx.store import store_key
 from featx.variants import Variant
 
@@ -111,6 +112,10 @@ class Predictor:
             section["weights"] = str(weights)
         known = {f.name for f in dataclasses.fields(BackboneConfig)}
         config = BackboneConfig(**{k: v for k, v in section.items() if k in known})
+        if config.runtime == "openvino" and openvino_version() is None:
+            # the runtime changes no feature beyond 1e-4 relative: a model extracted with
+            # OpenVINO predicts with TensorFlow where OpenVINO is not installed
+            config = dataclasses.replace(config, runtime="tensorflow")
         recorded = config.weights.strip()
         if weights is None and recorded.lower() not in ("imagenet", "none", "") \
                 and not Path(recorded).expanduser().is_file():

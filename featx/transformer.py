@@ -52,6 +52,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         Feature-store folder (as ``featx extract --cache-dir``); None: no cache.
     seed : int, default=42
         Seeds random weights (``weights="none"``), as ``dataset.seed`` does for extraction.
+    runtime : {"tensorflow", "openvino", "auto"}, default="tensorflow"
+        Who runs the backbone (``backbone.runtime``); OpenVINO's converted model is kept in
+        ``cache_dir`` (None: featx's default cache folder). The features are the same
+        within 1e-4 relative, so cached features serve either runtime.
 
     The model is built on first use and never pickled or cloned: a clone or an unpickled
     copy builds its own.
@@ -59,7 +63,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     def __init__(self, backbone: str = "MobileNetV2", weights: str = "imagenet",
                  layer: str = "", pooling: str = "avg", input_size: int = 0,
-                 batch_size: int = 32, cache_dir: str | None = None, seed: int = 42) -> None:
+                 batch_size: int = 32, cache_dir: str | None = None, seed: int = 42,
+                 runtime: str = "tensorflow") -> None:
         self.backbone = backbone
         self.weights = weights
         self.layer = layer
@@ -68,6 +73,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.cache_dir = cache_dir
         self.seed = seed
+        self.runtime = runtime
 
     # -- scikit-learn API ------------------------------------------------------------------
 
@@ -133,7 +139,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     def _config(self) -> Config:
         config = Config.from_dict({
             "backbone": {"name": self.backbone, "weights": self.weights, "layer": self.layer,
-                         "pooling": self.pooling, "input_size": self.input_size},
+                         "pooling": self.pooling, "input_size": self.input_size,
+                         "runtime": self.runtime},
             "extract": {"batch_size": self.batch_size},
             "dataset": {"seed": self.seed, "test": 0.0},
             "cache_dir": str(self.cache_dir or ""),
@@ -144,7 +151,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         from featx.backbones import Backbone
 
         if getattr(self, "_model", None) is None:
-            self._model = Backbone(self._config().backbone, seed=self.seed)
+            config = self._config()
+            self._model = Backbone(config.backbone, seed=self.seed, cache_dir=config.cache_path)
         return self._model
 
     def _compute_pixels(self, items: list) -> np.ndarray:
