@@ -20,6 +20,12 @@ flowers5 (128px JPEGs), one run measures side by side:
   write everything to HDF5 at the end (the model is built and warmed up outside the timing).
   It runs in its own process, without featx and with the environment `make bench` was started
   with, so that TensorFlow settings featx makes (threads, oneDNN) do not leak into it.
+* OpenVINO (when installed, ``pip install featx[openvino]``): the same backbone with
+  ``backbone.runtime = "openvino"``. Its bound (``Backbone.openvino``: the converted model,
+  one synchronous float32 request over the same in-memory batch) is sampled beside
+  TensorFlow's, and featx end to end runs with it after the TensorFlow runs; its converted
+  model is made once, before (the conversion is paid once per cache folder). The thread split
+  (featx.runtime.thread_split) is printed with the table.
 * memory: peak resident memory (VmHWM) of a featx extraction of N and of 4N images
   (MobileNetV2, flowers17; 4N = the same files under 4x distinct names), each in a fresh process.
 
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import resource
@@ -57,6 +64,9 @@ BOUND_BATCHES = {"MobileNetV2": 3, "ResNet50": 1}  # timed batches per bound sam
 TARGET_BOUND = 0.85  # featx / bound, MobileNetV2 and ResNet50 on flowers17
 TARGET_NAIVE = 3.0  # featx / naive, MobileNetV2
 TARGET_MEMORY = 1.15  # peak RSS at 4N / at N
+# featx end to end with OpenVINO / TensorFlow's compute-only bound, on flowers17 (issue 15)
+TARGET_OV_OVER_TF = {"MobileNetV2": 1.5, "ResNet50": 1.15}
+TARGET_OV_OWN = {"MobileNetV2": 0.85}  # featx end to end with OpenVINO / OpenVINO's bound
 
 
 def die(message: str) -> NoReturn:
@@ -140,25 +150,32 @@ def link_subset(files: list[Path], dest: Path, copies: int = 1) -> Path:
 
 # --------------------------------------------------------------------------- measurements
 
-def featx_config(model: str, root: Path, cache: Path):
+def featx_config(model: str, root: Path, cache: Path, runtime: str = "tensorflow"):
     from featx.config import Config
 
     config = Config()
     config.dataset.root = str(root)
     config.backbone.name = model
     config.backbone.weights = "none"
+    config.backbone.runtime = runtime
     config.extract.batch_size = BATCH
     config.cache_dir = str(cache)
     return config
 
 
-def run_featx(model: str, root: Path, work: Path) -> tuple[int, float, float, float]:
-    """(rows, steady img/s, wall img/s, background cores) of one featx extraction."""
+def run_featx(model: str, root: Path, work: Path, runtime: str = "tensorflow"
+              ) -> tuple[int, float, float, float]:
+    """(rows, steady img/s, wall img/s, background cores) of one featx extraction. OpenVINO's
+    converted model is taken from ``work``, where the OpenVINO bound made it: the conversion
+    is paid once per cache folder, not per extraction."""
     from featx.extraction import extract
+    from featx.layout import OPENVINO_DIR
 
     cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
+    if runtime == "openvino":
+        (cache / OPENVINO_DIR).symlink_to(OVBound.cache(work) / OPENVINO_DIR)
     with Meter() as m:
-        result = extract(featx_config(model, root, cache), progress=False)
+        result = extract(featx_config(model, root, cache, runtime), progress=False)
     if result.cache_hit or not result.extracted:
         raise RuntimeError(f"featx extraction of {root} was a cache hit: nothing measured")
     wall = result.extracted / m.seconds
@@ -194,6 +211,40 @@ class Bound:
             for _ in range(self.batches):
                 self.forward(self.images).numpy()
         return self.batches * BATCH / m.seconds, m.background
+
+
+class OVBound:
+    """OpenVINO's compute-only bound: featx's converted backbone (``Backbone.openvino``, the
+    same function as the TensorFlow bound's) over the same in-memory uint8 batch."""
+
+    def __init__(self, model: str, work: Path) -> None:
+        from featx.backbones import Backbone
+
+        # the extraction's backbone (seeded by dataset.seed): featx's runs find its model
+        config = featx_config(model, Path("."), self.cache(work), "openvino")
+        backbone = Backbone(config.backbone, seed=config.dataset.seed,
+                            cache_dir=self.cache(work))
+        self.forward = backbone.openvino(BATCH)
+        self.batches = max(1, BOUND_BATCHES.get(model, 1))
+
+    @staticmethod
+    def cache(work: Path) -> Path:
+        return work / "openvino-models"
+
+    def load(self, images) -> None:
+        self.images = images.numpy()
+        self.forward(self.images)
+
+    def sample(self) -> tuple[float, float]:
+        self.forward(self.images)
+        with Meter() as m:
+            for _ in range(self.batches):
+                self.forward(self.images)
+        return self.batches * BATCH / m.seconds, m.background
+
+
+def openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
 
 
 class Naive:
@@ -275,6 +326,13 @@ class Row:
     wall_rel: list[float] = field(default_factory=list)
     naive_rel: list[float] = field(default_factory=list)
     background: list[float] = field(default_factory=list)
+    # OpenVINO: its bound; featx end to end with it, over TF's bound and over its own
+    ov_bound: list[float] = field(default_factory=list)
+    ov_steady: list[float] = field(default_factory=list)
+    ov_wall: list[float] = field(default_factory=list)
+    ov_bound_rel: list[float] = field(default_factory=list)  # OV bound / TF bound, same time
+    ov_rel_tf: list[float] = field(default_factory=list)
+    ov_rel_own: list[float] = field(default_factory=list)
 
     def median(self, name: str) -> float:
         values = getattr(self, name)
@@ -287,16 +345,27 @@ class Row:
 
 
 def measure_row(model: str, dataset: str, files: list[Path], bound: Bound, naive: Naive,
-                work: Path, repeats: int) -> Row:
-    """bound, featx, bound, featx, ..., bound, naive, bound (featx ``repeats`` times)."""
+                work: Path, repeats: int, ov: OVBound | None = None) -> Row:
+    """bound, featx, bound, featx, ..., bound, naive, bound (featx ``repeats`` times); with
+    ``ov``, each bound sample is a TensorFlow and an OpenVINO one, and featx with OpenVINO
+    runs ``repeats`` times more at the end (bound, featx-ov, bound, ...)."""
     row = Row(model, dataset)
     bound.load(files)
+    if ov is not None:
+        ov.load(bound.images)
     root = link_subset(files, work / f"{model}-{dataset}" / dataset)
+    ov_before = [0.0]
 
     def sample_bound() -> float:
         rate, bg = bound.sample()
         row.bound.append(rate)
         row.background.append(bg)
+        if ov is not None:
+            ov_rate, bg = ov.sample()
+            row.ov_bound.append(ov_rate)
+            row.ov_bound_rel.append(ov_rate / rate)
+            row.background.append(bg)
+            ov_before.append(ov_rate)
         return rate
 
     before = sample_bound()
@@ -314,9 +383,25 @@ def measure_row(model: str, dataset: str, files: list[Path], bound: Bound, naive
     after = sample_bound()
     row.naive.append(rate)
     row.naive_rel.append(rate / ((before + after) / 2))
+    before = after
+    for _ in range(max(1, repeats) if ov is not None else 0):
+        ov_prev = ov_before[-1]
+        _, steady, wall, bg = run_featx(model, root, work, "openvino")
+        row.background.append(bg)
+        after = sample_bound()
+        row.ov_steady.append(steady)
+        row.ov_wall.append(wall)
+        row.ov_rel_tf.append(steady / ((before + after) / 2))
+        row.ov_rel_own.append(steady / ((ov_prev + ov_before[-1]) / 2))
+        before = after
     log(f"{model:<11} {dataset:<9} bound {', '.join(f'{b:.1f}' for b in row.bound)} | featx "
         f"steady {', '.join(f'{v:.1f}' for v in row.steady)} wall "
         f"{', '.join(f'{v:.1f}' for v in row.wall)} | naive {rate:.1f} img/s")
+    if ov is not None:
+        log(f"{model:<11} {dataset:<9} openvino bound "
+            f"{', '.join(f'{b:.1f}' for b in row.ov_bound)} | featx-openvino steady "
+            f"{', '.join(f'{v:.1f}' for v in row.ov_steady)} wall "
+            f"{', '.join(f'{v:.1f}' for v in row.ov_wall)} img/s")
     return row
 
 
@@ -449,7 +534,50 @@ before and after it. bg: cores kept busy by other processes meanwhile (a shared 
         verdict = "PASS" if ratio <= TARGET_MEMORY else "FAIL"
         print(f"  {verdict}  peak memory at 4N <= {TARGET_MEMORY} x at N (N={n_memory}): "
               f"{ratio:.2f}")
+    report_openvino(rows)
     print(f"(benchmark took {seconds / 60:.1f} min; targets missed are reported, not errors)")
+
+
+def report_openvino(rows: list[Row]) -> None:
+    """The OpenVINO rows: both bounds side by side, featx end to end with OpenVINO, targets."""
+    ov_rows = [r for r in rows if r.ov_bound]
+    print()
+    if not ov_rows:
+        print("OpenVINO: not installed (pip install 'featx[openvino]'): no OpenVINO rows")
+        return
+    import openvino
+
+    from featx.runtime import thread_split
+
+    print(f"OpenVINO {openvino.__version__} (CPU plugin, PERFORMANCE_HINT=LATENCY, float32), "
+          f"thread split: {thread_split().describe()}")
+    header = (f"{'model':<11} {'dataset':<9} {'tf bound':>8} {'ov bound':>8} {'ov/tf':>6} "
+              f"{'featx-ov':>8} {'/tf bound':>9} {'/ov bound':>9} {'wall':>6}")
+    print(header)
+    print("-" * len(header))
+    for r in ov_rows:
+        print(f"{r.model:<11} {r.dataset:<9} {r.median('bound'):8.1f} {r.median('ov_bound'):8.1f} "
+              f"{fmt_ratio(r.median('ov_bound_rel')):>6} {r.median('ov_steady'):8.1f} "
+              f"{fmt_ratio(r.median('ov_rel_tf')):>9} {fmt_ratio(r.median('ov_rel_own')):>9} "
+              f"{r.median('ov_wall'):6.1f}")
+    print("""ov bound: the converted model over the same in-memory batch, sampled right after each
+TensorFlow bound sample (ov/tf: median of the paired ratios). featx-ov: featx end to end
+with backbone.runtime = "openvino" (steady state; its converted model made once before).""")
+    print("targets (OpenVINO):")
+    by = {(r.model, r.dataset): r for r in ov_rows}
+    for model, target in TARGET_OV_OVER_TF.items():
+        r = by.get((model, "flowers17"))
+        if r:
+            ratio = r.median("ov_rel_tf")
+            print(f"  {'PASS' if ratio >= target else 'FAIL'}  featx-openvino >= {target} x "
+                  f"TensorFlow's bound, {model} flowers17: {ratio:.2f} (OpenVINO's own bound: "
+                  f"{r.median('ov_bound_rel'):.2f} x TensorFlow's)")
+    for model, target in TARGET_OV_OWN.items():
+        r = by.get((model, "flowers17"))
+        if r:
+            ratio = r.median("ov_rel_own")
+            print(f"  {'PASS' if ratio >= target else 'FAIL'}  featx-openvino >= {target} x "
+                  f"OpenVINO's bound, {model} flowers17: {ratio:.2f}")
 
 
 # --------------------------------------------------------------------------- main
@@ -517,15 +645,16 @@ def main(argv: list[str] | None = None) -> int:
         for model in models:
             log(f"{model}: building the bound and the naive models")
             bound, naive = Bound(model), Naive(model, user_env)
+            ov = OVBound(model, work) if openvino_installed() else None
             naive_setup = naive.setup
             n = args.images or DEFAULT_IMAGES.get(model, 256)
             try:
                 for d in datasets:
                     rows.append(measure_row(model, d, pick(files[d], n), bound, naive, work,
-                                            args.repeats or DEFAULT_REPEATS.get(model, 1)))
+                                            args.repeats or DEFAULT_REPEATS.get(model, 1), ov))
             finally:
                 naive.close()
-            del bound, naive
+            del bound, naive, ov
         memory: dict[int, dict] = {}
         if args.memory_images > 0:
             flowers17 = files.get("flowers17") or list_images(roots["flowers17"])
