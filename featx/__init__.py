@@ -22,7 +22,7 @@ __version__ = "0.2.0"  # also the first heading of CHANGELOG.md
 _PUBLIC = {
     "extract": "featx.api", "classify": "featx.api", "load_model": "featx.api",
     "make_config": "featx.api", "Store": "featx.api", "ClassifyResult": "featx.api",
-    "Model": "featx.api",
+    "Model": "featx.api", "sweep": "featx.api",
     "FeatureExtractor": "featx.transformer", "Config": "featx.config",
     "FeatxError": "featx.errors",
 }
