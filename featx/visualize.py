@@ -313,7 +313,7 @@ def visualization_png(v: Visualization, title: str = "") -> bytes:
 
 def _describe(backbone: Backbone) -> str:
     weights = {"file": Path(str(backbone.weights_path)).name, "none": "random weights"}
-    return f"{backbone.spec.name} ({weights.get(backbone.weights_kind, 'ImageNet')}), "
+    return f"{backbone.spec.name} ({weights.get(backbone.weights_kind, 'ImageNet')})\n"
 
 
 def draw_filters(backbone: Backbone, folder: str | Path = ".") -> Path:
