@@ -207,9 +207,9 @@ class Backbone:
     @cached_property
     def model(self):
         """The frozen keras feature extractor (built on first use)."""
+        base = self.base  # imports TensorFlow quietly first
         import keras
 
-        base = self.base
         names = [layer.name for layer in base.layers]
         for name in self.layers:
             if name not in names:
