@@ -1,10 +1,12 @@
-"""Managing the cache folder: list, describe, verify and remove feature stores."""
+"""Managing the cache folder: list, describe, verify and remove feature stores (and the
+checkpoints of unfinished fine-tunings, which live beside them)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import numpy as np
 from featx.layout import (
     STORE_SUFFIX,
     belongings,
+    checkpoint_files,
+    parse_checkpoint_name,
     parse_store_name,
     partial_dirs,
     partial_key,
@@ -33,6 +37,12 @@ class Entry:
     rows: int
     bytes: int
     complete: bool
+    kind: str = "store"  # store | partial (an unfinished extraction) | checkpoint (fine-tuning)
+
+    @property
+    def state(self) -> str:
+        return "complete" if self.complete else "checkpoint" if self.kind == "checkpoint" \
+            else "partial"
 
 
 def entries(cache_dir: Path) -> list[Entry]:
@@ -63,7 +73,16 @@ def entries(cache_dir: Path) -> list[Entry]:
             rows = 0
         name = parse_store_name(partial.name)
         out.append(Entry(partial, partial_key(partial), name.dataset, name.backbone, rows,
-                         sum(b.stat().st_size for b in blocks), False))
+                         sum(b.stat().st_size for b in blocks), False, "partial"))
+    for checkpoint in checkpoint_files(cache_dir):
+        name = parse_checkpoint_name(checkpoint.name)
+        try:  # rows: the epochs it has finished
+            with np.load(checkpoint) as f:
+                epochs = len(json.loads(str(f["state"])).get("history", []))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            epochs = 0
+        out.append(Entry(checkpoint, name.key, name.dataset, name.backbone, epochs,
+                         checkpoint.stat().st_size, False, "checkpoint"))
     return out
 
 

@@ -418,10 +418,9 @@ def _cache(args: argparse.Namespace) -> int:
     if args.cache_command == "ls":
         rows = cache.entries(folder)
         print(f"{'key':<16}  {'dataset':<16} {'backbone':<18} {'rows':>8} {'MB':>8}  state")
-        for e in rows:
-            state = "complete" if e.complete else "partial"
+        for e in rows:  # a checkpoint's rows: the epochs it has finished
             print(f"{e.key[:16]:<16}  {e.dataset[:16]:<16} {e.backbone[:18]:<18} {e.rows:>8} "
-                  f"{e.bytes / 1e6:>8.1f}  {state}")
+                  f"{e.bytes / 1e6:>8.1f}  {e.state}")
         print(f"{len(rows)} entries in {folder}")
         return 0
     if args.cache_command == "info":
@@ -430,7 +429,8 @@ def _cache(args: argparse.Namespace) -> int:
                          default=str))
         return 0
     if args.cache_command == "verify":
-        targets = [cache.find(folder, k) for k in args.keys] or cache.entries(folder)
+        targets = [cache.find(folder, k) for k in args.keys] or [
+            e for e in cache.entries(folder) if e.kind != "checkpoint"]
         bad = 0
         for e in targets:
             problems = cache.verify(e.path) if e.complete else ["unfinished extraction"]

@@ -53,6 +53,7 @@ TEST_FEATURES = ("plain", "tencrop")
 CLASS_WEIGHTS = ("", "balanced")
 COMBINE_MODES = ("fuse", "ensemble")
 OPTIMIZERS = ("adam", "rmsprop")
+LR_SCHEDULES = ("constant", "cosine")
 CLASSIFIERS = ("logreg", "linear_svm", "rbf_svm", "knn", "sgd")  # featx.learners.LEARNERS
 
 
@@ -184,6 +185,14 @@ class FinetuneConfig:
     batch_size: int = within(32, 1, 4096)
     patience: int = within(5, 0)  # epochs without a lower validation loss before a phase stops
     augment: bool = True  # train on each training image and its mirror image
+    # K > 0: also K random crops of each training image (area 50-100%, aspect 3/4-4/3,
+    # mirrored at random), their frozen activations computed once like the rest
+    crops: int = within(0, 0, 32)
+    # phase 2's learning rate: constant | cosine (decays to 0 over `epochs` epochs)
+    schedule: str = one_of("constant", LR_SCHEDULES)
+    # after early stopping, train again from the start on train + validation rows for the
+    # epochs each phase kept (no validation rows left to stop on)
+    refit: bool = False
     holdout: float = 0.15  # per-class share of training rows for early stopping if dataset.val=0
     seed: int = 0
 

@@ -20,29 +20,45 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
+import json
 import logging
+import sys
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from featx.backbones import Backbone
 from featx.config import OPTIMIZERS, BackboneConfig, Config, FinetuneConfig
 from featx.dataset import TEST, TRAIN, VAL, load_dataset, manifest_digest, stratified_split
 from featx.errors import FinetuneError
 from featx.images import READ_POLICY, ReadErrors, read_batches
+from featx.layout import checkpoint_path, finetune_runs_dir
 from featx.log import import_tensorflow
-from featx.report import beside, evaluate, repeat_summary, summary_line, write_reports
-from featx.store import safe_name, store_key
+from featx.report import (
+    beside,
+    evaluate,
+    monitor_png,
+    repeat_summary,
+    report_paths,
+    summary_line,
+    write_reports,
+)
+from featx.runinfo import write_atomic
+from featx.store import store_key
 
 log = logging.getLogger(__name__)
 
 HEAD_POOLINGS = ("avg", "max", "flatten")
 MOMENTUM = 0.9
-
+# The phases in order; the last two only with finetune.refit.
+PHASES = ("warmup", "finetune", "refit warmup", "refit finetune")
 
 
 @dataclass
@@ -122,7 +138,8 @@ class FineTuner:
 
     def __init__(self, backbone: BackboneConfig, settings: FinetuneConfig, n_classes: int,
                  backbone_seed: int = 0, batch_size: int = 32,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, progress: bool = False,
+                 monitor: Callable[[list[dict], dict[str, int]], None] | None = None) -> None:
         if backbone.pooling not in HEAD_POOLINGS:
             raise FinetuneError(f"backbone.pooling = {backbone.pooling!r}: the fine-tuning head "
                                 f"needs one of {', '.join(HEAD_POOLINGS)}")
@@ -140,7 +157,11 @@ class FineTuner:
         self.n_classes = n_classes
         self.batch_size = batch_size  # inference batches (the frozen part)
         self.log = log or (lambda line: None)
+        self.progress = progress  # a tqdm bar per epoch
+        self.monitor = monitor or (lambda history, kept: None)  # called after every epoch
         self.history: list[dict[str, Any]] = []
+        self.kept: dict[str, int] = {}  # phase -> the epoch whose weights were kept (0: start)
+        self.resumed_from: dict[str, Any] | None = None
         self.timings: dict[str, float] = {}
         # The spatial map: pooling belongs to the head.
         self.backbone = Backbone(dataclasses.replace(backbone, pooling="none"),
@@ -204,51 +225,164 @@ class FineTuner:
         return np.concatenate([np.asarray(self._frozen(images[i:i + self.batch_size]))
                                for i in range(0, len(images), self.batch_size)])
 
-    def fit(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
-            ) -> FineTuner:
+    def augmented(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The training images as trained on: ``x``, then (``augment``) their mirror images,
+        then (``crops`` K) K random crops of each. Shapes (n', s, s, 3) uint8 and (n',)."""
+        s = self.settings
+        parts, labels = [x], [y]
+        if s.augment:
+            parts.append(x[:, :, ::-1])
+            labels.append(y)
+        if s.crops:
+            parts.append(random_crops(x, s.crops, s.seed))
+            labels.append(np.repeat(y, s.crops))
+        return np.concatenate(parts), np.concatenate(labels)
+
+    def fit(self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+            checkpoint: Checkpoint | None = None) -> FineTuner:
+        """Train on ``x`` (n, s, s, 3) uint8 with labels ``y`` (n,), stopping each phase
+        early on ``x_val``/``y_val``. With a ``checkpoint``, the state after every epoch is
+        saved there, and a saved state is resumed from (the same settings and data give the
+        same kept epochs and weights as an uninterrupted run)."""
         import_tensorflow()
         import keras
 
         s = self.settings
+        checkpoint = checkpoint or Checkpoint(None)
         started = time.perf_counter()
-        if s.augment:  # the mirror image of every training image (only training images)
-            x, y = np.concatenate([x, x[:, :, ::-1]]), np.concatenate([y, y])
-        a, a_val = self.frozen_features(x), self.frozen_features(x_val)
+        x_aug, y_aug = self.augmented(x, y)
+        a, a_val = self.frozen_features(x_aug), self.frozen_features(x_val)
         self.timings["frozen_features_s"] = time.perf_counter() - started
 
-        started = time.perf_counter()
-        p, p_val = (self.pooled.predict(v, batch_size=self.batch_size, verbose=0)
-                    for v in (a, a_val))
-        warm = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}[
-            s.warmup_optimizer](learning_rate=s.warmup_lr)
-        self._phase("warmup", self.head, warm, s.warmup_epochs, p, y, p_val, y_val)
-        self.timings["warmup_s"] = time.perf_counter() - started
+        initial = self.network.get_weights()
+        saved = checkpoint.load()
+        state, arrays = saved or ({}, {})
+        at = state.get("phase", 0)
+        if saved:
+            self.history, self.kept = state["history"], state["kept"]
+            self.network.set_weights(arrays["weights"])
+            self.resumed_from = {"phase": PHASES[min(at, len(PHASES) - 1)],
+                                 "epoch": state["epoch"], "done": at >= len(PHASES)}
+            self.log(f"resuming from {checkpoint.path} ({self.resumed_from['phase']}, "
+                     f"{state['epoch']} epoch(s) done)")
 
-        started = time.perf_counter()
-        sgd = keras.optimizers.SGD(learning_rate=s.lr, momentum=MOMENTUM)
-        self._phase("finetune", self.network, sgd, s.epochs, a, y, a_val, y_val,
-                    keep_start=True)
-        self.timings["finetune_s"] = time.perf_counter() - started
+        def pooled(v: np.ndarray) -> np.ndarray:
+            return self.pooled.predict(v, batch_size=self.batch_size, verbose=0)
+
+        warm = {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop}[
+            s.warmup_optimizer]
+
+        def sgd(n_rows: int):
+            lr: Any = s.lr
+            if s.schedule == "cosine" and s.epochs:
+                steps = s.epochs * -(-n_rows // s.batch_size)
+                lr = keras.optimizers.schedules.CosineDecay(s.lr, decay_steps=steps)
+            return keras.optimizers.SGD(learning_rate=lr, momentum=MOMENTUM)
+
+        def train(index: int, *args, **kwargs) -> None:
+            if index < at:  # finished before the checkpoint: its weights are restored
+                return
+            resume = (state, arrays) if index == at and state.get("epoch") else None
+            started = time.perf_counter()
+            self._phase(PHASES[index], index, *args, resume=resume, checkpoint=checkpoint,
+                        **kwargs)
+            self.timings[f"{PHASES[index].replace(' ', '_')}_s"] = \
+                time.perf_counter() - started
+
+        p_val = pooled(a_val) if at == 0 else None
+        train(0, self.head, warm(learning_rate=s.warmup_lr), s.warmup_epochs,
+              pooled(a) if at == 0 else None, y_aug, p_val, y_val)
+        train(1, self.network, sgd(len(a)), s.epochs, a, y_aug, a_val, y_val, keep_start=True)
+        self.network.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         self.val_loss, self.val_accuracy = (float(v) for v in self.network.evaluate(
             a_val, y_val, batch_size=self.batch_size, verbose=0))
+        if s.refit:  # again from the start, on train + validation rows, for the kept epochs
+            val_aug, y_val_aug = self.augmented(x_val, y_val)
+            a_all = np.concatenate([a, self.frozen_features(val_aug)])
+            y_all = np.concatenate([y_aug, y_val_aug])
+            if at <= 2:
+                self.network.set_weights(initial if at < 2 or not state.get("epoch")
+                                         else arrays["weights"])
+            train(2, self.head, warm(learning_rate=s.warmup_lr), self.kept["warmup"],
+                  pooled(a_all) if at <= 2 else None, y_all, None, None, stop_early=False)
+            train(3, self.network, sgd(len(a_all)), self.kept["finetune"], a_all, y_all,
+                  None, None, stop_early=False)
+        checkpoint.save({"phase": len(PHASES), "epoch": 0, "history": self.history,
+                         "kept": self.kept}, {"weights": self.network.get_weights()})
         return self
 
-    def _phase(self, phase: str, model, optimizer, epochs: int, x, y, x_val, y_val,
-               keep_start: bool = False) -> None:
-        """Train ``model`` up to ``epochs``, stopping early, and keep the weights of the best
-        validation loss (``keep_start``: the weights it starts with count as a candidate)."""
+    def _phase(self, phase: str, index: int, model, optimizer, epochs: int, x, y, x_val,
+               y_val, keep_start: bool = False, stop_early: bool = True,
+               resume: tuple[dict, dict] | None = None,
+               checkpoint: Checkpoint | None = None) -> None:
+        """Train ``model`` up to ``epochs``; with ``stop_early``, stop after ``patience``
+        epochs without a lower validation loss and keep the weights of the lowest
+        (``keep_start``: the weights it starts with count as a candidate). The order of the
+        rows and the dropout masks of an epoch follow (seed, phase, epoch) alone, so a resumed
+        phase repeats exactly what an uninterrupted one does."""
+        s = self.settings
         model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"])
         if not epochs:
+            self.kept.setdefault(phase, 0)
             return
-        baseline = float("inf")
-        if keep_start:
-            baseline = float(model.evaluate(x_val, y_val, batch_size=self.batch_size,
+        if resume:
+            state, arrays = resume
+            optimizer.build(model.trainable_variables)
+            for variable, value in zip(optimizer.variables, arrays["optimizer"], strict=True):
+                variable.assign(value)
+            epoch, best, wait = state["epoch"], state["best"], state["wait"]
+            kept = state["best_epoch"]
+            best_weights = arrays["best"]
+        else:
+            epoch, best, wait, kept = 0, float("inf"), 0, 0
+            if keep_start and stop_early:
+                best = float(model.evaluate(x_val, y_val, batch_size=self.batch_size,
                                             verbose=0)[0])
-        keeper = _KeepBest(phase, self.settings.patience, baseline, self.history, self.log,
-                           epochs)
-        model.fit(x, y, batch_size=self.settings.batch_size, epochs=epochs, shuffle=True,
-                  validation_data=(x_val, y_val), callbacks=[keeper], verbose=0)
+            best_weights = model.get_weights()
+        steps = -(-len(x) // s.batch_size)
+        while epoch < epochs and not (stop_early and wait and wait >= s.patience):
+            started = time.perf_counter()
+            rng = np.random.default_rng([s.seed, index, epoch])
+            order = rng.permutation(len(x))
+            self.dropout.seed_generator.state.assign(
+                np.array([rng.integers(2**31), 0], dtype="int64"))
+            with tqdm(total=steps, desc=f"{phase} {epoch + 1}/{epochs}", unit="batch",
+                      leave=False, disable=not self.progress, file=sys.stderr) as bar:
+                fit = model.fit(x[order], y[order], batch_size=s.batch_size, epochs=1,
+                                shuffle=False, verbose=0, callbacks=[_BatchBar(bar)])
+            epoch += 1
+            row = {"phase": phase, "epoch": epoch, "loss": float(fit.history["loss"][0]),
+                   "accuracy": float(fit.history["accuracy"][0])}
+            line = (f"{phase:<8} epoch {epoch:>2}/{epochs}  loss {row['loss']:.3f} "
+                    f"acc {row['accuracy']:.3f}")
+            if stop_early:
+                val_loss, val_accuracy = (float(v) for v in model.evaluate(
+                    x_val, y_val, batch_size=self.batch_size, verbose=0))
+                row.update(val_loss=val_loss, val_accuracy=val_accuracy)
+                line += f"  val loss {val_loss:.3f} acc {val_accuracy:.3f}"
+                if val_loss < best:
+                    best, wait, kept, best_weights = val_loss, 0, epoch, model.get_weights()
+                else:
+                    wait += 1
+            row["seconds"] = round(time.perf_counter() - started, 3)
+            self.history.append(row)
+            self.log(f"{line}  ({row['seconds']:.1f}s)")
+            if checkpoint is not None:
+                checkpoint.save(
+                    {"phase": index, "epoch": epoch, "best": best, "wait": wait,
+                     "best_epoch": kept, "history": self.history, "kept": self.kept},
+                    {"weights": self.network.get_weights(),
+                     "optimizer": [np.asarray(v) for v in optimizer.variables],
+                     "best": best_weights})
+            self.monitor(self.history, self.kept)
+        if stop_early:
+            model.set_weights(best_weights)
+        self.kept[phase] = kept if stop_early else epoch
+        if checkpoint is not None:
+            checkpoint.save({"phase": index + 1, "epoch": 0, "history": self.history,
+                             "kept": self.kept}, {"weights": self.network.get_weights()})
+        self.monitor(self.history, self.kept)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         a = self.frozen_features(images)
@@ -269,50 +403,95 @@ class FineTuner:
 
 
 @functools.cache
-def _keep_best_callback():
+def _batch_bar_callback():
     import_tensorflow()
     import keras
 
-    class KeepBest(keras.callbacks.Callback):
-        """Early stopping on the validation loss that restores the best weights, including
-        the weights the phase started from when no epoch beats them; logs epoch times."""
+    class BatchBar(keras.callbacks.Callback):
+        """Moves a tqdm bar by one after every training batch."""
 
-        def __init__(self, phase, patience, baseline, history, log, epochs):
+        def __init__(self, bar):
             super().__init__()
-            self.phase, self.patience, self.best = phase, patience, baseline
-            self.history, self.log, self.epochs = history, log, epochs
-            self.wait = 0
+            self.bar = bar
 
-        def on_train_begin(self, logs=None):
-            self.best_weights = self.model.get_weights()
+        def on_train_batch_end(self, batch, logs=None):
+            self.bar.update(1)
 
-        def on_epoch_begin(self, epoch, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            seconds = time.perf_counter() - self.started
-            row = {"phase": self.phase, "epoch": epoch + 1, "seconds": round(seconds, 3),
-                   **{k: float(logs[k]) for k in ("loss", "accuracy", "val_loss", "val_accuracy")}}
-            self.history.append(row)
-            self.log(f"{self.phase:<8} epoch {epoch + 1:>2}/{self.epochs}  "
-                     f"loss {row['loss']:.3f} acc {row['accuracy']:.3f}  val loss "
-                     f"{row['val_loss']:.3f} acc {row['val_accuracy']:.3f}  ({seconds:.1f}s)")
-            if row["val_loss"] < self.best:
-                self.best, self.wait = row["val_loss"], 0
-                self.best_weights = self.model.get_weights()
-            else:
-                self.wait += 1
-                if self.wait >= self.patience:
-                    self.model.stop_training = True
-
-        def on_train_end(self, logs=None):
-            self.model.set_weights(self.best_weights)
-
-    return KeepBest
+    return BatchBar
 
 
-def _KeepBest(*args):  # noqa: N802 - built lazily: keras is imported only when needed
-    return _keep_best_callback()(*args)
+def _BatchBar(bar):  # noqa: N802 - built lazily: keras is imported only when needed
+    return _batch_bar_callback()(bar)
+
+
+def random_crops(images: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """``k`` random crops of each image (n, s, s, 3) uint8 -> (n * k, s, s, 3) uint8, image
+    by image: area 50-100% of the image, aspect ratio 3/4-4/3, half of them mirrored, each
+    resized back to s x s (bilinear). Deterministic in ``seed``."""
+    tf = import_tensorflow()
+    n, size = len(images), images.shape[1]
+    rng = np.random.default_rng([seed, 7])
+    area = rng.uniform(0.5, 1.0, (n, k))
+    ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3), (n, k)))
+    h, w = np.minimum(np.sqrt(area / ratio), 1.0), np.minimum(np.sqrt(area * ratio), 1.0)
+    y0, x0 = rng.uniform(0, 1 - h), rng.uniform(0, 1 - w)
+    mirror = rng.random((n, k)) < 0.5
+    left, right = np.where(mirror, x0 + w, x0), np.where(mirror, x0, x0 + w)  # x2 < x1 mirrors
+    boxes = np.stack([y0, left, y0 + h, right], -1).reshape(-1, 4).astype(np.float32)
+    out = np.empty((n * k, size, size, 3), np.uint8)
+    step = 64
+    for i in range(0, n, step):
+        batch = tf.constant(images[i:i + step], tf.float32)
+        rows = slice(i * k, min(i + step, n) * k)
+        index = np.repeat(np.arange(len(batch)), k).astype(np.int32)
+        crops = tf.image.crop_and_resize(batch, boxes[rows], index, (size, size))
+        out[rows] = np.clip(np.round(crops.numpy()), 0, 255).astype(np.uint8)
+    return out
+
+
+class Checkpoint:
+    """A fine-tuning's state after its last finished epoch (weights, optimizer state, phase,
+    epoch, early-stopping state, history), in one file replaced atomically after every epoch:
+    a kill leaves the previous epoch's. ``Checkpoint(None)`` keeps nothing."""
+
+    def __init__(self, path: Path | None, key: str = "") -> None:
+        self.path, self.key = (Path(path) if path else None), key
+
+    def load(self) -> tuple[dict[str, Any], dict[str, list[np.ndarray]]] | None:
+        if self.path is None or not self.path.exists():
+            return None
+        try:
+            with np.load(self.path) as f:
+                state = json.loads(str(f["state"]))
+                arrays: dict[str, list[np.ndarray]] = {}
+                for name in sorted(f.files, key=lambda n: (n.split(".")[0], _index(n))):
+                    if name != "state":
+                        arrays.setdefault(name.split(".")[0], []).append(f[name])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            log.warning("%s: unreadable checkpoint (%s); starting over", self.path, e)
+            return None
+        if state.get("key") != self.key:
+            log.warning("%s: a checkpoint of other settings or data; starting over", self.path)
+            return None
+        return state, arrays
+
+    def save(self, state: dict[str, Any], arrays: dict[str, list[np.ndarray]]) -> None:
+        if self.path is None:
+            return
+        buffer = io.BytesIO()
+        np.savez(buffer, state=np.array(json.dumps({**state, "key": self.key})),
+                 **{f"{group}.{i}": a for group, values in arrays.items()
+                    for i, a in enumerate(values)})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, buffer.getvalue())
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _index(name: str) -> int:
+    return int(name.split(".")[1]) if "." in name else -1
 
 
 def runs_dir(config: Config, dataset: str, backbone: str) -> Path:
@@ -320,14 +499,19 @@ def runs_dir(config: Config, dataset: str, backbone: str) -> Path:
     feature stores, where ``featx runs`` finds it)."""
     if config.out:
         return Path(config.out)
-    return config.cache_path / f"{safe_name(dataset)}-{backbone}-finetune.runs"
+    return finetune_runs_dir(config.cache_path, dataset, backbone)
 
 
 def finetune(config: Config, echo: Callable[[str], None] = print,
              progress: bool = True) -> dict[str, Any]:
     """Fine-tune on the training rows, stop early on the validation rows, report on the test
-    rows of the feature-extraction split. Writes ``<pipeline>-finetune.json``, ``.md`` and
-    ``.keras``; returns the result dict (the keys of ``featx.classification.classify``'s).
+    rows of the feature-extraction split. Writes ``<pipeline>-finetune.json``, ``.md``,
+    ``.html``, the charts (``-monitor.png``: loss and accuracy per epoch, redrawn as training
+    goes) and ``.keras``; returns the result dict (the keys of ``classification.classify``'s).
+
+    Every epoch ends with a checkpoint in the cache folder (``featx cache ls`` lists it): a
+    run killed halfway and started again resumes from the last finished epoch, and ends as an
+    uninterrupted run would. The checkpoints go once the reports are written.
 
     With ``classify.repeats`` R > 1, the whole fine-tuning runs R times, on the splits of
     seeds dataset.seed .. + R - 1 (R times the cost: about 100 s each for Flowers-17 on 2
@@ -338,38 +522,47 @@ def finetune(config: Config, echo: Callable[[str], None] = print,
         resplit = dataclasses.replace(config, dataset=dataclasses.replace(config.dataset,
                                                                           seed=seed))
         runs.append(_finetune_once(resplit, progress, backbone_seed=config.dataset.seed))
-    result, model, out_dir = runs[0]
+    result, model, stem, _ = runs[0]
     if len(seeds) > 1:
-        result = {**result, **repeat_summary(seeds, [r for r, _, _ in runs])}
-    stem = out_dir / f"{config.name}-finetune"
+        result = {**result, **repeat_summary(seeds, [r for r, _, _, _ in runs])}
     write_reports(result, stem)
     model.save(beside(stem, ".keras"))
+    for *_, checkpoint in runs:  # the results are written: nothing left to resume
+        checkpoint.remove()
     echo(summary_line("finetune", {**result, "best_params": _short(config.finetune)}))
-    log.info("results in %s/", out_dir)
+    log.info("results in %s/", stem.parent)
     return result
 
 
 def _finetune_once(config: Config, progress: bool, backbone_seed: int
-                   ) -> tuple[dict[str, Any], FineTuner, Path]:
-    """One fine-tuning on the split of ``config``'s seed: its result, model and folder."""
+                   ) -> tuple[dict[str, Any], FineTuner, Path, Checkpoint]:
+    """One fine-tuning on the split of ``config``'s seed: its result, model, report stem and
+    checkpoint."""
     started = time.perf_counter()
     data = load_image_splits(config)
     decode_s = time.perf_counter() - started
     epochs = (lambda line: log.info("%s", line)) if progress else None
+    stem = None  # set below, before the first epoch ends
+    monitor = _Monitor(lambda: report_paths(stem, monitor=True)["monitor"], config.name)
     # Random weights ("none") follow the dataset seed, as in extraction: the same network.
     model = FineTuner(config.backbone, config.finetune, len(data.label_names),
                       backbone_seed=backbone_seed, batch_size=config.extract.batch_size,
-                      log=epochs)
-    model.fit(data.images[TRAIN], data.labels[TRAIN], data.images[VAL], data.labels[VAL])
-    fit_seconds = time.perf_counter() - started
-    scores = model.predict_proba(data.images[TEST])
-
+                      log=epochs, progress=progress, monitor=monitor)
     backbone = {**model.backbone.describe(), "pooling": model.pooling,
                 "resize": f"{READ_POLICY}-{config.backbone.resize}"}
     settings = dataclasses.asdict(config.finetune)
     d = config.dataset
     key = store_key({"backbone": backbone, "finetune": settings, "images": data.key,
                      "split": {"val": d.val, "test": d.test, "seed": d.seed}})
+    name = model.backbone.spec.name
+    stem = runs_dir(config, data.dataset, name) / f"{config.name}-finetune"
+    checkpoint = Checkpoint(checkpoint_path(config.cache_path, data.dataset, name, key), key)
+    model.fit(data.images[TRAIN], data.labels[TRAIN], data.images[VAL], data.labels[VAL],
+              checkpoint=checkpoint)
+    monitor.draw(model.history, model.kept)
+    fit_seconds = time.perf_counter() - started
+    scores = model.predict_proba(data.images[TEST])
+
     result = {
         "pipeline": config.name, "classifier": "finetune", "dataset": data.dataset,
         "store": "none (fine-tuned on decoded images; no feature store)", "key": key,
@@ -385,8 +578,29 @@ def _finetune_once(config: Config, progress: bool, backbone_seed: int
                            if layer.trainable and layer.weights],
         "timings": {"decode_s": decode_s, **model.timings},
         "history": model.history,
+        "kept_epochs": model.kept,
+        "resumed_from": model.resumed_from,
     }
-    return result, model, runs_dir(config, data.dataset, model.backbone.spec.name)
+    return result, model, stem, checkpoint
+
+
+class _Monitor:
+    """Redraws the training monitor PNG after an epoch, at most every ``every`` seconds
+    (drawing takes about 0.2 s: a tiny fine-tuning's epochs are shorter than that)."""
+
+    def __init__(self, path: Callable[[], Path], title: str, every: float = 5.0) -> None:
+        self.path, self.title, self.every, self.last = path, title, every, 0.0
+
+    def __call__(self, history: list[dict], kept: dict[str, int]) -> None:
+        if time.monotonic() - self.last >= self.every:
+            self.draw(history, kept)
+
+    def draw(self, history: list[dict], kept: dict[str, int]) -> None:
+        if history:
+            path = self.path()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, monitor_png(history, kept, self.title))
+        self.last = time.monotonic()
 
 
 def _short(s: FinetuneConfig) -> dict[str, Any]:

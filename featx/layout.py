@@ -16,6 +16,12 @@ happens to have the same folder name gets a store of its own. Beside a store::
     <store>.h5.assembling           a store being written (renamed into place when complete)
     <store>.h5.verified             the file version whose checksums were last checked in full
     <store>.runs/                   classification results
+
+Fine-tuning trains on decoded images, not on a store::
+
+    <dataset>-<backbone>-finetune.runs/            its results
+    <dataset>-<backbone>-finetune-<key>.ckpt       the checkpoint of an unfinished fine-tuning
+                                                   (key: settings, images and split)
 """
 
 from __future__ import annotations
@@ -104,3 +110,25 @@ def belongings(store: Path) -> list[Path]:
     return [store, lock_path(store), verified_stamp(store), assembling_path(store),
             *store.parent.glob(store.name + ".*.partial"),
             *store.parent.glob(store.name + ".*.shards")]
+
+
+FINETUNE = "finetune"
+CHECKPOINT_SUFFIX = ".ckpt"
+
+
+def finetune_runs_dir(cache_dir: Path, dataset_name: str, backbone: str) -> Path:
+    return Path(cache_dir) / f"{safe_name(dataset_name)}-{backbone}-{FINETUNE}.runs"
+
+
+def checkpoint_path(cache_dir: Path, dataset_name: str, backbone: str, key: str) -> Path:
+    return Path(cache_dir) / f"{safe_name(dataset_name)}-{backbone}-{FINETUNE}-{key}" \
+        f"{CHECKPOINT_SUFFIX}"
+
+
+def checkpoint_files(cache_dir: Path) -> list[Path]:
+    return sorted(Path(cache_dir).glob(f"*-{FINETUNE}-*{CHECKPOINT_SUFFIX}"))
+
+
+def parse_checkpoint_name(name: str) -> StoreName:
+    """The parts of a checkpoint's file name (``pooling`` is "finetune")."""
+    return parse_store_name(name.removesuffix(CHECKPOINT_SUFFIX))

@@ -153,12 +153,16 @@ def summary_line(name: str, result: dict[str, Any]) -> str:
             f"{result['n_train']} train / {result['n_test']} test)")
 
 
-def report_paths(stem: Path) -> dict[str, Path]:
-    """The files :func:`write_reports` writes, by kind: json, md, html, confusion, recall."""
+def report_paths(stem: Path, monitor: bool = False) -> dict[str, Path]:
+    """The files :func:`write_reports` writes, by kind: json, md, html, confusion, recall,
+    and (``monitor``: a fine-tuning's result) monitor."""
     stem = Path(stem)
-    return {"json": beside(stem, ".json"), "md": beside(stem, ".md"),
-            "html": beside(stem, ".html"), "confusion": beside(stem, "-confusion.png"),
-            "recall": beside(stem, "-recall.png")}
+    paths = {"json": beside(stem, ".json"), "md": beside(stem, ".md"),
+             "html": beside(stem, ".html"), "confusion": beside(stem, "-confusion.png"),
+             "recall": beside(stem, "-recall.png")}
+    if monitor:
+        paths["monitor"] = beside(stem, "-monitor.png")
+    return paths
 
 
 def write_reports(result: dict[str, Any], stem: Path) -> dict[str, Path]:
@@ -166,11 +170,14 @@ def write_reports(result: dict[str, Any], stem: Path) -> dict[str, Path]:
     charts are embedded) and the charts ``stem-confusion.png`` and ``stem-recall.png``, each
     atomically, the JSON last (`featx runs` lists a result once its JSON is there).
     Returns the paths by kind: json, md, html, confusion, recall."""
-    paths = report_paths(stem)
+    paths = report_paths(stem, monitor=bool(result.get("history")))
     paths["json"].parent.mkdir(parents=True, exist_ok=True)
     names = list(result["per_class"])
     pngs = {"confusion": confusion_png(result["confusion"], names, _title(result)),
             "recall": recall_png(result["per_class"], _title(result), result.get("rank1"))}
+    if result.get("history"):  # a fine-tuning: its training monitor
+        pngs["monitor"] = monitor_png(result["history"], result.get("kept_epochs", {}),
+                                      result.get("pipeline", ""))
     for kind, png in pngs.items():
         write_atomic(paths[kind], png)
     write_atomic(paths["md"], markdown(result, {k: paths[k].name for k in pngs}))
@@ -238,6 +245,47 @@ def confusion_png(confusion: Any, names: list[str], title: str = "") -> bytes:
             ax.text(p, t, str(m[t, p]), ha="center", va="center", fontsize=font,
                     color=colour, fontweight="normal" if t == p else "bold")
     return png_bytes(fig)
+
+
+PHASE_COLOURS = {"warmup": "#eef4fb", "finetune": "#fbf1e6", "refit warmup": "#eef8ee",
+                 "refit finetune": "#f6eef8"}
+
+
+def monitor_png(history: list[dict[str, Any]], kept: dict[str, int], title: str = "") -> bytes:
+    """The training monitor: loss and accuracy per epoch, training and validation, one x axis
+    across the phases (shaded and named), the epoch each phase kept marked with a star on the
+    validation loss (a phase that kept its starting weights: a star at its start)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    x = np.arange(1, len(history) + 1)
+    for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        ax.plot(x, [r[metric] for r in history], "-o", ms=3, label=f"train {metric}")
+        val = [r.get(f"val_{metric}", np.nan) for r in history]
+        ax.plot(x, val, "-s", ms=3, label=f"validation {metric}")
+        ax.set_xlabel("epoch (all phases)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    phases = list(dict.fromkeys(r["phase"] for r in history))
+    for phase in phases:
+        where = [i for i, r in enumerate(history) if r["phase"] == phase]
+        first, last = where[0] + 0.5, where[-1] + 1.5
+        for ax in (loss_ax, acc_ax):
+            ax.axvspan(first, last, color=PHASE_COLOURS.get(phase, "#f2f2f2"), zorder=0)
+        loss_ax.annotate(phase, (first + 0.1, 1.0), xycoords=("data", "axes fraction"),
+                         va="top", fontsize=8, color="#555555")
+        k = kept.get(phase)
+        if k and "val_loss" in history[where[0]]:
+            row = where[0] + k - 1
+            loss_ax.plot(row + 1, history[row]["val_loss"], "*", ms=14, color="#c0392b",
+                         zorder=5, label="kept epoch" if phase == phases[0] else None)
+        elif k == 0 and "val_loss" in history[where[0]]:
+            loss_ax.plot(first, history[where[0]]["val_loss"], "*", ms=14, color="#c0392b",
+                         mfc="none", zorder=5)
+    loss_ax.legend(fontsize=8, loc="upper right")
+    fig.suptitle(f"{title}: training monitor" if title else "training monitor", fontsize=10)
+    return _png(fig)
 
 
 def recall_png(per_class: dict[str, dict[str, Any]], title: str = "",
@@ -366,6 +414,8 @@ def markdown(r: dict[str, Any], images: dict[str, str] | None = None) -> str:
     if images:
         lines += [f"![confusion matrix]({images['confusion']})", "",
                   f"![per-class recall]({images['recall']})", ""]
+        if "monitor" in images:
+            lines += [f"![training monitor]({images['monitor']})", ""]
     lines += ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
     for name, s in r["per_class"].items():
         lines.append(f"| {m(name)} | {s['precision']:.3f} | {s['recall']:.3f} | {s['f1']:.3f} "
@@ -412,7 +462,10 @@ def html_report(r: dict[str, Any], pngs: dict[str, bytes]) -> str:
            "<h2>Settings</h2><table>"]
     out += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _settings(r)]
     out.append("</table>")
-    for kind, alt in (("confusion", "confusion matrix"), ("recall", "per-class recall")):
+    for kind, alt in (("confusion", "confusion matrix"), ("recall", "per-class recall"),
+                      ("monitor", "training monitor")):
+        if kind not in pngs:
+            continue
         data = base64.b64encode(pngs[kind]).decode("ascii")
         out.append(f"<h2>{alt.capitalize()}</h2><img alt='{alt}' "
                    f"src='data:image/png;base64,{data}'>")
