@@ -285,7 +285,7 @@ def monitor_png(history: list[dict[str, Any]], kept: dict[str, int], title: str 
                          mfc="none", zorder=5)
     loss_ax.legend(fontsize=8, loc="upper right")
     fig.suptitle(f"{title}: training monitor" if title else "training monitor", fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def recall_png(per_class: dict[str, dict[str, Any]], title: str = "",
