@@ -154,15 +154,26 @@ def test_settings_a_sweep_cannot_use(tmp_path, make_config, field, value, match)
         sweep(config, LAYERS, progress=False)
 
 
+# Six Flowers-17 classes, 40 images each (links, not copies): a fifth of the images, so the
+# test does not extract all of Flowers-17 a second time in the suite.
+SUBSET = ["bluebell", "crocus", "daisy", "iris", "sunflower", "tigerlily"]
+
+
 @pytest.mark.slow
 @pytest.mark.shared
 @needs_shared
 def test_flowers17_reads_best_near_the_top(tmp_path):
     """Flowers-17 is close to ImageNet: the last layer beats the end of the second stage
-    by far (measured: 0.94 against about 0.5)."""
-    config = featx.make_config(PIPELINE, data=str(FLOWERS17),
-                               weights=str(WEIGHTS), cache_dir=str(tmp_path),
-                               classifiers=["logreg"], quick=True)
+    by far (measured on these six classes: 0.98 against 0.82; on all 17: 0.95 against 0.65)."""
+    root = tmp_path / "flowers"
+    for name in SUBSET:
+        (root / name).mkdir(parents=True)
+        for image in sorted((FLOWERS17 / name).iterdir())[:40]:
+            (root / name / image.name).symlink_to(image)
+    config = featx.make_config(PIPELINE, data=str(root), weights=str(WEIGHTS),
+                               cache_dir=str(tmp_path / "cache"), classifiers=["logreg"],
+                               quick=True)
     result = sweep(config, ["block_5_add", "out_relu"], progress=False, echo=lambda line: None)
     low, top = result.scores
-    assert top.rank1 > 0.9 and top.rank1 > low.rank1 + 0.2, (low, top)
+    assert result.n_test == 60
+    assert top.rank1 > 0.9 and top.rank1 > low.rank1 + 0.1, (low, top)
