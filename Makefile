@@ -39,11 +39,15 @@ finetune: install
 compare: install
 	$(BIN)/featx runs $(ARGS)
 
+# Two pytest workers (pytest-xdist): the suite is mostly one busy core at a time (TensorFlow
+# start-up, subprocesses, small models), so two halve its time on 2 cores. The Ray tests share
+# one worker (xdist_group); the Flowers-17 store is extracted once for both (realdata.py).
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
 lint: install
 	$(BIN)/ruff check featx tests

@@ -22,7 +22,7 @@ declare -A LEVERS=(
   [ft-unfreeze-72]="--set finetune.unfreeze=72"
   [ft-cosine]="--set finetune.schedule=cosine"
 )
-ORDER=(ft-plain ft-refit ft-no-augment ft-head-only ft-cosine ft-unfreeze-72 ft-crops-2)
+ORDER=(ft-plain ft-head-only ft-refit ft-cosine ft-no-augment ft-unfreeze-72 ft-crops-2)
 run() {  # lever name: 5 fine-tunings, one per split
   local name=$1
   # shellcheck disable=SC2086  # the flags are words
@@ -32,15 +32,16 @@ run() {  # lever name: 5 fine-tunings, one per split
 }
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=("${ORDER[@]}")
-for name in ft-plain "${names[@]}"; do
-  [ -d "$OUT/$name" ] || run "$name"
+RESULT=flowers17-finetune-finetune.json
+for name in ft-plain "${names[@]}"; do  # a lever killed halfway runs again (and resumes)
+  [ -e "$OUT/$name/$RESULT" ] || run "$name"
 done
 for name in "${names[@]}"; do
   echo "== $name vs ft-plain"
   [ "$name" = ft-plain ] || $FX runs --compare "$OUT/$name" "$OUT/ft-plain"
   if [ -d "$OUT/plain" ]; then  # against feature extraction + logreg (benchmarks/levers.sh)
     echo "== $name vs plain (logreg)"
-    $FX runs --compare "$OUT/$name/flowers17-finetune-finetune.json" \
+    $FX runs --compare "$OUT/$name/$RESULT" \
       "$(ls "$OUT"/plain/*/*-logreg.json)"
   fi
 done

@@ -15,13 +15,16 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from featx.config import SHORTHANDS, Config
 from featx.dataset import SPLIT_NAMES
 from featx.errors import ConfigError, DatasetError
+
+if TYPE_CHECKING:
+    from featx.layersweep import SweepResult
 
 
 def make_config(pipeline: str | os.PathLike | Config | None = None,
@@ -232,6 +235,41 @@ def classify(pipeline: str | os.PathLike | Config | None = None, *,
             result.estimator = modelfile.load(result.model_file)["model"]
         out.append(result)
     return out
+
+
+def sweep(pipeline: str | os.PathLike | Config | None = None, *,
+          layers: list[str] | tuple[str, ...] | None = None, out: str | os.PathLike | None = None,
+          set: list[str] | tuple[str, ...] = (), progress: bool = False, verbose: bool = False,
+          **overrides: Any) -> SweepResult:
+    """Which layer to read: extract ``layers`` of the pipeline's backbone in one pass (one
+    store), fit the pipeline's classifiers on each layer's features alone and score them on
+    its test rows, as ``featx sweep`` does.
+
+    Parameters
+    ----------
+    pipeline : path to a pipeline TOML file, a Config, or None (defaults)
+    layers : layer names (default: the end of each stage of the backbone and its last layer,
+        :meth:`featx.backbones.Backbone.stage_ends`)
+    out : folder for sweep.md, sweep.json and sweep.png (default: ``<store>.sweep/``)
+    set : list of "section.field=value"
+    progress : bool, default=False
+        Show the extraction's progress bar.
+    verbose : bool, default=False
+        Print the table, as the command line does.
+    **overrides
+        The command line's flags (data, weights, classifiers, cache_dir, quick, ...).
+
+    Returns
+    -------
+    featx.layersweep.SweepResult
+        ``scores``: one LayerScore (layer, depth, shape, columns, classifier, rank1, rank5,
+        fit_seconds) per layer and classifier, shallow layers first.
+    """
+    from featx.layersweep import sweep as run_sweep
+
+    config = make_config(pipeline, set, **overrides)
+    return run_sweep(config, list(layers) if layers else None, out, progress=progress,
+                     echo=print if verbose else (lambda *a: None))
 
 
 def load_model(path: str | os.PathLike, *, weights: str | None = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -18,6 +19,8 @@ from featx.errors import BackboneError
 from featx.log import import_tensorflow
 from featx.runtime import check_runtime, resolve_runtime
 
+BLOCK_ENDS = r"_(add|out)$"  # MobileNetV2 block_N_add, ResNet convN_blockM_out, EfficientNet
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -25,6 +28,15 @@ class BackboneSpec:
     module: str  # keras.applications sub-module holding its preprocess_input
     input_size: int  # native square input size
     preprocess: str  # caffe (BGR, mean-subtracted) | tf ([-1, 1]) | torch ([0,1], mean/std) | none
+    # The layers that end a block (regular expression on layer names), for stage_ends; a
+    # backbone whose names match none (VGG, MobileNet, Xception's counter-numbered adds)
+    # falls back to the last layer at each spatial size.
+    blocks: str = BLOCK_ENDS
+
+
+# Backbones whose blocks end under other names than *_add / *_out.
+BLOCK_NAMES = {"InceptionV3": r"^mixed\d+$", "DenseNet121": r"^pool\d_pool$",
+               "DenseNet169": r"^pool\d_pool$", "DenseNet201": r"^pool\d_pool$"}
 
 
 def _specs() -> dict[str, BackboneSpec]:
@@ -55,7 +67,8 @@ def _specs() -> dict[str, BackboneSpec]:
     table += [(f"EfficientNetV2B{i}", "efficientnet_v2", s, "none")
               for i, s in enumerate([224, 240, 260, 300])]
     table += [("EfficientNetV2S", "efficientnet_v2", 384, "none")]
-    return {name: BackboneSpec(name, module, size, pre) for name, module, size, pre in table}
+    return {name: BackboneSpec(name, module, size, pre, BLOCK_NAMES.get(name, BLOCK_ENDS))
+            for name, module, size, pre in table}
 
 
 REGISTRY: dict[str, BackboneSpec] = _specs()
@@ -173,8 +186,9 @@ class Backbone:
         return self.config.resize
 
     @cached_property
-    def model(self):
-        """The frozen keras feature extractor (built on first use)."""
+    def base(self):
+        """The whole convolutional base as Keras builds it (include_top=False, the weights
+        loaded), every layer in order; :attr:`model` reads its layers from it."""
         import_tensorflow()
         import keras
 
@@ -195,6 +209,14 @@ class Backbone:
             raise self._weights_error(e) from e
         finally:
             keras.config.set_dtype_policy(policy)
+        return base
+
+    @cached_property
+    def model(self):
+        """The frozen keras feature extractor (built on first use)."""
+        base = self.base  # imports TensorFlow quietly first
+        import keras
+
         names = [layer.name for layer in base.layers]
         for name in self.layers:
             if name not in names:
@@ -230,6 +252,37 @@ class Backbone:
             f"  or put the file Keras downloads into {keras_home() / 'models'}/ "
             f"(set KERAS_HOME before starting Python to choose another folder), where "
             f"weights=\"imagenet\" finds it offline.")
+
+    def layer_columns(self) -> list[tuple[str, int, int]]:
+        """Where each layer read lies in a feature row: (layer name, first column, end
+        column), in the order of ``backbone.layer`` (the last layer's name for ""). The
+        columns of several layers are their pooled outputs side by side; pooling "none"
+        reads one layer, all of its (h, w, c) values flattened."""
+        out, start = [], 0
+        for name in self.layers or [self.base.layers[-1].name]:
+            shape = tuple(int(d) for d in self.base.get_layer(name).output.shape[1:])
+            width = shape[-1] if len(shape) == 3 and self.config.pooling in ("avg", "max") \
+                else int(np.prod(shape))
+            out.append((name, start, start + width))
+            start += width
+        return out
+
+    def depth(self, name: str) -> int:
+        """The position of layer ``name`` in the base (0: the input)."""
+        names = [layer.name for layer in self.base.layers]
+        if name not in names:
+            raise BackboneError(f"{self.spec.name} has no layer {name!r} (featx layers "
+                                f"{self.spec.name} lists them)")
+        return names.index(name)
+
+    def stage_ends(self) -> list[str]:
+        """The layer that ends each stage of the base, shallow to deep, and the last layer:
+        the default layers of ``featx sweep``. A stage is a run of block outputs (layers
+        named as ``spec.blocks`` says, e.g. MobileNetV2's ``block_N_add``) of one width; its
+        last block ends it. Without such names: the last layer at each spatial size."""
+        return stage_ends([(layer.name, tuple(layer.output.shape[1:]),
+                            type(layer).__name__) for layer in self.base.layers[1:]],
+                          self.spec.blocks)
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -336,6 +389,22 @@ def list_layers(name: str, input_size: int = 0) -> list[tuple[str, tuple]]:
     """(layer name, output shape) of a backbone's convolutional base, random weights."""
     backbone = Backbone(BackboneConfig(name=name, weights="none", pooling="none",
                                        input_size=input_size))
-    base = backbone.model
-    return [(layer.name, tuple(layer.output.shape[1:])) for layer in base.layers
+    return [(layer.name, tuple(layer.output.shape[1:])) for layer in backbone.base.layers
             if hasattr(layer, "output")]
+
+
+def stage_ends(layers: list[tuple[str, tuple, str]], blocks: str = BLOCK_ENDS) -> list[str]:
+    """See :meth:`Backbone.stage_ends`; ``layers``: (name, output shape without the batch,
+    layer class name) of the base's layers after the input, in order."""
+    maps = [(n, s, kind) for n, s, kind in layers if len(s) == 3]
+    ends = [(n, s) for n, s, _ in maps if re.search(blocks, n)]
+    if ends:  # the last block output of each run of one width
+        picked = [n for (n, s), nxt in zip(ends, ends[1:] + [("", (0, 0, -1))])
+                  if s[-1] != nxt[1][-1]]
+    else:  # the last layer at each spatial size (padding only shifts the size by a pixel;
+        # 3-channel maps are the image, rescaled or normalised inside the model)
+        sized = [(n, s) for n, s, kind in maps if kind != "ZeroPadding2D" and s[-1] != 3]
+        picked = [n for (n, s), nxt in zip(sized, sized[1:] + [("", (0, 0, 0))])
+                  if s[:2] != nxt[1][:2]]
+    last = layers[-1][0]
+    return picked if picked and picked[-1] == last else [*picked, last]

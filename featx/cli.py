@@ -10,7 +10,7 @@ import warnings
 
 from featx import __version__
 from featx.config import RUNTIMES, SHORTHANDS, Config
-from featx.errors import FeatxError, StoreError
+from featx.errors import FeatxError, StoreError, VisualizeError
 from featx.log import set_level
 
 
@@ -92,8 +92,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune R times, on the splits of seeds dataset.seed ... (R times "
                    "the cost); scores as mean ± std")
     sub.add_parser("backbones", help="list the available backbones")
-    p = sub.add_parser("layers", help="list a backbone's layers and output shapes")
-    p.add_argument("name")
+    p = sub.add_parser("layers", help="list a backbone's layers and output shapes; draw its "
+                       "first filters or what a layer's channels respond to",
+                       description="List the layers of a backbone (or of a saved model's "
+                       "backbone) with their output shapes; the stage ends (featx sweep's "
+                       "default layers) are marked. --filters and --visualize draw PNGs "
+                       "instead (README: Looking inside).")
+    p.add_argument("name", metavar="MODEL_OR_BACKBONE",
+                   help="a backbone name (featx backbones) or a saved model / run folder")
+    p.add_argument("--filters", action="store_true",
+                   help="PNG of the first convolution's filters (one RGB tile each)")
+    p.add_argument("--visualize", metavar="LAYER[:CHANNELS]",
+                   help="PNG of an input grown by gradient ascent for each channel "
+                   "(CHANNELS: e.g. 0-7,12; default the first 8)")
+    p.add_argument("--out", default=".", metavar="DIR",
+                   help="folder for filters-<backbone>.png and visualize-<backbone>-<layer>.png "
+                   "(default .)")
+    p.add_argument("--weights", help='a weights file, "imagenet" or "none"; default: random '
+                   'weights for the listing, "imagenet" for the drawings, the model\'s own '
+                   "for a model")
+    p.add_argument("--input-size", type=int, default=0,
+                   help="square input size (default: native)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="gradient-ascent steps for --visualize (default 60)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the starting noise and the jitter (default 0)")
     cache = sub.add_parser("cache", help="list, inspect, verify or remove feature stores")
     cache_sub = cache.add_subparsers(dest="cache_command", required=True)
     cache_dir = argparse.ArgumentParser(add_help=False)
@@ -153,8 +176,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--neighbours", type=int, default=5,
                    help="nearest training images shown (default 5; 0: none)")
     p.add_argument("--store", help="feature store to search (default: the model's)")
+    p.add_argument("--maps", metavar="LAYER",
+                   help="also a PNG per image of this layer's most active feature maps "
+                   "(featx layers lists the layers)")
+    p.add_argument("--maps-top", type=int, default=16, metavar="N",
+                   help="feature maps drawn per image with --maps (default 16)")
     p.add_argument("--weights", help="the weights file, where it is on this machine")
     p.add_argument("--trust", action="store_true", help="load a pickle/joblib model file")
+    p = sub.add_parser("sweep", parents=[common], help="which layer to read: rank-1 of each "
+                       "layer from one extraction pass",
+                       description="Extract several layers of the backbone in one pass (one "
+                       "store), fit the pipeline's classifiers on each layer's features alone "
+                       "and print rank-1, feature size and fit time per layer; writes "
+                       "sweep.md, sweep.json and sweep.png (rank-1 against depth) into "
+                       "<store>.sweep/ (or --out).")
+    p.add_argument("--layers", metavar="L1,L2,...",
+                   help="layers to compare (default: the end of each stage of the backbone, "
+                   "as featx layers marks them, and its last layer)")
+    p.add_argument("--classifiers", help="comma-separated, as for classify (default: the "
+                   "pipeline's)")
+    p.add_argument("--n-jobs", type=int, help="parallel grid-search jobs")
+    p.add_argument("--quick", action="store_true", default=None,
+                   help="each learner's reduced grid and 2 folds")
+    p.add_argument("--out", metavar="DIR", help="folder for the table, JSON and plot")
     p = sub.add_parser("audit", parents=[common], help="duplicates, leakage, likely label "
                        "errors and outliers of a cached dataset",
                        description="Read the pipeline's feature store and write audit.html "
@@ -245,11 +289,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{spec.name:<20} input {spec.input_size:>3}  preprocess {spec.preprocess}")
         return 0
     if args.command == "layers":
-        from featx.backbones import list_layers
-
-        for name, shape in list_layers(args.name):
-            print(f"{name:<40} {shape}")
-        return 0
+        return _layers(args)
     if args.command == "demo-data":
         from featx.demo import export_digits
 
@@ -270,7 +310,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         written = explain(args.model, args.inputs, args.out, top=args.top,
                           classes=args.classes, patch=args.patch, stride=args.stride,
                           neighbours=args.neighbours, store=args.store,
-                          weights=args.weights, trust=args.trust)
+                          weights=args.weights, trust=args.trust, maps=args.maps or "",
+                          maps_top=args.maps_top)
         print(f"wrote {written[-1]} ({len(written) - 1} PNG)")
         return 0
     config = config_from_args(args)
@@ -311,12 +352,44 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         run_classify(config, Path(args.store) if args.store else None)
         return 0
+    if args.command == "sweep":
+        from featx.layersweep import sweep
+
+        layers = [n.strip() for n in (args.layers or "").split(",") if n.strip()]
+        sweep(config, layers or None, args.out, progress=not args.no_progress)
+        return 0
     if args.command == "finetune":
         from featx.finetune import finetune
 
         finetune(config, progress=not args.no_progress)
         return 0
     raise AssertionError(args.command)
+
+
+def _layers(args: argparse.Namespace) -> int:
+    from featx import visualize
+
+    drawing = args.filters or args.visualize
+    weights = args.weights or (None if drawing else "none")
+    if args.steps is not None and not args.visualize:
+        raise VisualizeError("--steps goes with --visualize")
+    backbone = visualize.backbone_for(args.name, weights, args.input_size)
+    if not drawing:
+        ends = set(backbone.stage_ends())
+        for layer in backbone.base.layers:
+            mark = "  stage end" if layer.name in ends else ""
+            print(f"{layer.name:<40} {tuple(layer.output.shape[1:])}{mark}")
+        return 0
+    if args.filters:
+        print(f"wrote {visualize.draw_filters(backbone, args.out)}")
+    if args.visualize:
+        steps = visualize.STEPS if args.steps is None else args.steps
+        path, v = visualize.draw_channels(backbone, args.visualize, args.out, steps, args.seed)
+        for c, a0, a1 in zip(v.channels, v.start, v.final):
+            print(f"{v.layer} channel {c}: mean activation {a0:.4g} on the noise -> "
+                  f"{a1:.4g} after {steps} steps")
+        print(f"wrote {path} ({v.seconds:.1f}s)")
+    return 0
 
 
 def _runs(args: argparse.Namespace) -> int:

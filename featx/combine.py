@@ -32,6 +32,7 @@ from featx.classification import (
 )
 from featx.config import Config
 from featx.dataset import TEST, TRAIN, VAL
+from featx.errors import ConfigError
 from featx.runinfo import Run
 from featx.store import StoreError
 
@@ -112,6 +113,11 @@ def classify_combined(config: Config, echo=print) -> list[dict[str, Any]]:
     from featx.plan import find_store
 
     check_ensemble(config)
+    if config.classify.repeats > 1:  # refused, not ignored: the user asked for R splits
+        raise ConfigError(f"classify.repeats = {config.classify.repeats}: a [combine] pipeline "
+                          "is classified on one split; run it once per seed (--set "
+                          "dataset.seed=S, after featx extract with the same seed) or repeat "
+                          "its members")
     ms = config.members()
     labels = [m.name for m in ms]
     stores = [find_store(m).path for m in ms]

@@ -66,3 +66,12 @@ class ExplainError(FeatxError, ValueError):
 
 class AuditError(FeatxError, ValueError):
     """A store or option that `featx audit` cannot use: says which."""
+
+
+class VisualizeError(FeatxError, ValueError):
+    """A layer, channel or option that featx cannot draw (featx layers --filters,
+    --visualize): says which."""
+
+
+class SweepError(FeatxError, ValueError):
+    """Layers or settings that `featx sweep` cannot compare: says which."""

@@ -28,6 +28,7 @@ import numpy as np
 
 from featx.errors import ExplainError
 from featx.report import CSS, THUMB, data_uri, image_cell, thumbnail
+from featx.visualize import MAPS_TOP, feature_maps, maps_png
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +343,8 @@ def explain_image(predictor: Any, path: str, top: int = 5, classes: Sequence[str
 def explain(model: str | Path, images: Sequence[str | Path], out: str | Path,
             top: int = 5, classes: Sequence[str] = (), patch: int | None = None,
             stride: int | None = None, neighbours: int = 5, store: str | Path | None = None,
-            weights: str | None = None, trust: bool = False) -> list[Path]:
+            weights: str | None = None, trust: bool = False, maps: str = "",
+            maps_top: int = MAPS_TOP) -> list[Path]:
     """``featx explain``: one PNG per image and ``index.html`` gathering them, in ``out``.
 
     Parameters
@@ -355,6 +357,8 @@ def explain(model: str | Path, images: Sequence[str | Path], out: str | Path,
     patch, stride : occlusion patch side and step in input pixels (default size/4, patch/2)
     neighbours : nearest training images shown (0: none)
     store : the feature store to search (default: the one the model was trained from)
+    maps : a layer of the backbone: also a PNG per image of its ``maps_top`` most active
+        feature maps (featx.visualize.maps_png)
 
     Returns
     -------
@@ -366,7 +370,11 @@ def explain(model: str | Path, images: Sequence[str | Path], out: str | Path,
         raise ExplainError(f"--top must be at least 1, not {top}")
     if neighbours < 0:
         raise ExplainError(f"--neighbours must be 0 or more, not {neighbours}")
+    if maps and maps_top < 1:
+        raise ExplainError(f"--maps-top must be at least 1, not {maps_top}")
     predictor = Predictor.load(model, weights, trust=trust)
+    if maps:
+        predictor.backbone.depth(maps)  # an unknown layer fails before any image is read
     paths = image_files(images)
     if not paths:
         raise ExplainError(f"no image files in {', '.join(map(str, images))}")
@@ -388,13 +396,19 @@ def explain(model: str | Path, images: Sequence[str | Path], out: str | Path,
             r.neighbours = found
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, drawn = [], []
     for i, r in enumerate(results):
         png = out / f"{i + 1:03d}-{_safe(Path(r.path).stem)}.png"
         png.write_bytes(figure_png(r, predictor.calibration))
         written.append(png)
+        if maps:  # what the layer sees, beside why the model decided
+            a = feature_maps(predictor.backbone, maps, r.image[None])[0]
+            drawn.append(png.with_name(png.stem + "-maps.png"))
+            drawn[-1].write_bytes(maps_png(r.image, a, maps, maps_top,
+                                           f"{_text(Path(r.path).name)}: "))
     page = out / "index.html"
-    page.write_text(html_page(results, written, predictor))
+    page.write_text(html_page(results, written, predictor, drawn))
+    written += drawn
     log.info("explained %d image(s) in %s", len(results), out)
     return written + [page]
 
@@ -461,16 +475,18 @@ def figure_png(r: Explanation, calibration: str = "probabilities") -> bytes:
     return buffer.getvalue()
 
 
-def html_page(results: Sequence[Explanation], pngs: Sequence[Path], predictor: Any) -> str:
-    """One self-contained page: per image its PNG (embedded), the top-k as text and the
-    nearest training images as linked thumbnails."""
+def html_page(results: Sequence[Explanation], pngs: Sequence[Path], predictor: Any,
+              maps: Sequence[Path] = ()) -> str:
+    """One self-contained page: per image its PNG (embedded), the top-k as text, its
+    feature-map PNG (``maps``, one per image, if drawn) and the nearest training images as
+    linked thumbnails."""
     e = html.escape
     out = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>featx explain</title>",
            f"<style>{CSS}</style></head><body>",
            f"<h1>featx explain: {e(predictor.source)}</h1>",
            f"<p>{e(predictor.classifier)} on {e(predictor.backbone.spec.name)}; scores: "
            f"{e(predictor.calibration)}.</p>"]
-    for r, png in zip(results, pngs):
+    for i, (r, png) in enumerate(zip(results, pngs)):
         out.append(f"<h2>{e(Path(r.path).name)}</h2><p><code>{e(r.path)}</code><br>"
                    f"activation map: {e(r.cam_method)}</p>")
         out.append("<table><tr><th>class</th><th>score</th></tr>" + "".join(
@@ -478,6 +494,10 @@ def html_page(results: Sequence[Explanation], pngs: Sequence[Path], predictor: A
             + "</table>")
         out.append(f"<img alt='explanation of {e(Path(r.path).name)}' "
                    f"src='{data_uri(png.read_bytes(), 'image/png')}'>")
+        if maps:
+            uri = data_uri(maps[i].read_bytes(), "image/png")
+            out.append(f"<h3>Feature maps</h3><img alt='feature maps of "
+                       f"{e(Path(r.path).name)}' src='{uri}'>")
         if r.neighbours:
             out.append("<h3>Nearest training images (cosine)</h3><div class=gallery>")
             out += [image_cell(p, f"<b>{e(label)}</b> {sim:.3f}") for p, label, sim

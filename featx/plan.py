@@ -205,11 +205,17 @@ def _candidates(p: Plan) -> list[Path]:
 
 
 def store_attrs(config: Config, p: Plan) -> dict:
-    """The attributes of the store ``p`` (both engines write the same ones)."""
-    return {**p.settings, "key": p.key, "dataset": p.dataset.name, "root": str(p.dataset.root),
-            "manifest": p.manifest,
-            "split": _split_attr(config), "hash": config.dataset.hash,
-            "pipeline": config.to_json(), "versions": library_versions()}
+    """The attributes of the store ``p`` (both engines write the same ones). A store of
+    several layers also records each layer's columns (``layer_columns``: [name, start,
+    end] in order), so that they can be read apart (featx.sweep); they follow from the
+    settings, so they are no part of the key."""
+    attrs = {**p.settings, "key": p.key, "dataset": p.dataset.name,
+             "root": str(p.dataset.root), "manifest": p.manifest,
+             "split": _split_attr(config), "hash": config.dataset.hash,
+             "pipeline": config.to_json(), "versions": library_versions()}
+    if len(p.backbone.layers) > 1:  # the model is built by then, unless no image needed it
+        attrs["layer_columns"] = [list(c) for c in p.backbone.layer_columns()]
+    return attrs
 
 
 def _split_attr(config: Config) -> str:

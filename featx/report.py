@@ -244,7 +244,7 @@ def confusion_png(confusion: Any, names: list[str], title: str = "") -> bytes:
             colour = "white" if norm[t, p] > 0.5 else "black" if t == p else "#c0392b"
             ax.text(p, t, str(m[t, p]), ha="center", va="center", fontsize=font,
                     color=colour, fontweight="normal" if t == p else "bold")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 PHASE_COLOURS = {"warmup": "#eef4fb", "finetune": "#fbf1e6", "refit warmup": "#eef8ee",
@@ -285,7 +285,7 @@ def monitor_png(history: list[dict[str, Any]], kept: dict[str, int], title: str 
                          mfc="none", zorder=5)
     loss_ax.legend(fontsize=8, loc="upper right")
     fig.suptitle(f"{title}: training monitor" if title else "training monitor", fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def recall_png(per_class: dict[str, dict[str, Any]], title: str = "",
@@ -313,7 +313,7 @@ def recall_png(per_class: dict[str, dict[str, Any]], title: str = "",
         ax.axvline(rank1, color="grey", linestyle="--", linewidth=1)
         subtitle += f"; dashed line: overall rank-1 {rank1:.3f}"
     ax.set_title(f"{title}\n{subtitle}", fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _bar_colour(recall: float) -> str:
@@ -355,10 +355,11 @@ def image_cell(path: str | Path, caption: str, side: int = THUMB) -> str:
     return f"<figure>{picture}<figcaption>{caption}</figcaption></figure>"
 
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any, dpi: int = 100) -> bytes:
+    """A matplotlib ``Figure`` as PNG bytes."""
     # a plain Figure saves through Agg by itself: no pyplot, no global backend state
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
+    fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
 
 

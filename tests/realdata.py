@@ -11,10 +11,14 @@ under Keras' own cache name.
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import importlib
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +57,23 @@ def import_or_unavailable(name: str):
         return importlib.import_module(name)
     except ImportError as e:
         unavailable(f"cannot import {name}: {e}", module_level=True)
+
+
+def once_per_run(tmp_path_factory, name: str, build: Callable[[Path], dict]) -> dict:
+    """``build(folder)``, once per test run: with pytest-xdist (``make test`` runs two
+    workers) the first worker to get here builds, the others wait on a lock and get what it
+    returned (JSON). ``folder`` is shared by the run's workers."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's base is a folder of the run's
+        base = base.parent
+    folder = base / name
+    folder.mkdir(parents=True, exist_ok=True)
+    done = folder / "built.json"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            done.write_text(json.dumps(build(folder)))
+    return json.loads(done.read_text())
 
 
 @pytest.fixture
@@ -96,21 +117,25 @@ def flowers_config(cache: Path, out: Path) -> Config:
 
 @pytest.fixture(scope="session")
 def flowers17(tmp_path_factory):
-    """Extract Flowers-17 once per session (about a minute on 2 cores). The Ray test and
+    """Extract Flowers-17 once per test run (about a minute on 2 cores). The Ray test and
     ``featx predict`` read it too: never extract Flowers-17 again in a test."""
     reason = shared_missing()
     if reason:
         unavailable(reason)
-    base = tmp_path_factory.mktemp("flowers17")
-    config = flowers_config(base / "cache", base / "results")
-    keras_home = seeded_keras_home(keras_home_of(config))
-    command = [sys.executable, "-m", "featx.cli", "extract", "-p", str(PIPELINE),
-               "--data", str(FLOWERS17), "--cache-dir", config.cache_dir, "--no-progress"]
-    done = subprocess.run(command, cwd=REPO, env=child_env(keras_home), capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "extracted 1360 images" in done.stdout, done.stdout
-    return config
+
+    def build(base: Path) -> dict:
+        config = flowers_config(base / "cache", base / "results")
+        keras_home = seeded_keras_home(keras_home_of(config))
+        command = [sys.executable, "-m", "featx.cli", "extract", "-p", str(PIPELINE),
+                   "--data", str(FLOWERS17), "--cache-dir", config.cache_dir, "--no-progress"]
+        done = subprocess.run(command, cwd=REPO, env=child_env(keras_home),
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "extracted 1360 images" in done.stdout, done.stdout
+        return {"cache": config.cache_dir, "out": config.out}
+
+    built = once_per_run(tmp_path_factory, "flowers17", build)
+    return flowers_config(Path(built["cache"]), Path(built["out"]))
 
 
 def keras_home_of(config: Config) -> Path:
@@ -119,12 +144,16 @@ def keras_home_of(config: Config) -> Path:
 
 
 @pytest.fixture(scope="session")
-def flowers17_logreg(flowers17):
-    """Logistic regression fitted once per session on the Flowers-17 store:
+def flowers17_logreg(flowers17, tmp_path_factory):
+    """Logistic regression fitted once per test run on the Flowers-17 store:
     (its result, the saved model bundle)."""
     from featx.classification import classify
 
-    (result,) = classify(flowers17, echo=lambda line: None)
+    def build(_: Path) -> dict:
+        (result,) = classify(flowers17, echo=lambda line: None)
+        return result
+
+    result = once_per_run(tmp_path_factory, "flowers17-logreg", build)
     return result, Path(flowers17.out) / result["run"] / result["model"]
 
 
@@ -176,9 +205,16 @@ class Planted:
 def planted_flowers(tmp_path_factory) -> Planted:
     """Eight Flowers-17 classes (640 images) copied, then 10 images moved into wrong classes
     and 5 resized, re-compressed copies of training images added to the test split;
-    extracted with the real weights (about 20 s) and a logistic regression fitted."""
+    extracted with the real weights (about 20 s) and a logistic regression fitted, once per
+    test run."""
     if not (FLOWERS17.is_dir() and WEIGHTS.is_file()):
         pytest.skip("../shared is absent")
+    built = once_per_run(tmp_path_factory, "planted", _plant)
+    return Planted(**{k: Path(v) if k in ("root", "store", "model") else v
+                      for k, v in built.items()})
+
+
+def _plant(base: Path) -> dict:
     import shutil
 
     from PIL import Image
@@ -187,7 +223,6 @@ def planted_flowers(tmp_path_factory) -> Planted:
     from featx.dataset import TEST, TRAIN
     from featx.extraction import extract
 
-    base = tmp_path_factory.mktemp("planted")
     root = base / "flowers"
     for name in PLANTED_CLASSES:
         shutil.copytree(FLOWERS17 / name, root / name)
@@ -234,4 +269,5 @@ def planted_flowers(tmp_path_factory) -> Planted:
     store = extract(config, progress=False).path
     results = classify(config, store, echo=lambda line: None)
     model = base / "out" / results[0]["run"] / "planted-logreg.skops"
-    return Planted(root, store, model, moved, copies)
+    return {k: str(v) if isinstance(v, Path) else v
+            for k, v in dataclasses.asdict(Planted(root, store, model, moved, copies)).items()}

@@ -131,3 +131,10 @@ def test_combine_settings_are_checked(tmp_path):
     parent.parent.mkdir()
     parent.write_text('[combine]\npipelines = ["../m.toml", "../m.toml"]\n')
     assert [m.name for m in Config.load(parent).members()] == ["m", "m"]  # relative to p.toml
+
+
+def test_repeats_on_a_combined_pipeline_are_refused_not_ignored(tiny_root, tmp_path):
+    config = Config.load(_pipelines(tmp_path, tiny_root[0], "fuse"))
+    config.classify.repeats = 3
+    with pytest.raises(ConfigError, match="classify.repeats = 3: a .combine. pipeline"):
+        classify(config, echo=lambda line: None)

@@ -44,7 +44,7 @@ from featx.distributed import shard_dir  # noqa: E402
 from featx.extraction import extract  # noqa: E402
 from featx.store import FeatureStore, StoreError  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray cluster at a time
 
 RAY = str(Path(sys.executable).with_name("ray"))
 
