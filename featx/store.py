@@ -815,7 +815,7 @@ class FeatureStore:
     def features(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Features of ``rows`` (all rows by default, ascending), flattened to 2-D float32."""
         wanted = np.arange(len(self)) if rows is None else np.sort(np.asarray(rows))
-        row_size = int(np.prod(self.file["features"].shape[1:]))
+        row_size = int(np.prod(self.feature_shape))
         out = np.empty((len(wanted), row_size), np.float32)
         at = 0
         for sel, block in self.iter_chunks(wanted):
