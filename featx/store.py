@@ -586,8 +586,8 @@ class FeatureStore:
             raise StoreError(f"{self.path}: a store without checksums (written by an older "
                              "featx); run `featx extract` to rebuild it")
         try:
-            now = columns_digest(labels=self.labels, paths=self.paths, split=self.split,
-                                 ok=self.ok, label_names=self.label_names,
+            now = columns_digest(labels=self.labels, paths=self._iter_paths(),
+                                 split=self.split, ok=self.ok, label_names=self.label_names,
                                  feature_row=self._feature_row)
         except (OSError, KeyError) as e:
             raise StoreError(f"{self.path}: unreadable ({e}); run `featx extract` to "
@@ -596,6 +596,13 @@ class FeatureStore:
             raise StoreError(f"{self.path}: labels, split, paths or ok do not match the "
                              "checksum recorded when the store was written; run `featx "
                              "extract` to rebuild it")
+
+    def _iter_paths(self, step: int = 65536) -> Iterator[str]:
+        """The paths, read a slice at a time: the column check of a 1M-row store holds
+        no list of a million strings (~70 MB) that nothing else asked for."""
+        ds = self.file["paths"]
+        for start in range(0, ds.shape[0], step):
+            yield from (_text(p) for p in ds[start:start + step])
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -726,7 +733,9 @@ class FeatureStore:
         rows = np.asarray(rows, np.int64)
         if self._segments:
             return self._gather(self._feature_row[rows])
-        return self.file["features"][rows]
+        unique, inverse = np.unique(rows, return_inverse=True)  # h5py: no repeated indices
+        got = self.file["features"][unique]
+        return got if len(unique) == len(rows) else got[inverse]
 
     def _gather(self, physical: np.ndarray) -> np.ndarray:
         """Features of ``physical`` rows of a segmented store, from checked blocks of its
