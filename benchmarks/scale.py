@@ -94,6 +94,7 @@ def assemble(c, small: Path) -> dict:
     from featx.store import FeatureStore, RowSource, write_store
 
     p = plan(c)
+    p.path.parent.mkdir(parents=True, exist_ok=True)
     by_source: dict[int, int] = {}
     with FeatureStore(small) as s:
         for row, rel in enumerate(s.paths):
