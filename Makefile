@@ -10,7 +10,7 @@ WEIGHTS ?=
 DEMO_WEIGHTS ?= $(or $(WEIGHTS),$(wildcard ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5))
 FLAGS = $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(ARGS)
 
-.PHONY: install demo features classify finetune test test-fast lint clean-cache bench bench-integrity compare
+.PHONY: install demo features classify finetune test test-fast lint clean-cache bench bench-integrity bench-scale compare
 
 $(BIN)/featx: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ bench: install
 # what the store's checksums cost on a 50k-row store (checked vs unchecked reads)
 bench-integrity: install
 	$(BIN)/python benchmarks/integrity.py
+
+# cost against the size of the data: 10k, 100k and 1M synthetic images (~30 min; ARGS=--quick
+# stops at 100k, ARGS=--extract-1m extracts the 1M store instead of assembling it)
+bench-scale: install
+	$(BIN)/python benchmarks/scale.py $(ARGS)
 
 clean-cache:
 	rm -rf data/cache

@@ -22,6 +22,7 @@ from featx.layout import (
     partial_dirs,
     partial_key,
     runs_dir,
+    segments_dir,
     shard_dir,
     store_files,
 )
@@ -55,11 +56,13 @@ def entries(cache_dir: Path) -> list[Entry]:
                 a = f.attrs
                 key = str(a.get("key", name.key))
                 # A store made on Ray may be a virtual dataset over its shard files.
-                shards = shard_dir(path, key).glob("shard-*.h5")
+                # An updated store's features are in its segment files.
+                shards = [*shard_dir(path, key).glob("shard-*.h5"),
+                          *segments_dir(path).glob("seg-*.h5")]
                 size = path.stat().st_size + sum(p.stat().st_size for p in shards)
                 out.append(Entry(path, key, str(a.get("dataset", name.dataset)),
                                  str(a.get("backbone", name.backbone)),
-                                 int(f["features"].shape[0]), size,
+                                 int(f["labels"].shape[0]), size,
                                  bool(a.get("complete", False))))
         except (OSError, KeyError):
             out.append(Entry(path, name.key, name.dataset, name.backbone, 0,
@@ -142,7 +145,9 @@ def verify(path: Path) -> list[str]:
                 digest.update(np.ascontiguousarray(block).tobytes())
         except StoreError as e:
             return problems + [str(e)]
-        if store.attrs.get("features_sha256") != digest.hexdigest():
+        # an updated (segmented) store records none: its blocks' checksums cover every row
+        recorded = store.attrs.get("features_sha256")
+        if recorded is not None and recorded != digest.hexdigest():
             problems.append("features do not match the checksum recorded when written")
         if not problems:
             store.mark_verified()

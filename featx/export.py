@@ -66,12 +66,13 @@ class _Reader:
 
     def __init__(self, store: FeatureStore, buffer_bytes: int) -> None:
         self.store = store
-        self.features = store.file["features"]
-        self.rows, *shape = self.features.shape
-        self.shape = tuple(shape)
+        # an updated store's features are in segments, read through the store in row order
+        self.features = None if store.segmented else store.file["features"]
+        self.rows, self.shape = len(store), store.feature_shape
         self.width = int(np.prod(self.shape))
         step = max(1, buffer_bytes // (4 * max(self.width, 1)))
-        chunk = self.features.chunks[0] if self.features.chunks else 1
+        chunk = store.rows_per_read if self.features is None else \
+            (self.features.chunks[0] if self.features.chunks else 1)
         self.step = max(chunk, step // chunk * chunk)  # whole chunks: each decompressed once
         self.label_names = np.asarray(store.label_names, dtype=object)
 
@@ -85,7 +86,10 @@ class _Reader:
         buffer = np.empty((min(self.step, self.rows), *self.shape), FLOAT32)
         for span in self.spans():
             n = span.stop - span.start
-            self.features.read_direct(buffer, np.s_[span], np.s_[:n])
+            if self.features is None:
+                buffer[:n] = self.store.read_rows(np.arange(span.start, span.stop))
+            else:
+                self.features.read_direct(buffer, np.s_[span], np.s_[:n])
             yield buffer[:n]
 
     def column(self, name: str, span: slice) -> np.ndarray:

@@ -44,6 +44,8 @@ from featx.store import (
     FeatureStore,
     RowSource,
     StoreError,
+    append_store,
+    can_append,
     rewrite_split,
     write_store,
 )
@@ -90,9 +92,15 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
             superseded = old.path if old is not None and old.path != p.path and \
                 old.file.attrs.get("root") == str(p.dataset.root) and \
                 old.file.attrs.get("dataset") == p.dataset.name else None
-            result = run(config, p, p.split, old, progress)
+            before = (dict(zip(old.paths, old.signatures)), old.duplicates) \
+                if old is not None and "duplicates" in old.file else None
+            if run is _run:  # only this folder's own previous store is updated in place
+                result = _run(config, p, p.split, old, progress,
+                              in_place=superseded is not None)
+            else:
+                result = run(config, p, p.split, old, progress)
             # found once per store version (a cache hit reads them back from the store)
-            result.duplicates = duplicate_files(p.dataset, p.signatures)
+            result.duplicates = duplicate_files(p.dataset, p.signatures, before)
             _note_duplicates(p.path, result.duplicates)
             if superseded is not None:  # the previous version of this very folder's store
                 for path in belongings(superseded):
@@ -130,25 +138,54 @@ def _cache_hit(p: Plan, config: Config) -> ExtractResult | None:
                          skipped=sorted(set(skipped)), duplicates=duplicates)
 
 
-def duplicate_files(dataset: Dataset, signatures: list[str]) -> list[tuple[str, str]]:
+def _size_of(sig: str) -> str:
+    return sig if sig.startswith("sha256:") else sig.split(":")[0]
+
+
+def duplicate_files(dataset: Dataset, signatures: list[str],
+                    before: tuple[dict[str, str], list[tuple[str, str]]] | None = None
+                    ) -> list[tuple[str, str]]:
     """(path, path of an earlier image with the same bytes) for every image whose bytes
-    repeat another's. Only images that share a size are read (a stat signature carries it);
-    content signatures are hashes already."""
+    repeat another's. Only images that share a size are read (a stat signature carries it),
+    and of files that are one file (hard links: same inode) one is read; content signatures
+    are hashes already.
+
+    ``before``: (path -> signature, duplicates) of the store being updated. A size whose
+    images are all as they were (none added, removed or changed) keeps its recorded pairs
+    unread, so an update reads O(changed images x images sharing their size), not all of
+    the images that share a size with another (most of a million JPEGs do)."""
     by_size: dict[str, list[int]] = {}
     for i, sig in enumerate(signatures):
-        by_size.setdefault(sig if sig.startswith("sha256:") else sig.split(":")[0], []).append(i)
+        by_size.setdefault(_size_of(sig), []).append(i)
+    clean: set[str] = set()
     out = []
-    for rows in by_size.values():
-        if len(rows) < 2:
+    if before is not None:
+        old_sigs, old_pairs = before
+        dirty = {_size_of(sig) for rel, sig in zip(dataset.paths, signatures)
+                 if old_sigs.get(rel) != sig}
+        now = dict(zip(dataset.paths, signatures))
+        dirty |= {_size_of(sig) for rel, sig in old_sigs.items() if now.get(rel) != sig}
+        clean = set(by_size) - dirty
+        out = [pair for pair in old_pairs if _size_of(now.get(pair[0], "?")) in clean]
+    stats = dataset.stats
+    for size, rows in by_size.items():
+        if len(rows) < 2 or size in clean:
             continue
         first_of: dict[str, int] = {}
+        read: dict[tuple[int, int], str] = {}  # (device, inode) -> hash: hard links
         for i in rows:
             sig = signatures[i]
             if not sig.startswith("sha256:"):
-                try:
-                    sig = hashlib.sha256(Path(dataset.absolute(i)).read_bytes()).hexdigest()
-                except OSError:
-                    continue
+                inode = stats[i][2] if stats is not None else None
+                if inode in read:
+                    sig = read[inode]
+                else:
+                    try:
+                        sig = hashlib.sha256(Path(dataset.absolute(i)).read_bytes()).hexdigest()
+                    except OSError:
+                        continue
+                    if inode is not None:
+                        read[inode] = sig
             if sig in first_of:
                 out.append((dataset.paths[i], dataset.paths[first_of[sig]]))
             else:
@@ -224,7 +261,10 @@ def _reuse(p: Plan, old: FeatureStore | None) -> tuple[np.ndarray, int]:
 
 
 def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
-         progress: bool) -> ExtractResult:
+         progress: bool, in_place: bool = False) -> ExtractResult:
+    """Extract what ``old`` (if any) does not hold and write the store. ``in_place``: ``old``
+    is the previous version of this very dataset's store, so a plain store may be updated
+    by appending a segment to it (featx.store.append_store) instead of rewriting it."""
     dataset, backbone, variant = p.dataset, p.backbone, p.variant
     row_image = p.row_image
     old_row, dropped = _reuse(p, old)
@@ -249,14 +289,22 @@ def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
                                           remaining, progress, variant=variant)
     seconds = time.perf_counter() - t0
     feature_shape = _feature_shape(blocks, old, backbone)
-    skipped = write_store(
-        p.path, feature_shape=feature_shape, source=RowSource(old_row, new_row), old=old,
-        blocks=blocks, paths=[dataset.paths[i] for i in row_image],
-        signatures=[p.signatures[i] for i in row_image], labels=dataset.labels[row_image],
-        label_names=dataset.label_names, split=split[row_image],
-        attrs={**store_attrs(config, p), "feature_shape": list(feature_shape)},
-        compression=config.extract.compression,
-        extra={"view": p.row_view} if variant.rows_per_image > 1 else None)
+    skipped = None
+    columns = dict(paths=[dataset.paths[i] for i in row_image],
+                   signatures=[p.signatures[i] for i in row_image],
+                   labels=dataset.labels[row_image], label_names=dataset.label_names,
+                   split=split[row_image],
+                   attrs={**store_attrs(config, p), "feature_shape": list(feature_shape)},
+                   compression=config.extract.compression)
+    if in_place and old is not None and variant.rows_per_image == 1 and "view" not in \
+            old.file and can_append(old, len(row_image), len(todo)):
+        skipped = append_store(p.path, source=RowSource(old_row, new_row), old=old,
+                               blocks=blocks, feature_shape=feature_shape, **columns)
+    if skipped is None:
+        skipped = write_store(
+            p.path, feature_shape=feature_shape, source=RowSource(old_row, new_row), old=old,
+            blocks=blocks, extra={"view": p.row_view} if variant.rows_per_image > 1 else None,
+            **columns)
     blocks.remove()
     skipped = sorted(set(skipped))  # a variant lists an image once per view
     return ExtractResult(p.path, p.key, cache_hit=False, rows=len(row_image),
@@ -272,7 +320,7 @@ def _feature_shape(blocks: BlockDir, old: FeatureStore | None,
     if done:
         return tuple(blocks.load(done[0])["features"].shape[1:])
     if old is not None:
-        return tuple(old.file["features"].shape[1:])
+        return old.feature_shape
     return backbone.feature_shape
 
 

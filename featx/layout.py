@@ -14,6 +14,7 @@ happens to have the same folder name gets a store of its own. Beside a store::
     <store>.h5.<key>.partial/       finished blocks of an unfinished local extraction
     <store>.h5.<key>.shards/        shard files of a Ray extraction (a virtual store reads them)
     <store>.h5.assembling           a store being written (renamed into place when complete)
+    <store>.h5.segments/            seg-NNN.h5: the feature segments of an updated store
     <store>.h5.verified             the file version whose checksums were last checked in full
     <store>.runs/                   classification results
 
@@ -88,6 +89,15 @@ def assembling_path(store: Path) -> Path:
     return Path(store).with_name(Path(store).name + ".assembling")
 
 
+def segments_dir(store: Path) -> Path:
+    """The feature segments of a store updated in place (featx/store.py, ``append_store``)."""
+    return Path(str(store) + ".segments")
+
+
+def segment_name(index: int) -> str:
+    return f"seg-{index:03d}.h5"
+
+
 def verified_stamp(store: Path) -> Path:
     return Path(str(store) + ".verified")
 
@@ -114,6 +124,7 @@ def belongings(store: Path) -> list[Path]:
     """Everything in the cache folder that belongs to ``store`` but its results."""
     store = Path(store)
     return [store, lock_path(store), verified_stamp(store), assembling_path(store),
+            segments_dir(store),
             *store.parent.glob(store.name + ".*.partial"),
             *store.parent.glob(store.name + ".*.shards")]
 

@@ -288,8 +288,7 @@ def store_passes(store: FeatureStore, rows: np.ndarray, labels: np.ndarray,
                  max_rows: int | None = None) -> Passes:
     """Passes over ``rows`` of an open store: its chunks in a shuffled order, gathered into
     buffers of at most ``max_rows`` rows (or one chunk) whose rows are shuffled."""
-    ds = store.file["features"]
-    row_size = int(np.prod(ds.shape[1:]))
+    row_size = int(np.prod(store.feature_shape))
     max_rows = max_rows or buffer_rows(row_size)
     block = store.rows_per_read
     rows = np.sort(np.asarray(rows))

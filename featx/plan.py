@@ -90,7 +90,7 @@ def plan(config: Config, variant: str = "plain") -> Plan:
     ``variant`` names a variant store (featx/variants.py) instead of the plain one. The
     store is named by its content key (featx/layout.py): what it holds, not where from."""
     dataset, backbone, v, settings = _settings(config, variant)
-    signatures = dataset.signatures(content=config.dataset.hash == "content")
+    signatures = dataset.signatures(content=config.dataset.hash == "content", listed=True)
     manifest = manifest_digest(dataset, signatures)
     content = {"settings": settings["settings_key"], "manifest": manifest,
                "hash": config.dataset.hash}
@@ -135,7 +135,7 @@ def check_store_matches(config: Config, store: Path) -> None:
     with FeatureStore(store) as given:
         recorded, mode = given.attrs.get("manifest"), given.attrs.get("hash", "stat")
     dataset = load_dataset(config.dataset)
-    signatures = dataset.signatures(content=mode == "content")
+    signatures = dataset.signatures(content=mode == "content", listed=True)
     if manifest_digest(dataset, signatures) != recorded:
         raise StoreError(mismatch(dataset, signatures, [Path(store)]))
 

@@ -19,6 +19,15 @@ Extraction writes whole blocks into a ``.partial`` folder and assembles the stor
 temporary name renamed only when complete, so a finished store is never confused with an
 unfinished one and a killed extraction resumes from its last finished block.
 
+A store updated in place (a few images added or removed) is *segmented*: its file holds the
+per-row columns in dataset order, ``feature_row`` (int64 (N,): the physical row of each
+row's features) and ``segments`` (attr, JSON: file name and rows of each segment, in
+``<store>.segments/``). Physical rows are the segments' ``features`` one after the other;
+each segment is an immutable HDF5 file with its own ``features``, ``block_sha256`` and
+``check_rows`` (the first is usually the previous complete store, hard-linked: no copy).
+An update writes a new segment and a new small store file and never modifies a file of the
+previous store, so a kill at any moment leaves the previous store as it was.
+
 Integrity: ``labels``, ``split``, ``paths``, ``ok`` and ``label_names`` are checked against
 ``columns_sha256`` whenever a store is opened (cheap: they are small); features are checked
 block by block against ``block_sha256`` as they are read, so every command that reads
@@ -35,6 +44,7 @@ import logging
 import os
 import platform
 import shutil
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -49,6 +59,8 @@ from featx.layout import (
     assembling_path,
     partial_dir,
     safe_name,
+    segment_name,
+    segments_dir,
     shard_dir,
     store_path,
     verified_stamp,
@@ -62,6 +74,13 @@ CHUNK_BYTES = 2 << 20
 MIN_READ_ROWS = 64  # iter_chunks reads at least this many rows at a time
 VIRTUAL_READ_ROWS = 4096  # rows a read of a virtual store (no chunks of its own)
 STRING = h5py.string_dtype("utf-8")
+# An update appends a segment (new rows only) unless the store would then have more than
+# SEGMENTS_MAX segments or more than DEAD_MAX of its feature rows unused (removed or changed
+# images): then it is rewritten whole, compacted, in dataset order. Rewrites every
+# ~DEAD_MAX * N changed rows keep the amortised cost of an update O(changed rows).
+SEGMENTS_MAX = 8
+DEAD_MAX = 0.10
+BLOCK_CACHE = 8  # checked physical blocks a segmented store keeps (a read mixes ~2-3)
 __all__ = ["safe_name", "shard_dir", "store_path"]  # re-exported names of featx.layout
 
 
@@ -72,9 +91,12 @@ def store_key(settings: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def columns_digest(*, labels, paths, split, ok, label_names) -> str:
-    """One SHA-256 of every per-row column a result depends on, besides the features."""
+def columns_digest(*, labels, paths, split, ok, label_names, feature_row=None) -> str:
+    """One SHA-256 of every per-row column a result depends on, besides the features
+    (``feature_row`` of a segmented store included; a plain store's digest is unchanged)."""
     h = hashlib.sha256()
+    if feature_row is not None:
+        h.update(b"\x1f" + np.ascontiguousarray(feature_row, "<i8").tobytes())
     h.update(np.ascontiguousarray(labels, "<i4").tobytes())
     h.update(np.ascontiguousarray(split, "i1").tobytes())
     h.update(np.ascontiguousarray(ok, bool).tobytes())
@@ -287,7 +309,7 @@ def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource
                 reuse = np.flatnonzero(old_rows >= 0)
                 if len(reuse):
                     order = np.argsort(old_rows[reuse])  # h5py reads increasing indices
-                    got = old.file["features"][old_rows[reuse][order]]
+                    got = old.read_rows(old_rows[reuse][order])
                     block[reuse[order]] = got
                     for i in reuse:
                         ok_all[start + i] = old_ok[old_rows[i]]
@@ -317,13 +339,127 @@ def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource
     return sorted(skipped)
 
 
+def can_append(old: FeatureStore, live_rows: int, new_rows: int) -> bool:
+    """Whether updating ``old`` to ``live_rows`` rows, ``new_rows`` of them new, appends a
+    segment (else: rewrite whole, compacted; see SEGMENTS_MAX and DEAD_MAX)."""
+    physical = old.physical_rows + new_rows
+    return len(old.segment_files) + 1 <= SEGMENTS_MAX and \
+        physical - live_rows <= DEAD_MAX * physical
+
+
+def append_store(path: Path, *, source: RowSource, old: FeatureStore, blocks: BlockDir,
+                 feature_shape: tuple[int, ...], paths: list[str], signatures: list[str],
+                 labels: np.ndarray, label_names: list[str], split: np.ndarray,
+                 attrs: dict[str, Any], compression: str = "lzf"
+                 ) -> list[tuple[str, str]] | None:
+    """Make the store ``path`` from ``old`` plus the new rows in ``blocks`` without copying
+    or rewriting ``old``'s features: hard-link ``old``'s segments (or ``old`` itself) into
+    ``path``'s segment folder, write the new rows as one more segment, then a small store
+    file (every per-row column in dataset order, ``feature_row``) under a temporary name,
+    renamed into place last. No file of ``old`` is ever opened for writing, so a kill at any
+    moment leaves ``old`` complete and usable, and leftovers are removed by the next try.
+
+    Costs O(new rows) in feature I/O, plus O(N) small-column work (paths, labels... ~40 MB
+    at 1M rows) that opening any store does anyway. Returns the skipped (path, reason)
+    pairs, or None where hard links cannot be made here (the caller rewrites instead)."""
+    folder = segments_dir(path)
+    shutil.rmtree(folder, ignore_errors=True)  # what a killed try left
+    folder.mkdir(parents=True)
+    linked = []
+    try:
+        for i, src in enumerate(old.segment_files):
+            os.link(src, folder / segment_name(i))
+            linked.append(i)
+    except OSError as e:  # no hard links on this file system (or across devices)
+        log.info("cannot link %s into %s (%s): rewriting the store", old.path, folder,
+                 e.strerror or e)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    n, n_new = len(paths), blocks.rows
+    chunk_rows = old.rows_per_read  # the same blocks as the old store's: one read pattern
+    ok_all = np.empty(n, bool)
+    skipped: list[tuple[str, str]] = []
+    old_reasons = dict(old.skipped)
+    old_ok = old.ok
+    reuse = source.old_row >= 0
+    ok_all[reuse] = old_ok[source.old_row[reuse]]
+    for i in np.flatnonzero(reuse & ~ok_all):
+        skipped.append((paths[i], old_reasons.get(paths[i], "unreadable")))
+    new_index = np.flatnonzero(~reuse)
+    segment = folder / segment_name(len(linked))
+    tmp = assembling_path(segment)
+    try:
+        if n_new:
+            _write_segment(tmp, segment, blocks, feature_shape, chunk_rows, compression,
+                           source, new_index, paths, ok_all, skipped)
+        offset = old.physical_rows
+        feature_row = np.empty(n, np.int64)
+        feature_row[reuse] = old.feature_rows[source.old_row[reuse]]
+        feature_row[new_index] = offset + source.new_row[new_index]
+        segments = [{"file": segment_name(i), "rows": int(r)} for i, r in
+                    enumerate([*old.segment_rows, n_new][:len(linked) + bool(n_new)])]
+        index = assembling_path(path)
+        with h5py.File(index, "w") as f:
+            write_columns(f, labels=labels, paths=paths, signatures=signatures,
+                          label_names=label_names, split=split, ok=ok_all, skipped=skipped,
+                          attrs={**attrs, "segments": segments}, digest=None,
+                          feature_row=feature_row, check_rows=chunk_rows)
+    except OSError as e:  # full disk, file size limit: say where, keep the old store
+        tmp.unlink(missing_ok=True)
+        assembling_path(path).unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        raise StoreError(f"cannot write {folder}: {e.strerror or e}") from None
+    old.close()
+    os.replace(assembling_path(path), path)  # atomic: a store under its final name is whole
+    return sorted(skipped)
+
+
+def _write_segment(tmp: Path, segment: Path, blocks: BlockDir, feature_shape: tuple[int, ...],
+                   chunk_rows: int, compression: str, source: RowSource,
+                   new_index: np.ndarray, paths: list[str], ok_all: np.ndarray,
+                   skipped: list[tuple[str, str]]) -> None:
+    """The new rows of an update as one segment file (``features`` in block order,
+    ``block_sha256``, ``check_rows``), written under ``tmp`` and renamed to ``segment``;
+    fills ``ok_all`` and ``skipped`` for the store rows they belong to."""
+    comp = None if compression == "none" else compression
+    n_new = blocks.rows
+    with h5py.File(tmp, "w") as f:
+        feats = f.create_dataset("features", (n_new, *feature_shape), np.float32,
+                                 chunks=(max(1, min(chunk_rows, n_new)), *feature_shape),
+                                 compression=comp, shuffle=comp is not None, fletcher32=True)
+        digest = FeatureDigest(chunk_rows)
+        where = np.empty(n_new, np.int64)  # store row of each new row
+        where[source.new_row[new_index]] = new_index
+        for b in range(blocks.n_blocks):
+            got = blocks.load(b)
+            rows = blocks.rows_of(b)
+            feats[rows.start:rows.stop] = got["features"]
+            digest.update(got["features"])
+            for j, row in enumerate(rows):
+                ok_all[where[row]] = bool(got["ok"][j])
+                if not got["ok"][j]:
+                    skipped.append((paths[where[row]], str(got["reasons"][j])))
+        _, block_sums = digest.finish()
+        f.create_dataset("block_sha256", data=np.asarray(block_sums, dtype=object),
+                         dtype=STRING)
+        f.attrs["check_rows"] = chunk_rows
+        f.attrs["rows"] = n_new
+        f.attrs["complete"] = True
+    os.replace(tmp, segment)
+
+
 def write_columns(f: h5py.File, *, labels, paths, signatures, label_names, split, ok,
-                  skipped: list[tuple[str, str]], attrs: dict[str, Any], digest: FeatureDigest,
-                  extra: dict[str, Any] | None = None) -> None:
+                  skipped: list[tuple[str, str]], attrs: dict[str, Any],
+                  digest: FeatureDigest | None, extra: dict[str, Any] | None = None,
+                  feature_row: np.ndarray | None = None, check_rows: int = 0) -> None:
     """Everything of a store but ``features``: the per-row datasets, the checksums and the
-    attributes, the last of them ``complete``."""
-    whole, blocks = digest.finish()
-    f.create_dataset("block_sha256", data=np.asarray(blocks, dtype=object), dtype=STRING)
+    attributes, the last of them ``complete``. A segmented store (``feature_row`` given, no
+    ``digest``: its segments hold the block checksums) records ``check_rows`` given."""
+    if digest is not None:
+        whole, blocks = digest.finish()
+        f.create_dataset("block_sha256", data=np.asarray(blocks, dtype=object), dtype=STRING)
+    if feature_row is not None:
+        f.create_dataset("feature_row", data=np.asarray(feature_row, np.int64))
     f.create_dataset("labels", data=np.asarray(labels, np.int32))
     f.create_dataset("paths", data=np.asarray(paths, dtype=object), dtype=STRING)
     f.create_dataset("signatures", data=np.asarray(signatures, dtype=object), dtype=STRING)
@@ -336,10 +472,12 @@ def write_columns(f: h5py.File, *, labels, paths, signatures, label_names, split
                      dtype=STRING)
     for name, value in attrs.items():
         f.attrs[name] = value if isinstance(value, (int, float, str)) else json.dumps(value)
-    f.attrs["features_sha256"] = whole
-    f.attrs["check_rows"] = digest.rows
+    if digest is not None:  # a segmented store has no whole-features checksum: computing
+        f.attrs["features_sha256"] = whole  # one would read every row (O(N) per update)
+    f.attrs["check_rows"] = digest.rows if digest is not None else int(check_rows)
     f.attrs["columns_sha256"] = columns_digest(labels=labels, paths=paths, split=split, ok=ok,
-                                               label_names=label_names)
+                                               label_names=label_names,
+                                               feature_row=feature_row)
     f.attrs["rows"] = len(labels)
     f.attrs["complete"] = True
 
@@ -351,7 +489,8 @@ def rewrite_split(path: Path, split: np.ndarray, split_attr: str) -> None:
         f.attrs["split"] = split_attr
         f.attrs["columns_sha256"] = columns_digest(
             labels=f["labels"][:], paths=f["paths"].asstr()[:], split=split, ok=f["ok"][:],
-            label_names=f["label_names"].asstr()[:])
+            label_names=f["label_names"].asstr()[:],
+            feature_row=f["feature_row"][:] if "feature_row" in f else None)
 
 
 def _text(value: Any) -> str:
@@ -364,6 +503,22 @@ def missing_sources(path: Path, dataset: h5py.Dataset) -> list[str]:
         return []
     files = {m.file_name for m in dataset.virtual_sources()}
     return sorted(f for f in files if not (Path(path).parent / f).is_file())
+
+
+class _Segment:
+    """One immutable file of a segmented store's features (physical rows ``start`` on)."""
+
+    def __init__(self, path: Path, file: h5py.File, start: int) -> None:
+        self.path, self.file, self.start = path, file, start
+        self.rows = int(file["features"].shape[0])
+        self.check_rows = int(file.attrs["check_rows"])
+        self._sums: list[str] | None = None
+
+    @property
+    def block_sha256(self) -> list[str]:
+        if self._sums is None:
+            self._sums = [_text(x) for x in self.file["block_sha256"][:]]
+        return self._sums
 
 
 class FeatureStore:
@@ -383,26 +538,57 @@ class FeatureStore:
         if not self.file.attrs.get("complete", False):
             self.file.close()
             raise StoreError(f"{self.path}: store is not complete")
-        missing = missing_sources(self.path, self.file["features"])
-        if missing:  # a virtual store (featx.distributed) would read fill values
-            self.file.close()
-            raise StoreError(f"{self.path}: {len(missing)} shard file(s) missing, e.g. "
-                             f"{missing[0]} (run `featx extract` again)")
+        self._segments: list[_Segment] = []
+        self._feature_row: np.ndarray | None = None
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         try:
+            if "feature_row" in self.file:
+                self._open_segments()
+            else:
+                missing = missing_sources(self.path, self.file["features"])
+                if missing:  # a virtual store (featx.distributed) would read fill values
+                    raise StoreError(f"{self.path}: {len(missing)} shard file(s) missing, "
+                                     f"e.g. {missing[0]} (run `featx extract` again)")
             self._check_columns()
         except StoreError:
-            self.file.close()
+            self.close()
             raise
         self._block_sha256: list[str] | None = None
 
+    def _open_segments(self) -> None:
+        """Open the segments of a segmented store, checking that each is there, complete and
+        as long as recorded."""
+        folder = segments_dir(self.path)
+        start = 0
+        for entry in json.loads(_text(self.file.attrs["segments"])):
+            path = folder / entry["file"]
+            try:
+                f = h5py.File(path, "r")
+            except OSError as e:
+                raise StoreError(f"{self.path}: feature segment {path} missing or unreadable "
+                                 f"({str(e).split(':')[0]}); run `featx extract` to rebuild "
+                                 "the store") from None
+            self._segments.append(_Segment(path, f, start))
+            if f["features"].shape[0] != int(entry["rows"]) or "block_sha256" not in f:
+                raise StoreError(f"{self.path}: feature segment {path} holds "
+                                 f"{f['features'].shape[0]} rows, {entry['rows']} recorded; "
+                                 "run `featx extract` to rebuild the store")
+            start += int(entry["rows"])
+        self._feature_row = self.file["feature_row"][:]
+        if len(self._feature_row) and (self._feature_row.min() < 0 or
+                                       self._feature_row.max() >= start):
+            raise StoreError(f"{self.path}: feature_row points outside its {start} feature "
+                             "rows; run `featx extract` to rebuild the store")
+
     def _check_columns(self) -> None:
         recorded = self.file.attrs.get("columns_sha256")
-        if recorded is None or "block_sha256" not in self.file:
+        if recorded is None or not ("block_sha256" in self.file or self._segments):
             raise StoreError(f"{self.path}: a store without checksums (written by an older "
                              "featx); run `featx extract` to rebuild it")
         try:
-            now = columns_digest(labels=self.labels, paths=self.paths, split=self.split,
-                                 ok=self.ok, label_names=self.label_names)
+            now = columns_digest(labels=self.labels, paths=self._iter_paths(),
+                                 split=self.split, ok=self.ok, label_names=self.label_names,
+                                 feature_row=self._feature_row)
         except (OSError, KeyError) as e:
             raise StoreError(f"{self.path}: unreadable ({e}); run `featx extract` to "
                              "rebuild it") from None
@@ -411,6 +597,13 @@ class FeatureStore:
                              "checksum recorded when the store was written; run `featx "
                              "extract` to rebuild it")
 
+    def _iter_paths(self, step: int = 65536) -> Iterator[str]:
+        """The paths, read a slice at a time: the column check of a 1M-row store holds
+        no list of a million strings (~70 MB) that nothing else asked for."""
+        ds = self.file["paths"]
+        for start in range(0, ds.shape[0], step):
+            yield from (_text(p) for p in ds[start:start + step])
+
     def __enter__(self) -> FeatureStore:
         return self
 
@@ -418,6 +611,8 @@ class FeatureStore:
         self.close()
 
     def close(self) -> None:
+        for segment in self._segments:
+            segment.file.close()
         self.file.close()
 
     @property
@@ -435,7 +630,36 @@ class FeatureStore:
         return out
 
     def __len__(self) -> int:
-        return int(self.file["features"].shape[0])
+        return int(self.file["labels"].shape[0])
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        """The shape of one row's features."""
+        ds = self._segments[0].file["features"] if self._segments else self.file["features"]
+        return tuple(ds.shape[1:])
+
+    @property
+    def segmented(self) -> bool:
+        return bool(self._segments)
+
+    @property
+    def segment_files(self) -> list[Path]:
+        """The files holding the features: the segments, or the store itself."""
+        return [s.path for s in self._segments] or [self.path]
+
+    @property
+    def segment_rows(self) -> list[int]:
+        return [s.rows for s in self._segments] or [len(self)]
+
+    @property
+    def physical_rows(self) -> int:
+        """Feature rows held (those of removed images included, until a rewrite)."""
+        return sum(self.segment_rows)
+
+    @property
+    def feature_rows(self) -> np.ndarray:
+        """The physical feature row of every row (int64 (N,))."""
+        return self._feature_row if self._feature_row is not None else np.arange(len(self))
 
     @property
     def labels(self) -> np.ndarray:
@@ -486,6 +710,8 @@ class FeatureStore:
         """Rows ``b * rows_per_read`` onwards, checked against their recorded SHA-256."""
         step, n = self.rows_per_read, len(self)
         start, stop = b * step, min((b + 1) * step, n)
+        if self._segments:
+            return self._gather(self._feature_row[start:stop])
         if self._block_sha256 is None:
             self._block_sha256 = [_text(x) for x in self.file["block_sha256"][:]]
         try:
@@ -500,6 +726,57 @@ class FeatureStore:
                              "the checksum recorded when the store was written; run `featx "
                              "extract` to rebuild it")
         return block
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Features of ``rows`` (ascending), (len(rows), *feature_shape); a segmented store's
+        are checked as read, a plain store's read directly (a writer copying them)."""
+        rows = np.asarray(rows, np.int64)
+        if self._segments:
+            return self._gather(self._feature_row[rows])
+        unique, inverse = np.unique(rows, return_inverse=True)  # h5py: no repeated indices
+        got = self.file["features"][unique]
+        return got if len(unique) == len(rows) else got[inverse]
+
+    def _gather(self, physical: np.ndarray) -> np.ndarray:
+        """Features of ``physical`` rows of a segmented store, from checked blocks of its
+        segments (the last BLOCK_CACHE kept: a read of dataset-ordered rows mixes an old
+        block or two with a few rows of the appended segments)."""
+        out = np.empty((len(physical), *self.feature_shape), np.float32)
+        starts = np.asarray([s.start for s in self._segments])
+        seg = np.searchsorted(starts, physical, side="right") - 1
+        local = physical - starts[seg]
+        check = np.asarray([s.check_rows for s in self._segments])[seg]
+        block = local // check
+        keys = seg * (1 << 40) + block
+        for key in np.unique(keys):
+            at = np.flatnonzero(keys == key)
+            s, b = int(seg[at[0]]), int(block[at[0]])
+            data = self._segment_block(s, b)
+            out[at] = data[local[at] - b * self._segments[s].check_rows]
+        return out
+
+    def _segment_block(self, s: int, b: int) -> np.ndarray:
+        got = self._cache.get((s, b))
+        if got is not None:
+            self._cache.move_to_end((s, b))
+            return got
+        segment = self._segments[s]
+        start, stop = b * segment.check_rows, min((b + 1) * segment.check_rows, segment.rows)
+        try:
+            data = segment.file["features"][start:stop]
+        except OSError as e:
+            raise StoreError(f"{segment.path}: features of rows {start}-{stop - 1} unreadable "
+                             f"({str(e).split(':')[0]}); the file is damaged: run `featx "
+                             "extract` to rebuild the store") from None
+        digest = hashlib.sha256(np.ascontiguousarray(data, np.float32).tobytes()).hexdigest()
+        if b >= len(segment.block_sha256) or digest != segment.block_sha256[b]:
+            raise StoreError(f"{segment.path}: features of rows {start}-{stop - 1} do not "
+                             "match the checksum recorded when the segment was written; run "
+                             "`featx extract` to rebuild the store")
+        self._cache[(s, b)] = data
+        if len(self._cache) > BLOCK_CACHE:
+            self._cache.popitem(last=False)
+        return data
 
     def iter_chunks(self, rows: np.ndarray | None = None
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -536,13 +813,18 @@ class FeatureStore:
             write_atomic(verified_stamp(self.path), self._version().encode())
 
     def _version(self) -> str:
-        st = self.path.stat()
-        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{_text(self.file.attrs['key'])}"
+        """The store file's size, mtime and inode, and its segments' (swapping a segment
+        file changes the version)."""
+        parts = []
+        for path in [self.path, *(s.path for s in self._segments)]:
+            st = path.stat()
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}")
+        return ":".join(parts) + f":{_text(self.file.attrs['key'])}"
 
     def features(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Features of ``rows`` (all rows by default, ascending), flattened to 2-D float32."""
         wanted = np.arange(len(self)) if rows is None else np.sort(np.asarray(rows))
-        row_size = int(np.prod(self.file["features"].shape[1:]))
+        row_size = int(np.prod(self.feature_shape))
         out = np.empty((len(wanted), row_size), np.float32)
         at = 0
         for sel, block in self.iter_chunks(wanted):

@@ -1,0 +1,289 @@
+"""featx cost against the size of the data: `make bench-scale` (``--quick``: up to 100k).
+
+    .venv/bin/python benchmarks/scale.py [--quick] [--extract-1m] [--work DIR]
+
+For N = 10k, 100k and 1M synthetic images (benchmarks/synthetic.py: hard links to 300 small
+JPEGs, 10 class folders, 1,000 files a sub-folder; MobileNetV2, random weights, 32 px,
+avg pooling: 1,280 features a row) it measures, each operation in a fresh process (so that
+peak RSS, VmHWM, is the operation's own):
+
+* extract: a full extraction into an empty cache (img/s, peak RSS). Up to 100k; at 1M only
+  with ``--extract-1m`` (~15 min here). Otherwise the 1M store is assembled by featx's own
+  writer (``write_store``) from the 10k store's rows of the same source JPEGs: the same
+  bytes give the same features, so it is the store an extraction would write.
+* hit: ``extract()`` on an unchanged dataset: listing, one stat a file, the content key,
+  opening the store (column checksum). Page cache warm, as for a second command.
+* add 0.1%: N/1000 new images, then ``extract()`` (appends a segment), against ``empty``:
+  the same number of images extracted into an empty cache (model build included in both).
+* remove 0.1%: N/1000 images deleted, then ``extract()`` (a new small store file).
+* sgd: the out-of-core learner, one epoch over the training rows from the store
+  (``StreamingSGD.fit_passes`` over ``store_passes``): fit seconds and peak RSS.
+
+Targets: hit at 1M <= 30 s; add <= 3x empty; peak RSS of extract and of sgd at the largest N
+within 1.2x of 10k. The machine may be shared: read the ratios. Writes docs/scale.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import synthetic  # noqa: E402
+
+TARGET_HIT_S = 30.0
+TARGET_ADD = 3.0
+TARGET_RSS = 1.2
+
+
+def config(root: Path, cache: Path):
+    from featx.config import Config
+
+    c = Config()
+    c.dataset.root = str(root)
+    c.backbone.weights = "none"
+    c.backbone.input_size = 32
+    c.extract.batch_size = 64
+    c.cache_dir = str(cache)
+    return c
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# ------------------------------------------------------------------ child operations
+
+def child(op: str, root: str, cache: str, extra: str) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from featx.extraction import extract
+
+    c = config(Path(root), Path(cache))
+    t0 = time.perf_counter()
+    if op in ("extract", "hit", "update"):
+        r = extract(c, progress=False)
+        out = {"cache_hit": r.cache_hit, "extracted": r.extracted, "rows": r.rows,
+               "rate": r.images_per_second, "path": str(r.path)}
+    elif op == "assemble":
+        out = assemble(c, Path(extra))
+    elif op == "sgd":
+        out = sgd(Path(extra))
+    else:
+        raise SystemExit(f"unknown op {op}")
+    out["seconds"] = time.perf_counter() - t0
+    out["rss_mb"] = peak_rss_mb()
+    return out
+
+
+def assemble(c, small: Path) -> dict:
+    """The store of ``c``'s dataset from ``small``'s rows of the same source files."""
+    import numpy as np
+
+    from featx.extraction import _note_duplicates, duplicate_files
+    from featx.plan import plan, store_attrs
+    from featx.store import FeatureStore, RowSource, write_store
+
+    p = plan(c)
+    p.path.parent.mkdir(parents=True, exist_ok=True)
+    by_source: dict[int, int] = {}
+    with FeatureStore(small) as s:
+        for row, rel in enumerate(s.paths):
+            if "/img" in rel:  # not the images its updates added (new*.jpg)
+                i = int(rel.rsplit("img", 1)[1][:7])
+                by_source.setdefault((i * 7919) % 300, row)
+        old_row = np.asarray([by_source[(int(rel.rsplit("img", 1)[1][:7]) * 7919) % 300]
+                              for rel in p.dataset.paths], np.int64)
+        d = p.dataset
+        write_store(p.path, feature_shape=s.feature_shape,
+                    source=RowSource(old_row, np.full(len(old_row), -1)), old=s, blocks=None,
+                    paths=d.paths, signatures=p.signatures, labels=d.labels,
+                    label_names=d.label_names, split=p.split,
+                    attrs={**store_attrs(c, p), "feature_shape": list(s.feature_shape)})
+    _note_duplicates(p.path, duplicate_files(d, p.signatures))
+    return {"rows": len(old_row), "path": str(p.path)}
+
+
+def sgd(store: Path) -> dict:
+    import numpy as np
+
+    from featx.dataset import TRAIN
+    from featx.learners import StreamingSGD, store_passes
+    from featx.store import FeatureStore
+
+    with FeatureStore(store) as s:
+        rows = np.flatnonzero((s.split == TRAIN) & s.ok)
+        labels = s.labels
+        t0 = time.perf_counter()
+        StreamingSGD(alpha=1e-3, epochs=1).fit_passes(store_passes(s, rows, labels),
+                                                      labels[rows])
+        return {"fit_seconds": time.perf_counter() - t0, "train_rows": len(rows)}
+
+
+def run_child(op: str, root: Path, cache: Path, extra: str = "") -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, __file__, "_child", op, str(root), str(cache),
+                           extra], env=env, capture_output=True, text=True, cwd=REPO)
+    if done.returncode:
+        raise RuntimeError(f"{op} {root}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ driver
+
+def log(message: str) -> None:
+    print(f"[scale {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def store_bytes(path: Path) -> int:
+    seg = Path(str(path) + ".segments")
+    return path.stat().st_size + sum(p.stat().st_size for p in seg.glob("*.h5"))
+
+
+def measure(n: int, work: Path, small_store: Path | None, extract_big: bool) -> dict:
+    root, cache = work / f"d{n}", work / f"cache{n}"
+    made = synthetic.make(root, n)
+    for extra in root.glob("class-*/d*/new*.jpg"):  # what an earlier run added
+        extra.unlink()
+    log(f"N={n}: dataset ready ({made} new links)")
+    shutil.rmtree(cache, ignore_errors=True)
+    row: dict = {"n": n}
+    if small_store is None or n <= 100_000 or extract_big:
+        got = run_child("extract", root, cache)
+        row.update(extract_s=got["seconds"], rate=got["rate"], extract_rss=got["rss_mb"])
+        path = Path(got["path"])
+    else:
+        got = run_child("assemble", root, cache, str(small_store))
+        row.update(assemble_s=got["seconds"])
+        path = Path(got["path"])
+    row["store_mb"] = store_bytes(path) / 2**20
+    log(f"N={n}: store {path.name} ({row['store_mb']:.0f} MiB)")
+    hits = [run_child("hit", root, cache) for _ in range(2)]
+    assert all(h["cache_hit"] for h in hits)
+    row["hit_s"] = min(h["seconds"] for h in hits)
+    k = max(1, n // 1000)
+    src = synthetic.sources(root)
+    for i in range(k):  # new files, in the folders they would arrive in
+        dest = synthetic.image_path(root, i * (n // k), 10).with_name(f"new{i:07d}.jpg")
+        os.link(src[i % len(src)], dest)
+    got = run_child("update", root, cache)
+    assert got["extracted"] == k, got
+    row["add_s"] = got["seconds"]
+    empty_root, empty_cache = work / f"empty{k}", work / f"emptycache{k}"
+    shutil.rmtree(empty_cache, ignore_errors=True)
+    synthetic.make(empty_root, k)
+    row["empty_s"] = run_child("extract", empty_root, empty_cache)["seconds"]
+    for i in range(k):  # 0.1% of the original images
+        synthetic.image_path(root, i * (n // k) + 1, 10).unlink()
+    got = run_child("update", root, cache)
+    row["remove_s"] = got["seconds"]
+    path = Path(got["path"])
+    got = run_child("sgd", root, cache, str(path))
+    row.update(sgd_s=got["fit_seconds"], sgd_rss=got["rss_mb"])
+    log(f"N={n}: {json.dumps({k: round(v, 2) for k, v in row.items()})}")
+    # back to the dataset as generated, for a later run
+    for extra in root.glob("class-*/d*/new*.jpg"):
+        extra.unlink()
+    synthetic.make(root, n)
+    return row
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("hit_s", "cache hit"), ("add_s", "add 0.1%"),
+                       ("remove_s", "remove 0.1%"), ("empty_s", "0.1% into empty cache"),
+                       ("sgd_s", "sgd, 1 epoch"), ("extract_s", "full extraction")):
+        pts = [(r["n"], r[key]) for r in rows if key in r]
+        if pts:
+            a.loglog(*zip(*pts), "o-", label=label)
+    a.set_xlabel("images (N)")
+    a.set_ylabel("seconds")
+    a.legend(fontsize=8)
+    a.grid(True, which="both", alpha=0.3)
+    for key, label in (("extract_rss", "extraction RSS"), ("sgd_rss", "sgd learner RSS")):
+        pts = [(r["n"], r[key]) for r in rows if key in r]
+        if pts:
+            b.semilogx(*zip(*pts), "o-", label=label)
+    pts = [(r["n"], r["store_mb"]) for r in rows]
+    b.loglog(*zip(*pts), "s--", label="store size (MiB)")
+    b.set_xlabel("images (N)")
+    b.set_ylabel("peak RSS / size (MiB)")
+    b.legend(fontsize=8)
+    b.grid(True, which="both", alpha=0.3)
+    fig.suptitle("featx cost against N (synthetic, MobileNetV2 32 px, shared 2-core machine)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=80)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_child"]:
+        print(json.dumps(child(*argv[1:5])))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="stop at 100k")
+    ap.add_argument("--extract-1m", action="store_true", help="extract the 1M store too")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/featx-scale"))
+    ap.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    ap.add_argument("--plot", type=Path, default=REPO / "docs" / "scale.png")
+    args = ap.parse_args(argv)
+    sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows, small = [], None
+    for n in sizes:
+        rows.append(measure(n, args.work, small, args.extract_1m))
+        if small is None:  # the 10k store (after its updates: same source rows)
+            small = next((args.work / f"cache{n}").glob("*.h5"))
+    print()
+    print(f"{'N':>9} {'extract img/s':>13} {'extract RSS':>11} {'store MiB':>9} "
+          f"{'hit s':>6} {'add s':>6} {'empty s':>7} {'add/empty':>9} {'remove s':>8} "
+          f"{'sgd s':>6} {'sgd RSS':>7}")
+    for r in rows:
+        rate = f"{r['rate']:.0f}" if "rate" in r else "assembled"
+        rss = f"{r['extract_rss']:.0f}" if "extract_rss" in r else "-"
+        print(f"{r['n']:>9} {rate:>13} {rss:>11} {r['store_mb']:>9.0f} {r['hit_s']:>6.1f} "
+              f"{r['add_s']:>6.1f} {r['empty_s']:>7.1f} {r['add_s'] / r['empty_s']:>9.2f} "
+              f"{r['remove_s']:>8.1f} {r['sgd_s']:>6.1f} {r['sgd_rss']:>7.0f}")
+    print()
+    big, base = rows[-1], rows[0]
+    checks = []
+    if big["n"] >= 1_000_000:
+        checks.append((f"cache hit at {big['n']} <= {TARGET_HIT_S:.0f} s",
+                       big["hit_s"] <= TARGET_HIT_S, f"{big['hit_s']:.1f} s"))
+    for r in rows:
+        checks.append((f"add 0.1% at {r['n']} <= {TARGET_ADD:.0f}x into an empty store",
+                       r["add_s"] <= TARGET_ADD * r["empty_s"],
+                       f"{r['add_s'] / r['empty_s']:.2f}x"))
+    with_rss = [r for r in rows if "extract_rss" in r]
+    if len(with_rss) > 1:
+        ratio = with_rss[-1]["extract_rss"] / with_rss[0]["extract_rss"]
+        checks.append((f"extraction peak RSS at {with_rss[-1]['n']} <= {TARGET_RSS}x 10k",
+                       ratio <= TARGET_RSS, f"{ratio:.2f}x"))
+    ratio = big["sgd_rss"] / base["sgd_rss"]
+    checks.append((f"sgd peak RSS at {big['n']} <= {TARGET_RSS}x {base['n']}",
+                   ratio <= TARGET_RSS, f"{ratio:.2f}x"))
+    for name, ok, got in checks:
+        print(f"  {'PASS' if ok else 'FAIL'}  {name}: {got}")
+    plot(rows, args.plot)
+    print(f"\nplot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Updating a store in place: new images are appended as a segment, the previous store's
+features are never copied or rewritten, rows stay in dataset order, checksums hold, and a
+SIGKILL during an update leaves the previous store complete and usable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from helpers import REPO, assert_close
+from PIL import Image
+
+from featx import store as store_module
+from featx.config import Config
+from featx.errors import StoreError
+from featx.extraction import extract
+from featx.layout import segments_dir
+from featx.store import FeatureStore
+
+
+def _images(root: Path, names: list[str], seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (36, 44, 3), dtype=np.uint8)).save(path)
+
+
+def _config(data: Path, cache: Path) -> Config:
+    c = Config()
+    c.dataset.root = str(data)
+    c.dataset.test = 0.3
+    c.backbone.weights = "none"
+    c.backbone.input_size = 32
+    c.extract.batch_size = 4
+    c.cache_dir = str(cache)
+    return c
+
+
+FIRST = [f"{c}/{c}{i:02d}.png" for c in ("cat", "dog") for i in range(0, 20, 2)]
+ADDED = ["cat/cat05.png", "dog/dog99.png", "cat/cat00b.png"]  # sorting between old ones
+
+
+@pytest.fixture
+def updated(tmp_path):
+    """A store of FIRST, then the same folder with ADDED and one image removed."""
+    data = tmp_path / "data"
+    _images(data, FIRST)
+    config = _config(data, tmp_path / "cache")
+    first = extract(config, progress=False)
+    with FeatureStore(first.path) as s:
+        before = dict(zip(s.paths, s.features()))
+    inode = first.path.stat().st_ino
+    _images(data, ADDED, seed=1)
+    (data / FIRST[3]).unlink()
+    return config, data, first, before, inode
+
+
+def test_adding_images_appends_and_never_rewrites_old_rows(updated, tmp_path, monkeypatch):
+    config, data, first, before, inode = updated
+    passed = []  # images through the model
+    from featx import backbones
+
+    original = backbones.Backbone.batched
+
+    def counting(self, batch):
+        forward = original(self, batch)
+
+        def run(images, ok):
+            passed.append(int(ok.sum()))
+            return forward(images, ok)
+        return run
+
+    monkeypatch.setattr(backbones.Backbone, "batched", counting)
+    monkeypatch.setattr(store_module, "write_store", lambda *a, **k: pytest.fail(
+        "an update of 3 images rewrote the whole store"))
+    r = extract(config, progress=False)
+    assert (r.extracted, r.dropped, r.reused) == (3, 1, len(FIRST) - 1)
+    assert sum(passed) == 3  # only the new images went through the model
+    assert not first.path.exists()  # superseded ...
+    seg0 = segments_dir(r.path) / "seg-000.h5"
+    assert seg0.stat().st_ino == inode  # ... its file is the new store's first segment, as is
+    with FeatureStore(r.path) as s:
+        assert s.segmented and s.physical_rows == len(FIRST) + 3
+        s.verify()  # every block checked against its segment's checksums
+        paths, feats = s.paths, s.features()
+    monkeypatch.undo()
+    fresh = extract(_config(data, tmp_path / "fresh"), progress=False)
+    with FeatureStore(fresh.path) as s:
+        assert paths == s.paths  # dataset order, as a fresh store, new rows in place
+        fresh_feats, fresh_split = s.features(), s.split
+        assert fresh.key == r.key
+    for p, row in zip(paths, feats):
+        if p in before:
+            np.testing.assert_array_equal(row, before[p])
+    assert_close(feats, fresh_feats)
+    with FeatureStore(r.path) as s:
+        np.testing.assert_array_equal(s.split, fresh_split)
+    assert extract(config, progress=False).cache_hit
+
+
+def test_a_damaged_or_missing_segment_is_refused(updated):
+    config, _, _, _, _ = updated
+    r = extract(config, progress=False)
+    new_segment = segments_dir(r.path) / "seg-001.h5"
+    with h5py.File(new_segment, "r+") as f:
+        f["features"][0] = f["features"][0] + 1.0
+    with FeatureStore(r.path) as s, pytest.raises(StoreError, match="do not match"):
+        s.verify()
+    new_segment.unlink()
+    with pytest.raises(StoreError, match="segment .* missing"):
+        FeatureStore(r.path)
+
+
+def test_many_updates_compact_into_one_file(updated, monkeypatch):
+    config, data, _, _, _ = updated
+    monkeypatch.setattr(store_module, "SEGMENTS_MAX", 2)
+    r = extract(config, progress=False)
+    with FeatureStore(r.path) as s:
+        assert len(s.segment_files) == 2
+    _images(data, ["dog/dog50.png"], seed=3)
+    r = extract(config, progress=False)  # a third segment: rewritten whole
+    with FeatureStore(r.path) as s:
+        assert not s.segmented and len(s) == len(FIRST) + 3
+        s.verify()
+    assert not segments_dir(r.path).exists()
+
+
+KILLER = """
+import sys, time
+import featx.store as store
+original = store._write_segment
+def slow(*args, **kwargs):
+    original(*args, **kwargs)
+    open(sys.argv[2], "w").close()
+    time.sleep(60)
+store._write_segment = slow
+from featx.cli import main
+sys.exit(main(["extract", "--data", sys.argv[1], "--weights", "none", "--input-size", "32",
+               "--batch-size", "4", "--cache-dir", sys.argv[3], "--no-progress"]))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_an_update_leaves_the_previous_store_usable(tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    _images(data, FIRST)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-c", KILLER, str(data), str(tmp_path / "written"), str(cache)]
+    extract(_config(data, cache), progress=False)
+    (old,) = cache.glob("*.h5")
+    with FeatureStore(old) as s:
+        old_paths, old_feats = s.paths, s.features()
+    old_bytes = old.read_bytes()
+    _images(data, ADDED, seed=1)
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "written").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert proc.poll() is None, "the update finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)  # the new segment written, the new store not yet
+    proc.wait()
+    assert list(cache.glob("*.h5")) == [old]  # no new store under a final name
+    assert old.read_bytes() == old_bytes  # the previous store was never written to
+    with FeatureStore(old) as s:
+        s.verify()
+        assert s.paths == old_paths
+        np.testing.assert_array_equal(s.features(), old_feats)
+    r = extract(_config(data, cache), progress=False)  # the next run completes the update
+    # from the killed run's finished blocks (kept for a resume): no image extracted again
+    assert (r.extracted, r.reused) == (0, len(FIRST) + len(ADDED))
+    with FeatureStore(r.path) as s:
+        s.verify()
+        assert len(s) == len(FIRST) + len(ADDED)
+    assert [p.name for p in cache.glob("*.h5")] == [r.path.name]
+    assert not list(cache.glob("*.assembling")) and not list(cache.glob("*.partial"))
