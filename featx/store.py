@@ -521,6 +521,24 @@ class _Segment:
         return self._sums
 
 
+
+def checked_rows(features: Any, start: int, stop: int, digests: list[str], block: int,
+                 path: Path) -> np.ndarray:
+    """Rows ``start:stop`` of an HDF5 ``features`` dataset (block number ``block`` of the
+    file at ``path``), checked against the block checksum recorded when it was written."""
+    try:
+        rows = features[start:stop]
+    except OSError as e:  # Fletcher-32 or I/O: name the file, never h5py's bare message
+        raise StoreError(f"{path}: features of rows {start}-{stop - 1} unreadable "
+                         f"({str(e).split(':')[0]}); the file is damaged: run `featx "
+                         "extract` to rebuild the store") from None
+    digest = hashlib.sha256(np.ascontiguousarray(rows, np.float32).tobytes()).hexdigest()
+    if block >= len(digests) or digest != digests[block]:
+        raise StoreError(f"{path}: features of rows {start}-{stop - 1} do not match the "
+                         "checksum recorded when they were written; run `featx extract` to "
+                         "rebuild the store")
+    return rows
+
 class FeatureStore:
     """Read access to a complete store. Use as a context manager or call ``close()``."""
 
@@ -714,18 +732,8 @@ class FeatureStore:
             return self._gather(self._feature_row[start:stop])
         if self._block_sha256 is None:
             self._block_sha256 = [_text(x) for x in self.file["block_sha256"][:]]
-        try:
-            block = self.file["features"][start:stop]
-        except OSError as e:  # Fletcher-32 or I/O: name the store, never h5py's bare message
-            raise StoreError(f"{self.path}: features of rows {start}-{stop - 1} unreadable "
-                             f"({str(e).split(':')[0]}); the file is damaged: run `featx "
-                             "extract` to rebuild it") from None
-        digest = hashlib.sha256(np.ascontiguousarray(block, np.float32).tobytes()).hexdigest()
-        if b >= len(self._block_sha256) or digest != self._block_sha256[b]:
-            raise StoreError(f"{self.path}: features of rows {start}-{stop - 1} do not match "
-                             "the checksum recorded when the store was written; run `featx "
-                             "extract` to rebuild it")
-        return block
+        return checked_rows(self.file["features"], start, stop, self._block_sha256, b,
+                            self.path)
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         """Features of ``rows`` (ascending), (len(rows), *feature_shape); a segmented store's
@@ -762,17 +770,8 @@ class FeatureStore:
             return got
         segment = self._segments[s]
         start, stop = b * segment.check_rows, min((b + 1) * segment.check_rows, segment.rows)
-        try:
-            data = segment.file["features"][start:stop]
-        except OSError as e:
-            raise StoreError(f"{segment.path}: features of rows {start}-{stop - 1} unreadable "
-                             f"({str(e).split(':')[0]}); the file is damaged: run `featx "
-                             "extract` to rebuild the store") from None
-        digest = hashlib.sha256(np.ascontiguousarray(data, np.float32).tobytes()).hexdigest()
-        if b >= len(segment.block_sha256) or digest != segment.block_sha256[b]:
-            raise StoreError(f"{segment.path}: features of rows {start}-{stop - 1} do not "
-                             "match the checksum recorded when the segment was written; run "
-                             "`featx extract` to rebuild the store")
+        data = checked_rows(segment.file["features"], start, stop, segment.block_sha256, b,
+                            segment.path)
         self._cache[(s, b)] = data
         if len(self._cache) > BLOCK_CACHE:
             self._cache.popitem(last=False)
