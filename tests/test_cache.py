@@ -202,3 +202,24 @@ def test_cache_ls_reads_hyphenated_dataset_names(tmp_path, capsys):
                                                           "0123456789abcdef")
     assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
     assert "flowers-17" in capsys.readouterr().out
+
+
+def test_an_unfinished_finetuning_is_listed_and_removed_by_key(tmp_path, capsys):
+    """A fine-tuning's checkpoint lives beside the stores: `cache ls` lists it (state
+    checkpoint, rows = epochs done), `cache rm KEY` removes it, `cache verify` leaves it be."""
+    from featx.finetune import Checkpoint
+    from featx.layout import checkpoint_path
+
+    key = "0123456789abcdef"
+    path = checkpoint_path(tmp_path, "my-flowers", "MobileNetV2", key)
+    history = [{"phase": "warmup", "epoch": e} for e in (1, 2, 3)]
+    Checkpoint(path, key).save({"phase": 0, "epoch": 3, "history": history, "kept": {}},
+                               {"weights": [np.zeros(3, np.float32)]})
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(key)]
+    assert line.split()[1:] == ["my-flowers", "MobileNetV2", "3", "0.0", "checkpoint"]
+    assert main(["cache", "verify", "--cache-dir", str(tmp_path)]) == 0
+    assert key not in capsys.readouterr().out
+    assert main(["cache", "rm", key, "--cache-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == f"removed {path}"
+    assert not path.exists()
