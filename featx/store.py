@@ -483,7 +483,22 @@ def write_columns(f: h5py.File, *, labels, paths, signatures, label_names, split
 
 
 def rewrite_split(path: Path, split: np.ndarray, split_attr: str) -> None:
-    """Give a complete store a new split in place (no features change), checksum included."""
+    """Give a complete store a new split in place (no features change), checksum included.
+    A file with other hard links (the first segment of a newer store) is copied first and
+    the copy renamed over it: segments are never written."""
+    if os.stat(path).st_nlink > 1:
+        tmp = Path(path).with_name(f".{Path(path).name}.{os.getpid()}.split")
+        try:
+            shutil.copyfile(path, tmp)
+            _write_split(tmp, split, split_attr)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    _write_split(path, split, split_attr)
+
+
+def _write_split(path: Path, split: np.ndarray, split_attr: str) -> None:
     with h5py.File(path, "r+") as f:
         f["split"][:] = split
         f.attrs["split"] = split_attr

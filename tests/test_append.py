@@ -184,3 +184,22 @@ def test_sigkill_during_an_update_leaves_the_previous_store_usable(tmp_path):
         assert len(s) == len(FIRST) + len(ADDED)
     assert [p.name for p in cache.glob("*.h5")] == [r.path.name]
     assert not list(cache.glob("*.assembling")) and not list(cache.glob("*.partial"))
+
+
+def test_a_new_split_never_writes_a_file_another_store_links_to(tmp_path):
+    """A store kept beside a newer one made from it (another folder of the same images) is
+    the newer store's first segment, one file under two names: re-splitting the old store
+    writes a copy, and the segment keeps its bytes."""
+    data = tmp_path / "data"
+    _images(data, FIRST)
+    config = _config(data, tmp_path / "cache")
+    store = extract(config, progress=False).path
+    segment = tmp_path / "segment-link.h5"
+    os.link(store, segment)
+    before = segment.read_bytes()
+    config.dataset.test = 0.5  # (with random weights the seed is the network: another key)
+    again = extract(config, progress=False)
+    assert again.path == store and again.cache_hit
+    assert segment.read_bytes() == before and os.stat(segment).st_nlink == 1
+    with FeatureStore(store) as s, h5py.File(segment, "r") as old:
+        assert not np.array_equal(s.split, old["split"][:])  # the store has its new split
