@@ -21,8 +21,10 @@ declare -A LEVERS=(
   [ft-head-only]="--set finetune.epochs=0"
   [ft-unfreeze-72]="--set finetune.unfreeze=72"
   [ft-cosine]="--set finetune.schedule=cosine"
+  [ft-refit-cosine]="--set finetune.refit=true --set finetune.schedule=cosine"
 )
-ORDER=(ft-plain ft-head-only ft-refit ft-cosine ft-no-augment ft-unfreeze-72 ft-crops-2)
+ORDER=(ft-plain ft-head-only ft-refit ft-cosine ft-no-augment ft-unfreeze-72 ft-refit-cosine
+       ft-crops-2)
 run() {  # lever name: 5 fine-tunings, one per split
   local name=$1
   # shellcheck disable=SC2086  # the flags are words
