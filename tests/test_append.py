@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from helpers import REPO, assert_close
 from PIL import Image
+from test_bad_inputs import _config  # a tiny random-weight pipeline
 
 from featx import store as store_module
-from featx.config import Config
 from featx.errors import StoreError
 from featx.extraction import extract
 from featx.layout import segments_dir
@@ -31,17 +31,6 @@ def _images(root: Path, names: list[str], seed: int = 0) -> None:
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (36, 44, 3), dtype=np.uint8)).save(path)
-
-
-def _config(data: Path, cache: Path) -> Config:
-    c = Config()
-    c.dataset.root = str(data)
-    c.dataset.test = 0.3
-    c.backbone.weights = "none"
-    c.backbone.input_size = 32
-    c.extract.batch_size = 4
-    c.cache_dir = str(cache)
-    return c
 
 
 FIRST = [f"{c}/{c}{i:02d}.png" for c in ("cat", "dog") for i in range(0, 20, 2)]
