@@ -299,9 +299,8 @@ class FineTuner:
             val_aug, y_val_aug = self.augmented(x_val, y_val)
             a_all = np.concatenate([a, self.frozen_features(val_aug)])
             y_all = np.concatenate([y_aug, y_val_aug])
-            if at <= 2:
-                self.network.set_weights(initial if at < 2 or not state.get("epoch")
-                                         else arrays["weights"])
+            if at < 2 or (at == 2 and not state.get("epoch")):  # else restored above
+                self.network.set_weights(initial)
             train(2, self.head, warm(learning_rate=s.warmup_lr), self.kept["warmup"],
                   pooled(a_all) if at <= 2 else None, y_all, None, None, stop_early=False)
             train(3, self.network, sgd(len(a_all)), self.kept["finetune"], a_all, y_all,
@@ -553,7 +552,6 @@ def _finetune_once(config: Config, progress: bool, backbone_seed: int
     checkpoint = Checkpoint(checkpoint_path(config.cache_path, data.dataset, name, key), key)
     model.fit(data.images[TRAIN], data.labels[TRAIN], data.images[VAL], data.labels[VAL],
               checkpoint=checkpoint)
-    monitor.draw(model.history, model.kept)
     fit_seconds = time.perf_counter() - started
     scores = model.predict_proba(data.images[TEST])
 
