@@ -89,9 +89,9 @@ def assemble(c, small: Path) -> dict:
     """The store of ``c``'s dataset from ``small``'s rows of the same source files."""
     import numpy as np
 
-    from featx.extraction import _note_duplicates, duplicate_files
+    from featx.extraction import duplicate_rows
     from featx.plan import plan, store_attrs
-    from featx.store import FeatureStore, RowSource, write_store
+    from featx.store import FeatureStore, RowSource, write_duplicates, write_store
 
     p = plan(c)
     p.path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,7 @@ def assemble(c, small: Path) -> dict:
                     paths=d.paths, signatures=p.signatures, labels=d.labels,
                     label_names=d.label_names, split=p.split,
                     attrs={**store_attrs(c, p), "feature_shape": list(s.feature_shape)})
-    _note_duplicates(p.path, duplicate_files(d, p.signatures))
+    write_duplicates(p.path, duplicate_rows(d, p.signatures))
     return {"rows": len(old_row), "path": str(p.path)}
 
 

@@ -20,11 +20,33 @@ from featx.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-FileStat = tuple[int, int, tuple[int, int]]  # size, mtime in whole seconds, (device, inode)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 SPLIT_NAMES = ("train", "val", "test")
 TRAIN, VAL, TEST = 0, 1, 2
 
+
+
+@dataclass(frozen=True)
+class FileStats:
+    """Of each image: size, mtime in whole seconds, device and inode (int64 arrays (N,)).
+    Arrays, not a tuple per file: a million tuples that live on make Python's cyclic garbage
+    collector sweep them again and again (listing 1M files: 6.0 s with tuples, 4.1 s
+    without)."""
+
+    size: np.ndarray
+    mtime: np.ndarray
+    device: np.ndarray
+    inode: np.ndarray
+
+    @classmethod
+    def of(cls, size: list[int], mtime_ns: list[int], device: list[int],
+           inode: list[int]) -> FileStats:
+        return cls(np.asarray(size, np.int64), np.asarray(mtime_ns, np.int64) // 1_000_000_000,
+                   np.asarray(device, np.int64), np.asarray(inode, np.uint64))
+
+    def take(self, order: np.ndarray) -> FileStats:
+        return FileStats(self.size[order], self.mtime[order], self.device[order],
+                         self.inode[order])
 
 
 @dataclass(frozen=True)
@@ -38,7 +60,7 @@ class Dataset:
     name: str
     # Of each image, taken by the folder listing's own scandir pass; None for a manifest
     # (stat then). Not part of equality.
-    stats: list[FileStat] | None = field(default=None, compare=False, repr=False)
+    stats: FileStats | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -55,17 +77,23 @@ class Dataset:
             return ["sha256:" + hashlib.sha256((self.root / rel).read_bytes()).hexdigest()
                     for rel in self.paths]
         stats = self.stats if listed and self.stats is not None else self.file_stats()
-        return [f"{size}:{mtime}" for size, mtime, _ in stats]
+        return [f"{size}:{mtime}" for size, mtime in zip(stats.size.tolist(),
+                                                         stats.mtime.tolist())]
 
-    def file_stats(self) -> list[FileStat]:
-        """(size, mtime in whole seconds, (device, inode)) of every image, one ``os.stat``
-        each, now."""
-        out = []
+    def file_stats(self) -> FileStats:
+        """Size, mtime, device and inode of every image, one ``os.stat`` each, now."""
+        columns: tuple[list[int], ...] = ([], [], [], [])
         root = str(self.root)
         for rel in self.paths:
-            st = os.stat(os.path.join(root, rel))
-            out.append((st.st_size, st.st_mtime_ns // 1_000_000_000, (st.st_dev, st.st_ino)))
-        return out
+            _add_stat(os.stat(os.path.join(root, rel)), columns)
+        return FileStats.of(*columns)
+
+
+def _add_stat(st: os.stat_result, columns: tuple[list[int], ...]) -> None:
+    columns[0].append(st.st_size)
+    columns[1].append(st.st_mtime_ns)
+    columns[2].append(st.st_dev)
+    columns[3].append(st.st_ino)
 
 
 def manifest_digest(dataset: Dataset, signatures: list[str]) -> str:
@@ -94,43 +122,49 @@ def _from_folder(root: Path, name: str) -> Dataset:
     if not classes:
         raise DatasetError(f"{root}: no class sub-folders (expected one folder per class)")
     paths: list[str] = []
-    labels: list[int] = []
-    stats: list[FileStat] = []
-    for index, cls in enumerate(classes):
-        found: list[tuple[str, FileStat]] = []
-        _scan(str(root / cls), cls + "/", found)
-        if not found:
+    counts: list[int] = []
+    order: list[np.ndarray] = []  # sorted by path within each class, classes in order
+    columns: tuple[list[int], ...] = ([], [], [], [])  # see FileStats
+    for cls in classes:
+        names: list[str] = []
+        _scan(str(root / cls), cls + "/", names, columns)
+        if not names:
             raise DatasetError(f"{root / cls}: class folder holds no images "
                                f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        found.sort()
-        paths += [rel for rel, _ in found]
-        stats += [st for _, st in found]
-        labels += [index] * len(found)
-    return Dataset(root.resolve(), paths, np.asarray(labels, np.int32), classes,
-                   name or root.resolve().name, stats)
+        order.append(len(paths) + np.asarray(sorted(range(len(names)), key=names.__getitem__)))
+        paths += names
+        counts.append(len(names))
+    rows = np.concatenate(order)
+    return Dataset(root.resolve(), [paths[i] for i in rows.tolist()],
+                   np.repeat(np.arange(len(classes), dtype=np.int32), counts), classes,
+                   name or root.resolve().name, FileStats.of(*columns).take(rows))
 
 
-def _scan(folder: str, prefix: str, out: list[tuple[str, FileStat]]) -> None:
+def _scan(folder: str, prefix: str, names: list[str], columns: tuple[list[int], ...]) -> None:
     """Every image under ``folder`` (hidden ones included, symlinked folders not followed,
-    symlinked files followed: what ``Path.rglob("*")`` + ``is_file()`` listed) as
-    (relative path, (size, mtime s, (device, inode))).
+    symlinked files followed: what ``Path.rglob("*")`` + ``is_file()`` listed): its
+    relative path appended to ``names``, its stat to ``columns`` (see FileStats).
 
     ``os.scandir`` instead of ``Path.rglob``: the file type comes with the directory entry
     (no ``stat``) and no Path objects are made. Listing 1M files here took 20.0 s with
     rglob and 1.9 s with scandir; the one ``stat`` per file the signature needs adds 5 s
-    (threads gave 10% on 2 cores: ``stat`` is cheap, the Python around it is not)."""
+    (threads gave 10% on 2 cores: ``stat`` is cheap, the Python around it is not). The
+    extension is sliced, as ``os.path.splitext`` would (leading dots are no extension), and
+    files are tested first: 5.8 s -> 5.1 s for 1M files."""
     try:
         with os.scandir(folder) as it:
             entries = list(it)
     except NotADirectoryError:
         return
     for e in entries:
-        if e.is_dir(follow_symlinks=False):
-            _scan(e.path, prefix + e.name + "/", out)
-        elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS and e.is_file():
-            st = e.stat()
-            out.append((prefix + e.name, (st.st_size, st.st_mtime_ns // 1_000_000_000,
-                                          (st.st_dev, st.st_ino))))
+        name = e.name
+        dot = name.rfind(".")
+        if dot > 0 and name[dot:].lower() in IMAGE_EXTENSIONS and \
+                (name[0] != "." or name[:dot].strip(".")) and e.is_file():
+            names.append(prefix + name)
+            _add_stat(e.stat(), columns)
+        elif e.is_dir(follow_symlinks=False):
+            _scan(e.path, prefix + name + "/", names, columns)
 
 
 def _from_csv(manifest: Path, root: Path | None, name: str) -> Dataset:

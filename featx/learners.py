@@ -38,8 +38,10 @@ from featx.config import Config
 from featx.errors import ClassifierError
 from featx.store import FeatureStore
 
-# sgd holds at most this many bytes of features at a time (or one store chunk, if larger).
+# sgd holds at most this many bytes of features at a time (or one store chunk, if larger),
+# as float64, the dtype SGDClassifier computes in.
 BUFFER_BYTES = 64 << 20
+SCALER_ROWS = 1024  # rows a StandardScaler.partial_fit call takes (its temporaries: 2x that)
 QUICK_FOLDS = 2
 
 
@@ -115,7 +117,7 @@ class StreamingSGD(ClassifierMixin, BaseEstimator):
             order = rng.permutation(len(x))
             for start in range(0, len(x), step):
                 rows = order[start:start + step]
-                yield x[rows], y[rows]
+                yield x[rows].astype(np.float64), y[rows]
 
         return self.fit_passes(passes, y)
 
@@ -130,7 +132,10 @@ class StreamingSGD(ClassifierMixin, BaseEstimator):
             weights = dict(zip(self.classes_.tolist(), w))
         self.scaler_ = StandardScaler()
         for xb, _ in passes(rng):
-            self.scaler_.partial_fit(xb)
+            # in slices: its variance update makes two float64 temporaries of what it is given
+            for start in range(0, len(xb), SCALER_ROWS):
+                self.scaler_.partial_fit(xb[start:start + SCALER_ROWS])
+            del xb  # before the next buffer is read
         # Constant step with averaging (ASGD): on CNN features it reached logreg's accuracy
         # where the "optimal" schedule stalled 2-4 points below.
         self.sgd_ = SGDClassifier(loss="log_loss", alpha=self.alpha, learning_rate="constant",
@@ -138,7 +143,10 @@ class StreamingSGD(ClassifierMixin, BaseEstimator):
                                   class_weight=weights, random_state=self.random_state)
         for _ in range(self.epochs):
             for xb, yb in passes(rng):
-                self.sgd_.partial_fit(self.scaler_.transform(xb), yb, classes=self.classes_)
+                # scaled in place: partial_fit then uses the float64 buffer as it is (no copy)
+                xb = self.scaler_.transform(xb, copy=False)
+                self.sgd_.partial_fit(xb, yb, classes=self.classes_)
+                del xb, yb
         return self
 
     def decision_function(self, x: np.ndarray) -> np.ndarray:
@@ -152,7 +160,8 @@ class StreamingSGD(ClassifierMixin, BaseEstimator):
 
 
 def buffer_rows(row_size: int) -> int:
-    return max(1, BUFFER_BYTES // (4 * max(row_size, 1)))
+    """Rows of ``row_size`` features in a float64 buffer of BUFFER_BYTES."""
+    return max(1, BUFFER_BYTES // (8 * max(row_size, 1)))
 
 
 @dataclass(frozen=True)
@@ -295,27 +304,29 @@ def store_passes(store: FeatureStore, rows: np.ndarray, labels: np.ndarray,
     groups = np.split(rows, np.flatnonzero(np.diff(rows // block)) + 1) if len(rows) else []
 
     def passes(rng: np.random.Generator):
-        held: list[tuple[np.ndarray, np.ndarray]] = []
-        n = 0
-        for g in rng.permutation(len(groups)):
-            if n and n + len(groups[g]) > max_rows:
-                yield _shuffled(held, rng)
-                held, n = [], 0
-            for sel, block in store.iter_chunks(groups[g]):
-                held.append((block.reshape(len(sel), -1), labels[sel]))
-                n += len(sel)
-        if n:
-            yield _shuffled(held, rng)
+        order, start = rng.permutation(len(groups)), 0
+        while start < len(order):
+            take, n = [], 0
+            while start < len(order) and (not n or n + len(groups[order[start]]) <= max_rows):
+                take.append(groups[order[start]])
+                n += len(take[-1])
+                start += 1
+            # Chunks are written straight to their shuffled places in one float64 buffer (the
+            # dtype SGDClassifier computes in): one buffer-sized array, not a list of chunks,
+            # their concatenation, its shuffled copy and a float64 copy.
+            x = np.empty((n, row_size), np.float64)
+            y = np.empty(n, labels.dtype)
+            place, at = rng.permutation(n), 0
+            for g in take:
+                for sel, block in store.iter_chunks(g):
+                    to = place[at:at + len(sel)]
+                    x[to] = block.reshape(len(sel), -1)
+                    y[to] = labels[sel]
+                    at += len(sel)
+            yield x, y
+            x = y = None  # released before the next buffer is allocated
 
     return passes
-
-
-def _shuffled(held: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator
-              ) -> tuple[np.ndarray, np.ndarray]:
-    x = np.concatenate([h[0] for h in held])
-    y = np.concatenate([h[1] for h in held])
-    order = rng.permutation(len(x))
-    return x[order], y[order]
 
 
 def store_apply(fn: Callable[[np.ndarray], np.ndarray], store_path: str | Path,

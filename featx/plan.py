@@ -60,6 +60,16 @@ class Plan:
     images: np.ndarray | None = None  # the dataset rows the store covers (None: all)
     split: np.ndarray | None = None  # the split of every dataset image
     manifest: str = ""  # featx.dataset.manifest_digest of the dataset as it is now
+    _matched: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def match(self, old: FeatureStore) -> np.ndarray:
+        """For each dataset image, the row of ``old`` with its path and signature, or -1
+        (:func:`match_rows`; computed once per store: both the row reuse and the duplicate
+        check need it)."""
+        if old.path not in self._matched:
+            self._matched[old.path] = match_rows(old.paths, old.signatures,
+                                                 self.dataset.paths, self.signatures)
+        return self._matched[old.path]
 
     @cached_property
     def row_image(self) -> np.ndarray:
@@ -176,16 +186,31 @@ def mismatch(d: Dataset, signatures: list[str], candidates: list[Path],
             "`featx extract` to update it")
 
 
+def match_rows(old_paths: list[str], old_signatures: list[str], paths: list[str],
+               signatures: list[str]) -> np.ndarray:
+    """For each (path, signature), the index of the same pair among the old ones, or -1
+    (int64 (len(paths),)); each old path once. Vectorised where it can be: a dict of the
+    old paths, then one comparison of the signatures (1M rows: 0.5 s)."""
+    index = dict(zip(old_paths, range(len(old_paths))))
+    got = np.fromiter((index.get(q, -1) for q in paths), np.int64, len(paths))
+    hit = np.flatnonzero(got >= 0)
+    same = np.asarray(old_signatures, dtype=object)[got[hit]] == \
+        np.asarray(signatures, dtype=object)[hit]
+    got[hit[~same]] = -1
+    return got
+
+
 def _count(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
 def _candidates(p: Plan) -> list[Path]:
     """Complete stores made with the same settings that may hold an earlier version of
-    ``p``'s dataset, closest first: made from the same folder, then sharing the most image
-    paths (a renamed or moved folder), then the newest. Whatever they are, only rows with the
-    same path and signature are ever reused from them."""
-    wanted = set(p.dataset.paths)
+    ``p``'s dataset, closest first: made from the same folder (the newest first), then
+    sharing the most image paths (a renamed or moved folder), then the newest. Whatever they
+    are, only rows with the same path and signature are ever reused from them. Only stores
+    of other folders have their paths read (1M paths: 1 s)."""
+    wanted: set[str] | None = None
     found = []
     for path in store_files(p.path.parent):
         if path == p.path:
@@ -196,7 +221,10 @@ def _candidates(p: Plan) -> list[Path]:
                         not f.attrs.get("complete", False):
                     continue
                 same_root = f.attrs.get("root") == str(p.dataset.root)
-                shared = len(wanted.intersection(f["paths"].asstr()[:]))
+                shared = 0
+                if not same_root:
+                    wanted = set(p.dataset.paths) if wanted is None else wanted
+                    shared = len(wanted.intersection(f["paths"].asstr()[:]))
         except (OSError, KeyError):
             continue
         if same_root or shared:

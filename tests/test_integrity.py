@@ -333,6 +333,64 @@ def test_extract_reports_files_with_the_same_bytes(tiny_store, tmp_path, capsys)
     assert original in capsys.readouterr().out
 
 
+def _brute_duplicates(dataset) -> list[tuple[str, str]]:
+    """Every file hashed: (path, first earlier path with the same bytes)."""
+    import hashlib
+
+    first: dict[bytes, str] = {}
+    out = []
+    for i, rel in enumerate(dataset.paths):
+        digest = hashlib.sha256(Path(dataset.absolute(i)).read_bytes()).digest()
+        if digest in first:
+            out.append((rel, first[digest]))
+        else:
+            first[digest] = rel
+    return out
+
+
+def test_duplicates_updated_from_the_old_store_equal_every_file_hashed(tmp_path):
+    """Hard links, copies, same-size files with other bytes; then images added (copies and
+    links of old ones), removed (the first of a group among them) and rewritten: the
+    update, which reads only the sizes that changed, finds what hashing every file finds."""
+    from featx.dataset import DatasetConfig, load_dataset
+    from featx.extraction import duplicate_files, duplicate_rows
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "d"
+    blobs = [rng.bytes(int(rng.choice([40, 40, 41, 57]))) for _ in range(12)]
+    for i in range(120):
+        folder = root / f"c{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"img{i:03d}.jpg"
+        if i >= 60 and i % 4 == 0:  # a hard link of an earlier file
+            os.link(root / f"c{(i - 7) % 3}" / f"img{i - 7:03d}.jpg", target)
+        else:
+            target.write_bytes(blobs[int(rng.integers(len(blobs)))])
+
+    def dataset():
+        d = load_dataset(DatasetConfig(root=str(root)))
+        return d, d.signatures(listed=True)
+
+    old, old_sigs = dataset()
+    old_pairs = duplicate_rows(old, old_sigs)
+    assert duplicate_files(old, old_sigs) == _brute_duplicates(old)
+    assert len(old_pairs) > 50
+    first_rows = sorted({int(b) for b in old_pairs[:, 1]})
+    for row in first_rows[:3]:  # the earlier image of a group goes
+        Path(old.absolute(row)).unlink()
+    os.link(old.absolute(5), root / "c2" / "zz-link.jpg")
+    shutil.copy(old.absolute(9), root / "c0" / "aa-copy.jpg")
+    (root / "c1" / "new-unique.jpg").write_bytes(b"x" * 41)
+    rewritten = Path(old.absolute(int(old_pairs[-1, 0])))
+    rewritten.unlink()  # not in place: a new inode and size
+    rewritten.write_bytes(b"y" * 57)
+    now, now_sigs = dataset()
+    updated = duplicate_rows(now, now_sigs, (old.paths, old_sigs, old_pairs))
+    assert np.array_equal(updated, duplicate_rows(now, now_sigs))
+    assert duplicate_files(now, now_sigs, (old.paths, old_sigs, old_pairs)) == \
+        _brute_duplicates(now)
+
+
 # ----------------------------------------------------------- 6. one-line errors, not crashes
 
 @pytest.mark.parametrize("value", ["0", "-5"])
@@ -528,6 +586,6 @@ def test_a_cache_hit_reads_the_duplicates_back_without_reading_images(tiny_store
     config = make_config(root, tmp_path / "cache")
     first = extract(config, progress=False)
     assert len(first.duplicates) == 1
-    monkeypatch.setattr(extraction, "duplicate_files", lambda *a: pytest.fail("files hashed"))
+    monkeypatch.setattr(extraction, "duplicate_rows", lambda *a: pytest.fail("files hashed"))
     again = extract(config, progress=False)
     assert again.cache_hit and again.duplicates == first.duplicates

@@ -106,7 +106,7 @@ class Spy:
 
 def test_sgd_streams_from_a_store_of_many_chunks(chunked_store, monkeypatch):
     path, x, y, split = chunked_store
-    monkeypatch.setattr(learners, "BUFFER_BYTES", 100 * 4 * x.shape[1])  # 100-row buffers
+    monkeypatch.setattr(learners, "BUFFER_BYTES", 100 * 8 * x.shape[1])  # 100-row buffers
     spy = Spy(monkeypatch)
     train, test = np.flatnonzero(split == TRAIN), np.flatnonzero(split == TEST)
     result = fit_store("sgd", path, train, cv=2, n_jobs=1, seed=0)
@@ -161,7 +161,7 @@ def test_sgd_uses_the_validation_split_when_there_is_one(chunked_store):
 
 def test_classify_with_sgd_alone_never_loads_the_features(chunked_store, monkeypatch, tmp_path):
     path, x, y, split = chunked_store
-    monkeypatch.setattr(learners, "BUFFER_BYTES", 100 * 4 * x.shape[1])
+    monkeypatch.setattr(learners, "BUFFER_BYTES", 100 * 8 * x.shape[1])  # 100-row buffers
     spy = Spy(monkeypatch)
     config = Config.from_dict({"name": "stream", "out": str(tmp_path / "out"),
                                "dataset": {"test": 0.25, "seed": 42},
