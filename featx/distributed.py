@@ -172,14 +172,14 @@ class ShardExtractor:
 
     def __init__(self, config: dict[str, Any]) -> None:
         from featx.backbones import Backbone
-        from featx.images import _usable_cores
+        from featx.images import usable_cores
 
         cfg = Config.from_dict(config, source="ray driver")
         self.backbone = Backbone(cfg.backbone, seed=cfg.dataset.seed, cache_dir=cfg.cache_path)
         self.batch = cfg.extract.batch_size
         self.forward = self.backbone.batched(self.batch)
         # Pillow releases the GIL while decoding: threads decode a batch in parallel.
-        self.pool = ThreadPoolExecutor(_usable_cores())
+        self.pool = ThreadPoolExecutor(usable_cores())
 
     def _load(self, path: str) -> tuple[np.ndarray, bool, str]:
         from featx.images import load_image

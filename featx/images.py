@@ -116,7 +116,8 @@ class ReadErrors:
             self.reasons[index] = reason
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
@@ -166,7 +167,7 @@ def read_batches(
     options = tf.data.Options()
     options.autotune.enabled = False
     ds = (tf.data.Dataset.range(len(paths))
-          .map(tf_load, num_parallel_calls=parallel or _usable_cores(),
+          .map(tf_load, num_parallel_calls=parallel or usable_cores(),
                deterministic=True))
     if views.count > 1:
         ds = ds.unbatch()

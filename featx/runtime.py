@@ -23,7 +23,6 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -35,6 +34,7 @@ import numpy as np
 
 from featx.config import RUNTIMES
 from featx.errors import BackboneError
+from featx.images import usable_cores
 from featx.layout import converted_model_dir, converted_model_file
 
 log = logging.getLogger(__name__)
@@ -85,12 +85,6 @@ def resolve_runtime(runtime: str, precision: str,
     if openvino_version() is None or precision != "float32" or gpu():
         return "tensorflow"
     return "openvino"
-
-
-def usable_cores() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

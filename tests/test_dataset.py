@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,6 +45,52 @@ def test_folder_scan(tmp_path, image_folder):
     assert ds.name == "animals"
     assert ds.root.is_absolute()
     assert ds.absolute(0) == str(root.resolve() / ds.paths[0])
+
+
+def test_stats_taken_by_a_pool_of_processes_equal_those_taken_here(tmp_path, image_folder,
+                                                                   monkeypatch):
+    from featx import dataset
+
+    root = tmp_path / "animals"
+    image_folder(root)
+    first = _folder(root)
+    os.link(first.absolute(0), Path(first.absolute(0)).with_name("zz-link.jpg"))
+    here = _folder(root)
+    assert len(here) == len(first) + 1
+    monkeypatch.setattr(dataset, "PARALLEL_STAT_FILES", 1)
+    monkeypatch.setattr(dataset, "usable_cores", lambda: 2)
+    pooled = _folder(root)
+    assert pooled.paths == here.paths and np.array_equal(pooled.labels, here.labels)
+    for column in ("size", "mtime", "device", "inode"):
+        assert np.array_equal(getattr(pooled.stats, column), getattr(here.stats, column))
+    assert pooled.signatures(listed=True) == here.signatures()  # stat now, one by one
+    first = os.stat(here.absolute(0))
+    assert here.stats.size[0] == first.st_size and here.stats.inode[0] == first.st_ino
+    assert len(set(here.stats.inode.tolist())) == len(here) - 1  # the hard link
+
+
+def test_a_file_gone_between_listing_and_stat_is_not_in_the_dataset(tmp_path, image_folder,
+                                                                   monkeypatch):
+    from featx import dataset
+
+    root = tmp_path / "animals"
+    image_folder(root)
+    listed = _folder(root)
+    scan = dataset._scan
+
+    gone = []
+
+    def scan_then_lose_one(folder, prefix, names):
+        scan(folder, prefix, names)
+        gone.append(min(names))
+        os.remove(os.path.join(root, gone[-1]))  # listed, then gone before its stat
+
+    monkeypatch.setattr(dataset, "_scan", scan_then_lose_one)
+    ds = _folder(root)
+    assert len(gone) == 3 and not set(gone) & set(ds.paths)
+    assert ds.paths == [p for p in listed.paths if p not in gone]
+    assert len(ds.stats.size) == len(ds.labels) == len(listed) - 3
+    assert [ds.label_names[i] for i in ds.labels] == [p.split("/")[0] for p in ds.paths]
 
 
 def test_folder_scan_ignores_non_images_and_hidden_folders(tmp_path, image_folder):
