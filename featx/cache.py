@@ -1,5 +1,6 @@
 """Managing the cache folder: list, describe, verify and remove feature stores (and the
-checkpoints of unfinished fine-tunings, which live beside them)."""
+checkpoints of unfinished fine-tunings and the backbones converted for OpenVINO, which live
+beside them)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from featx.layout import (
     STORE_SUFFIX,
     belongings,
     checkpoint_files,
+    converted_model_dirs,
+    converted_model_file,
     parse_checkpoint_name,
+    parse_converted_name,
     parse_store_name,
     partial_dirs,
     partial_key,
@@ -38,10 +42,14 @@ class Entry:
     rows: int
     bytes: int
     complete: bool
-    kind: str = "store"  # store | partial (an unfinished extraction) | checkpoint (fine-tuning)
+    # store | partial (an unfinished extraction) | checkpoint (fine-tuning) | openvino (a
+    # converted backbone; rows: its batch size)
+    kind: str = "store"
 
     @property
     def state(self) -> str:
+        if self.kind == "openvino":
+            return "openvino model" if self.complete else "openvino (unfinished)"
         return "complete" if self.complete else "checkpoint" if self.kind == "checkpoint" \
             else "partial"
 
@@ -86,6 +94,11 @@ def entries(cache_dir: Path) -> list[Entry]:
             epochs = 0
         out.append(Entry(checkpoint, name.key, name.dataset, name.backbone, epochs,
                          checkpoint.stat().st_size, False, "checkpoint"))
+    for folder in converted_model_dirs(cache_dir):
+        backbone, batch, key = parse_converted_name(folder.name)
+        files = [f for f in folder.rglob("*") if f.is_file()]
+        out.append(Entry(folder, key, "", backbone, batch, sum(f.stat().st_size for f in files),
+                         batch > 0 and converted_model_file(folder).is_file(), "openvino"))
     return out
 
 

@@ -433,9 +433,12 @@ def _cache(args: argparse.Namespace) -> int:
         return 0
     if args.cache_command == "verify":
         targets = [cache.find(folder, k) for k in args.keys] or [
-            e for e in cache.entries(folder) if e.kind != "checkpoint"]
+            e for e in cache.entries(folder) if e.kind in ("store", "partial")]
         bad = 0
         for e in targets:
+            if e.kind not in ("store", "partial"):
+                print(f"skip {e.path.name}: {e.state}, not a feature store")
+                continue
             problems = cache.verify(e.path) if e.complete else ["unfinished extraction"]
             bad += bool(problems)
             print(f"{'OK  ' if not problems else 'FAIL'} {e.path.name}"

@@ -14,12 +14,17 @@ Failures: Ray restarts a dead actor and retries its batches; if the run still fa
 gone with its results), the driver retries the shards not yet written, and a new
 ``featx extract`` after a crash redoes only the missing shards.
 
+Updates: when the dataset changed, only its new and changed images go to the cluster; the
+other rows come from the earlier store, as with the local engine (a new segment beside the
+earlier store's, or a rewrite of a virtual one).
+
 Search (``classify.engine = "ray"``): the grid search runs through joblib's Ray backend.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -45,6 +50,8 @@ from featx.store import (
     FeatureDigest,
     FeatureStore,
     RowSource,
+    append_store,
+    can_append,
     shard_dir,
     write_columns,
     write_store,
@@ -96,10 +103,17 @@ class ShardDir:
     def todo(self) -> list[int]:
         return [i for i in range(self.n_shards) if not self.path(i).exists()]
 
-    # write_store reads new rows "by block": a shard is a block.
+    # write_store and append_store read new rows "by block": a shard is a block.
     @property
     def block_rows(self) -> int:
         return self.shard_rows
+
+    @property
+    def n_blocks(self) -> int:
+        return self.n_shards
+
+    def rows_of(self, index: int) -> range:
+        return range(*self.bounds(index))
 
     def load(self, index: int) -> dict[str, np.ndarray]:
         import h5py
@@ -202,35 +216,19 @@ class ShardExtractor:
 # --- the driver -------------------------------------------------------------------------------
 
 def run_on_ray(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
-               progress: bool) -> ExtractResult:
+               progress: bool, in_place: bool = False) -> ExtractResult:
     """The extraction step of :func:`featx.extraction.extract` (which plans, locks and spots
-    cache hits) on a Ray cluster: the same store as the local engine makes."""
+    cache hits) on a Ray cluster: the same store as the local engine makes. Rows of unchanged
+    images are reused from ``old`` (a store of an earlier version of the dataset): only new
+    and changed images go to the cluster (:func:`_update`)."""
     if old is not None:
-        old.close()  # the ray engine recomputes every row (no incremental reuse)
-    return _run(config, p, split, progress)
-
-
-def _run(config: Config, p: Plan, split: np.ndarray, progress: bool) -> ExtractResult:
+        old_row = p.match(old)
+        if (old_row >= 0).any():
+            return _update(config, p, split, old, old_row, progress, in_place)
+        old.close()
     shards = ShardDir(p.path, p.key, len(p.dataset), config.extract.shard_rows)
-    done = shards.done()
-    if done:
-        log.info("resuming: %d of %d shards already extracted", len(done), shards.n_shards)
     t0 = time.perf_counter()
-    extracted = 0
-    with connected(config.ray_address) as ray:
-        for attempt in range(1, ATTEMPTS + 1):
-            todo = shards.todo()
-            if not todo:
-                break
-            try:
-                extracted += _extract_shards(ray, config, p, shards, todo, progress)
-            except Exception as e:  # a lost node surfaces as one of many Ray error types
-                if isinstance(e, ExtractError) or attempt == ATTEMPTS:
-                    raise ExtractError(f"ray extraction failed ({len(shards.done())} of "
-                                       f"{shards.n_shards} shards kept for a resume): "
-                                       f"{type(e).__name__}: {e}") from e
-                log.warning("ray run failed (%s: %s); retrying %d unfinished shard(s)",
-                            type(e).__name__, str(e)[:300], len(shards.todo()))
+    extracted = _extract_with_retries(config, p, shards, None, progress)
     seconds = time.perf_counter() - t0
     join(p, shards, split, store_attrs(config, p), config.extract.compression,
          config.extract.consolidate)
@@ -240,6 +238,72 @@ def _run(config: Config, p: Plan, split: np.ndarray, progress: bool) -> ExtractR
                          extracted=extracted, reused=len(p.dataset) - extracted,
                          seconds=seconds, images_per_second=extracted / max(seconds, 1e-9),
                          skipped=skipped, device="ray cluster")
+
+
+def _extract_with_retries(config: Config, p: Plan, shards: ShardDir,
+                          images: np.ndarray | None, progress: bool) -> int:
+    """Extract the unfinished shards (``images``: the dataset image of each shard row; None:
+    row i is image i), running again those a failed run left; return the rows extracted."""
+    done = shards.done()
+    if done:
+        log.info("resuming: %d of %d shards already extracted", len(done), shards.n_shards)
+    extracted = 0
+    with connected(config.ray_address) as ray:
+        for attempt in range(1, ATTEMPTS + 1):
+            todo = shards.todo()
+            if not todo:
+                break
+            try:
+                extracted += _extract_shards(ray, config, p, shards, todo, progress,
+                                             images=images)
+            except Exception as e:  # a lost node surfaces as one of many Ray error types
+                if isinstance(e, ExtractError) or attempt == ATTEMPTS:
+                    raise ExtractError(f"ray extraction failed ({len(shards.done())} of "
+                                       f"{shards.n_shards} shards kept for a resume): "
+                                       f"{type(e).__name__}: {e}") from e
+                log.warning("ray run failed (%s: %s); retrying %d unfinished shard(s)",
+                            type(e).__name__, str(e)[:300], len(shards.todo()))
+    return extracted
+
+
+def _update(config: Config, p: Plan, split: np.ndarray, old: FeatureStore,
+            old_row: np.ndarray, progress: bool, in_place: bool) -> ExtractResult:
+    """The store of ``p`` from ``old``'s rows of unchanged images (``old_row``: per image,
+    its row there or -1) and the other images extracted on the cluster, written as the
+    local engine writes an update: one more segment beside ``old``'s (no feature of
+    ``old`` copied) when ``old`` is this very dataset's previous store and not a virtual
+    one, else a rewrite from both."""
+    n = len(p.dataset)
+    todo = np.flatnonzero(old_row < 0)
+    # its own shard folder: shards of an unfinished full run of this key hold other rows
+    key = hashlib.sha256(f"{p.key}:update:".encode() + todo.tobytes()).hexdigest()[:16]
+    shards = ShardDir(p.path, key, len(todo), config.extract.shard_rows)
+    t0 = time.perf_counter()
+    extracted = _extract_with_retries(config, p, shards, todo, progress) if len(todo) else 0
+    seconds = time.perf_counter() - t0
+    new_row = np.full(n, -1, np.int64)
+    new_row[todo] = np.arange(len(todo))
+    feature_shape = tuple(shards.load(0)["features"].shape[1:]) if len(todo) \
+        else old.feature_shape
+    columns = dict(paths=p.dataset.paths, signatures=p.signatures, labels=p.dataset.labels,
+                   label_names=p.dataset.label_names, split=split,
+                   attrs={**store_attrs(config, p), "feature_shape": list(feature_shape)},
+                   compression=config.extract.compression)
+    source = RowSource(old_row, new_row)
+    dropped = len(old) - int((old_row >= 0).sum())
+    virtual = not old.segmented and old.file["features"].is_virtual  # shards by relative path
+    skipped = None
+    if in_place and not virtual and can_append(old, n, len(todo)):
+        skipped = append_store(p.path, source=source, old=old, blocks=shards,
+                               feature_shape=feature_shape, **columns)
+    if skipped is None:
+        skipped = write_store(p.path, feature_shape=feature_shape, source=source, old=old,
+                              blocks=shards, **columns)
+    shutil.rmtree(shards.dir, ignore_errors=True)
+    return ExtractResult(p.path, p.key, cache_hit=False, rows=n, extracted=extracted,
+                         reused=n - len(todo), dropped=dropped, seconds=seconds,
+                         images_per_second=extracted / max(seconds, 1e-9),
+                         skipped=sorted(set(skipped)), device="ray cluster")
 
 
 def _actor_options(ray) -> dict[str, Any]:
@@ -256,14 +320,14 @@ def _actor_options(ray) -> dict[str, Any]:
 
 
 def _extract_shards(ray, config: Config, p: Plan, shards: ShardDir, todo: list[int],
-                    progress: bool) -> int:
+                    progress: bool, images: np.ndarray | None = None) -> int:
     import pyarrow as pa
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     rows = np.concatenate([np.arange(*shards.bounds(i)) for i in todo])
-    paths = [p.dataset.absolute(int(i)) for i in rows]
+    paths = [p.dataset.absolute(int(i)) for i in (rows if images is None else images[rows])]
     batch = config.extract.batch_size
     step = batch * TASK_BATCHES
     ds = ray.data.from_arrow([pa.table({"row": rows[i:i + step], "path": paths[i:i + step]})
@@ -271,7 +335,7 @@ def _extract_shards(ray, config: Config, p: Plan, shards: ShardDir, todo: list[i
     out = ds.map_batches(ShardExtractor, fn_constructor_kwargs={"config": config.to_dict()},
                          batch_size=batch, batch_format="numpy", **_actor_options(ray))
     writers: dict[int, _ShardWriter] = {}
-    bar = tqdm(total=len(p.dataset), initial=len(p.dataset) - len(rows), unit="img",
+    bar = tqdm(total=shards.rows, initial=shards.rows - len(rows), unit="img",
                disable=not progress, desc=f"{p.backbone.spec.name} {p.dataset.name} (ray)",
                file=sys.stderr)
     try:

@@ -95,11 +95,8 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
                 old.file.attrs.get("dataset") == p.dataset.name else None
             before = (old.paths, old.signatures, old.duplicate_rows, p.match(old)) \
                 if old is not None and old.has_duplicates else None
-            if run is _run:  # only this folder's own previous store is updated in place
-                result = _run(config, p, p.split, old, progress,
-                              in_place=superseded is not None)
-            else:
-                result = run(config, p, p.split, old, progress)
+            # only this folder's own previous store is updated in place
+            result = run(config, p, p.split, old, progress, in_place=superseded is not None)
             # found once per store version (a cache hit reads them back from the store)
             pairs = duplicate_rows(p.dataset, p.signatures, before)
             write_duplicates(p.path, pairs)

@@ -142,6 +142,22 @@ def converted_model_file(folder: Path) -> Path:
     return Path(folder) / "model.xml"
 
 
+def converted_model_dirs(cache_dir: Path) -> list[Path]:
+    """Every converted model's folder, and the temporary ones a killed conversion left
+    (``.<name>.<random>``)."""
+    folder = Path(cache_dir) / OPENVINO_DIR
+    return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def parse_converted_name(name: str) -> tuple[str, int, str]:
+    """(backbone, batch size, key) of a converted model's folder name ("?", 0, name for
+    anything else, such as a temporary folder)."""
+    backbone, batch, key = (name.rsplit("-", 2) + ["", ""])[:3]
+    if name.startswith(".") or not batch.startswith("b") or not batch[1:].isdigit():
+        return "?", 0, name
+    return backbone, int(batch[1:]), key
+
+
 FINETUNE = "finetune"
 CHECKPOINT_SUFFIX = ".ckpt"
 

@@ -408,6 +408,36 @@ def test_a_killed_driver_resumes_from_its_finished_shards(cluster, image_folder,
     assert_same_store(local.path, result.path)
 
 
+def test_an_update_sends_only_new_images_to_the_cluster(cluster, image_folder, image_file,
+                                                      make_config, tmp_path):
+    """Images added and removed: the cluster extracts the new ones only; the first update
+    rewrites the virtual store from its rows, the next appends a segment as the local
+    engine does; both equal a local extraction of the data as it is then."""
+    root = tmp_path / "data"
+    written = image_folder(root, junk=False)
+    config = ray_config(make_config(root, tmp_path / "ray"), tmp_path / "ray", cluster.address,
+                        shard_rows=5, batch_size=4)
+    first = extract(config, progress=False)
+    assert first.extracted == 18
+    for i in range(2):
+        image_file(root / "cat" / f"new{i}.png", seed=100 + i)
+    (root / written["dog"][0]).unlink()
+    second = extract(config, progress=False)
+    assert (second.extracted, second.reused, second.dropped) == (2, 17, 1)
+    local = extract(make_config(root, tmp_path / "local"), progress=False)
+    assert assert_same_store(local.path, second.path) <= 1e-5
+    assert not first.path.exists() and not list((tmp_path / "ray").glob("*.shards"))
+    image_file(root / "fox" / "new2.png", seed=102)
+    third = extract(config, progress=False)
+    assert (third.extracted, third.reused) == (1, 19)
+    local = extract(make_config(root, tmp_path / "local"), progress=False)
+    with FeatureStore(local.path) as a, FeatureStore(third.path) as b:
+        assert b.segmented and a.paths == b.paths and a.signatures == b.signatures
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert_close(b.features(), a.features(), rtol=1e-5)
+    assert cache.verify(third.path) == []
+
+
 def test_grid_search_on_ray_equals_local(cluster, tiny_store, tmp_path):
     from featx.classification import classify
 

@@ -206,6 +206,34 @@ def test_extraction_with_openvino_is_a_cache_hit_for_tensorflow(tiny_store, tmp_
     assert extract(config, progress=False).cache_hit
 
 
+def test_featx_cache_lists_verifies_and_removes_converted_models(tiny_store, tmp_path, openvino,
+                                                                 conversions, capsys):
+    from featx.cli import main
+    from featx.extraction import extract
+    from featx.layout import OPENVINO_DIR
+
+    config = dataclasses.replace(tiny_store.config, cache_dir=str(tmp_path))
+    config.backbone = dataclasses.replace(config.backbone, runtime="openvino")
+    extract(config, progress=False)
+    [folder] = (tmp_path / OPENVINO_DIR).iterdir()
+    (tmp_path / OPENVINO_DIR / f".{folder.name}.x1y2").mkdir()  # a killed conversion's
+    capsys.readouterr()
+    assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out
+    key = folder.name.rsplit("-", 1)[1]
+    line = next(row for row in listed.splitlines() if row.startswith(key[:16]))
+    assert "openvino model" in line and config.backbone.name in line
+    assert "openvino (unfinished)" in listed and "3 entries" in listed
+    assert main(["cache", "verify", "--cache-dir", str(tmp_path)]) == 0  # the store only
+    assert "OK" in capsys.readouterr().out
+    assert main(["cache", "verify", key, "--cache-dir", str(tmp_path)]) == 0
+    assert "not a feature store" in capsys.readouterr().out
+    assert main(["cache", "rm", key, "--cache-dir", str(tmp_path)]) == 0
+    assert not folder.exists() and tiny_store.path.name in {p.name for p in tmp_path.iterdir()}
+    assert main(["cache", "rm", "--all", "--cache-dir", str(tmp_path)]) == 0
+    assert not list((tmp_path / OPENVINO_DIR).iterdir())
+
+
 def test_thread_split_uses_every_core():
     split = runtime.thread_split(6)
     assert (split.cores, split.inference_threads, split.streams, split.decode_parallel) == \
