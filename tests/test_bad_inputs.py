@@ -21,7 +21,7 @@ from PIL.Image import DecompressionBombError
 
 from featx.config import Config
 from featx.extraction import ExtractError, extract
-from featx.images import ReadErrors, load_image, read_batches
+from featx.images import ReadErrors, Views, load_image, read_batches
 from featx.store import FeatureStore
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -152,6 +152,36 @@ def test_vanished_file_is_a_recorded_skip(tmp_path):
     (first, images, ok), = list(read_batches([str(tmp_path / "gone.jpg")], 32, 4, errors))
     assert not ok[0]
     assert errors.reasons[0].startswith("FileNotFoundError: ") and "gone.jpg" in errors.reasons[0]
+
+
+@pytest.mark.parametrize("batch, threads, count", [(4, 2, 1), (3, 3, 1), (5, 2, 3), (64, 1, 1)])
+def test_the_reader_keeps_file_order_and_row_count_whatever_the_threads(
+        tmp_path, image_file, batch, threads, count):
+    """Batches of ``batch`` rows in file order (the last one short), ``count`` rows a file,
+    an unreadable file in the middle a zero row with its reason, from any number of threads
+    running ahead."""
+    files = [str(image_file(tmp_path / f"{i:02d}.png", seed=i, size=(20 + i, 17)))
+             for i in range(11)]
+    files[6] = str(tmp_path / "gone.png")
+    views = Views(count=count, crop=(lambda im: np.stack([im + k for k in range(count)]))
+                  if count > 1 else None)
+    errors = ReadErrors()
+    batches = list(read_batches(files, 16, batch, errors, parallel=threads, views=views))
+    rows = 11 * count
+    assert [first for first, _, _ in batches] == list(range(0, rows, batch))
+    assert [len(b) for _, b, _ in batches] == [min(batch, rows - f) for f in range(0, rows, batch)]
+    images = np.concatenate([b for _, b, _ in batches])
+    ok = np.concatenate([o for _, _, o in batches])
+    assert images.shape == (rows, 16, 16, 3) and ok.dtype == bool
+    for i, path in enumerate(files):
+        got = images[i * count:(i + 1) * count]
+        if i == 6:
+            assert not ok[i * count:(i + 1) * count].any() and not got.any()
+            continue
+        assert ok[i * count:(i + 1) * count].all()
+        for k in range(count):
+            np.testing.assert_array_equal(got[k], load_image(path, 16) + k)
+    assert list(errors.reasons) == [6] and "gone.png" in errors.reasons[6]
 
 
 def _config(data: Path, cache: Path, strict: bool = False) -> Config:
