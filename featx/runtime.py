@@ -94,7 +94,7 @@ class ThreadSplit:
     cores: int  # usable by this process
     inference_threads: int  # OpenVINO INFERENCE_NUM_THREADS
     streams: int  # OpenVINO NUM_STREAMS (one synchronous request: more streams only idle)
-    decode_parallel: int  # tf.data map parallelism of featx.images.read_batches
+    decode_parallel: int  # decoding threads of featx.images.read_batches
     pinning: bool = False  # OpenVINO ENABLE_CPU_PINNING
 
     def describe(self) -> str:
@@ -108,7 +108,7 @@ def thread_split(cores: int | None = None) -> ThreadSplit:
 
     Inference gets every core and decoding may run on every core too: decoding a batch
     (Pillow, JPEG draft mode) costs a small share of the backbone's time, runs ahead in
-    tf.data's threads while the backbone works, and OpenVINO's threads do not spin when they
+    the reader's threads while the backbone works, and OpenVINO's threads do not spin when they
     wait; threads are not pinned to cores (see OpenVINOForward). `make bench` prints it.
     """
     n = max(1, cores or usable_cores())
