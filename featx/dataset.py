@@ -99,7 +99,11 @@ def stat_files(root: str, paths: list[str]) -> tuple[FileStats, np.ndarray]:
     else:
         k = 4 * cores
         chunks = [paths[i * len(paths) // k:(i + 1) * len(paths) // k] for i in range(k)]
-        parts = Parallel(n_jobs=cores)(delayed(_stat_some)(root, chunk) for chunk in chunks)
+        try:
+            parts = Parallel(n_jobs=cores)(delayed(_stat_some)(root, chunk) for chunk in chunks)
+        except (OSError, RuntimeError) as e:  # no processes here (a sandbox): in this one
+            log.debug("stat in one process: %s", e)
+            parts = [_stat_some(root, paths)]
     size, mtime_ns, device, inode = (np.concatenate(column) for column in zip(*parts))
     return FileStats(size, mtime_ns // 1_000_000_000, device, inode), size >= 0
 

@@ -576,6 +576,8 @@ class FeatureStore:
             raise StoreError(f"{self.path}: store is not complete")
         self._segments: list[_Segment] = []
         self._feature_row: np.ndarray | None = None
+        self._paths: list[str] | None = None  # read once, when asked for
+        self._signatures: list[str] | None = None
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         try:
             if "feature_row" in self.file:
@@ -590,9 +592,6 @@ class FeatureStore:
             self.close()
             raise
         self._block_sha256: list[str] | None = None
-
-    _paths: list[str] | None = None
-    _signatures: list[str] | None = None
 
     def _open_segments(self) -> None:
         """Open the segments of a segmented store, checking that each is there, complete and
@@ -855,7 +854,6 @@ class FeatureStore:
     def _version(self) -> str:
         return _file_version([self.path, *(s.path for s in self._segments)],
                              _text(self.file.attrs["key"]))
-
 
     def features(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Features of ``rows`` (all rows by default, ascending), flattened to 2-D float32."""
