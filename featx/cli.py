@@ -340,9 +340,10 @@ def _dispatch(args: argparse.Namespace) -> int:
                     print(f"  skipped {path}: {reason}")
                 if len(r.skipped) > 10:
                     print(f"  ... and {len(r.skipped) - 10} more (featx cache info {r.key})")
-            if r.duplicates:
-                print(f"featx: {len(r.duplicates)} image(s) have the same bytes as another "
-                      f"image, e.g. {r.duplicates[0][0]} = {r.duplicates[0][1]} (featx cache "
+            if len(r.duplicate_rows):
+                row, earlier = r.duplicate_rows[0]
+                print(f"featx: {len(r.duplicate_rows)} image(s) have the same bytes as another "
+                      f"image, e.g. {r.row_paths[row]} = {r.row_paths[earlier]} (featx cache "
                       f"info {r.key} lists them)")
         return 0
     if args.command == "classify":

@@ -93,14 +93,16 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
             superseded = old.path if old is not None and old.path != p.path and \
                 old.file.attrs.get("root") == str(p.dataset.root) and \
                 old.file.attrs.get("dataset") == p.dataset.name else None
+            # the previous duplicates are reused where the old store's rows are its images
             before = (old.paths, old.signatures, old.duplicate_rows, p.match(old)) \
-                if old is not None and old.has_duplicates else None
+                if old is not None and old.has_duplicates and p.one_row_per_image and \
+                "view" not in old.file else None
             # only this folder's own previous store is updated in place
             result = run(config, p, p.split, old, progress, in_place=superseded is not None)
             # found once per store version (a cache hit reads them back from the store)
-            pairs = duplicate_rows(p.dataset, p.signatures, before)
+            pairs = p.store_rows(duplicate_rows(p.dataset, p.signatures, before))
             write_duplicates(p.path, pairs)
-            result.duplicates = row_pairs_to_paths(pairs, p.dataset.paths)
+            result.duplicate_rows, result.row_paths = pairs, p.row_paths
             if superseded is not None:  # the previous version of this very folder's store
                 for path in belongings(superseded):
                     _delete(path)
@@ -127,14 +129,14 @@ def _cache_hit(p: Plan, config: Config) -> ExtractResult | None:
             if store.file.attrs.get("key") != p.key:
                 return None
             store.verify_once()  # checks every feature block, once per file version
-            skipped, duplicates = store.skipped, store.duplicates
+            skipped, duplicates, paths = store.skipped, store.duplicate_rows, store.paths
     except StoreError as e:
         log.warning("%s; extracting afresh", e)
         return None
     _update_split(p.path, p.split[p.row_image], config)
     rows = len(p.row_image)
     return ExtractResult(p.path, p.key, cache_hit=True, rows=rows, reused=rows,
-                         skipped=sorted(set(skipped)), duplicates=duplicates)
+                         skipped=sorted(set(skipped)), duplicate_rows=duplicates, row_paths=paths)
 
 
 def duplicate_files(dataset: Dataset, signatures: list[str],
@@ -366,7 +368,7 @@ def _extract_blocks(config: Config, dataset: Dataset, backbone: Backbone, todo: 
 
     positions = np.concatenate([np.asarray(blocks.rows_of(b)) for b in remaining])
     images = todo[positions][::per_image]  # blocks hold whole images
-    files = [dataset.absolute(int(i)) for i in images]
+    files = dataset.files(images)
     views = variant.reader(size, [dataset.paths[int(i)] for i in images])
     passes = len(files) * variant.views  # backbone passes this run
     strict = config.extract.strict

@@ -109,7 +109,7 @@ class Views:
 
 @dataclass
 class ReadErrors:
-    """Reasons for unreadable files, by row index (filled from tf.data's threads)."""
+    """Reasons for unreadable files, by row index (filled from the reader's threads)."""
 
     reasons: dict[int, str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -172,7 +172,6 @@ def read_batches(
     tf.data's 850 on 2 cores, which an OpenVINO backbone, sharing the cores, turns into
     about 5% more images/s.
     """
-    path_array = np.asarray(paths, dtype=object)
     views = views or Views()
     load_size = views.load_size or size
     shape = (size, size, 3) if views.crop is None else (views.count, size, size, 3)
@@ -180,7 +179,7 @@ def read_batches(
     def load(index: np.int64) -> tuple[np.ndarray, bool]:
         i = int(index)
         try:
-            image = load_image(path_array[i], load_size, resize)
+            image = load_image(str(paths[i]), load_size, resize)
             return (image if views.crop is None else views.crop(image)), True
         except Exception as e:  # any decoder failure is a per-file skip, never a crash
             errors.add(i, f"{type(e).__name__}: {e}")

@@ -92,7 +92,8 @@ class KNN(KNeighborsClassifier):
 
 
 # A pass: a callable taking a numpy Generator and yielding (features, labels) buffers that
-# together cover the training rows once, in a shuffled order.
+# together cover the training rows once, in a shuffled order. Each buffer is the learner's
+# to change: StreamingSGD scales it in place.
 Passes = Callable[[np.random.Generator], Iterator[tuple[np.ndarray, np.ndarray]]]
 
 

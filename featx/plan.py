@@ -21,7 +21,13 @@ from featx.config import Config
 from featx.dataset import TRAIN, Dataset, load_dataset, manifest_digest, stratified_split
 from featx.images import READ_POLICY
 from featx.layout import STORE_SUFFIX, partial_dirs, store_files, store_path
-from featx.store import FeatureStore, StoreError, library_versions, store_key
+from featx.store import (
+    FeatureStore,
+    StoreError,
+    library_versions,
+    row_pairs_to_paths,
+    store_key,
+)
 from featx.variants import PLAIN, Variant, get_variant
 
 
@@ -38,8 +44,16 @@ class ExtractResult:
     images_per_second: float = 0.0  # steady state: after the first batch (graph tracing)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     device: str = ""  # where the model ran ("CPU", "GPU:0 <name>"); empty on a cache hit
-    # (path, path of an earlier image with the same bytes): duplicate files in the dataset
-    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    # (row, earlier row with the same bytes): duplicate files among the store's images, and
+    # the path of each row (kept as rows: a million pairs of paths would hold 118 MiB)
+    duplicate_rows: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64),
+                                       repr=False, compare=False)
+    row_paths: list[str] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def duplicates(self) -> list[tuple[str, str]]:
+        """(path, path of an earlier image with the same bytes), in row order."""
+        return row_pairs_to_paths(self.duplicate_rows, self.row_paths)
 
 
 def feature_settings(backbone: Backbone, variant: Variant = PLAIN) -> dict:
@@ -61,6 +75,28 @@ class Plan:
     split: np.ndarray | None = None  # the split of every dataset image
     manifest: str = ""  # featx.dataset.manifest_digest of the dataset as it is now
     _matched: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def one_row_per_image(self) -> bool:
+        """Whether the store's rows are the dataset's images (the plain store)."""
+        return self.images is None and self.variant.rows_per_image == 1
+
+    @property
+    def row_paths(self) -> list[str]:
+        """The path of each store row."""
+        paths = self.dataset.paths
+        return paths if self.one_row_per_image else [paths[i] for i in self.row_image]
+
+    def store_rows(self, pairs: np.ndarray) -> np.ndarray:
+        """Pairs of dataset images as pairs of this store's rows (each image's first row);
+        pairs with an image the store does not hold are left out."""
+        if self.one_row_per_image:
+            return pairs
+        first = np.full(len(self.dataset), -1, np.int64)
+        rows = np.arange(len(self.row_image))
+        first[self.row_image[::-1]] = rows[::-1]  # the earliest row is written last
+        got = first[pairs]
+        return got[(got >= 0).all(axis=1)]
 
     def match(self, old: FeatureStore) -> np.ndarray:
         """For each dataset image, the row of ``old`` with its path and signature, or -1

@@ -179,6 +179,27 @@ def variant_cache(tiny_root, make_config, tmp_path_factory):
     return config, results
 
 
+def test_a_variant_store_names_its_duplicate_files_by_their_own_rows(tmp_path, image_folder,
+                                                                     make_config):
+    """10 rows an image: the duplicate pair read back from the 10-crop store is the same pair
+    of files as the plain store's, on extraction and on a cache hit."""
+    import shutil
+
+    root = tmp_path / "data"
+    written = image_folder(root, junk=False)
+    shutil.copy(root / written["dog"][2], root / "fox" / "zz-copy.png")
+    config = make_config(root, tmp_path / "cache", extract={"tencrop": "keep"})
+    plain = extract(config, progress=False)
+    crops = extract(config, progress=False, variant="tencrop")
+    expected = [("fox/zz-copy.png", written["dog"][2])]
+    assert plain.duplicates == expected and crops.duplicates == expected
+    assert crops.rows == 10 * plain.rows
+    again = extract(config, progress=False, variant="tencrop")
+    assert again.cache_hit and again.duplicates == expected
+    with FeatureStore(crops.path) as store:
+        assert store.duplicates == expected
+
+
 def test_augmented_store_holds_training_images_only(variant_cache):
     config, results = variant_cache
     with FeatureStore(results["plain"].path) as plain:
