@@ -168,20 +168,17 @@ def _from_folder(root: Path, name: str) -> Dataset:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DatasetError(f"{root}: no class sub-folders (expected one folder per class)")
-    paths: list[str] = []
+    paths: list[str] = []  # sorted by path within each class, classes in order
     counts: list[int] = []
-    order: list[np.ndarray] = []  # sorted by path within each class, classes in order
     for cls in classes:
         names: list[str] = []
         _scan(str(root / cls), cls + "/", names)
         if not names:
             raise DatasetError(f"{root / cls}: class folder holds no images "
                                f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        order.append(len(paths) + np.asarray(sorted(range(len(names)), key=names.__getitem__)))
+        names.sort()
         paths += names
         counts.append(len(names))
-    rows = np.concatenate(order)
-    paths = [paths[i] for i in rows.tolist()]
     labels = np.repeat(np.arange(len(classes), dtype=np.int32), counts)
     stats, there = stat_files(str(root), paths)
     if not there.all():  # gone since the listing: not in the dataset
