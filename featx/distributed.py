@@ -50,11 +50,10 @@ from featx.store import (
     FeatureDigest,
     FeatureStore,
     RowSource,
-    append_store,
-    can_append,
     shard_dir,
     write_columns,
     write_store,
+    write_update,
 )
 
 log = logging.getLogger(__name__)
@@ -289,16 +288,9 @@ def _update(config: Config, p: Plan, split: np.ndarray, old: FeatureStore,
                    label_names=p.dataset.label_names, split=split,
                    attrs={**store_attrs(config, p), "feature_shape": list(feature_shape)},
                    compression=config.extract.compression)
-    source = RowSource(old_row, new_row)
     dropped = len(old) - int((old_row >= 0).sum())
-    virtual = not old.segmented and old.file["features"].is_virtual  # shards by relative path
-    skipped = None
-    if in_place and not virtual and can_append(old, n, len(todo)):
-        skipped = append_store(p.path, source=source, old=old, blocks=shards,
-                               feature_shape=feature_shape, **columns)
-    if skipped is None:
-        skipped = write_store(p.path, feature_shape=feature_shape, source=source, old=old,
-                              blocks=shards, **columns)
+    skipped = write_update(p.path, in_place=in_place, source=RowSource(old_row, new_row),
+                           old=old, blocks=shards, feature_shape=feature_shape, **columns)
     shutil.rmtree(shards.dir, ignore_errors=True)
     return ExtractResult(p.path, p.key, cache_hit=False, rows=n, extracted=extracted,
                          reused=n - len(todo), dropped=dropped, seconds=seconds,

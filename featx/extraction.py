@@ -43,12 +43,10 @@ from featx.store import (
     FeatureStore,
     RowSource,
     StoreError,
-    append_store,
-    can_append,
     rewrite_split,
     row_pairs_to_paths,
     write_duplicates,
-    write_store,
+    write_update,
 )
 from featx.variants import PLAIN, Variant
 
@@ -129,7 +127,8 @@ def _cache_hit(p: Plan, config: Config) -> ExtractResult | None:
             if store.file.attrs.get("key") != p.key:
                 return None
             store.verify_once()  # checks every feature block, once per file version
-            skipped, duplicates, paths = store.skipped, store.duplicate_rows, store.paths
+            skipped, duplicates = store.skipped, store.duplicate_rows
+            paths = store.paths if len(duplicates) else []  # 1M paths: 0.5 s
     except StoreError as e:
         log.warning("%s; extracting afresh", e)
         return None
@@ -322,22 +321,17 @@ def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
                                           remaining, progress, variant=variant)
     seconds = time.perf_counter() - t0
     feature_shape = _feature_shape(blocks, old, backbone)
-    skipped = None
-    columns = dict(paths=[dataset.paths[i] for i in row_image],
-                   signatures=[p.signatures[i] for i in row_image],
+    columns = dict(paths=p.row_paths,
+                   signatures=p.signatures if p.one_row_per_image
+                   else [p.signatures[i] for i in row_image],
                    labels=dataset.labels[row_image], label_names=dataset.label_names,
                    split=split[row_image],
                    attrs={**store_attrs(config, p), "feature_shape": list(feature_shape)},
                    compression=config.extract.compression)
-    if in_place and old is not None and variant.rows_per_image == 1 and "view" not in \
-            old.file and can_append(old, len(row_image), len(todo)):
-        skipped = append_store(p.path, source=RowSource(old_row, new_row), old=old,
-                               blocks=blocks, feature_shape=feature_shape, **columns)
-    if skipped is None:
-        skipped = write_store(
-            p.path, feature_shape=feature_shape, source=RowSource(old_row, new_row), old=old,
-            blocks=blocks, extra={"view": p.row_view} if variant.rows_per_image > 1 else None,
-            **columns)
+    skipped = write_update(
+        p.path, in_place=in_place, source=RowSource(old_row, new_row), old=old, blocks=blocks,
+        feature_shape=feature_shape,
+        extra={"view": p.row_view} if variant.rows_per_image > 1 else None, **columns)
     blocks.remove()
     skipped = sorted(set(skipped))  # a variant lists an image once per view
     return ExtractResult(p.path, p.key, cache_hit=False, rows=len(row_image),

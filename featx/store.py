@@ -344,7 +344,10 @@ def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource
 
 def can_append(old: FeatureStore, live_rows: int, new_rows: int) -> bool:
     """Whether updating ``old`` to ``live_rows`` rows, ``new_rows`` of them new, appends a
-    segment (else: rewrite whole, compacted; see SEGMENTS_MAX and DEAD_MAX)."""
+    segment (else: rewrite whole, compacted; see SEGMENTS_MAX and DEAD_MAX). A virtual store
+    (featx.distributed) never is a segment: it names its shards relative to its own folder."""
+    if not old.segmented and old.file["features"].is_virtual:
+        return False
     physical = old.physical_rows + new_rows
     return len(old.segment_files) + 1 <= SEGMENTS_MAX and \
         physical - live_rows <= DEAD_MAX * physical
@@ -415,6 +418,25 @@ def append_store(path: Path, *, source: RowSource, old: FeatureStore, blocks: Bl
     old.close()
     os.replace(assembling_path(path), path)  # atomic: a store under its final name is whole
     return sorted(skipped)
+
+
+def write_update(path: Path, *, in_place: bool, source: RowSource, old: FeatureStore | None,
+                 blocks: BlockDir, feature_shape: tuple[int, ...],
+                 extra: dict[str, np.ndarray] | None = None, **columns: Any
+                 ) -> list[tuple[str, str]]:
+    """The store ``path`` from ``old``'s reused rows and ``blocks``' new ones (both engines'
+    last step): one more segment beside ``old``'s features (:func:`append_store`) where
+    ``in_place`` (``old`` is the previous version of this very store), rows are images and
+    :func:`can_append` allows; else written whole (:func:`write_store`). ``columns``: the
+    per-row columns, attributes and compression of :func:`write_store`."""
+    if in_place and old is not None and extra is None and "view" not in old.file and \
+            can_append(old, len(source.old_row), blocks.rows):
+        skipped = append_store(path, source=source, old=old, blocks=blocks,
+                               feature_shape=feature_shape, **columns)
+        if skipped is not None:
+            return skipped
+    return write_store(path, feature_shape=feature_shape, source=source, old=old,
+                       blocks=blocks, extra=extra, **columns)
 
 
 def _write_segment(tmp: Path, segment: Path, blocks: BlockDir, feature_shape: tuple[int, ...],
@@ -757,7 +779,8 @@ class FeatureStore:
     @property
     def duplicates(self) -> list[tuple[str, str]]:
         """(path, path of an earlier image with the same bytes), as extraction found them."""
-        return row_pairs_to_paths(self.duplicate_rows, self.paths)
+        pairs = self.duplicate_rows
+        return row_pairs_to_paths(pairs, self.paths) if len(pairs) else []
 
     @property
     def rows_per_read(self) -> int:
