@@ -10,7 +10,7 @@ import csv
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from joblib import Parallel, delayed
 from featx.config import DatasetConfig
 from featx.errors import DatasetError
 from featx.images import usable_cores
+from featx.memory import CHUNK, PackedStrings, Strings, Taken
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +52,17 @@ class Dataset:
     """The images of a dataset, sorted by relative path, with integer labels."""
 
     root: Path
-    paths: list[str]  # relative to root, POSIX separators
+    paths: PackedStrings  # relative to root, POSIX separators
     labels: np.ndarray  # int32, index into label_names
     label_names: list[str]
     name: str
     # Of each image, taken right after the folder listing (stat_files); None for a manifest
     # (stat then). Not part of equality.
     stats: FileStats | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.paths, PackedStrings):  # e.g. a store's list of paths
+            object.__setattr__(self, "paths", PackedStrings(self.paths))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -70,17 +75,21 @@ class Dataset:
         million absolute paths would hold 112 MiB for the whole extraction."""
         return _Files(self, np.asarray(images, np.int64))
 
-    def signatures(self, content: bool = False, listed: bool = False) -> list[str]:
+    def relative(self, images: np.ndarray) -> Sequence[str]:
+        """The relative paths of ``images`` (dataset rows), made when asked for."""
+        return Taken(self.paths, images)
+
+    def signatures(self, content: bool = False, listed: bool = False) -> Strings:
         """Per image, what says it is unchanged: ``size:mtime`` (fast), or a SHA-256 of its
         bytes with ``content=True``. Neither depends on where the dataset folder lives.
         ``listed``: take size and mtime from the stat the folder listing made a moment ago
         (planning: one ``stat`` per file, not two) instead of a ``stat`` now."""
         if content:
-            return ["sha256:" + hashlib.sha256((self.root / rel).read_bytes()).hexdigest()
-                    for rel in self.paths]
+            return PackedStrings(
+                "sha256:" + hashlib.sha256((self.root / rel).read_bytes()).hexdigest()
+                for rel in self.paths)
         stats = self.stats if listed and self.stats is not None else self.file_stats()
-        return [f"{size}:{mtime}" for size, mtime in zip(stats.size.tolist(),
-                                                         stats.mtime.tolist())]
+        return StatSignatures(stats.size, stats.mtime)
 
     def file_stats(self) -> FileStats:
         """Size, mtime, device and inode of every image, one ``os.stat`` each, now."""
@@ -88,6 +97,31 @@ class Dataset:
         if not there.all():
             raise DatasetError(f"image not found: {self.absolute(int(np.argmin(there)))}")
         return stats
+
+
+class StatSignatures(Strings):
+    """``size:mtime`` of each image, made from the stat arrays when asked for: no string is
+    held (1M of them as a list: 85 MiB)."""
+
+    def __init__(self, size: np.ndarray, mtime: np.ndarray) -> None:
+        self.size, self.mtime = size, mtime
+
+    def __len__(self) -> int:
+        return len(self.size)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return StatSignatures(self.size[i], self.mtime[i])
+        return f"{int(self.size[i])}:{int(self.mtime[i])}"
+
+    def __iter__(self) -> Iterator[str]:
+        for a in range(0, len(self), CHUNK):
+            for size, mtime in zip(self.size[a:a + CHUNK].tolist(),
+                                   self.mtime[a:a + CHUNK].tolist()):
+                yield f"{size}:{mtime}"
+
+    def take(self, indices: np.ndarray) -> StatSignatures:
+        return StatSignatures(self.size[indices], self.mtime[indices])
 
 
 class _Files(Sequence):
@@ -107,7 +141,7 @@ class _Files(Sequence):
 PARALLEL_STAT_FILES = 50_000
 
 
-def stat_files(root: str, paths: list[str]) -> tuple[FileStats, np.ndarray]:
+def stat_files(root: str, paths: Sequence[str]) -> tuple[FileStats, np.ndarray]:
     """The stats of ``paths`` (relative to ``root``), and which of them are there (a file
     may go between listing and stat: bool (N,))."""
     cores = usable_cores()
@@ -121,12 +155,15 @@ def stat_files(root: str, paths: list[str]) -> tuple[FileStats, np.ndarray]:
         except (OSError, RuntimeError) as e:  # no processes here (a sandbox): in this one
             log.debug("stat in one process: %s", e)
             parts = [_stat_some(root, paths)]
-    size, mtime_ns, device, inode = (np.concatenate(column) for column in zip(*parts))
-    return FileStats(size, mtime_ns // 1_000_000_000, device, inode), size >= 0
+    columns = [list(column) for column in zip(*parts)]
+    del parts
+    size, mtime, device, inode = (np.concatenate(columns.pop(0)) for _ in range(4))  # one
+    return FileStats(size, mtime, device, inode), size >= 0  # column's parts held at a time
 
 
-def _stat_some(root: str, paths: list[str]) -> tuple[np.ndarray, ...]:
-    """(size, mtime in ns, device, inode) arrays; size -1 for a file that is not there."""
+def _stat_some(root: str, paths: Sequence[str]) -> tuple[np.ndarray, ...]:
+    """(size, mtime in whole seconds, device, inode) arrays; size -1 for a file that is
+    not there."""
     stat, join = os.stat, os.path.join
     size, mtime, device, inode = [], [], [], []
     for rel in paths:
@@ -139,11 +176,11 @@ def _stat_some(root: str, paths: list[str]) -> tuple[np.ndarray, ...]:
         mtime.append(st.st_mtime_ns)
         device.append(st.st_dev)
         inode.append(st.st_ino)
-    return (np.asarray(size, np.int64), np.asarray(mtime, np.int64),
+    return (np.asarray(size, np.int64), np.asarray(mtime, np.int64) // 1_000_000_000,
             np.asarray(device, np.uint64), np.asarray(inode, np.uint64))
 
 
-def manifest_digest(dataset: Dataset, signatures: list[str]) -> str:
+def manifest_digest(dataset: Dataset, signatures: Sequence[str]) -> str:
     """One hash of every (path, label, signature): changes when any image is added, removed,
     relabelled or rewritten, and not when the dataset folder is moved."""
     h = hashlib.sha256()
@@ -168,22 +205,25 @@ def _from_folder(root: Path, name: str) -> Dataset:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DatasetError(f"{root}: no class sub-folders (expected one folder per class)")
-    paths: list[str] = []  # sorted by path within each class, classes in order
     counts: list[int] = []
-    for cls in classes:
-        names: list[str] = []
-        _scan(str(root / cls), cls + "/", names)
-        if not names:
-            raise DatasetError(f"{root / cls}: class folder holds no images "
-                               f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        names.sort()
-        paths += names
-        counts.append(len(names))
+
+    def listed():  # sorted by path within each class, classes in order
+        for cls in classes:
+            names: list[str] = []  # one class's at a time: packed as it goes
+            _scan(str(root / cls), cls + "/", names)
+            if not names:
+                raise DatasetError(f"{root / cls}: class folder holds no images "
+                                   f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            names.sort()
+            counts.append(len(names))
+            yield from names
+
+    paths = PackedStrings(listed())
     labels = np.repeat(np.arange(len(classes), dtype=np.int32), counts)
     stats, there = stat_files(str(root), paths)
     if not there.all():  # gone since the listing: not in the dataset
         keep = np.flatnonzero(there)
-        paths, labels, stats = [paths[i] for i in keep.tolist()], labels[keep], stats.take(keep)
+        paths, labels, stats = paths.take(keep), labels[keep], stats.take(keep)
     return Dataset(root.resolve(), paths, labels, classes, name or root.resolve().name, stats)
 
 
@@ -254,7 +294,8 @@ def _from_csv(manifest: Path, root: Path | None, name: str) -> Dataset:
     paths = sorted(rows)
     label_names = sorted({label for label, _ in rows.values()})
     index = {n: i for i, n in enumerate(label_names)}
-    return Dataset(root, paths, np.asarray([index[rows[p][0]] for p in paths], np.int32),
+    return Dataset(root, PackedStrings(paths),
+                   np.asarray([index[rows[p][0]] for p in paths], np.int32),
                    label_names, name or manifest.stem)
 
 

@@ -29,6 +29,7 @@ from featx.layout import (
     belongings,
     lock_path,
 )
+from featx.memory import release_freed_memory
 from featx.plan import (
     ExtractResult,
     Plan,
@@ -95,10 +96,13 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
             before = (old.paths, old.signatures, old.duplicate_rows, p.match(old)) \
                 if old is not None and old.has_duplicates and p.one_row_per_image and \
                 "view" not in old.file else None
+            # found once per store version (a cache hit reads them back from the store),
+            # before the model is built: at 1M images their arrays took 70-100 MiB a moment
+            pairs = p.store_rows(duplicate_rows(p.dataset, p.signatures, before))
+            del before
+            release_freed_memory()  # what planning freed, before the model's ~100 MiB
             # only this folder's own previous store is updated in place
             result = run(config, p, p.split, old, progress, in_place=superseded is not None)
-            # found once per store version (a cache hit reads them back from the store)
-            pairs = p.store_rows(duplicate_rows(p.dataset, p.signatures, before))
             write_duplicates(p.path, pairs)
             result.duplicate_rows, result.row_paths = pairs, p.row_paths
             if superseded is not None:  # the previous version of this very folder's store
@@ -165,15 +169,15 @@ def duplicate_rows(dataset: Dataset, signatures: list[str],
     if n == 0:
         return np.empty((0, 2), np.int64)
     if signatures[0].startswith("sha256:"):
-        return _equal_runs(np.unique(np.asarray(signatures, dtype=object),
-                                     return_inverse=True)[1].reshape(-1))
+        pairs = _equal_runs(np.unique(np.asarray(signatures, dtype=object),
+                                      return_inverse=True)[1].reshape(-1))
+        return pairs[np.argsort(pairs[:, 0], kind="stable")]
     stats = dataset.stats
     if stats is not None:
         sizes = stats.size
     else:
         sizes = np.fromiter((int(sig.split(":", 1)[0]) for sig in signatures), np.int64, n)
-    _, size_id, counts = np.unique(sizes, return_inverse=True, return_counts=True)
-    candidate = counts[size_id.reshape(-1)] >= 2
+    candidate = _shared(sizes)
     kept = np.empty((0, 2), np.int64)
     if before is not None and not any(sig.startswith("sha256:") for sig in before[1][:1]):
         old_paths, old_signatures, old_pairs, *matched_rows = before
@@ -196,42 +200,84 @@ def duplicate_rows(dataset: Dataset, signatures: list[str],
         kept = pairs[keep]
         candidate &= is_dirty
     rows = np.flatnonzero(candidate)
+    del candidate
     # one read per file: rows that are hard links of one inode share its hash
     if stats is not None:
-        dev, ino = stats.device[rows], stats.inode[rows]
-        order = np.lexsort((ino, dev))  # np.unique(axis=0) was 4x slower
-        starts = np.r_[True, (dev[order][1:] != dev[order][:-1]) |
-                       (ino[order][1:] != ino[order][:-1])] if len(rows) else np.zeros(0, bool)
-        file_id = np.empty(len(rows), np.int64)
-        file_id[order] = np.cumsum(starts) - 1
-        first = order[starts]
+        file_id, first = _files_of(stats.device[rows], stats.inode[rows])
     else:
         first, file_id = np.arange(len(rows)), np.arange(len(rows))
     hash_id: dict[str, int] = {}
     file_hash = np.full(len(first), -1, np.int64)
-    for f, i in enumerate(rows[first]):
+    for f, i in enumerate(rows[first].tolist()):
         try:
-            digest = hashlib.sha256(Path(dataset.absolute(int(i))).read_bytes()).digest()
+            digest = hashlib.sha256(Path(dataset.absolute(i)).read_bytes()).digest()
         except OSError:
             continue  # unreadable: the reader reports it
         file_hash[f] = hash_id.setdefault(digest, len(hash_id))
-    found = file_hash[file_id.reshape(-1)]
+    found = file_hash[file_id]
+    del file_id
     read = found >= 0
-    pairs = _equal_runs(found[read], rows[read])
-    out = np.concatenate([kept, pairs])
-    return out[np.argsort(out[:, 0], kind="stable")]
+    if not read.all():
+        found, rows = found[read], rows[read]
+    pairs = _equal_runs(found, rows)
+    del found, rows
+    if len(kept):
+        pairs = np.concatenate([kept, pairs])
+    return pairs[np.argsort(pairs[:, 0], kind="stable")]
+
+
+# duplicate_rows keeps its arrays few and frees them as it goes: at 1M images (all sharing
+# a size with another) it held at most 118 MiB of arrays for a 15 MiB result, 55 MiB
+# now (tracemalloc).
+
+def _shared(values: np.ndarray) -> np.ndarray:
+    """bool (N,): whether another element has the same value."""
+    order = np.argsort(values, kind="stable")
+    same = values[order]
+    same = same[1:] == same[:-1]
+    shared = np.zeros(len(values), bool)
+    shared[1:] = same
+    shared[:-1] |= same
+    del same
+    out = np.zeros(len(values), bool)
+    out[order[shared]] = True
+    return out
+
+
+def _files_of(device: np.ndarray, inode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows given by (device, inode): each row's file (int64 (N,), 0..F-1) and the
+    first row of each file (int64 (F,))."""
+    if len(inode) and (device == device[0]).all():  # one file system: inode says which file
+        key = inode
+    else:
+        key = np.unique(np.stack([device, inode], axis=1), axis=0, return_inverse=True)[1]
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    starts = np.empty(len(key), bool)
+    starts[:1] = True
+    np.not_equal(sorted_key[1:], sorted_key[:-1], out=starts[1:])
+    del sorted_key
+    file_id = np.empty(len(key), np.int64)
+    file_id[order] = np.cumsum(starts) - 1
+    return file_id, order[starts]
 
 
 def _equal_runs(ids: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """(row, first row with the same id) for every row whose id an earlier row has;
-    ``rows``: the row of each id (ascending; default 0..n-1)."""
+    """(row, first row with the same id) for every row whose id an earlier row has,
+    grouped by id; ``rows``: the row of each id (ascending; default 0..n-1)."""
     ids = np.asarray(ids).reshape(-1)
-    rows = np.arange(len(ids)) if rows is None else np.asarray(rows, np.int64)
-    order = np.lexsort((rows, ids))
-    ids, rows = ids[order], rows[order]
-    starts = np.r_[True, ids[1:] != ids[:-1]] if len(ids) else np.zeros(0, bool)
-    first = rows[np.maximum.accumulate(np.where(starts, np.arange(len(ids)), 0))]
-    return np.stack([rows[~starts], first[~starts]], axis=1).astype(np.int64)
+    order = np.argsort(ids, kind="stable")  # rows ascending within an id
+    sorted_ids = ids[order]
+    starts = np.empty(len(ids), bool)
+    starts[:1] = True
+    np.not_equal(sorted_ids[1:], sorted_ids[:-1], out=starts[1:])
+    del sorted_ids
+    if rows is not None:
+        order = np.asarray(rows, np.int64)[order]
+    group = np.cumsum(starts) - 1
+    first = order[starts][group[~starts]]
+    del group
+    return np.stack([order[~starts], first], axis=1)
 
 
 def _delete(path: Path) -> None:
@@ -301,8 +347,6 @@ def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
     row_image = p.row_image
     old_row, dropped = _reuse(p, old)
     todo = np.flatnonzero(old_row < 0)
-    new_row = np.full(len(row_image), -1, np.int64)
-    new_row[todo] = np.arange(len(todo))
     batch = config.extract.batch_size
     # About BLOCK_BATCHES batches of backbone passes a block, and whole images in each.
     block_rows = variant.rows_per_image * max(1, batch * BLOCK_BATCHES // variant.views)
@@ -321,9 +365,10 @@ def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
                                           remaining, progress, variant=variant)
     seconds = time.perf_counter() - t0
     feature_shape = _feature_shape(blocks, old, backbone)
+    new_row = np.full(len(row_image), -1, np.int64)
+    new_row[todo] = np.arange(len(todo))
     columns = dict(paths=p.row_paths,
-                   signatures=p.signatures if p.one_row_per_image
-                   else [p.signatures[i] for i in row_image],
+                   signatures=p.row_signatures,
                    labels=dataset.labels[row_image], label_names=dataset.label_names,
                    split=split[row_image],
                    attrs={**store_attrs(config, p), "feature_shape": list(feature_shape)},
@@ -360,14 +405,20 @@ def _extract_blocks(config: Config, dataset: Dataset, backbone: Backbone, todo: 
     forward = backbone.batched(batch)
     per_image, group = variant.rows_per_image, variant.group
 
-    positions = np.concatenate([np.asarray(blocks.rows_of(b)) for b in remaining])
-    images = todo[positions][::per_image]  # blocks hold whole images
+    if len(remaining) == blocks.n_blocks:  # all of them: no copy of a million rows
+        rows = len(todo)
+        images = todo[::per_image]  # blocks hold whole images
+    else:
+        positions = np.concatenate([np.asarray(blocks.rows_of(b)) for b in remaining])
+        rows = len(positions)
+        images = todo[positions][::per_image]
+        del positions
     files = dataset.files(images)
-    views = variant.reader(size, [dataset.paths[int(i)] for i in images])
+    views = variant.reader(size, dataset.relative(images))
     passes = len(files) * variant.views  # backbone passes this run
     strict = config.extract.strict
     errors = ReadErrors()  # by file
-    bar = tqdm(total=len(todo) * group, initial=(len(todo) - len(positions)) * group,
+    bar = tqdm(total=len(todo) * group, initial=(len(todo) - rows) * group,
                unit="img" if variant.views == 1 else "view", disable=not progress,
                desc=f"{backbone.spec.name} {dataset.name}{variant.suffix}", file=sys.stderr)
     pending: list[tuple[np.ndarray, np.ndarray]] = []  # backbone outputs not yet in a block
@@ -411,4 +462,4 @@ def _extract_blocks(config: Config, dataset: Dataset, backbone: Backbone, todo: 
                 need = len(blocks.rows_of(current)) if current is not None else 0
     finally:
         bar.close()
-    return len(positions), rate
+    return rows, rate

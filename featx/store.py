@@ -46,7 +46,7 @@ import os
 import platform
 import shutil
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -66,6 +66,7 @@ from featx.layout import (
     store_path,
     verified_stamp,
 )
+from featx.memory import CHUNK, PackedStrings
 from featx.runinfo import write_atomic  # to a temporary name, synced, renamed
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,9 @@ def columns_digest(*, labels, paths, split, ok, label_names, feature_row=None) -
     h.update(np.ascontiguousarray(ok, bool).tobytes())
     for texts in (paths, label_names):
         h.update(b"\x1e")
+        if isinstance(texts, PackedStrings):  # its buffer is each text followed by NUL
+            h.update(texts.buffer)
+            continue
         it = iter(texts)
         while piece := [str(t) for t in itertools.islice(it, 65536)]:
             # each text followed by NUL, as one update a slice (1M paths: 0.1 s, not 0.6)
@@ -486,8 +490,8 @@ def write_columns(f: h5py.File, *, labels, paths, signatures, label_names, split
     if feature_row is not None:
         f.create_dataset("feature_row", data=np.asarray(feature_row, np.int64))
     f.create_dataset("labels", data=np.asarray(labels, np.int32))
-    f.create_dataset("paths", data=np.asarray(paths, dtype=object), dtype=STRING)
-    f.create_dataset("signatures", data=np.asarray(signatures, dtype=object), dtype=STRING)
+    write_strings(f, "paths", paths)
+    write_strings(f, "signatures", signatures)
     f.create_dataset("label_names", data=np.asarray(label_names, dtype=object), dtype=STRING)
     f.create_dataset("split", data=np.asarray(split, np.int8))
     f.create_dataset("ok", data=np.asarray(ok, bool))
@@ -505,6 +509,16 @@ def write_columns(f: h5py.File, *, labels, paths, signatures, label_names, split
                                                feature_row=feature_row)
     f.attrs["rows"] = len(labels)
     f.attrs["complete"] = True
+
+
+def write_strings(f: h5py.File, name: str, texts: Sequence[str]) -> None:
+    """A utf-8 string dataset (N,), written a slice at a time: h5py converts what it writes
+    at once into C strings, and all of a million paths at once held ~60 MiB more."""
+    ds = f.create_dataset(name, (len(texts),), dtype=STRING)
+    it, start = iter(texts), 0
+    while chunk := list(itertools.islice(it, CHUNK)):
+        ds[start:start + len(chunk)] = np.asarray(chunk, dtype=object)
+        start += len(chunk)
 
 
 def rewrite_split(path: Path, split: np.ndarray, split_attr: str) -> None:

@@ -14,6 +14,7 @@ rows and the validation/test rows come from.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,7 +30,7 @@ TRAIN_FEATURES = ("plain", "augmented", "tencrop")
 TEST_FEATURES = ("plain", "tencrop")
 
 
-def image_seeds(paths: list[str], seed: int) -> np.ndarray:
+def image_seeds(paths: Sequence[str], seed: int) -> np.ndarray:
     """One int64 seed per image from the global seed and the image's relative path, so that
     an image keeps its views when other images are added or removed."""
     out = np.empty(len(paths), np.int64)
@@ -59,7 +60,7 @@ class Variant:
         """Backbone passes averaged into one stored row."""
         return self.views // self.rows_per_image
 
-    def reader(self, input_size: int, paths: list[str]) -> Views | None:
+    def reader(self, input_size: int, paths: Sequence[str]) -> Views | None:
         """How ``read_batches`` makes this variant's views of the images at ``paths``."""
         if self.name == "tencrop":
             return Views(count=10, load_size=crop_load_size(input_size),

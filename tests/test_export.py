@@ -173,8 +173,10 @@ print(json.dumps(status("VmHWM") - base))
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_memory_stays_flat_for_a_store_four_times_the_buffer(tmp_path, fmt):
-    """Peak memory exporting a store 4x the buffer is within 1.2x of exporting one 1x: the
-    export never holds the whole store (read whole, 4x would take 4x)."""
+    """Peak memory exporting a store 4x the buffer exceeds that of exporting one 1x by less
+    than a quarter of the 3 buffers of features more: the export never holds the whole store
+    (read whole, the 4x store would take 48 MiB more). Not a ratio: pyarrow's and HDF5's own
+    buffers grow a little with the rows (3.8 MiB of 17 here, some runs over 1.2x)."""
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak memory")
     width, buffer = 1024, 16 << 20  # 4096 rows a buffer
@@ -192,7 +194,7 @@ def test_memory_stays_flat_for_a_store_four_times_the_buffer(tmp_path, fmt):
         assert_equal_to_store(out / "measured", fmt, store)
     print(f"{fmt}: peak above baseline {peaks[1] / 2**20:.1f} MiB (store 1x the buffer), "
           f"{peaks[4] / 2**20:.1f} MiB (4x)")
-    assert peaks[4] <= 1.2 * peaks[1], peaks
+    assert peaks[4] - peaks[1] <= 3 * buffer / 4, peaks
 
 
 @pytest.mark.slow
