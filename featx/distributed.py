@@ -357,12 +357,11 @@ def join(p: Plan, shards: ShardDir, split: np.ndarray, attrs: dict[str, Any],
     shard files (kept beside the store), or with ``consolidate`` a single-file copy."""
     feature_shape = tuple(shards.load(0)["features"].shape[1:])  # cached: read once
     attrs = {**attrs, "feature_shape": list(feature_shape)}
-    n = len(p.dataset)
     common = dict(feature_shape=feature_shape, paths=p.dataset.paths,
                   signatures=p.signatures, labels=p.dataset.labels,
                   label_names=p.dataset.label_names, split=split, attrs=attrs)
     if consolidate:
-        write_store(p.path, source=RowSource(np.full(n, -1, np.int64), np.arange(n)), old=None,
+        write_store(p.path, source=RowSource(), old=None,
                     blocks=shards, compression=compression, **common)
     else:
         _write_virtual(p.path, shards, **common)

@@ -39,7 +39,12 @@ def load_image(path: str, size: int, resize: str = "squash") -> np.ndarray:
             if img.format == "JPEG":
                 # libjpeg DCT scaling: decode at 1/2, 1/4 or 1/8 while still >= size.
                 img.draft("RGB", (size, size))
-            return fit_image(img, size, resize)
+            img.seek(0)  # animated GIF/WebP: the first frame
+            img.load()
+            # In place: an upright photo is not copied (copying it and again in convert("RGB")
+            # cost 0.4 of the 2.3 ms a Flowers-17 JPEG took).
+            ImageOps.exif_transpose(img, in_place=True)
+            return _fitted(img, size, resize)
 
 
 def fit_image(img: Image.Image, size: int, resize: str = "squash") -> np.ndarray:
@@ -49,7 +54,11 @@ def fit_image(img: Image.Image, size: int, resize: str = "squash") -> np.ndarray
     the centre kept) or pad (long side to ``size``, padded with :data:`PAD_COLOUR`)."""
     img.seek(0)  # animated GIF/WebP: the first frame
     img.load()
-    img = ImageOps.exif_transpose(img)
+    return _fitted(ImageOps.exif_transpose(img), size, resize)  # a copy: the caller's image
+
+
+def _fitted(img: Image.Image, size: int, resize: str) -> np.ndarray:
+    """An upright image (first frame) as :func:`fit_image` returns it."""
     img = _to_rgb(img)
     if resize == "squash":
         img = img.resize((size, size), Image.BILINEAR)
@@ -74,7 +83,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGB", img.size, (255, 255, 255))
         background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
         return background
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def ten_crops(image: np.ndarray, size: int) -> np.ndarray:

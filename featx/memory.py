@@ -59,7 +59,7 @@ class PackedStrings(Strings):
             ends.append(nul + len(buffer))
             buffer += data
         self.buffer: bytes | bytearray = buffer
-        self.ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
+        self.ends = _offsets(np.concatenate(ends) if ends else np.zeros(0, np.int64))
 
     @classmethod
     def _of(cls, buffer: bytes | bytearray, ends: np.ndarray) -> PackedStrings:
@@ -110,9 +110,15 @@ class PackedStrings(Strings):
             stop = self.ends[some] + 1
             start = np.where(some > 0, self.ends[np.maximum(some - 1, 0)] + 1, 0)
             parts.append(b"".join([buffer[s:e] for s, e in zip(start.tolist(), stop.tolist())]))
-            ends.append(size + np.cumsum(stop - start) - 1)
+            ends.append(size + np.cumsum(stop - start, dtype=np.int64) - 1)
             size += len(parts[-1])
-        return self._of(b"".join(parts), np.concatenate(ends) if ends else np.zeros(0, np.int64))
+        return self._of(b"".join(parts),
+                        _offsets(np.concatenate(ends) if ends else np.zeros(0, np.int64)))
+
+
+def _offsets(ends: np.ndarray) -> np.ndarray:
+    """int32 offsets while the buffer is under 2 GiB (4 B a string, not 8)."""
+    return ends.astype(np.int32) if len(ends) and ends[-1] < 2**31 - 1 else ends
 
 
 class Taken(Sequence):

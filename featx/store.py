@@ -278,10 +278,19 @@ def warn(message: str) -> None:
 @dataclass
 class RowSource:
     """Where each row of a new store comes from: a reused row of the old store
-    (``old_row >= 0``) or a row of the new blocks (``new_row >= 0``)."""
+    (``old_row >= 0``) or a row of the new blocks (``new_row >= 0``). Both None: every row
+    is new, row i of the blocks (no two arrays of N rows for a fresh extraction)."""
 
-    old_row: np.ndarray
-    new_row: np.ndarray
+    old_row: np.ndarray | None = None
+    new_row: np.ndarray | None = None
+
+    def old_rows(self, start: int, stop: int) -> np.ndarray:
+        if self.old_row is None:
+            return np.full(stop - start, -1, np.int64)
+        return self.old_row[start:stop]
+
+    def new(self, row: int) -> int:
+        return row if self.new_row is None else int(self.new_row[row])
 
 
 def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource,
@@ -312,7 +321,7 @@ def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource
             for start in range(0, n, chunk_rows):
                 stop = min(start + chunk_rows, n)
                 block = np.empty((stop - start, *feature_shape), np.float32)
-                old_rows = source.old_row[start:stop]
+                old_rows = source.old_rows(start, stop)
                 reuse = np.flatnonzero(old_rows >= 0)
                 if len(reuse):
                     order = np.argsort(old_rows[reuse])  # h5py reads increasing indices
@@ -321,7 +330,7 @@ def write_store(path: Path, *, feature_shape: tuple[int, ...], source: RowSource
                     for i in reuse:
                         ok_all[start + i] = old_ok[old_rows[i]]
                 for i in np.flatnonzero(old_rows < 0):
-                    row = int(source.new_row[start + i])
+                    row = source.new(start + i)
                     b = blocks.load(row // blocks.block_rows)
                     j = row - (row // blocks.block_rows) * blocks.block_rows
                     block[i] = b["features"][j]
