@@ -25,9 +25,11 @@ flowers5 (128px JPEGs), one run measures side by side:
   one synchronous float32 request over the same in-memory batch) is sampled beside
   TensorFlow's, and featx end to end runs with it after the TensorFlow runs; its converted
   model is made once, before (the conversion is paid once per cache folder). The thread split
-  (featx.runtime.thread_split) is printed with the table, and so is the ceiling that decoding
-  leaves: each file also costs one core ``load_image``'s time (measured here, one thread), so
-  end to end can reach at most cores / (cores / bound + decode time) of the bound.
+  (featx.runtime.thread_split) is printed with the table, and so is what decoding's share of
+  the cores predicts: each file also costs one core ``load_image``'s time (measured here, one
+  thread), so were the bound using every core, end to end would reach cores / (cores / bound
+  + decode time) of it. (It is not a ceiling: the bound leaves its cores idle a little at
+  every layer's end, and decoding fills some of that.)
 * memory: peak resident memory (VmHWM) of a featx extraction of N and of 4N images
   (MobileNetV2, flowers17; 4N = the same files under 4x distinct names), each in a fresh process.
 
@@ -147,9 +149,9 @@ def decode_ms(files: list[Path], rounds: int = 2) -> float:
     return best
 
 
-def decode_ceiling(decode: float, bound: float, cores: int) -> float:
-    """The most of a runtime's bound (img/s, using every core) that an end-to-end run can
-    reach when each image also costs ``decode`` ms of one core: cores / (cores / bound +
+def decode_share(decode: float, bound: float, cores: int) -> float:
+    """The part of a runtime's bound (img/s) an end-to-end run reaches when each image also
+    costs ``decode`` ms of one core and the bound used every core: cores / (cores / bound +
     decode / 1000), over the bound."""
     return 1.0 / (1.0 + decode / 1000 * bound / cores)
 
@@ -603,10 +605,10 @@ with backbone.runtime = "openvino" (steady state; its converted model made once 
         r = by.get((model, "flowers17"))
         if r:
             ratio = r.median("ov_rel_own")
-            ceiling = decode_ceiling(r.decode_ms, r.median("ov_bound"), cores)
+            share = decode_share(r.decode_ms, r.median("ov_bound"), cores)
             print(f"  {'PASS' if ratio >= target else 'FAIL'}  featx-openvino >= {target} x "
-                  f"OpenVINO's bound, {model} flowers17: {ratio:.2f} (the ceiling that "
-                  f"decoding leaves: {ceiling:.2f}, {r.decode_ms:.2f} ms a file on one of "
+                  f"OpenVINO's bound, {model} flowers17: {ratio:.2f} (decoding's share of "
+                  f"the cores predicts {share:.2f}: {r.decode_ms:.2f} ms a file on one of "
                   f"{cores} cores)")
 
 
