@@ -247,17 +247,19 @@ def _shared(values: np.ndarray) -> np.ndarray:
 def _files_of(device: np.ndarray, inode: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For rows given by (device, inode): each row's file (int64 (N,), 0..F-1) and the
     first row of each file (int64 (F,))."""
-    if len(inode) and (device == device[0]).all():  # one file system: inode says which file
-        key = inode
-    else:
-        key = np.unique(np.stack([device, inode], axis=1), axis=0, return_inverse=True)[1]
-    order = np.argsort(key, kind="stable")
-    sorted_key = key[order]
-    starts = np.empty(len(key), bool)
+    starts = np.empty(len(inode), bool)
     starts[:1] = True
-    np.not_equal(sorted_key[1:], sorted_key[:-1], out=starts[1:])
-    del sorted_key
-    file_id = np.empty(len(key), np.int64)
+    if len(inode) and (device == device[0]).all():  # one file system: inode says which file
+        order = np.argsort(inode, kind="stable")
+        sorted_inode = inode[order]
+        np.not_equal(sorted_inode[1:], sorted_inode[:-1], out=starts[1:])
+        del sorted_inode
+    else:
+        order = np.lexsort((inode, device))  # np.unique(axis=0) was 4x slower
+        d, i = device[order], inode[order]
+        starts[1:] = (d[1:] != d[:-1]) | (i[1:] != i[:-1])
+        del d, i
+    file_id = np.empty(len(inode), np.int64)
     file_id[order] = np.cumsum(starts) - 1
     return file_id, order[starts]
 

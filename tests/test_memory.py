@@ -104,3 +104,19 @@ def test_duplicate_detection_holds_few_arrays_at_once(tmp_path):
                 if first.setdefault(s, row) != row]
     assert pairs.dtype == np.int64 and pairs.tolist() == expected and len(expected) == n - 20
     assert peak < 5 * pairs.nbytes, f"{peak / pairs.nbytes:.1f}x the pairs"
+
+
+def test_files_are_told_apart_by_device_and_inode():
+    """An inode number repeats across file systems: rows are one file only when both match."""
+    from featx.extraction import _files_of
+
+    device = np.array([1, 2, 1, 2, 1], np.uint64)
+    inode = np.array([5, 5, 5, 6, 7], np.uint64)
+    file_id, first = _files_of(device, inode)
+    pairs = {(int(device[r]), int(inode[r])) for r in first}
+    assert len(first) == len(pairs) == 4
+    for r in range(5):
+        assert (device[first[file_id[r]]], inode[first[file_id[r]]]) == (device[r], inode[r])
+    one_fs_id, one_fs_first = _files_of(np.ones(3, np.uint64), np.array([9, 5, 9], np.uint64))
+    assert one_fs_id[0] == one_fs_id[2] != one_fs_id[1] and sorted(one_fs_first) == [0, 1]
+    assert [len(a) for a in _files_of(np.zeros(0, np.uint64), np.zeros(0, np.uint64))] == [0, 0]
