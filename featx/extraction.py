@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,9 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
             # before the model is built: at 1M images their arrays took 70-100 MiB a moment
             pairs = p.store_rows(duplicate_rows(p.dataset, p.signatures, before))
             del before
+            # devices and inodes were for that (16 MiB at 1M); sizes and mtimes live on in
+            # the signatures
+            p.dataset = replace(p.dataset, stats=None)
             release_freed_memory()  # what planning freed, before the model's ~100 MiB
             # only this folder's own previous store is updated in place
             result = run(config, p, p.split, old, progress, in_place=superseded is not None)
