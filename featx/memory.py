@@ -4,7 +4,7 @@ A Python list of a million paths such as ``class-03/0412/img-0412345.jpg`` holds
 str object of ~77 B and an 8 B pointer each) and its ``size:mtime`` signatures 85 MiB more:
 two thirds of what an extraction of 1M images held beyond TensorFlow's own ~0.8 GB.
 :class:`PackedStrings` keeps them as one UTF-8 buffer, each string followed by NUL, and the
-offset of each NUL (~36 B a path), and makes a str only when one is asked for.
+offset of each NUL (~33 B a path), and makes a str only when one is asked for.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class Strings(Sequence):
 
 class PackedStrings(Strings):
     """An immutable sequence of str (none holding NUL), stored as ``buffer``: each string's
-    UTF-8 bytes followed by ``b"\\0"``, and ``ends`` (int64 (N,)): the offset of each NUL."""
+    UTF-8 bytes followed by ``b"\\0"``, and ``ends`` (int32 (N,) while the buffer is under
+    2 GiB, else int64): the offset of each NUL."""
 
     def __init__(self, strings: Iterable[str] = ()) -> None:
         if isinstance(strings, PackedStrings):
