@@ -71,13 +71,12 @@ class Dataset:
         return str(self.root / self.paths[i])
 
     def files(self, images: np.ndarray) -> Sequence[str]:
-        """The absolute paths of ``images`` (dataset rows), made when asked for: a list of a
-        million absolute paths would hold 112 MiB for the whole extraction."""
-        return _Files(self, np.asarray(images, np.int64))
+        """The absolute paths of ``images`` (dataset rows), made when asked for."""
+        return Taken(self.absolute, images)
 
     def relative(self, images: np.ndarray) -> Sequence[str]:
         """The relative paths of ``images`` (dataset rows), made when asked for."""
-        return Taken(self.paths, images)
+        return Taken(self.paths.__getitem__, images)
 
     def signatures(self, content: bool = False, listed: bool = False) -> Strings:
         """Per image, what says it is unchanged: ``size:mtime`` (fast), or a SHA-256 of its
@@ -122,17 +121,6 @@ class StatSignatures(Strings):
 
     def take(self, indices: np.ndarray) -> StatSignatures:
         return StatSignatures(self.size[indices], self.mtime[indices])
-
-
-class _Files(Sequence):
-    def __init__(self, dataset: Dataset, images: np.ndarray) -> None:
-        self.dataset, self.images = dataset, images
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i):  # an int: the reader asks for one file at a time
-        return self.dataset.absolute(int(self.images[i]))
 
 
 # From this many files on, a pool of processes takes the stats. Loading a dataset of 1M files

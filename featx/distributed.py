@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from featx.config import Config, ConfigError
 from featx.errors import ExtractError
-from featx.plan import ExtractResult, Plan, store_attrs
+from featx.plan import ExtractResult, Plan, store_attrs, store_columns
 from featx.rayutil import connected
 from featx.store import (
     CHUNK_BYTES,
@@ -273,24 +273,19 @@ def _update(config: Config, p: Plan, split: np.ndarray, old: FeatureStore,
     ``old`` copied) when ``old`` is this very dataset's previous store and not a virtual
     one, else a rewrite from both."""
     n = len(p.dataset)
-    todo = np.flatnonzero(old_row < 0)
+    todo = np.flatnonzero(old_row < 0)  # the blocks' rows, in order (RowSource)
     # its own shard folder: shards of an unfinished full run of this key hold other rows
     key = hashlib.sha256(f"{p.key}:update:".encode() + todo.tobytes()).hexdigest()[:16]
     shards = ShardDir(p.path, key, len(todo), config.extract.shard_rows)
     t0 = time.perf_counter()
     extracted = _extract_with_retries(config, p, shards, todo, progress) if len(todo) else 0
     seconds = time.perf_counter() - t0
-    new_row = np.full(n, -1, np.int64)
-    new_row[todo] = np.arange(len(todo))
     feature_shape = tuple(shards.load(0)["features"].shape[1:]) if len(todo) \
         else old.feature_shape
-    columns = dict(paths=p.dataset.paths, signatures=p.signatures, labels=p.dataset.labels,
-                   label_names=p.dataset.label_names, split=split,
-                   attrs={**store_attrs(config, p), "feature_shape": list(feature_shape)},
-                   compression=config.extract.compression)
     dropped = len(old) - int((old_row >= 0).sum())
-    skipped = write_update(p.path, in_place=in_place, source=RowSource(old_row, new_row),
-                           old=old, blocks=shards, feature_shape=feature_shape, **columns)
+    skipped = write_update(p.path, in_place=in_place, source=RowSource(old_row), old=old,
+                           blocks=shards, feature_shape=feature_shape,
+                           **store_columns(config, p, split, feature_shape))
     shutil.rmtree(shards.dir, ignore_errors=True)
     return ExtractResult(p.path, p.key, cache_hit=False, rows=n, extracted=extracted,
                          reused=n - len(todo), dropped=dropped, seconds=seconds,

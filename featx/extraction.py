@@ -38,7 +38,7 @@ from featx.plan import (
     _split_attr,
     match_rows,
     plan,
-    store_attrs,
+    store_columns,
 )
 from featx.store import (
     BlockDir,
@@ -352,15 +352,14 @@ def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
     dataset, backbone, variant = p.dataset, p.backbone, p.variant
     row_image = p.row_image
     if old is None:  # every row is extracted: no per-row arrays but row_image (1M: 24 MiB)
-        n_todo, todo_images, dropped = len(row_image), row_image, 0
+        old_row, todo_images, dropped = None, row_image, 0
     else:
         old_row, dropped = _reuse(p, old)
-        todo = np.flatnonzero(old_row < 0)
-        n_todo, todo_images = len(todo), row_image[todo]
+        todo_images = row_image[old_row < 0]
     batch = config.extract.batch_size
     # About BLOCK_BATCHES batches of backbone passes a block, and whole images in each.
     block_rows = variant.rows_per_image * max(1, batch * BLOCK_BATCHES // variant.views)
-    blocks = BlockDir(p.path, p.key, n_todo, block_rows=block_rows)
+    blocks = BlockDir(p.path, p.key, len(todo_images), block_rows=block_rows)
     done = set(blocks.done())
     remaining = [b for b in range(blocks.n_blocks) if b not in done]
     if done:
@@ -376,23 +375,11 @@ def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
     del todo_images
     seconds = time.perf_counter() - t0
     feature_shape = _feature_shape(blocks, old, backbone)
-    if old is None:
-        source = RowSource()  # every row new, in order
-    else:
-        new_row = np.full(len(row_image), -1, np.int64)
-        new_row[todo] = np.arange(len(todo))
-        source = RowSource(old_row, new_row)
-    columns = dict(paths=p.row_paths,
-                   signatures=p.row_signatures,
-                   labels=dataset.labels if p.one_row_per_image else dataset.labels[row_image],
-                   label_names=dataset.label_names,
-                   split=split if p.one_row_per_image else split[row_image],
-                   attrs={**store_attrs(config, p), "feature_shape": list(feature_shape)},
-                   compression=config.extract.compression)
     skipped = write_update(
-        p.path, in_place=in_place, source=source, old=old, blocks=blocks,
-        feature_shape=feature_shape,
-        extra={"view": p.row_view} if variant.rows_per_image > 1 else None, **columns)
+        p.path, in_place=in_place, source=RowSource(old_row),
+        old=old, blocks=blocks, feature_shape=feature_shape,
+        extra={"view": p.row_view} if variant.rows_per_image > 1 else None,
+        **store_columns(config, p, split, feature_shape))
     blocks.remove()
     skipped = sorted(set(skipped))  # a variant lists an image once per view
     return ExtractResult(p.path, p.key, cache_hit=False, rows=len(row_image),

@@ -12,7 +12,8 @@ from __future__ import annotations
 import ctypes
 import itertools
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,10 +31,6 @@ class Strings(Sequence):
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]  # equal to a list, so unhashable like one
-
-    def take(self, indices: Sequence[int] | np.ndarray) -> Strings:
-        """The strings at ``indices``, in their order (int (k,))."""
-        return PackedStrings(self[int(i)] for i in np.asarray(indices).reshape(-1))
 
     def __repr__(self) -> str:
         head = ", ".join(repr(s) for s in itertools.islice(self, 3))
@@ -123,18 +120,19 @@ def _offsets(ends: np.ndarray) -> np.ndarray:
 
 
 class Taken(Sequence):
-    """``items[indices[i]]`` for each i, made when asked for (no copy of ``items``)."""
+    """``get(indices[i])`` for each i, made when asked for (a list of a million absolute
+    paths would hold 112 MiB for the whole extraction)."""
 
-    def __init__(self, items: Sequence, indices: np.ndarray) -> None:
-        self.items, self.indices = items, np.asarray(indices, np.int64).reshape(-1)
+    def __init__(self, get: Callable[[int], Any], indices: np.ndarray) -> None:
+        self.get, self.indices = get, np.asarray(indices, np.int64).reshape(-1)
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return Taken(self.items, self.indices[i])
-        return self.items[int(self.indices[i])]
+            return Taken(self.get, self.indices[i])
+        return self.get(int(self.indices[i]))
 
 
 def release_freed_memory() -> None:

@@ -238,8 +238,6 @@ def match_rows(old_paths: Sequence[str], old_signatures: Sequence[str], paths: S
     index = dict(zip(old_paths, range(len(old_paths))))
     got = np.fromiter((index.get(q, -1) for q in paths), np.int64, len(paths))
     del index
-    old_signatures = old_signatures if isinstance(old_signatures, list) else \
-        list(old_signatures)
     same = np.fromiter((g < 0 or old_signatures[g] == sig
                         for g, sig in zip(got.tolist(), signatures)), bool, len(got))
     got[~same] = -1
@@ -290,6 +288,18 @@ def store_attrs(config: Config, p: Plan) -> dict:
     if len(p.backbone.layers) > 1:  # the model is built by then, unless no image needed it
         attrs["layer_columns"] = [list(c) for c in p.backbone.layer_columns()]
     return attrs
+
+
+def store_columns(config: Config, p: Plan, split: np.ndarray,
+                  feature_shape: tuple[int, ...]) -> dict:
+    """The per-row columns, attributes and compression of the store ``p`` (``split``: of
+    every dataset image), as both engines write them."""
+    one = p.one_row_per_image  # its rows are the dataset's images: no copies
+    return dict(paths=p.row_paths, signatures=p.row_signatures,
+                labels=p.dataset.labels if one else p.dataset.labels[p.row_image],
+                label_names=p.dataset.label_names, split=split if one else split[p.row_image],
+                attrs={**store_attrs(config, p), "feature_shape": list(feature_shape)},
+                compression=config.extract.compression)
 
 
 def _split_attr(config: Config) -> str:

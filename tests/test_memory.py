@@ -38,7 +38,7 @@ def test_packed_strings_equal_the_list_they_pack(monkeypatch, chunk):
     assert [c for chunk_ in packed.chunks(3) for c in chunk_] == TEXTS
     assert pickle.loads(pickle.dumps(packed)) == packed
     assert PackedStrings(packed) == packed and PackedStrings() == []
-    assert list(Taken(packed, np.array([3, 0]))) == [TEXTS[3], TEXTS[0]]
+    assert list(Taken(packed.__getitem__, np.array([3, 0]))) == [TEXTS[3], TEXTS[0]]
     assert "\\0" not in TEXTS and TEXTS.index("b") == packed.index("b") and "b" in packed
 
 

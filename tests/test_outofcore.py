@@ -41,7 +41,7 @@ def write_synthetic_store(path: Path, features: np.ndarray, labels: np.ndarray,
                  "weights": "none", "weights_id": "none", "layer": "", "pooling": "avg",
                  "input_size": 8, "preprocess": "none", "resize": "none",
                  "feature_shape": [d]}
-        write_store(path, feature_shape=(d,), source=RowSource(np.full(n, -1), np.arange(n)),
+        write_store(path, feature_shape=(d,), source=RowSource(),
                     old=None, blocks=blocks, paths=paths, signatures=[""] * n,
                     labels=labels, label_names=label_names, split=split, attrs=attrs)
         blocks.remove()
