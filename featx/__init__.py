@@ -15,7 +15,7 @@ from featx import log as _log  # noqa: F401  (featx's messages: warnings to stde
 # effect if featx is imported before TensorFlow; a user's own setting wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-__version__ = "0.4.1"  # also the first heading of CHANGELOG.md
+__version__ = "0.5.0"  # also the first heading of CHANGELOG.md
 
 # The public API (README: From Python). Loaded on first use, so that `import featx` (and the
 # command line) imports neither scikit-learn nor TensorFlow.

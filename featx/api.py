@@ -290,8 +290,10 @@ def load_model(path: str | os.PathLike, *, weights: str | None = None,
 
 
 class Model:
-    """Predict from images: file paths, PIL images or uint8 RGB pixels (N, H, W, 3), read
-    and resized exactly as extraction reads them."""
+    """Predict from images: a path or a list of paths, PIL images, or RGB pixels of 0..255
+    values, (N, H, W, 3) or (H, W, 3), uint8 or floats (as keras' img_to_array gives), read
+    and resized exactly as extraction reads them; anything else is refused, never cast
+    (:func:`featx.transformer.as_images`)."""
 
     def __init__(self, predictor: Any) -> None:
         self.predictor = predictor

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from featx.config import Config
-from featx.dataset import SPLIT_NAMES, Dataset
+from featx.dataset import SPLIT_NAMES, Dataset, dataset_root
 from featx.errors import AuditError
 from featx.escape import spreadsheet_cell
 from featx.report import CSS, image_cell
@@ -283,9 +283,12 @@ class Rows:
 
 
 def audit_store(store_path: Path, threshold: float = THRESHOLD, k: int = NEIGHBOURS,
-                folds: int = FOLDS, seed: int = 0) -> tuple[Audit, Rows]:
+                folds: int = FOLDS, seed: int = 0, root: Path | None = None
+                ) -> tuple[Audit, Rows]:
     """:func:`audit_arrays` on every readable row of a store, plus its exact duplicates
-    (files with the same bytes, where the dataset folder is here)."""
+    (files with the same bytes, where the dataset folder is here). ``root``: the dataset
+    folder as named now (default: the one recorded at extraction, which a rename or a move
+    since leaves pointing elsewhere)."""
     from featx.extraction import duplicate_files
     from featx.store import FeatureStore
 
@@ -293,7 +296,7 @@ def audit_store(store_path: Path, threshold: float = THRESHOLD, k: int = NEIGHBO
         rows = np.flatnonzero(store.ok)
         if len(rows) < 3:
             raise AuditError(f"{store_path}: {len(rows)} readable images; an audit needs 3")
-        root_attr = str(store.attrs.get("root", ""))
+        root_attr = str(root or store.attrs.get("root", ""))
         root = Path(root_attr)
         all_paths, names = store.paths, store.label_names
         labels, split = store.labels[rows], store.split[rows]
@@ -446,7 +449,7 @@ def run_audit(config: Config, store: Path | None = None, out: str | Path | None 
     if top < 1:
         raise AuditError(f"--top must be at least 1, not {top}")
     a, rows = audit_store(store, THRESHOLD if threshold is None else threshold,
-                          seed=config.dataset.seed)
+                          seed=config.dataset.seed, root=dataset_root(config.dataset))
     folder = Path(out) if out else store.with_name(store.stem + ".audit")
     folder.mkdir(parents=True, exist_ok=True)
     page, table = folder / "audit.html", folder / "audit.csv"

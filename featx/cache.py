@@ -30,6 +30,7 @@ from featx.layout import (
     shard_dir,
     store_files,
 )
+from featx.runtime import converted_model_problems
 from featx.store import FeatureStore, StoreError
 
 
@@ -141,7 +142,11 @@ def info(path: Path) -> dict:
 def verify(path: Path) -> list[str]:
     """Problems found in a store (empty: it is sound): row counts, the column checksum (on
     opening), every feature block's checksum and HDF5's Fletcher-32 (by reading them all),
-    and the whole-features checksum recorded at writing."""
+    and the whole-features checksum recorded at writing. A converted OpenVINO model's folder:
+    every file against the checksums recorded when it was converted. A store that fails is
+    no longer recorded as verified, so the next ``featx extract`` rebuilds it."""
+    if Path(path).is_dir():
+        return converted_model_problems(Path(path))
     try:
         store = FeatureStore(path)
     except StoreError as e:
@@ -162,7 +167,9 @@ def verify(path: Path) -> list[str]:
         recorded = store.attrs.get("features_sha256")
         if recorded is not None and recorded != digest.hexdigest():
             problems.append("features do not match the checksum recorded when written")
-        if not problems:
+        if problems:
+            store.forget_verified()
+        else:
             store.mark_verified()
     return problems
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import numpy as np
 
 from featx import learners, modelfile
 from featx.config import Config, ConfigError
-from featx.dataset import TEST, TRAIN, VAL, stratified_split
+from featx.dataset import TEST, TRAIN, VAL, dataset_root, stratified_split
 from featx.report import evaluate, repeat_summary, report_paths, summary_line, write_reports
 from featx.runinfo import Run
 from featx.store import FeatureStore, StoreError
@@ -195,10 +196,13 @@ def probabilities_on_test(fitted: learners.FitResult, data: Splits, config: Conf
 
 def make_result(config: Config, data: Splits, fitted: learners.FitResult,
                 scores: np.ndarray) -> dict[str, Any]:
+    # The dataset folder the report shows images from: the one the user names now (checked
+    # against the store), never the store's recorded one, which may since hold other images.
+    root = dataset_root(config.dataset)
     return {
         "pipeline": config.name, "classifier": fitted.name, "dataset": data.attrs["dataset"],
         "store": str(data.store), "key": data.attrs["key"], "backbone": data.backbone,
-        "root": data.attrs.get("root"),  # the dataset folder: the report shows its images
+        "root": str(root) if root else None,
         "best_params": fitted.best_params, "cv_score": fitted.cv_score,
         "fit_seconds": fitted.fit_seconds,
         "n_train": int(len(data.y[TRAIN]) + len(data.y[VAL])),
@@ -357,7 +361,7 @@ def repeat_and_report(config: Config, data: Splits, run: Run, echo=print
 def report(result: dict[str, Any], fitted: learners.FitResult, data: Splits, config: Config,
            run: Run, name: str, echo, save: bool = True) -> dict[str, Any]:
     """Save the model (``save``) and write the reports of ``<run>/<pipeline>-<name>``."""
-    stem = run.dir / f"{config.name}-{name}"
+    stem = run.file(f"{config.name}-{name}")
     model = save_model(stem.with_name(stem.name + modelfile.SUFFIX), fitted, data, config) \
         if save else None
     return write_result(result, run, stem, echo, model)
@@ -378,7 +382,9 @@ def write_result(result: dict[str, Any], run: Run, stem: Path, echo,
                  model: Path | None = None) -> dict[str, Any]:
     """The reports of ``result`` at ``stem``, with what the run records (its settings,
     versions, machine, the files written; ``model``: the model file, already written); the
-    JSON last, so that a run killed before it leaves no result that `featx runs` lists."""
+    JSON last, so that a run killed before it leaves no result that `featx runs` lists.
+    ``stem`` is kept inside the run folder whatever the pipeline's name."""
+    stem = run.file(os.path.relpath(stem, run.dir))
     files = [*report_paths(stem).values(), *([model] if model else [])]
     result = run.record(result, files)
     if model:

@@ -11,6 +11,7 @@ import warnings
 from featx import __version__
 from featx.config import RUNTIMES, SHORTHANDS, Config
 from featx.errors import FeatxError, StoreError, VisualizeError
+from featx.escape import terminal
 from featx.log import set_level
 
 
@@ -83,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Fine-tune the backbone with a new head (the comparison to "
                        "feature extraction): warm the head up on the frozen base, then train "
                        "the top layers; report on the same test rows as classify. Writes JSON, "
-                       "Markdown and a .keras model into <cache-dir>/<dataset>-<backbone>-"
-                       "finetune.runs/ (or --out). Settings: [finetune] in the pipeline.")
+                       "Markdown and a .keras model into a new run folder under <cache-dir>/"
+                       "<dataset>-<backbone>-finetune.runs/ (or --out). Settings: [finetune] "
+                       "in the pipeline.")
     p.add_argument("--strict", action="store_true", default=None,
                    help="unreadable images are an error")
     p.add_argument("--out", help="folder for results and the model")
@@ -127,10 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = cache_sub.add_parser("verify", parents=[cache_dir],
                              help="check row counts, completeness and checksums")
     p.add_argument("keys", nargs="*", help="default: every store")
-    p = cache_sub.add_parser("rm", parents=[cache_dir], help="remove stores and their results")
+    p = cache_sub.add_parser("rm", parents=[cache_dir],
+                             help="remove stores with their run folders and saved models",
+                             description="Remove feature stores and, with each, every run "
+                             "folder beside it (<store>.runs/: the classify results and saved "
+                             "models featx runs lists; --out folders are not touched).")
     p.add_argument("keys", nargs="*", help="whole keys or file names, as `featx cache ls` "
                    "prints them (no prefixes)")
-    p.add_argument("--all", action="store_true", help="every store and unfinished extraction")
+    p.add_argument("--all", action="store_true",
+                   help="every store WITH its run folders and saved models, every unfinished "
+                   "extraction, fine-tuning checkpoint and converted model")
     p = cache_sub.add_parser(
         "export", parents=[cache_dir], help="write a store's features and metadata as "
         ".npy + Parquet, .npz or Parquet", description="Stream a store's features (float32, "
@@ -261,11 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return _dispatch(args)
-    except FeatxError as e:
-        print(f"featx: error: {e}", file=sys.stderr)
+    except FeatxError as e:  # messages quote class names and paths: escaped for a terminal
+        print(f"featx: error: {terminal(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # full disk, read-only folder, permissions: name the path
-        print(f"featx: error: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
+        print(f"featx: error: {terminal(e.strerror or e)}: {terminal(e.filename or '')}",
+              file=sys.stderr)
         return 2
     finally:
         set_level(previous)
@@ -276,7 +285,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     from featx.modelfile import ModelFileWarning
 
     if issubclass(category, ModelFileWarning):
-        print(f"featx: warning: {message}", file=sys.stderr)
+        print(f"featx: warning: {terminal(message)}", file=sys.stderr)
     else:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
@@ -337,14 +346,14 @@ def _dispatch(args: argparse.Namespace) -> int:
                       f"{r.reused} reused, {r.extracted} added, "
                       f"{r.dropped} dropped, {len(r.skipped)} skipped -> {r.path}")
                 for path, reason in r.skipped[:10]:
-                    print(f"  skipped {path}: {reason}")
+                    print(f"  skipped {terminal(path)}: {terminal(reason)}")
                 if len(r.skipped) > 10:
                     print(f"  ... and {len(r.skipped) - 10} more (featx cache info {r.key})")
             if len(r.duplicate_rows):
                 row, earlier = r.duplicate_rows[0]
                 print(f"featx: {len(r.duplicate_rows)} image(s) have the same bytes as another "
-                      f"image, e.g. {r.row_paths[row]} = {r.row_paths[earlier]} (featx cache "
-                      f"info {r.key} lists them)")
+                      f"image, e.g. {terminal(r.row_paths[row])} = "
+                      f"{terminal(r.row_paths[earlier])} (featx cache info {r.key} lists them)")
         return 0
     if args.command == "classify":
         from pathlib import Path
@@ -423,7 +432,8 @@ def _cache(args: argparse.Namespace) -> int:
         rows = cache.entries(folder)
         print(f"{'key':<16}  {'dataset':<16} {'backbone':<18} {'rows':>8} {'MB':>8}  state")
         for e in rows:  # a checkpoint's rows: the epochs it has finished
-            print(f"{e.key[:16]:<16}  {e.dataset[:16]:<16} {e.backbone[:18]:<18} {e.rows:>8} "
+            print(f"{e.key[:16]:<16}  {terminal(e.dataset)[:16]:<16} {e.backbone[:18]:<18} "
+                  f"{e.rows:>8} "
                   f"{e.bytes / 1e6:>8.1f}  {e.state}")
         print(f"{len(rows)} entries in {folder}")
         return 0
@@ -433,14 +443,18 @@ def _cache(args: argparse.Namespace) -> int:
                          default=str))
         return 0
     if args.cache_command == "verify":
+        checked = ("store", "partial", "openvino")
+        # a killed conversion's temporary folder is no model: only named ones are checked
         targets = [cache.find(folder, k) for k in args.keys] or [
-            e for e in cache.entries(folder) if e.kind in ("store", "partial")]
+            e for e in cache.entries(folder)
+            if e.kind in checked and (e.complete or e.kind != "openvino")]
         bad = 0
         for e in targets:
-            if e.kind not in ("store", "partial"):
-                print(f"skip {e.path.name}: {e.state}, not a feature store")
+            if e.kind not in checked:
+                print(f"skip {e.path.name}: {e.state}, not a feature store or converted model")
                 continue
-            problems = cache.verify(e.path) if e.complete else ["unfinished extraction"]
+            problems = cache.verify(e.path) if e.complete else [
+                "unfinished conversion" if e.kind == "openvino" else "unfinished extraction"]
             bad += bool(problems)
             print(f"{'OK  ' if not problems else 'FAIL'} {e.path.name}"
                   + "".join(f"\n     {p}" for p in problems))
@@ -461,12 +475,26 @@ def _cache(args: argparse.Namespace) -> int:
         # every key is checked before anything is removed
         targets = cache.entries(folder) if args.all else \
             [cache.find(folder, key, exact=True) for key in args.keys]
+        _say_results_go(targets)
         for entry in targets:
             for path in cache.remove(entry):
                 print(f"removed {path}")
         return 0
     raise AssertionError(args.cache_command)
 
+
+def _say_results_go(targets: list) -> None:
+    # Removing a store removes its run folders, results and saved models included: said
+    # before anything goes, not only in --help.
+    from featx.layout import runs_dir
+
+    folders = [f for f in (runs_dir(e.path) for e in targets if e.kind == "store")
+               if f.is_dir()]
+    results = [p for f in folders for p in f.rglob("*.json")]
+    models = [p for f in folders for p in f.rglob("*.skops")]
+    if folders:
+        print(f"featx: also removing the stores' results: {len(results)} result(s) and "
+              f"{len(models)} saved model(s) in {', '.join(terminal(f) for f in folders)}")
 
 if __name__ == "__main__":
     sys.exit(main())

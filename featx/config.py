@@ -70,6 +70,14 @@ def within(default: int | float, low: int | float | None = None,
            high: int | float | None = None) -> Any:
     """A number field bounded by ``low`` and ``high`` (inclusive; None: unbounded)."""
     return field(default=default, metadata={"within": (low, high)})
+
+
+def file_name(default: str) -> Any:
+    """A text field that names files (``<name>-<classifier>.json``): one plain name, never a
+    path (no separator, not "." or "..")."""
+    return field(default=default, metadata={"file_name": True})
+
+
 # Text fields that also take a TOML list (stored comma-separated).
 COMMA_LISTS = {"backbone.layer"}
 
@@ -207,7 +215,7 @@ class FinetuneConfig:
 
 @dataclass
 class Config:
-    name: str = "featx"
+    name: str = file_name("featx")  # the result files' prefix
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -317,8 +325,16 @@ def cache_path(cache_dir: str = "") -> Path:
 
 
 def _check_value(spec: dataclasses.Field, dotted: str, value: Any, source: str) -> None:
-    """The field's own allowed values (``one_of``) and bounds (``within``)."""
+    """The field's own allowed values (``one_of``; a list of them: not empty), bounds
+    (``within``) and plain file names (``file_name``)."""
     allowed = spec.metadata.get("one_of")
+    if allowed and value == []:  # a run of no classifiers would write an empty run folder
+        raise ConfigError(f"{source}: {dotted} is empty: name at least one of "
+                          f"{', '.join(repr(c) for c in allowed)}")
+    if spec.metadata.get("file_name") and not _plain_name(value):
+        raise ConfigError(f"{source}: {dotted} = {value!r} is not a plain file name (it "
+                          "starts the result files' names): use no '/', '\\' or control "
+                          "character, and not '', '.' or '..'")
     for v in (value if isinstance(value, list) else [value]) if allowed else []:
         if v not in allowed:
             valid = ", ".join(repr(c) for c in allowed)
@@ -327,6 +343,11 @@ def _check_value(spec: dataclasses.Field, dotted: str, value: Any, source: str) 
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"at least {low}" if high is None else f"from {low} to {high}"
         raise ConfigError(f"{source}: {dotted} = {value} is out of range ({bounds})")
+
+
+def _plain_name(text: str) -> bool:
+    return text not in ("", ".", "..") and all(c.isprintable() and c not in "/\\"
+                                               for c in text)
 
 
 def _coerce(value: Any, current: Any, dotted: str, source: str) -> Any:

@@ -177,6 +177,15 @@ def manifest_digest(dataset: Dataset, signatures: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+def dataset_root(config: DatasetConfig) -> Path | None:
+    """The folder the dataset's relative paths start from, as :func:`load_dataset` takes it
+    (the root, else the manifest's folder), resolved, without listing it; None when the
+    config names no dataset."""
+    if config.manifest:
+        return Path(config.root or Path(config.manifest).parent).resolve()
+    return Path(config.root).resolve() if config.root else None
+
+
 def load_dataset(config: DatasetConfig) -> Dataset:
     """Read a class-per-folder dataset or a CSV manifest, as the config says."""
     if config.manifest:
@@ -249,7 +258,7 @@ def _from_csv(manifest: Path, root: Path | None, name: str) -> Dataset:
     root = (root or manifest.parent).resolve()
     rows: dict[str, tuple[str, int]] = {}  # relative path -> label, line
     repeated = 0
-    with manifest.open(newline="") as f:
+    with manifest.open(newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is no header
         for line_no, row in enumerate(csv.reader(f), 1):
             header = [c.strip().lower() for c in row[:2]] == ["path", "label"]
             if not row or (line_no == 1 and header):

@@ -75,3 +75,12 @@ class VisualizeError(FeatxError, ValueError):
 
 class SweepError(FeatxError, ValueError):
     """Layers or settings that `featx sweep` cannot compare: says which."""
+
+
+class DamagedStoreError(StoreError):
+    """Features that fail their checksum or cannot be read: ``path`` names the file holding
+    them (a store, or one of its segments)."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path

@@ -27,3 +27,11 @@ def spreadsheet_cell(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(FORMULA_STARTS):
         return "'" + value
     return value
+
+
+def terminal(value: Any) -> str:
+    """``value`` as text safe to print to a terminal: control and other unprintable
+    characters (ANSI escape sequences, carriage returns, bidirectional overrides) written as
+    Python escapes (``\\x1b``), so that a class name or path cannot move the cursor, recolour
+    or rewrite what is shown."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))

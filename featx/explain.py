@@ -334,9 +334,9 @@ def explain_image(predictor: Any, path: str, top: int = 5, classes: Sequence[str
     wanted = list(dict.fromkeys([ranked[0][0], *classes]))
     cams, method = activation_maps(predictor, image, feature, wanted)
     column = int(order[0])
-    patch = patch or max(1, size // 4)
+    patch = max(1, size // 4) if patch is None else patch
     occlusion = occlusion_map(lambda im: proba(im)[:, column], image, patch,
-                              stride or max(1, patch // 2))
+                              max(1, patch // 2) if stride is None else stride)
     return Explanation(str(path), image, ranked, cams, method, occlusion)
 
 
@@ -372,6 +372,9 @@ def explain(model: str | Path, images: Sequence[str | Path], out: str | Path,
         raise ExplainError(f"--neighbours must be 0 or more, not {neighbours}")
     if maps and maps_top < 1:
         raise ExplainError(f"--maps-top must be at least 1, not {maps_top}")
+    for flag, value in (("--patch", patch), ("--stride", stride)):
+        if value is not None and value < 1:  # before the model loads; 0 is not "default"
+            raise ExplainError(f"{flag} must be at least 1, not {value}")
     predictor = Predictor.load(model, weights, trust=trust)
     if maps:
         predictor.backbone.depth(maps)  # an unknown layer fails before any image is read

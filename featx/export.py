@@ -66,14 +66,11 @@ class _Reader:
 
     def __init__(self, store: FeatureStore, buffer_bytes: int) -> None:
         self.store = store
-        # an updated store's features are in segments, read through the store in row order
-        self.features = None if store.segmented else store.file["features"]
         self.rows, self.shape = len(store), store.feature_shape
         self.width = int(np.prod(self.shape))
         step = max(1, buffer_bytes // (4 * max(self.width, 1)))
-        chunk = store.rows_per_read if self.features is None else \
-            (self.features.chunks[0] if self.features.chunks else 1)
-        self.step = max(chunk, step // chunk * chunk)  # whole chunks: each decompressed once
+        chunk = store.rows_per_read  # one checksum block: whole chunks, each read once
+        self.step = max(chunk, step // chunk * chunk)
         self.label_names = np.asarray(store.label_names, dtype=object)
 
     def spans(self) -> Iterator[slice]:
@@ -86,14 +83,20 @@ class _Reader:
         buffer = np.empty((min(self.step, self.rows), *self.shape), FLOAT32)
         for span in self.spans():
             n = span.stop - span.start
-            if self.features is None:
-                buffer[:n] = self.store.read_rows(np.arange(span.start, span.stop))
-            else:
-                self.features.read_direct(buffer, np.s_[span], np.s_[:n])
+            # checked as read, as every command reads features: an export is no way round
+            self.store.read_rows(np.arange(span.start, span.stop), out=buffer[:n])
             yield buffer[:n]
 
     def column(self, name: str, span: slice) -> np.ndarray:
         """One metadata column of the rows in ``span``: path, label, label_name, split, ok."""
+        try:
+            return self._column(name, span)
+        except OSError as e:  # name the store, never h5py's bare message
+            raise ExportError(f"{self.store.path}: {name} column unreadable "
+                              f"({str(e).split(':')[0]}); the file is damaged: run `featx "
+                              "extract` to rebuild the store") from None
+
+    def _column(self, name: str, span: slice) -> np.ndarray:
         f = self.store.file
         if name == "path":
             return f["paths"].asstr()[span].astype(object)

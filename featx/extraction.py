@@ -24,7 +24,7 @@ from tqdm import tqdm
 from featx.backbones import Backbone
 from featx.config import Config
 from featx.dataset import Dataset
-from featx.errors import ExtractError
+from featx.errors import DamagedStoreError, ExtractError
 from featx.images import ReadErrors, read_batches
 from featx.layout import (
     belongings,
@@ -106,7 +106,16 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
             p.dataset = replace(p.dataset, stats=None)
             release_freed_memory()  # what planning freed, before the model's ~100 MiB
             # only this folder's own previous store is updated in place
-            result = run(config, p, p.split, old, progress, in_place=superseded is not None)
+            try:
+                result = run(config, p, p.split, old, progress,
+                             in_place=superseded is not None)
+            except DamagedStoreError as e:  # a reused row failed its check: reuse none
+                if old is None:
+                    raise
+                log.warning("%s; extracting every image instead of reusing that store's "
+                            "rows", e)
+                old.close()
+                result = run(config, p, p.split, None, progress)
             write_duplicates(p.path, pairs)
             result.duplicate_rows, result.row_paths = pairs, p.row_paths
             if superseded is not None:  # the previous version of this very folder's store
@@ -309,8 +318,15 @@ def _open_old(p: Plan) -> FeatureStore | None:
     settings, to reuse the rows of unchanged images from (None: extract every row)."""
     for path in _candidates(p):
         try:
-            return FeatureStore(path)
+            store = FeatureStore(path)
         except StoreError as e:
+            log.warning("ignoring unusable store (%s)", e)
+            continue
+        try:  # rows are reused only from a checked store (once per file version)
+            store.verify_once()
+            return store
+        except StoreError as e:
+            store.close()
             log.warning("ignoring unusable store (%s)", e)
     return None
 
@@ -359,7 +375,11 @@ def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
     batch = config.extract.batch_size
     # About BLOCK_BATCHES batches of backbone passes a block, and whole images in each.
     block_rows = variant.rows_per_image * max(1, batch * BLOCK_BATCHES // variant.views)
-    blocks = BlockDir(p.path, p.key, len(todo_images), block_rows=block_rows)
+    # which rows the blocks hold: all, or (an update) those the old store does not; the
+    # content key names the images of every row, so this binds the blocks to their job
+    job = "all" if old_row is None else hashlib.sha256(
+        np.flatnonzero(old_row < 0).astype("<i8").tobytes()).hexdigest()[:16]
+    blocks = BlockDir(p.path, p.key, len(todo_images), block_rows=block_rows, job=job)
     done = set(blocks.done())
     remaining = [b for b in range(blocks.n_blocks) if b not in done]
     if done:

@@ -49,7 +49,7 @@ from featx.report import (
     summary_line,
     write_reports,
 )
-from featx.runinfo import write_atomic
+from featx.runinfo import Run, write_atomic
 from featx.store import store_key
 
 log = logging.getLogger(__name__)
@@ -488,8 +488,9 @@ def _index(name: str) -> int:
 
 
 def runs_dir(config: Config, dataset: str, backbone: str) -> Path:
-    """``--out``, else ``<cache_dir>/<dataset>-<backbone>-finetune.runs/`` (beside the
-    feature stores, where ``featx runs`` finds it)."""
+    """Where fine-tune run folders go: ``--out``, else
+    ``<cache_dir>/<dataset>-<backbone>-finetune.runs/`` (beside the feature stores, where
+    ``featx runs`` finds them)."""
     if config.out:
         return Path(config.out)
     return finetune_runs_dir(config.cache_path, dataset, backbone)
@@ -498,9 +499,11 @@ def runs_dir(config: Config, dataset: str, backbone: str) -> Path:
 def finetune(config: Config, echo: Callable[[str], None] = print,
              progress: bool = True) -> dict[str, Any]:
     """Fine-tune on the training rows, stop early on the validation rows, report on the test
-    rows of the feature-extraction split. Writes ``<pipeline>-finetune.json``, ``.md``,
-    ``.html``, the charts (``-monitor.png``: loss and accuracy per epoch, redrawn as training
-    goes) and ``.keras``; returns the result dict (the keys of ``classification.classify``'s).
+    rows of the feature-extraction split. Writes, into a new run folder under
+    :func:`runs_dir` (as ``featx classify`` does: no run overwrites another),
+    ``<pipeline>-finetune.keras``, ``.md``, ``.html``, the charts (``-monitor.png``: loss
+    and accuracy per epoch, redrawn as training goes) and ``.json`` last; returns the result
+    dict (the keys of ``classification.classify``'s, and what the run records about itself).
 
     Every epoch ends with a checkpoint in the cache folder (``featx cache ls`` lists it): a
     run killed halfway and started again resumes from the last finished epoch, and ends as an
@@ -510,27 +513,34 @@ def finetune(config: Config, echo: Callable[[str], None] = print,
     seeds dataset.seed .. + R - 1 (R times the cost: about 100 s each for Flowers-17 on 2
     cores); the reports and model are the first split's, rank-1/rank-5 the mean over all."""
     seeds = [config.dataset.seed + r for r in range(config.classify.repeats)]
-    runs = []
+    runs: list[tuple[dict[str, Any], FineTuner, Run, Checkpoint]] = []
     for seed in seeds:
         resplit = dataclasses.replace(config, dataset=dataclasses.replace(config.dataset,
                                                                           seed=seed))
-        runs.append(_finetune_once(resplit, progress, backbone_seed=config.dataset.seed))
-    result, model, stem, _ = runs[0]
+        runs.append(_finetune_once(resplit, progress, backbone_seed=config.dataset.seed,
+                                   run=runs[0][2] if runs else None))
+    result, model, run, _ = runs[0]
     if len(seeds) > 1:
         result = {**result, **repeat_summary(seeds, [r for r, _, _, _ in runs])}
-    write_reports(result, stem)
-    model.save(beside(stem, ".keras"))
+    stem = _stem(run, config)
+    keras_file = model.save(beside(stem, ".keras"))
+    result = run.record(result, [*report_paths(stem, monitor=True).values(), keras_file])
+    write_reports(result, stem)  # the JSON last: a kill before it leaves no listed result
     for *_, checkpoint in runs:  # the results are written: nothing left to resume
         checkpoint.remove()
     echo(summary_line("finetune", {**result, "best_params": _short(config.finetune)}))
-    log.info("results in %s/", stem.parent)
+    log.info("results in %s/", run.dir)
     return result
 
 
-def _finetune_once(config: Config, progress: bool, backbone_seed: int
-                   ) -> tuple[dict[str, Any], FineTuner, Path, Checkpoint]:
-    """One fine-tuning on the split of ``config``'s seed: its result, model, report stem and
-    checkpoint."""
+def _stem(run: Run, config: Config) -> Path:
+    return run.file(f"{config.name}-finetune")
+
+
+def _finetune_once(config: Config, progress: bool, backbone_seed: int, run: Run | None = None
+                   ) -> tuple[dict[str, Any], FineTuner, Run, Checkpoint]:
+    """One fine-tuning on the split of ``config``'s seed: its result, model, run (``run``,
+    else a new run folder) and checkpoint."""
     started = time.perf_counter()
     data = load_image_splits(config)
     decode_s = time.perf_counter() - started
@@ -548,7 +558,9 @@ def _finetune_once(config: Config, progress: bool, backbone_seed: int
     key = store_key({"backbone": backbone, "finetune": settings, "images": data.key,
                      "split": {"val": d.val, "test": d.test, "seed": d.seed}})
     name = model.backbone.spec.name
-    stem = runs_dir(config, data.dataset, name) / f"{config.name}-finetune"
+    if run is None:
+        run = Run.open(runs_dir(config, data.dataset, name), settings, section="finetune")
+    stem = _stem(run, config)
     checkpoint = Checkpoint(checkpoint_path(config.cache_path, data.dataset, name, key), key)
     model.fit(data.images[TRAIN], data.labels[TRAIN], data.images[VAL], data.labels[VAL],
               checkpoint=checkpoint)
@@ -573,7 +585,7 @@ def _finetune_once(config: Config, progress: bool, backbone_seed: int
         "kept_epochs": model.kept,
         "resumed_from": model.resumed_from,
     }
-    return result, model, stem, checkpoint
+    return result, model, run, checkpoint
 
 
 class _Monitor:

@@ -22,7 +22,7 @@ The OpenVINO runtime (featx/runtime.py) keeps each converted backbone once, shar
 store made with it (key: backbone, weights identity, layers, pooling, input size, batch size,
 library versions)::
 
-    openvino/<backbone>-b<batch>-<key>/model.xml, model.bin
+    openvino/<backbone>-b<batch>-<key>/model.xml, model.bin, sha256.json
 
 Fine-tuning trains on decoded images, not on a store::
 
@@ -140,6 +140,12 @@ def converted_model_dir(cache_dir: Path, backbone: str, batch_size: int, key: st
 def converted_model_file(folder: Path) -> Path:
     """The model file in a converted model's folder (its weights are beside it, .bin)."""
     return Path(folder) / "model.xml"
+
+
+def converted_model_checksums(folder: Path) -> Path:
+    """The SHA-256 of each file of a converted model, written with it and checked whenever it
+    is read: a damaged model would give every row of a store the wrong features."""
+    return Path(folder) / "sha256.json"
 
 
 def converted_model_dirs(cache_dir: Path) -> list[Path]:

@@ -16,14 +16,17 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from featx.escape import terminal
+
 LOGGER = logging.getLogger("featx")
 
 
 class _Stderr(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         prefix = "featx: warning: " if record.levelno >= logging.WARNING else "featx: "
-        try:
-            print(prefix + record.getMessage(), file=sys.stderr)  # sys.stderr when emitted
+        try:  # names from the data (paths, classes) never drive the terminal
+            text = "\n".join(terminal(line) for line in record.getMessage().split("\n"))
+            print(prefix + text, file=sys.stderr)  # sys.stderr when emitted
         except Exception:  # a closed stream must not break the work that logs
             self.handleError(record)
 

@@ -60,11 +60,21 @@ def load(path: str | Path, trust: bool = False) -> Any:
         raise ModelFileError(f"no model file at {path}")
     if zipfile.is_zipfile(path):  # skops files are zip archives; a pickle never is
         bundle = _load_skops(path, trust)
+    elif _zip_start(path):
+        # a zip cut short (no central directory at its end): damaged, not a pickle to trust
+        raise ModelFileError(f"{path}: a damaged or truncated skops file (not a complete zip "
+                             "archive); save or copy it again")
     else:
         bundle = _load_pickle(path, trust)
     if isinstance(bundle, dict):
         _check_versions(path, bundle.get("versions"))
     return bundle
+
+
+def _zip_start(path: Path) -> bool:
+    """Whether the file starts as a zip archive does (a local file header)."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def _load_skops(path: Path, trust: bool) -> Any:

@@ -27,7 +27,7 @@ from featx.backbones import Backbone, BackboneError, keras_home
 from featx.config import BackboneConfig
 from featx.dataset import IMAGE_EXTENSIONS
 from featx.errors import PredictError
-from featx.escape import spreadsheet_cell
+from featx.escape import spreadsheet_cell, terminal
 from featx.images import ReadErrors, Views, read_batches
 from featx.learners import class_scores
 from featx.runtime import openvino_version
@@ -196,7 +196,8 @@ class Predictor:
 
 def model_file(path: str | Path) -> Path:
     """``path`` if it is a file; in a run folder, the model of its best rank-1 result (said on
-    stderr when there are several)."""
+    stderr when there are several). A result names a model file inside its run folder: one
+    that resolves outside it (``..``, an absolute path, a symbolic link) is refused."""
     path = Path(path)
     if path.is_file():
         return path
@@ -209,10 +210,16 @@ def model_file(path: str | Path) -> Path:
             data = json.loads(result.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
-        if isinstance(data, dict) and data.get("model") and (path / data["model"]).is_file():
+        if isinstance(data, dict) and data.get("model"):
+            model = path / str(data["model"])
+            if model.resolve().parent != path.resolve():
+                raise PredictError(f"{result}: its model {str(data['model'])!r} resolves to "
+                                   f"{model.resolve()}, outside the run folder {path}: "
+                                   "refused (a run folder names only files inside it)")
+            if not model.is_file():
+                continue
             rank1 = data.get("rank1")
-            candidates.append((rank1 if isinstance(rank1, (int, float)) else -1.0,
-                               path / data["model"]))
+            candidates.append((rank1 if isinstance(rank1, (int, float)) else -1.0, model))
     if not candidates:
         raise PredictError(f"{path}: a folder with no saved model (a featx classify run "
                            f"folder holds <pipeline>-<classifier>{modelfile.SUFFIX} and its "
@@ -251,14 +258,17 @@ def _check_settings(bundle: dict[str, Any], backbone: Backbone, source: str) -> 
 
 
 def write_table(predictions: Sequence[Prediction], predictor: Predictor, out: TextIO) -> None:
-    """One line per image: its path, then label and score, best first."""
-    out.write(f"# {predictor.source}: {predictor.classifier} on {predictor.backbone.spec.name}; "
-              f"scores: {predictor.calibration}\n")
+    """One line per image: its path, then label and score, best first. For a terminal:
+    class names and paths come from folder names, their control characters escaped."""
+    t = terminal
+    out.write(f"# {t(predictor.source)}: {t(predictor.classifier)} on "
+              f"{predictor.backbone.spec.name}; scores: {predictor.calibration}\n")
     for p in predictions:
         if p.error:
-            out.write(f"{p.path}  unreadable: {p.error}\n")
+            out.write(f"{t(p.path)}  unreadable: {t(p.error)}\n")
         else:
-            out.write(p.path + "  " + "  ".join(f"{lb} {s:.3f}" for lb, s in p.labels) + "\n")
+            out.write(t(p.path) + "  " + "  ".join(f"{t(lb)} {s:.3f}" for lb, s in p.labels)
+                      + "\n")
 
 
 def write_csv(predictions: Sequence[Prediction], out: TextIO) -> None:

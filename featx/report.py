@@ -342,12 +342,15 @@ def data_uri(data: bytes, mime: str = "image/jpeg") -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def image_cell(path: str | Path, caption: str, side: int = THUMB) -> str:
+def image_cell(path: str | Path | None, caption: str, side: int = THUMB) -> str:
     """An HTML figure: the image's thumbnail linked to its file (or a note where it cannot be
-    read) above ``caption`` (HTML, already escaped)."""
+    read; None: no dataset folder was named to read it from) above ``caption`` (HTML,
+    already escaped)."""
     e = html.escape
-    jpeg = thumbnail(path, side)
-    if jpeg is None:
+    jpeg = thumbnail(path, side) if path is not None else None
+    if path is None:
+        picture = "<div class=missing>no dataset folder named</div>"
+    elif jpeg is None:
         picture = f"<div class=missing>not readable:<br>{e(str(path))}</div>"
     else:
         picture = (f"<a href='{e(Path(path).resolve().as_uri())}'><img class=thumb "
@@ -377,9 +380,10 @@ def _gallery(r: dict[str, Any]) -> list[str]:
         return out + ["<p>None.</p>"]
     out.append(f"<p>Worst first (highest {kind} given to the wrong class); the picture links "
                "to the file.</p><div class=gallery>")
+    # Relative paths only under the folder the run named: not against the working folder.
     root = Path(r["root"]) if r.get("root") else None
     for row in rows:
-        path = root / row["path"] if root else Path(row["path"])
+        path = root / row["path"] if root else None
         caption = (f"true <b>{e(row['true'])}</b><br>predicted <b>{e(row['predicted'])}</b> "
                    f"({kind} {row['score']:.3f})<br><code>{e(row['path'])}</code>")
         out.append(image_cell(path, caption))

@@ -1,5 +1,5 @@
-"""What a classify run records about itself, and where: a run folder of its own (start time
-plus a short hash of the classify settings), the library versions and the machine, and
+"""What a classify or fine-tune run records about itself, and where: a run folder of its own
+(start time plus a short hash of the run's settings), the library versions and the machine, and
 files written atomically (temporary name, then rename), so that a run killed while writing
 leaves no half file under a name a later command trusts."""
 
@@ -20,6 +20,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from featx.layout import safe_name
 
 # The distributions whose versions a run records ("tensorflow" may be installed as -cpu).
 DISTRIBUTIONS = {"scikit-learn": ("scikit-learn",), "numpy": ("numpy",), "skops": ("skops",),
@@ -104,17 +106,19 @@ def _gpus() -> list[str]:
 
 @dataclass
 class Run:
-    """One ``featx classify`` run: its own folder under the results folder, never reused."""
+    """One ``featx classify`` or ``featx finetune`` run: its own folder under the results
+    folder, never reused."""
 
     dir: Path
     started: datetime
     settings: dict[str, Any]
+    section: str = "classify"  # the config section ``settings`` come from, as recorded
     libraries: dict[str, str | None] = field(default_factory=versions)
     host: dict[str, Any] = field(default_factory=machine)
     clock: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def open(cls, parent: Path, settings: dict[str, Any]) -> Run:
+    def open(cls, parent: Path, settings: dict[str, Any], section: str = "classify") -> Run:
         """A new folder ``<parent>/<UTC start time>-<settings hash>`` (``-2``, ``-3``... if a
         run with the same settings started in the same second)."""
         started = datetime.now(timezone.utc)
@@ -126,13 +130,19 @@ class Run:
                 folder.mkdir()
             except FileExistsError:
                 continue
-            return cls(folder, started, settings)
+            return cls(folder, started, settings, section)
         raise FileExistsError(f"{parent}: too many runs named {stem}")
+
+    def file(self, name: str) -> Path:
+        """``name`` (made of the pipeline's name) as a path in the run folder, never outside
+        it: every character but letters, digits and ``-_.`` becomes ``_``."""
+        return self.dir / safe_name(name)
 
     def record(self, result: dict[str, Any], files: list[Path]) -> dict[str, Any]:
         """``result`` with what the run records about itself: start time, seconds since,
-        the classify settings, versions, machine and the files written for it."""
+        its settings (under its ``section``), versions, machine and the files written for
+        it."""
         return {**result, "run": self.dir.name, "started": self.started.isoformat(),
                 "duration_seconds": time.perf_counter() - self.clock,
-                "classify": self.settings, "versions": self.libraries, "machine": self.host,
+                self.section: self.settings, "versions": self.libraries, "machine": self.host,
                 "files": [str(p) for p in files]}

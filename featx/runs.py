@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from featx.errors import RunsError
-from featx.escape import spreadsheet_cell
+from featx.escape import spreadsheet_cell, terminal
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +172,11 @@ def _cell(column: str, value: Any) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table, columns aligned (numbers to the right); ``best`` last, on the
-    best rank-1 of each dataset (see :func:`mark_best`)."""
+    """A plain-text table for a terminal (control characters in names escaped), columns
+    aligned (numbers to the right); ``best`` last, on the best rank-1 of each dataset (see
+    :func:`mark_best`)."""
     columns = [*COLUMNS, "best"]
-    cells = [[_cell(c, r[c]) for c in COLUMNS] + ["best" if r.get("best") else ""]
+    cells = [[terminal(_cell(c, r[c])) for c in COLUMNS] + ["best" if r.get("best") else ""]
              for r in rows]
     headers = [h for h, _ in COLUMNS.values()] + ["best"]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
@@ -247,9 +248,10 @@ def compare(a: str | Path, b: str | Path, metric: str = "rank1") -> list[dict[st
 
 
 def comparison_table(rows: list[dict[str, Any]]) -> str:
-    w = max(12, *(len(r["classifier"]) for r in rows))
+    names = [terminal(r["classifier"]) for r in rows]
+    w = max(12, *(len(n) for n in names))
     lines = [f"{'classifier':<{w}} {'splits':>6} {'A':>7} {'B':>7} {'A - B':>8} {'s.e.':>7}"]
-    for r in rows:
-        lines.append(f"{r['classifier']:<{w}} {r['splits']:>6} {r['a']:>7.4f} {r['b']:>7.4f} "
+    for name, r in zip(names, rows):
+        lines.append(f"{name:<{w}} {r['splits']:>6} {r['a']:>7.4f} {r['b']:>7.4f} "
                      f"{r['difference']:>+8.4f} {r['standard_error']:>7.4f}")
     return "\n".join(lines)

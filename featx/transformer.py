@@ -6,12 +6,12 @@
                           LogisticRegression(max_iter=1000))
     model.fit(train_paths, train_labels).score(test_paths, test_labels)
 
-Images go in as file paths, PIL images or one uint8 array (N, H, W, 3); float32 features
-(N, F) come out, read and resized exactly as ``featx extract`` reads them. With file paths
-and a ``cache_dir``, features come from the same HDF5 stores as ``featx extract``'s (any
-store there with the same settings that holds the file, unchanged since); the others are
-extracted into a store of their own there, so a grid search or a cross-validation pays for
-each image once.
+Images go in as file paths, PIL images or RGB pixels of 0..255 values (:func:`as_images`);
+float32 features (N, F) come out, read and resized exactly as ``featx extract`` reads them.
+With file paths and a ``cache_dir``, features come from the same HDF5 stores as ``featx
+extract``'s (any store there with the same settings that holds the file, unchanged since);
+the others are extracted into a store of their own there, so a grid search or a
+cross-validation pays for each image once.
 """
 
 from __future__ import annotations
@@ -94,8 +94,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : sequence of str or os.PathLike, sequence of PIL.Image.Image, or ndarray
-            File paths, PIL images, or uint8 RGB pixels of shape (N, H, W, 3).
+        X : path, sequence of paths, of PIL images or of (H, W, 3) arrays, or ndarray
+            File paths, PIL images, or RGB pixels of 0..255 values (uint8, or floats as
+            keras' img_to_array gives) of shape (N, H, W, 3) or (H, W, 3); anything else is
+            refused (:func:`as_images`), never cast.
 
         Returns
         -------
@@ -279,20 +281,65 @@ def pixel_features(backbone: Any, items: list, batch_size: int,
 
 
 def as_images(X: Any) -> tuple[str, list]:
-    """("paths", [str]) or ("pixels", [uint8 (H, W, 3)]) resized later by the backbone."""
+    """The images argument of :meth:`FeatureExtractor.transform` and
+    :meth:`featx.api.Model.predict_proba`, checked once, here: ``("paths", [str])`` or
+    ``("pixels", [PIL image or uint8 (H, W, 3)])``, resized later by the backbone.
+
+    Takes a path (str or os.PathLike: one image) or a list of paths; a PIL image or a list
+    of them; RGB pixels as an array (H, W, 3) or (N, H, W, 3) or a list of (H, W, 3) arrays,
+    holding 0..255 values: uint8, another integer dtype whose values fit, or floats (as
+    keras' ``img_to_array`` gives them). Refuses, never casts: no images, other shapes,
+    values outside 0..255 or not finite, and floats all within 0..1 (scaled to 0..1?).
+    """
     from PIL import Image
 
-    if isinstance(X, np.ndarray) and X.dtype != object:
-        if X.ndim != 4 or X.shape[-1] != 3:
-            raise DatasetError(f"an image array must be (N, H, W, 3) uint8 RGB, got shape "
-                               f"{X.shape}")
-        return "pixels", list(np.asarray(X, np.uint8))
-    items = list(X) if isinstance(X, Sequence | np.ndarray) else None
-    if items is None:
-        raise DatasetError(f"images must be a list of paths, of PIL images, or an (N, H, W, 3) "
-                           f"array, not {type(X).__name__}")
-    if all(isinstance(x, str | os.PathLike) for x in items):
+    if isinstance(X, str | os.PathLike | Image.Image):
+        X = [X]
+    if isinstance(X, np.ndarray) and not (X.ndim == 1 and X.dtype.kind in "OUS"):
+        if X.ndim == 4 and len(X) == 0:
+            raise DatasetError(f"no images: the image array has shape {X.shape}")
+        pixels = _pixels(X, "the image array", ndims=(3, 4))
+        return "pixels", [pixels] if pixels.ndim == 3 else list(pixels)
+    if not isinstance(X, Sequence | np.ndarray):
+        raise DatasetError(f"images must be a path, a list of paths or of PIL images, or an "
+                           f"(N, H, W, 3) array, not of type {type(X).__name__}")
+    items = list(X)
+    if not items:
+        raise DatasetError("no images: the list of images is empty")
+    is_path = [isinstance(x, str | os.PathLike) for x in items]
+    if all(is_path):
         return "paths", [os.fspath(x) for x in items]
-    if all(isinstance(x, Image.Image) for x in items):
-        return "pixels", items
-    raise DatasetError("images must be all file paths or all PIL images, not a mix")
+    if any(is_path):
+        i, j = is_path.index(True), is_path.index(False)
+        raise DatasetError(f"images[{i}] is a path but images[{j}] of type "
+                           f"{type(items[j]).__name__}: pass all paths, or all pixels (PIL "
+                           "images or arrays)")
+    return "pixels", [x if isinstance(x, Image.Image) else _pixels(x, f"images[{i}]")
+                      for i, x in enumerate(items)]
+
+
+def _pixels(x: Any, where: str, ndims: tuple[int, ...] = (3,)) -> np.ndarray:
+    """``x`` as uint8 RGB pixels, (H, W, 3) or, where ``ndims`` has 4, (N, H, W, 3): exactly
+    its values, which must be 0..255; ``where`` names it in the error."""
+    if not isinstance(x, np.ndarray):
+        raise DatasetError(f"{where} is of type {type(x).__name__}, not a path, a PIL image "
+                           "or an (H, W, 3) array")
+    if x.ndim not in ndims or x.shape[-1] != 3 or 0 in x.shape[-3:-1]:
+        shapes = " or ".join(("(H, W, 3)", "(N, H, W, 3)")[:len(ndims)])
+        raise DatasetError(f"{where} has shape {x.shape}, not RGB {shapes}")
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind not in "uif":
+        raise DatasetError(f"{where} holds {x.dtype}: pass uint8 or float pixel values 0..255")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise DatasetError(f"{where} holds {int((~np.isfinite(x)).sum())} non-finite "
+                           "value(s) (NaN or inf): pass pixel values 0..255")
+    low, high = x.min(), x.max()
+    span = "..".join(np.format_float_positional(v, trim="-") for v in (low, high))
+    if low < 0 or high > 255:
+        raise DatasetError(f"{where} holds {x.dtype} values {span}, outside "
+                           "0..255: pass pixel values 0..255 (featx neither wraps nor clips)")
+    if x.dtype.kind == "f" and 0 < high <= 1:
+        raise DatasetError(f"{where} holds float values all within 0..1 ({span}): "
+                           "scaled to 0..1? pass 0..255, as keras' img_to_array gives")
+    return (np.rint(x) if x.dtype.kind == "f" else x).astype(np.uint8)

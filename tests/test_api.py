@@ -13,6 +13,7 @@ from realdata import FLOWERS17, WEIGHTS, needs_shared
 from sklearn.base import clone
 
 import featx
+from featx.api import Model
 from featx.backbones import Backbone
 from featx.images import load_image
 from featx.store import FeatureStore
@@ -20,7 +21,7 @@ from featx.transformer import FeatureExtractor
 
 
 def tiny_extractor(**more) -> FeatureExtractor:
-    return FeatureExtractor(weights="none", input_size=32, batch_size=8, **more)
+    return FeatureExtractor(**{"weights": "none", "input_size": 32, "batch_size": 8, **more})
 
 
 def assert_close(actual, expected, rtol=1e-4):
@@ -124,6 +125,116 @@ def test_unreadable_images_are_an_error_naming_one(tmp_path):
         tiny_extractor().transform([str(bad)])
     with pytest.raises(featx.FeatxError, match=r"\(N, H, W, 3\)"):
         tiny_extractor().transform(np.zeros((2, 8, 8), np.uint8))
+
+
+def test_transform_keeps_each_images_row_past_one_batch(tmp_path, image_file):
+    """11 images in batches of 4, as paths, as pixels and through the cache: row i is image
+    i's features computed alone (the rows differ, so any reordering shows)."""
+    paths = [str(image_file(tmp_path / "img" / f"n{i:02d}.png", size=(30 + i, 40 - i),
+                            seed=i)) for i in range(11)]
+    fx = tiny_extractor(batch_size=4)
+    one = fx._backbone().batched(1)  # each image alone, without transform
+    alone = np.concatenate([one(load_image(p, 32)[None], np.ones(1, bool)) for p in paths])
+    gaps = [np.abs(alone[i] - alone[j]).max() for i in range(11) for j in range(i)]
+    assert min(gaps) > 100 * 1e-4 * np.abs(alone).max()  # far beyond assert_close's tolerance
+    assert_close(fx.transform(paths), alone)
+    assert_close(fx.transform(np.stack([load_image(p, 32) for p in paths])), alone)
+    assert_close(fx.transform([Image.open(p) for p in paths]), alone)
+    cached = tiny_extractor(batch_size=4, cache_dir=str(tmp_path / "cache"))
+    assert_close(cached.transform(paths), alone)
+    assert_close(cached.transform(paths[::-1]), alone[::-1])  # now read from the store
+
+
+# ---------------------------------------------- the images argument, checked at the boundary
+
+class _FeaturesOut:
+    """A Model's predictor whose "probabilities" are the features themselves, so that
+    Model.predict_proba shows what its images became."""
+
+    classes = ["features"]
+    tencrop = False
+
+    def __init__(self, fx: FeatureExtractor) -> None:
+        self.fx, self.backbone = fx, fx._backbone()
+
+    def features(self, paths):
+        x = self.fx.transform(paths)
+        return x, np.ones(len(x), bool), {}
+
+    def predict_proba(self, x):
+        return x
+
+
+@pytest.fixture(scope="module")
+def takers():
+    """FeatureExtractor.transform and Model.predict_proba: both take images."""
+    fx = tiny_extractor(batch_size=4)
+    return {"transform": fx.transform,
+            "predict_proba": Model(_FeaturesOut(fx)).predict_proba}
+
+
+def _rgb(seed=0, shape=(2, 12, 10, 3)):
+    return np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8)
+
+
+REFUSED = {
+    "floats scaled to 0..1": (_rgb() / 255.0, r"all within 0\.\.1 .*scaled to 0\.\.1\? "
+                              r"pass 0\.\.255"),
+    "uint16 beyond 255": (_rgb().astype(np.uint16) * 2, r"uint16 values 0\.\.510, outside "
+                          r"0\.\.255"),
+    "negative integers": (_rgb().astype(np.int16) - 1, r"int16 values -1\.\.254, outside"),
+    "floats beyond 255": (_rgb() * 4.0, r"float64 values 0\.\.1020, outside 0\.\.255"),
+    "NaN": (np.where(_rgb() > 250, np.nan, _rgb()).astype(np.float32), "non-finite"),
+    "inf": (np.where(_rgb() > 250, np.inf, _rgb()), "non-finite"),
+    "booleans": (_rgb() > 128, "holds bool"),
+    "an empty list": ([], "no images: the list of images is empty"),
+    "an empty array": (_rgb(shape=(0, 12, 10, 3)), r"no images: .* shape \(0, 12, 10, 3\)"),
+    "RGBA": (_rgb(shape=(2, 12, 10, 4)),
+             r"shape \(2, 12, 10, 4\), not RGB \(H, W, 3\) or \(N, H, W, 3\)"),
+    "a grey array in a list": ([_rgb(shape=(12, 10, 3)), _rgb(shape=(12, 10))],
+                               r"images\[1\] has shape \(12, 10\), not RGB \(H, W, 3\)$"),
+    "0..1 floats in a list": ([_rgb(shape=(12, 10, 3)), _rgb(shape=(12, 10, 3)) / 255.0],
+                              r"images\[1\] holds float values all within 0\.\.1"),
+    "a batch in a list": ([_rgb()], r"images\[0\] has shape \(2, 12, 10, 3\)"),
+    "a number in a list": ([_rgb(shape=(12, 10, 3)), 3], r"images\[1\] is of type int"),
+    "paths and pixels": (["a.png", _rgb(shape=(12, 10, 3))],
+                         r"images\[0\] is a path but images\[1\] of type ndarray"),
+    "a set of paths": ({"a.png"}, "not of type set"),
+}
+
+
+@pytest.mark.parametrize("taker", ["transform", "predict_proba"])
+@pytest.mark.parametrize("case", REFUSED)
+def test_images_that_a_cast_would_change_are_refused_in_one_line(takers, taker, case):
+    images, message = REFUSED[case]
+    with pytest.raises(featx.FeatxError, match=message) as raised:
+        takers[taker](images)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("taker", ["transform", "predict_proba"])
+def test_pixels_of_0_to_255_in_any_dtype_array_or_list_give_the_uint8_features(takers,
+                                                                             taker):
+    take = takers[taker]
+    pixels = _rgb(seed=1, shape=(4, 12, 10, 3))
+    pixels[3] = 0  # black: the same in 0..1 and 0..255, so no question to ask
+    expected = take(pixels)
+    assert expected.shape[0] == 4
+    np.testing.assert_array_equal(take(pixels.astype(np.float32)), expected)  # img_to_array
+    np.testing.assert_array_equal(
+        take([pixels[0].astype(np.uint16), Image.fromarray(pixels[1]),
+              pixels[2].astype(np.int64), pixels[3].astype(np.float64)]), expected)
+    assert_close(take(pixels[3].astype(np.float32)), expected[3:])  # one (H, W, 3) image
+
+
+@pytest.mark.parametrize("taker", ["transform", "predict_proba"])
+def test_a_bare_path_is_one_image(takers, taker, tiny_store):
+    path = tiny_store.root / tiny_store.written["cat"][0]
+    expected = takers[taker]([str(path)])
+    assert expected.shape[0] == 1
+    np.testing.assert_array_equal(takers[taker](str(path)), expected)
+    np.testing.assert_array_equal(takers[taker](path), expected)
+    np.testing.assert_array_equal(takers[taker](np.asarray([str(path)])), expected)
 
 
 def test_scikit_learn_estimator_checks_that_apply():

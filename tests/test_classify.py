@@ -107,6 +107,16 @@ def test_classify_refuses_a_store_split_differently(tiny_store, make_config, tmp
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_classify_refuses_a_store_split_with_another_seed(tiny_store, make_config, tmp_path):
+    """The same fractions, another seed: other images in the test split. (The store is given:
+    random weights follow the seed, so a pipeline with another one locates no store.)"""
+    config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(tmp_path),
+                         dataset={"seed": tiny_store.config.dataset.seed + 1})
+    with pytest.raises(StoreError, match=r"split .*'seed': 43"):
+        classify(config, tiny_store.path, echo=lambda line: None)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 # ---------------------------------------------------------------------------------- learners
 
 def _blobs(n_classes, n=60, d=5, seed=0):

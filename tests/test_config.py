@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,65 @@ def test_a_typo_fails_in_under_a_second_before_reading_images(tmp_path):
     assert "finetune.warmup_optimizer = 'adamm' is not one of 'adam', 'rmsprop'" in run.stderr
     assert "absent" not in run.stderr  # refused before the (missing) dataset was looked at
     assert seconds < 3, seconds  # measured 0.3 s here; 3 s leaves room for a busy machine
+
+
+# ------------------------------------------------ the bounds of every number field
+
+# Every int and float field of every section: its bounds (inclusive; None: open), or
+# UNBOUNDED where any number is taken here (checked where it is used, or truly free).
+BOUNDS = {
+    "backbone.input_size": (0, None), "extract.batch_size": (1, 4096),
+    "extract.augment": (0, 1000), "extract.shard_rows": (1, None), "classify.cv": (2, None),
+    "classify.repeats": (1, 100), "finetune.warmup_epochs": (0, None),
+    "finetune.epochs": (0, None), "finetune.unfreeze": (0, None),
+    "finetune.batch_size": (1, 4096), "finetune.patience": (0, None),
+    "finetune.crops": (0, 32),
+}
+UNBOUNDED = {
+    "dataset.val", "dataset.test", "dataset.seed", "extract.augment_seed",
+    "extract.augment_rotation", "extract.augment_zoom", "extract.augment_translation",
+    "extract.augment_contrast", "classify.n_jobs", "classify.seed", "finetune.warmup_lr",
+    "finetune.lr", "finetune.dropout", "finetune.holdout", "finetune.seed",
+}
+
+
+def _number_fields() -> set[str]:
+    config = Config()
+    found = set()
+    for section in _section_names():
+        for f in dataclasses.fields(getattr(config, section)):
+            value = getattr(getattr(config, section), f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                found.add(f"{section}.{f.name}")
+    return found
+
+
+def test_every_number_field_is_listed_with_its_bounds():
+    """A bound dropped (or a field added) fails here, not silently at run time."""
+    assert _number_fields() == set(BOUNDS) | UNBOUNDED
+    for dotted in sorted(BOUNDS) + sorted(UNBOUNDED):
+        section, name = dotted.split(".")
+        spec = {f.name: f for f in dataclasses.fields(getattr(Config(), section))}[name]
+        assert spec.metadata.get("within") == BOUNDS.get(dotted), dotted
+
+
+def _edges(dotted: str) -> list[tuple[int, bool]]:
+    # (value, accepted) at and just past each bound
+    low, high = BOUNDS[dotted]
+    edges = [(low - 1, False), (low, True)]
+    if high is not None:
+        edges += [(high, True), (high + 1, False)]
+    return edges
+
+
+@pytest.mark.parametrize("dotted, value, accepted",
+                         [(d, v, ok) for d in sorted(BOUNDS) for v, ok in _edges(d)])
+def test_number_fields_take_exactly_their_range(dotted, value, accepted):
+    config = Config()
+    if accepted:
+        config.set(f"{dotted}={value}")
+        section, name = dotted.split(".")
+        assert getattr(getattr(config, section), name) == value
+    else:
+        with pytest.raises(ConfigError, match=rf"{re.escape(dotted)} = {value} is out of range"):
+            config.set(f"{dotted}={value}")

@@ -201,7 +201,9 @@ def test_finetune_reports_like_classify_and_saves_the_model(tiny_store, make_con
     line = capsys.readouterr().out
     assert line.startswith("finetune") and "rank-1" in line
 
-    out = runs_dir(make_config(tiny_store.root, cache), tiny_store.root.name, "MobileNetV2")
+    runs_folder = runs_dir(make_config(tiny_store.root, cache), tiny_store.root.name,
+                           "MobileNetV2")
+    (out,) = runs_folder.iterdir()  # the run's own folder
     result = json.loads((out / "tiny-finetune.json").read_text())
     # every field of a classify result but what a classify run records about itself
     run_record = {"run", "started", "duration_seconds", "classify", "versions", "machine",
@@ -266,6 +268,7 @@ def test_finetune_repeats_over_seeded_splits(tiny_store, make_config, tmp_path, 
                  "--set=name=tiny", "--set=classify.repeats=2"]) == 0
     assert "over 2 splits" in capsys.readouterr().out
     out = runs_dir(make_config(tiny_store.root, cache), tiny_store.root.name, "MobileNetV2")
-    result = json.loads((out / "tiny-finetune.json").read_text())
+    (result_file,) = out.glob("*/tiny-finetune.json")
+    result = json.loads(result_file.read_text())
     assert result["repeats"]["seeds"] == [42, 43] and len(result["repeats"]["rank1"]) == 2
     assert result["rank1"] == pytest.approx(np.mean(result["repeats"]["rank1"]))

@@ -88,7 +88,8 @@ def test_a_killed_finetuning_resumes_and_ends_as_an_uninterrupted_one(tiny_root,
 
     done = _run(root, tmp_path / "cache-a", tmp_path / "a", calibration, kill=None)
     assert done.returncode == 0, done.stderr
-    reference = json.loads((tmp_path / "a" / "tiny-finetune.json").read_text())
+    (done_file,) = (tmp_path / "a").glob("*/tiny-finetune.json")  # in its run folder
+    reference = json.loads(done_file.read_text())
     assert [p for p in PHASES if reference["kept_epochs"].get(p)] == list(PHASES), \
         "every phase must keep a trained epoch, or a resumed phase would prove nothing"
 
@@ -101,12 +102,14 @@ def test_a_killed_finetuning_resumes_and_ends_as_an_uninterrupted_one(tiny_root,
         # the epochs it holds: every one of the phases before, and `epoch` of this one
         before = sum(1 for row in reference["history"] if PHASES.index(row["phase"]) < phase)
         assert entry.rows == before + epoch
-        assert (tmp_path / "b" / "tiny-finetune-monitor.png").stat().st_size > 0
-        assert not (tmp_path / "b" / "tiny-finetune.json").exists()
+        monitors = list((tmp_path / "b").glob("*/tiny-finetune-monitor.png"))
+        assert monitors and all(m.stat().st_size > 0 for m in monitors)
+        assert not list((tmp_path / "b").glob("*/tiny-finetune.json"))
 
     resumed = _run(root, killed_cache, tmp_path / "b", calibration, kill=None)
     assert resumed.returncode == 0, resumed.stderr
-    result = json.loads((tmp_path / "b" / "tiny-finetune.json").read_text())
+    (result_file,) = (tmp_path / "b").glob("*/tiny-finetune.json")
+    result = json.loads(result_file.read_text())
     assert result["resumed_from"] == {"phase": PHASES[KILLS[-1][0]], "epoch": KILLS[-1][1],
                                       "done": False}
     assert _same(result) == _same(reference)

@@ -51,6 +51,20 @@ def test_rank5_is_a_number_with_more_than_five_classes():
     assert rank_k(y, scores, np.arange(6), 5) == pytest.approx(expected)
 
 
+def test_evaluate_reports_rank5_apart_from_rank1_with_seven_classes():
+    """Rows whose true class is ranked 1st, 3rd, 5th and 6th of 7: rank-1 0.25, rank-5 0.75."""
+    order = [[0, 1, 2, 3, 4, 5, 6], [1, 2, 0, 3, 4, 5, 6], [1, 2, 3, 4, 0, 5, 6],
+             [1, 2, 3, 4, 5, 0, 6]]  # classes, best first; the true class is 0
+    scores = np.zeros((4, 7))
+    for row, ranked in enumerate(order):
+        scores[row, ranked] = np.linspace(0.4, 0.01, 7)
+    y = np.zeros(4, int)
+    r = evaluate(y, scores, np.arange(7), [f"c{i}" for i in range(7)])
+    assert r["rank1"] == pytest.approx(0.25) and r["rank5"] == pytest.approx(0.75)
+    assert "rank-1 0.250  rank-5 0.750" in summary_line("logreg", {
+        **r, "best_params": {}, "n_train": 1})
+
+
 BINARY_Y = np.array([0, 1, 1, 0])
 P1 = np.array([0.2, 0.8, 0.4, 0.6])  # argmax predicts 0, 1, 0, 1: two right
 

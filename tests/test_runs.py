@@ -240,3 +240,37 @@ def test_latest_is_the_newest_run(settings_runs, capsys):
     assert main(["runs", "--cache-dir", str(settings_runs), "--latest", "--csv"]) == 0
     (row,) = csv.DictReader(io.StringIO(capsys.readouterr().out))
     assert row["best"] == "True" and "20261130-100000-cccc3333" in row["path"]
+
+
+# --- runs --compare pairs splits by seed, not by position ------------------------------------
+
+def _repeated(folder: Path, seeds: list[int], rank1: list[float]) -> Path:
+    folder.mkdir(parents=True)
+    result = {**_result(RUNS[0]), "rank1": float(sum(rank1) / len(rank1)),
+              "repeats": {"seeds": seeds, "rank1": rank1, "rank5": [None] * len(seeds)}}
+    (folder / "f17-logreg.json").write_text(json.dumps(result))
+    return folder
+
+
+@pytest.mark.parametrize("seeds_b, rank1_b, splits, difference, error", [
+    # the same splits listed in another order: the same scores, no difference, no spread
+    # (by position the differences would be -0.2, 0.1, 0.1: s.e. 0.1)
+    ([44, 42, 43], [0.7, 0.5, 0.6], 3, 0.0, 0.0),
+    # two splits shared (43, 44), not the first: differences 0.6 - 0.4 and 0.7 - 0.8
+    ([43, 44, 45], [0.4, 0.8, 0.9], 2, 0.05, 0.15),
+])
+def test_compare_pairs_the_splits_by_seed(tmp_path, capsys, seeds_b, rank1_b, splits,
+                                          difference, error):
+    from featx.runs import compare
+
+    a = _repeated(tmp_path / "a", [42, 43, 44], [0.5, 0.6, 0.7])
+    b = _repeated(tmp_path / "b", seeds_b, rank1_b)
+    [row] = compare(a, b)
+    assert row["splits"] == splits
+    assert row["difference"] == pytest.approx(difference, abs=1e-12)
+    assert row["standard_error"] == pytest.approx(error, abs=1e-12)
+    assert row["a"] - row["b"] == pytest.approx(difference, abs=1e-12)
+    assert main(["runs", "--compare", str(a), str(b)]) == 0
+    cells = capsys.readouterr().out.strip().splitlines()[1].split()
+    assert int(cells[1]) == splits and float(cells[4]) == pytest.approx(difference, abs=1e-4)
+    assert float(cells[5]) == pytest.approx(error, abs=1e-4)

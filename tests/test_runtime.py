@@ -224,10 +224,13 @@ def test_featx_cache_lists_verifies_and_removes_converted_models(tiny_store, tmp
     line = next(row for row in listed.splitlines() if row.startswith(key[:16]))
     assert "openvino model" in line and config.backbone.name in line
     assert "openvino (unfinished)" in listed and "3 entries" in listed
-    assert main(["cache", "verify", "--cache-dir", str(tmp_path)]) == 0  # the store only
-    assert "OK" in capsys.readouterr().out
+    # the store and the converted model (checked against its checksums), not the leftover
+    assert main(["cache", "verify", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"OK   {folder.name}" in out and f"OK   {tiny_store.path.name}" in out
+    assert ".x1y2" not in out
     assert main(["cache", "verify", key, "--cache-dir", str(tmp_path)]) == 0
-    assert "not a feature store" in capsys.readouterr().out
+    assert f"OK   {folder.name}" in capsys.readouterr().out
     assert main(["cache", "rm", key, "--cache-dir", str(tmp_path)]) == 0
     assert not folder.exists() and tiny_store.path.name in {p.name for p in tmp_path.iterdir()}
     assert main(["cache", "rm", "--all", "--cache-dir", str(tmp_path)]) == 0
