@@ -10,7 +10,7 @@ WEIGHTS ?=
 DEMO_WEIGHTS ?= $(or $(WEIGHTS),$(wildcard ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5))
 FLAGS = $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(ARGS)
 
-.PHONY: install demo features classify finetune test test-fast lint clean-cache bench bench-integrity bench-scale compare
+.PHONY: install demo features classify finetune test test-fast test-tf-count lint clean-cache bench bench-integrity bench-scale compare
 
 $(BIN)/featx: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,17 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
+
+# How many processes import TensorFlow during `make test` (each pays ~5 CPU-seconds of start-up
+# first): tests/tfcount/sitecustomize.py, on every process's PYTHONPATH, appends the pid of each
+# to a file (one the nobody-user tests may write too). TF_COUNT_TARGET=test-fast counts that one.
+TF_COUNT_TARGET ?= test
+test-tf-count: install
+	@pids=$$(mktemp -d)/pids; chmod 777 $$(dirname $$pids); touch $$pids; chmod 666 $$pids; \
+	PYTHONPATH=$(CURDIR)/tests/tfcount$${PYTHONPATH:+:$$PYTHONPATH} FEATX_TF_COUNT=$$pids \
+	  $(MAKE) --no-print-directory $(TF_COUNT_TARGET); status=$$?; \
+	echo "processes that imported TensorFlow: $$(sort -u $$pids | wc -l) (pids in $$pids)"; \
+	exit $$status
 
 lint: install
 	$(BIN)/ruff check featx tests

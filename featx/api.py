@@ -11,6 +11,8 @@ keyword arguments, plus ``set=["section.field=value", ...]`` for any other field
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,9 +24,17 @@ import numpy as np
 from featx.config import SHORTHANDS, Config
 from featx.dataset import SPLIT_NAMES
 from featx.errors import ConfigError, DatasetError
+from featx.log import shown
 
 if TYPE_CHECKING:
     from featx.layersweep import SweepResult
+
+
+def _lines_shown(progress: bool, verbose: bool = False) -> contextlib.AbstractContextManager:
+    """featx's log lines during an API call, on stderr as the command line shows them: its
+    progress lines (each result's summary line among them) with ``progress``, its debug lines
+    too with ``verbose``, else warnings only (featx.log)."""
+    return shown(logging.DEBUG if verbose else logging.INFO if progress else logging.WARNING)
 
 
 def make_config(pipeline: str | os.PathLike | Config | None = None,
@@ -128,7 +138,7 @@ class Store:
 
 
 def extract(pipeline: str | os.PathLike | Config | None = None, *,
-            set: list[str] | tuple[str, ...] = (), progress: bool = False,
+            set: list[str] | tuple[str, ...] = (), progress: bool = True,
             **overrides: Any) -> Store:
     """Make sure the feature store of a pipeline exists and matches its images; return it.
 
@@ -136,8 +146,8 @@ def extract(pipeline: str | os.PathLike | Config | None = None, *,
     ----------
     pipeline : path to a pipeline TOML file, a Config, or None (defaults)
     set : list of "section.field=value"
-    progress : bool, default=False
-        Show the progress bar.
+    progress : bool, default=True
+        Show the progress bar (a widget in a notebook) and featx's progress lines.
     **overrides
         The command line's flags: data, manifest, backbone, weights, layer, pooling,
         input_size, batch_size, cache_dir, engine, strict, ...
@@ -150,7 +160,8 @@ def extract(pipeline: str | os.PathLike | Config | None = None, *,
     from featx.extraction import extract_all
 
     config = make_config(pipeline, set, **overrides)
-    results = list(extract_all(config, progress=progress))
+    with _lines_shown(progress):
+        results = list(extract_all(config, progress=progress))
     return Store(results[0].path)
 
 
@@ -186,24 +197,24 @@ class ClassifyResult:
         return next((f for f in self.files if f.name == self.record.get("model")), None)
 
 
-def run_classify(config: Config, store: Path | None = None,
-                 echo: Any = print) -> list[dict[str, Any]]:
+def run_classify(config: Config, store: Path | None = None) -> list[dict[str, Any]]:
     """``featx classify`` for any pipeline: a [combine] one by featx.combine, any other by
-    featx.classification. Returns the result records (the JSON written for each)."""
+    featx.classification. Returns the result records (the JSON written for each); their
+    summary lines go to featx.log.RESULTS as each is written."""
     from featx.classification import classify as classify_store
     from featx.combine import classify_combined
 
     if config.combine.pipelines:
         if store is not None:
             raise ConfigError("a [combine] pipeline reads its members' stores: drop --store")
-        return classify_combined(config, echo=echo)
-    return classify_store(config, store, echo=echo)
+        return classify_combined(config)
+    return classify_store(config, store)
 
 
 def classify(pipeline: str | os.PathLike | Config | None = None, *,
              store: str | os.PathLike | Store | None = None,
-             set: list[str] | tuple[str, ...] = (), verbose: bool = False,
-             **overrides: Any) -> list[ClassifyResult]:
+             set: list[str] | tuple[str, ...] = (), progress: bool = True,
+             verbose: bool = False, **overrides: Any) -> list[ClassifyResult]:
     """Fit the pipeline's classifiers on a store's training rows, score them on its test
     rows, write the reports into a new run folder; return the results.
 
@@ -212,8 +223,11 @@ def classify(pipeline: str | os.PathLike | Config | None = None, *,
     pipeline : path to a pipeline TOML file, a Config, or None (defaults)
     store : a store (or its path) to use instead of the one the pipeline's data names
     set : list of "section.field=value"
+    progress : bool, default=True
+        Show each classifier's summary line as it is done (as ``featx: ...`` lines on
+        stderr) and featx's other progress lines.
     verbose : bool, default=False
-        Print each classifier's summary line, as the command line does.
+        Also featx's debug lines.
     **overrides
         The command line's flags (data, classifiers, cache_dir, out, quick, ...).
 
@@ -225,7 +239,8 @@ def classify(pipeline: str | os.PathLike | Config | None = None, *,
 
     config = make_config(pipeline, set, **overrides)
     path = Path(store.path if isinstance(store, Store) else store) if store else None
-    records = run_classify(config, path, echo=print if verbose else (lambda *a: None))
+    with _lines_shown(progress, verbose):
+        records = run_classify(config, path)
     out = []
     for r in records:
         result = ClassifyResult(r["classifier"], None, r["rank1"], r.get("rank5"),
@@ -239,7 +254,7 @@ def classify(pipeline: str | os.PathLike | Config | None = None, *,
 
 def sweep(pipeline: str | os.PathLike | Config | None = None, *,
           layers: list[str] | tuple[str, ...] | None = None, out: str | os.PathLike | None = None,
-          set: list[str] | tuple[str, ...] = (), progress: bool = False, verbose: bool = False,
+          set: list[str] | tuple[str, ...] = (), progress: bool = True, verbose: bool = False,
           **overrides: Any) -> SweepResult:
     """Which layer to read: extract ``layers`` of the pipeline's backbone in one pass (one
     store), fit the pipeline's classifiers on each layer's features alone and score them on
@@ -250,12 +265,12 @@ def sweep(pipeline: str | os.PathLike | Config | None = None, *,
     pipeline : path to a pipeline TOML file, a Config, or None (defaults)
     layers : layer names (default: the end of each stage of the backbone and its last layer,
         :meth:`featx.backbones.Backbone.stage_ends`)
-    out : folder for sweep.md, sweep.json and sweep.png (default: ``<store>.sweep/``)
+    out : folder for sweep.md, .json, .png and .html (default: ``<store>.sweep/``)
     set : list of "section.field=value"
-    progress : bool, default=False
-        Show the extraction's progress bar.
+    progress : bool, default=True
+        Show the extraction's progress bar, featx's progress lines and the table.
     verbose : bool, default=False
-        Print the table, as the command line does.
+        Also featx's debug lines.
     **overrides
         The command line's flags (data, weights, classifiers, cache_dir, quick, ...).
 
@@ -268,8 +283,8 @@ def sweep(pipeline: str | os.PathLike | Config | None = None, *,
     from featx.layersweep import sweep as run_sweep
 
     config = make_config(pipeline, set, **overrides)
-    return run_sweep(config, list(layers) if layers else None, out, progress=progress,
-                     echo=print if verbose else (lambda *a: None))
+    with _lines_shown(progress, verbose):
+        return run_sweep(config, list(layers) if layers else None, out, progress=progress)
 
 
 def load_model(path: str | os.PathLike, *, weights: str | None = None,

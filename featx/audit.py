@@ -17,7 +17,6 @@ Nearest neighbours are exact (blocks of matrix products, no N x N matrix in memo
 from __future__ import annotations
 
 import csv
-import html
 import io
 import logging
 import time
@@ -29,9 +28,11 @@ import numpy as np
 
 from featx.config import Config
 from featx.dataset import SPLIT_NAMES, Dataset, dataset_root
-from featx.errors import AuditError
+from featx.errors import DatasetError, UsageError
 from featx.escape import spreadsheet_cell
-from featx.report import CSS, image_cell
+from featx.files import write_atomic
+from featx.layout import audit_dir
+from featx.pages import picture, render
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def _faiss_neighbours(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, st
     try:
         import faiss
     except ImportError:
-        raise AuditError(f"{len(x)} rows: the neighbour search beyond {EXACT_MAX} rows needs "
+        raise UsageError(f"{len(x)} rows: the neighbour search beyond {EXACT_MAX} rows needs "
                          "faiss (pip install 'featx[audit]')") from None
     n, d = x.shape
     nlist = int(max(16, min(4 * np.sqrt(n), n // 39)))
@@ -175,7 +176,7 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, folds: int = FOLDS,
     smallest = int(counts[counts > 0].min())
     folds = min(folds, smallest)
     if folds < 2:
-        raise AuditError("a class has a single image: label errors need at least 2 per class")
+        raise UsageError("a class has a single image: label errors need at least 2 per class")
     steps: list[Any] = [StandardScaler()]
     dims = min(PCA_DIMS, x.shape[1], len(x) * (folds - 1) // folds - 1)
     if dims < x.shape[1]:
@@ -198,7 +199,7 @@ def label_issues(y: np.ndarray, proba: np.ndarray) -> list[tuple[int, int, float
         from cleanlab.filter import find_label_issues
         from cleanlab.rank import get_label_quality_scores
     except ImportError:
-        raise AuditError("label errors need cleanlab (pip install 'featx[audit]')") from None
+        raise UsageError("label errors need cleanlab (pip install 'featx[audit]')") from None
     classes = np.unique(y)
     y_index = np.searchsorted(classes, y)
     flagged = np.zeros(len(y), bool)
@@ -251,7 +252,7 @@ def audit_arrays(x: np.ndarray, y: np.ndarray, threshold: float = THRESHOLD,
     Audit
     """
     if not 0 < threshold <= 1:
-        raise AuditError(f"--threshold {threshold}: a cosine similarity in (0, 1]")
+        raise UsageError(f"--threshold {threshold}: a cosine similarity in (0, 1]")
     a = Audit()
     t0 = time.perf_counter()
     proba = out_of_fold_probabilities(x, y, folds, seed)
@@ -295,7 +296,7 @@ def audit_store(store_path: Path, threshold: float = THRESHOLD, k: int = NEIGHBO
     with FeatureStore(store_path) as store:
         rows = np.flatnonzero(store.ok)
         if len(rows) < 3:
-            raise AuditError(f"{store_path}: {len(rows)} readable images; an audit needs 3")
+            raise DatasetError(f"{store_path}: {len(rows)} readable images; an audit needs 3")
         root_attr = str(root or store.attrs.get("root", ""))
         root = Path(root_attr)
         all_paths, names = store.paths, store.label_names
@@ -376,63 +377,34 @@ def write_csv(table: list[dict[str, Any]], path: Path) -> None:
     for r in table:  # paths and labels come from folder names: never formulas
         w.writerow([spreadsheet_cell(str(r[c])) if isinstance(r[c], str) else r[c]
                     for c in CSV_HEADER])
-    path.write_text(buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
 
 
 def html_page(a: Audit, rows: Rows, store: Path, top: int = TOP) -> str:
-    """One self-contained page: each section's findings with linked thumbnails."""
-    e = html.escape
-    name = rows.label_names
+    """One self-contained page (templates/audit.html): each section's findings with linked
+    thumbnails."""
     near = _cross_first(a.near, rows)
     leaks = sum(rows.split[i] != rows.split[j] for i, j, _ in near) + sum(
         rows.split[i] != rows.split[j] for i, j in a.exact)
-    out = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>featx audit</title>",
-           f"<style>{CSS}.pair{{display:flex;gap:.4em;border:1px solid #ddd;padding:.3em}}"
-           ".flag{color:#c0392b;font-weight:bold}</style></head><body>",
-           f"<h1>featx audit: {e(store.name)}</h1>",
-           f"<p>{len(rows.paths)} images, {len(name)} classes. Exact duplicates "
-           f"{len(a.exact)}, near duplicates {len(a.near)} (neighbours: {e(a.method)}), "
-           f"<span class=flag>{leaks} pairs cross the split</span>, likely label errors "
-           f"{len(a.label_issues)}, outliers {len(a.outliers)}.</p>",
-           "<p>" + ", ".join(f"{e(k)} {v:.1f} s" for k, v in a.seconds.items()) + "</p>"]
 
-    def cell(i: int, extra: str = "") -> str:
-        return image_cell(rows.paths[i], f"<b>{e(name[rows.labels[i]])}</b> "
-                          f"({SPLIT_NAMES[rows.split[i]]}){extra}<br><code>"
-                          f"{e(rows.relative[i])}</code>")
+    def section(title: str, items: list, what: str) -> dict[str, Any]:
+        # (i, j, cosine similarity or None: the same bytes, notes)
+        return {"title": title, "what": what, "found": [
+            (item[0], item[1], item[2] if len(item) > 2 else None,
+             "; ".join(_pair_notes(rows, item[0], item[1]))) for item in items]}
 
-    def pairs(title: str, items: list, what: str) -> None:
-        out.append(f"<h2>{title} ({len(items)})</h2>")
-        if not items:
-            out.append(f"<p>No {what}.</p>")
-            return
-        out.append("<div class=gallery>")
-        for item in items[:top]:
-            i, j = item[0], item[1]
-            sim = f"cosine {item[2]:.3f}" if len(item) > 2 else "same bytes"
-            notes = _pair_notes(rows, i, j)
-            flag = f"<div class=flag>{e('; '.join(notes))}</div>" if notes else ""
-            out.append(f"<div class=pair>{cell(i)}{cell(j)}<div>{sim}{flag}</div></div>")
-        out.append("</div>")
-        if len(items) > top:
-            out.append(f"<p>... and {len(items) - top} more (audit.csv lists all).</p>")
-
-    pairs("Exact duplicates (same bytes)", a.exact, "exact duplicates")
-    pairs("Near duplicates (cross-split and different labels first)", near, "near duplicates")
-    out.append(f"<h2>Likely label errors ({len(a.label_issues)})</h2><p>Out-of-fold "
-               "probabilities of a cross-validated logistic regression; rows flagged by "
-               "confident learning (cleanlab) or predicted as another class, lowest label "
-               "quality first.</p><div class=gallery>")
-    out += [cell(i, f"<br>suggested <b>{e(name[s])}</b><br>label quality {q:.3f}"
-                 + (" <span class=flag>flagged</span>" if flagged else ""))
-            for i, s, q, flagged in a.label_issues[:top]]
-    out.append("</div>")
-    out.append(f"<h2>Outliers ({len(a.outliers)})</h2><p>Far from the rest of their class "
-               f"(cosine similarity to the mean of the class, robust z below {OUTLIER_Z})."
-               "</p><div class=gallery>")
-    out += [cell(i, f"<br>similarity {s:.3f}, z {z:.1f}") for i, z, s in a.outliers[:top]]
-    out.append("</div></body></html>\n")
-    return "\n".join(out)
+    shown = {i for pair in [*a.exact[:top], *near[:top]] for i in pair[:2]}
+    shown.update(i for i, *_ in [*a.label_issues[:top], *a.outliers[:top]])
+    # only the images shown get a thumbnail read
+    cells = {i: {"picture": picture(rows.paths[i]), "label": rows.label_names[rows.labels[i]],
+                 "split": SPLIT_NAMES[rows.split[i]], "relative": rows.relative[i]}
+             for i in shown}
+    return render("audit.html", title="featx audit", store=store.name, a=a, top=top,
+                  n_images=len(rows.paths), n_classes=len(rows.label_names), leaks=leaks,
+                  names=rows.label_names, cells=cells, outlier_z=OUTLIER_Z,
+                  exact=section("Exact duplicates (same bytes)", a.exact, "exact duplicates"),
+                  near=section("Near duplicates (cross-split and different labels first)",
+                               near, "near duplicates"))
 
 
 def run_audit(config: Config, store: Path | None = None, out: str | Path | None = None,
@@ -447,14 +419,14 @@ def run_audit(config: Config, store: Path | None = None, out: str | Path | None 
         check_store_matches(config, store)
     top = TOP if top is None else top
     if top < 1:
-        raise AuditError(f"--top must be at least 1, not {top}")
+        raise UsageError(f"--top must be at least 1, not {top}")
     a, rows = audit_store(store, THRESHOLD if threshold is None else threshold,
                           seed=config.dataset.seed, root=dataset_root(config.dataset))
-    folder = Path(out) if out else store.with_name(store.stem + ".audit")
+    folder = Path(out) if out else audit_dir(store)
     folder.mkdir(parents=True, exist_ok=True)
     page, table = folder / "audit.html", folder / "audit.csv"
     write_csv(table_rows(a, rows), table)
-    page.write_text(html_page(a, rows, store, top))
+    write_atomic(page, html_page(a, rows, store, top))
     log.info("audit of %d images: %d exact and %d near duplicates, %d likely label errors, "
              "%d outliers", len(rows.paths), len(a.exact), len(a.near), len(a.label_issues),
              len(a.outliers))

@@ -14,23 +14,27 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from featx.files import checksum_problems
 from featx.layout import (
     STORE_SUFFIX,
     belongings,
+    block_files,
     checkpoint_files,
+    converted_model_checksums,
     converted_model_dirs,
     converted_model_file,
+    job_meta,
     parse_checkpoint_name,
     parse_converted_name,
     parse_store_name,
     partial_dirs,
     partial_key,
     runs_dir,
-    segments_dir,
+    segment_files,
     shard_dir,
+    shard_files,
     store_files,
 )
-from featx.runtime import converted_model_problems
 from featx.store import FeatureStore, StoreError
 
 
@@ -66,8 +70,7 @@ def entries(cache_dir: Path) -> list[Entry]:
                 key = str(a.get("key", name.key))
                 # A store made on Ray may be a virtual dataset over its shard files.
                 # An updated store's features are in its segment files.
-                shards = [*shard_dir(path, key).glob("shard-*.h5"),
-                          *segments_dir(path).glob("seg-*.h5")]
+                shards = [*shard_files(shard_dir(path, key)), *segment_files(path)]
                 size = path.stat().st_size + sum(p.stat().st_size for p in shards)
                 out.append(Entry(path, key, str(a.get("dataset", name.dataset)),
                                  str(a.get("backbone", name.backbone)),
@@ -77,9 +80,9 @@ def entries(cache_dir: Path) -> list[Entry]:
             out.append(Entry(path, name.key, name.dataset, name.backbone, 0,
                              path.stat().st_size, False))
     for partial in partial_dirs(cache_dir):
-        blocks = list(partial.glob("block-*.npz"))
+        blocks = block_files(partial)
         try:
-            meta = json.loads((partial / "meta.json").read_text())
+            meta = json.loads(job_meta(partial).read_text())
             rows = min(len(blocks) * int(meta["block_rows"]), int(meta["rows"]))
         except (OSError, ValueError, KeyError):
             rows = 0
@@ -146,7 +149,8 @@ def verify(path: Path) -> list[str]:
     every file against the checksums recorded when it was converted. A store that fails is
     no longer recorded as verified, so the next ``featx extract`` rebuilds it."""
     if Path(path).is_dir():
-        return converted_model_problems(Path(path))
+        return checksum_problems(path, converted_model_checksums(path),
+                                 converted_model_file(path).name)
     try:
         store = FeatureStore(path)
     except StoreError as e:

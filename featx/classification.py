@@ -22,6 +22,8 @@ import numpy as np
 from featx import learners, modelfile
 from featx.config import Config, ConfigError
 from featx.dataset import TEST, TRAIN, VAL, dataset_root, stratified_split
+from featx.layout import runs_dir
+from featx.log import RESULTS
 from featx.report import evaluate, repeat_summary, report_paths, summary_line, write_reports
 from featx.runinfo import Run
 from featx.store import FeatureStore, StoreError
@@ -35,7 +37,7 @@ BACKBONE_ATTRS = ("backbone", "weights", "weights_id", "layer", "pooling", "inpu
 
 def results_dir(config: Config, store: Path) -> Path:
     """Where run folders go: ``--out``, else a folder beside the store."""
-    return Path(config.out) if config.out else store.with_name(store.stem + ".runs")
+    return Path(config.out) if config.out else runs_dir(store)
 
 
 def open_run(config: Config, store: Path) -> Run:
@@ -242,11 +244,12 @@ def save_model(path: Path, fitted: learners.FitResult, data: Splits, config: Con
         "extracted_by": data.attrs.get("pipeline")})
 
 
-def classify(config: Config, store_path: Path | None = None,
-             echo=print) -> list[dict[str, Any]]:
+def classify(config: Config, store_path: Path | None = None) -> list[dict[str, Any]]:
     """Fit every classifier the config names on the store's training rows and report on its
     test rows (with ``classify.ensemble``, also their average). Returns one result dict per
-    classifier. A pipeline with a ``[combine]`` section runs featx.combine instead."""
+    classifier; each one's summary line is logged to :data:`featx.log.RESULTS` as soon as it
+    is written (``featx classify`` prints them). A pipeline with a ``[combine]`` section runs
+    featx.combine instead."""
     if config.combine.pipelines:  # featx.api.run_classify sends these to featx.combine
         raise ConfigError(f"pipeline {config.name!r} has a [combine] section: classify it "
                           "with featx.classify or featx.combine.classify_combined")
@@ -269,9 +272,9 @@ def classify(config: Config, store_path: Path | None = None,
     data = read_splits(config, store_path)
     run = open_run(config, store_path)
     if c.repeats > 1:
-        results = repeat_and_report(config, data, run, echo)
+        results = repeat_and_report(config, data, run)
     else:
-        results = fit_and_report(config, data, run, echo)
+        results = fit_and_report(config, data, run)
     log.info("results in %s/", run.dir)
     track(config, results)
     return results
@@ -310,11 +313,11 @@ def fit_and_score(config: Config, data: Splits
         yield "ensemble", fitted, make_result(config, data, fitted, proba)
 
 
-def fit_and_report(config: Config, data: Splits, run: Run, echo=print,
+def fit_and_report(config: Config, data: Splits, run: Run,
                    save_models: bool = True) -> list[dict[str, Any]]:
     """:func:`fit_and_score`, each result reported (with its model) into the run's folder as
     soon as it is done."""
-    return [report(result, fitted, data, config, run, name, echo, save_models)
+    return [report(result, fitted, data, config, run, name, save_models)
             for name, fitted, result in fit_and_score(config, data)]
 
 
@@ -337,8 +340,7 @@ def resplit(data: Splits, config: Config, seed: int, labels: np.ndarray, ok: np.
                   {s: [paths[i] for i in r] for s, r in rows.items()}, rows)
 
 
-def repeat_and_report(config: Config, data: Splits, run: Run, echo=print
-                      ) -> list[dict[str, Any]]:
+def repeat_and_report(config: Config, data: Splits, run: Run) -> list[dict[str, Any]]:
     """``classify.repeats`` splits of the same features, the grid search re-run on each. Each
     classifier's result is its first split's (reports, charts and model: seed dataset.seed),
     with rank-1 and rank-5 the mean over the splits, their standard deviations, and every
@@ -354,17 +356,17 @@ def repeat_and_report(config: Config, data: Splits, run: Run, echo=print
         part = resplit(data, config, seed, labels, ok, paths, features)
         scored.append([result for _, _, result in fit_and_score(config, part)])
     return [report({**result, **repeat_summary(seeds, [s[i] for s in scored])}, fitted,
-                   first, config, run, name, echo)
+                   first, config, run, name)
             for i, (name, fitted, result) in enumerate(kept)]
 
 
 def report(result: dict[str, Any], fitted: learners.FitResult, data: Splits, config: Config,
-           run: Run, name: str, echo, save: bool = True) -> dict[str, Any]:
+           run: Run, name: str, save: bool = True) -> dict[str, Any]:
     """Save the model (``save``) and write the reports of ``<run>/<pipeline>-<name>``."""
     stem = run.file(f"{config.name}-{name}")
     model = save_model(stem.with_name(stem.name + modelfile.SUFFIX), fitted, data, config) \
         if save else None
-    return write_result(result, run, stem, echo, model)
+    return write_result(result, run, stem, model)
 
 
 def ensemble_name(classifiers: list[str]) -> str:
@@ -378,19 +380,20 @@ def check_ensemble(config: Config) -> None:
                                        "name at least two in classify.classifiers")
 
 
-def write_result(result: dict[str, Any], run: Run, stem: Path, echo,
+def write_result(result: dict[str, Any], run: Run, stem: Path,
                  model: Path | None = None) -> dict[str, Any]:
     """The reports of ``result`` at ``stem``, with what the run records (its settings,
     versions, machine, the files written; ``model``: the model file, already written); the
     JSON last, so that a run killed before it leaves no result that `featx runs` lists.
-    ``stem`` is kept inside the run folder whatever the pipeline's name."""
+    ``stem`` is kept inside the run folder whatever the pipeline's name. The summary line
+    goes to :data:`featx.log.RESULTS` once the files are written."""
     stem = run.file(os.path.relpath(stem, run.dir))
     files = [*report_paths(stem).values(), *([model] if model else [])]
     result = run.record(result, files)
     if model:
         result["model"] = model.name  # beside the JSON
     write_reports(result, stem)
-    echo(summary_line(result["classifier"], result))
+    RESULTS.info("%s", summary_line(result["classifier"], result))
     return result
 
 

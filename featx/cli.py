@@ -3,19 +3,64 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Mapping
+from typing import Any
 
 from featx import __version__
-from featx.config import RUNTIMES, SHORTHANDS, Config
-from featx.errors import FeatxError, StoreError, VisualizeError
+from featx.config import DEFAULT_CACHE_DIR, EXPORT_FORMATS, SHORTHANDS, Config
+from featx.errors import FeatxError, StoreError, UsageError
 from featx.escape import terminal
-from featx.log import set_level
+from featx.log import results_to, set_level
+
+# What add_subparsers returns: each builder below adds its subcommand to one.
+_Subcommands = argparse._SubParsersAction
+_CACHE_DIR_DEFAULT = f"$FEATX_CACHE_DIR or {DEFAULT_CACHE_DIR}"
+
+
+def _declared(flag: str) -> tuple[Any, Mapping[str, Any]]:
+    """The default and the metadata (``one_of``, ``within``) of the config field that
+    ``--flag`` is the shorthand for (config.SHORTHANDS): config owns them, the CLI shows them."""
+    *sections, name = SHORTHANDS[flag].split(".")
+    owner: Any = Config()
+    for section in sections:
+        owner = getattr(owner, section)
+    spec = next(f for f in dataclasses.fields(owner) if f.name == name)
+    return getattr(owner, name), spec.metadata
+
+
+def _one_of(flag: str) -> list[str]:
+    return list(_declared(flag)[1]["one_of"])
+
+
+def _global_flags(default: Any = argparse.SUPPRESS) -> argparse.ArgumentParser:
+    """-q and -v, taken before and after the subcommand. argparse copies a subcommand's whole
+    namespace over the main one, so on the subcommands they default to SUPPRESS: a flag given
+    before the subcommand is not overwritten there. Only the main parser sets False."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-q", "--quiet", action="store_true", default=default,
+                   help="warnings and errors only")
+    p.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="debug lines too, and TensorFlow's own start-up lines")
+    return p
+
+
+def _command(sub: _Subcommands, name: str, *parents: argparse.ArgumentParser,
+             **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand's parser: ``parents``' flags, then the global flags, then its own."""
+    return sub.add_parser(name, parents=[*parents, _global_flags()], **kwargs)
+
+
+def _add_cache_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", help=f"default {_CACHE_DIR_DEFAULT}")
 
 
 def _common() -> argparse.ArgumentParser:
+    """The flags of every command that reads a pipeline: each overrides one of its fields."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--pipeline", "-p", help="pipeline TOML file (pipelines/*.toml)")
     p.add_argument("--data", help="dataset folder, one sub-folder per class")
@@ -25,14 +70,19 @@ def _common() -> argparse.ArgumentParser:
     p.add_argument("--weights", help='"imagenet" (Keras download/cache), a local weights file, '
                    'or "none" (random, seeded)')
     p.add_argument("--layer", help="layer to read (default: last convolutional output)")
-    p.add_argument("--pooling", choices=["avg", "max", "flatten", "none"])
+    # flags that override a field default to None (the pipeline's value stands); the help
+    # quotes the field's own default
+    p.add_argument("--pooling", choices=_one_of("pooling"),
+                   help=f"how the layer's output becomes one vector (default "
+                   f"{_declared('pooling')[0]})")
     p.add_argument("--input-size", type=int, help="square input size (default: native)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--runtime", choices=list(RUNTIMES),
+    p.add_argument("--batch-size", type=int,
+                   help=f"images per pass through the frozen backbone (default "
+                   f"{_declared('batch_size')[0]})")
+    p.add_argument("--runtime", choices=_one_of("runtime"),
                    help="who runs the frozen backbone: tensorflow (default), openvino (CPU; "
                    "pip install 'featx[openvino]') or auto")
-    p.add_argument("--cache-dir", help="feature store folder (default $FEATX_CACHE_DIR "
-                   "or data/cache)")
+    p.add_argument("--cache-dir", help=f"feature store folder (default {_CACHE_DIR_DEFAULT})")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any pipeline field, e.g. --set dataset.test=0.2")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -40,38 +90,57 @@ def _common() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _common()
     parser = argparse.ArgumentParser(
-        prog="featx",
+        prog="featx", parents=[_global_flags(default=False)],
         description="Transfer learning by feature extraction: push images once through a "
                     "frozen ImageNet CNN into an HDF5 cache, then train classical classifiers "
                     "on the cached features in seconds.")
     parser.add_argument("--version", action="version", version=f"featx {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="debug lines too, and TensorFlow's own start-up lines")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("extract", parents=[common], help="images -> frozen CNN -> HDF5 store",
-                       description="Extract features into the cache (a cache hit does nothing).")
+    for add in (_add_extract, _add_classify, _add_finetune, _add_backbones, _add_layers,
+                _add_cache, _add_predict, _add_explain, _add_sweep, _add_audit, _add_runs,
+                _add_demo_data):  # in this order in --help
+        add(sub)
+    return parser
+
+
+def _add_strict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", default=None,
                    help="unreadable images are an error")
-    p.add_argument("--engine", choices=["local", "ray"],
+
+
+def _add_extract(sub: _Subcommands) -> None:
+    p = _command(sub, "extract", _common(), help="images -> frozen CNN -> HDF5 store",
+                 description="Extract features into the cache (a cache hit does nothing).")
+    _add_strict(p)
+    p.add_argument("--engine", choices=_one_of("engine"),
                    help="ray: on a Ray cluster (pip install featx[ray]; README: On a cluster)")
     p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else a "
                    "Ray instance on this machine)")
     p.add_argument("--consolidate", action="store_true", default=None,
                    help="ray: copy the shard files into one store file")
-    p = sub.add_parser("classify", parents=[common], help="HDF5 store -> classifiers -> report",
-                       description="Fit the pipeline's classifiers on the cached training "
-                       "rows; print rank-1/rank-5 on the test rows; write JSON, Markdown, "
-                       "HTML and a .skops model into a new run folder beside the store (or "
-                       "under --out).")
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", help="use this store file instead of locating it from the data")
-    p.add_argument("--classifiers", help="comma-separated: logreg, linear_svm, rbf_svm, knn, "
-                   "sgd")
+
+
+def _add_grid_search(p: argparse.ArgumentParser, classifiers: str, quick: str) -> None:
+    """The learner flags of classify and sweep (each with its own help)."""
+    p.add_argument("--classifiers", help=classifiers)
     p.add_argument("--n-jobs", type=int, help="parallel grid-search jobs")
-    p.add_argument("--quick", action="store_true", default=None,
-                   help="a first look: each learner's reduced grid and 2 folds")
+    p.add_argument("--quick", action="store_true", default=None, help=quick)
+
+
+def _add_classify(sub: _Subcommands) -> None:
+    p = _command(sub, "classify", _common(), help="HDF5 store -> classifiers -> report",
+                 description="Fit the pipeline's classifiers on the cached training rows; "
+                 "print rank-1/rank-5 on the test rows; write JSON, Markdown, HTML and a "
+                 ".skops model into a new run folder beside the store (or under --out).")
+    _add_store(p)
+    # a list field: its one_of is checked per name by config, so here only in the help
+    _add_grid_search(p, f"comma-separated: {', '.join(_one_of('classifiers'))}",
+                     "a first look: each learner's reduced grid and 2 folds")
     p.add_argument("--repeats", type=int, metavar="R",
                    help="R stratified splits (seeds dataset.seed ...), scores as mean ± std")
     p.add_argument("--address", help="Ray cluster address for classify.engine = \"ray\"")
@@ -80,26 +149,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log one MLflow run per classifier (pip install 'featx[mlflow]'): "
                    "to URI, or without one to <cache-dir>/mlflow.db (SQLite, artifacts in "
                    "<cache-dir>/mlflow-artifacts/)")
-    p = sub.add_parser("finetune", parents=[common], help="images -> fine-tuned CNN -> report",
-                       description="Fine-tune the backbone with a new head (the comparison to "
-                       "feature extraction): warm the head up on the frozen base, then train "
-                       "the top layers; report on the same test rows as classify. Writes JSON, "
-                       "Markdown and a .keras model into a new run folder under <cache-dir>/"
-                       "<dataset>-<backbone>-finetune.runs/ (or --out). Settings: [finetune] "
-                       "in the pipeline.")
-    p.add_argument("--strict", action="store_true", default=None,
-                   help="unreadable images are an error")
+
+
+def _add_finetune(sub: _Subcommands) -> None:
+    p = _command(sub, "finetune", _common(), help="images -> fine-tuned CNN -> report",
+                 description="Fine-tune the backbone with a new head (the comparison to "
+                 "feature extraction): warm the head up on the frozen base, then train the "
+                 "top layers; report on the same test rows as classify. Writes JSON, Markdown "
+                 "and a .keras model into a new run folder under <cache-dir>/<dataset>-"
+                 "<backbone>-finetune.runs/ (or --out). Settings: [finetune] in the pipeline.")
+    _add_strict(p)
     p.add_argument("--out", help="folder for results and the model")
     p.add_argument("--repeats", type=int, metavar="R",
                    help="fine-tune R times, on the splits of seeds dataset.seed ... (R times "
                    "the cost); scores as mean ± std")
-    sub.add_parser("backbones", help="list the available backbones")
-    p = sub.add_parser("layers", help="list a backbone's layers and output shapes; draw its "
-                       "first filters or what a layer's channels respond to",
-                       description="List the layers of a backbone (or of a saved model's "
-                       "backbone) with their output shapes; the stage ends (featx sweep's "
-                       "default layers) are marked. --filters and --visualize draw PNGs "
-                       "instead (README: Looking inside).")
+
+
+def _add_backbones(sub: _Subcommands) -> None:
+    _command(sub, "backbones", help="list the available backbones")
+
+
+def _add_layers(sub: _Subcommands) -> None:
+    p = _command(sub, "layers", help="list a backbone's layers and output shapes; draw its "
+                 "first filters or what a layer's channels respond to",
+                 description="List the layers of a backbone (or of a saved model's backbone) "
+                 "with their output shapes; the stage ends (featx sweep's default layers) are "
+                 "marked. --filters and --visualize draw PNGs instead (README: Looking "
+                 "inside).")
     p.add_argument("name", metavar="MODEL_OR_BACKBONE",
                    help="a backbone name (featx backbones) or a saved model / run folder")
     p.add_argument("--filters", action="store_true",
@@ -113,45 +189,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help='a weights file, "imagenet" or "none"; default: random '
                    'weights for the listing, "imagenet" for the drawings, the model\'s own '
                    "for a model")
-    p.add_argument("--input-size", type=int, default=0,
+    p.add_argument("--input-size", type=int, default=_declared("input_size")[0],
                    help="square input size (default: native)")
     p.add_argument("--steps", type=int, default=None,
                    help="gradient-ascent steps for --visualize (default 60)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the starting noise and the jitter (default 0)")
-    cache = sub.add_parser("cache", help="list, inspect, verify or remove feature stores")
+
+
+def _add_cache(sub: _Subcommands) -> None:
+    cache = _command(sub, "cache", help="list, inspect, verify or remove feature stores")
     cache_sub = cache.add_subparsers(dest="cache_command", required=True)
-    cache_dir = argparse.ArgumentParser(add_help=False)
-    cache_dir.add_argument("--cache-dir", help="default $FEATX_CACHE_DIR or data/cache")
-    cache_sub.add_parser("ls", parents=[cache_dir], help="key, dataset, backbone, rows, size")
-    p = cache_sub.add_parser("info", parents=[cache_dir], help="all recorded settings")
+    for add in (_add_cache_ls, _add_cache_info, _add_cache_verify, _add_cache_rm,
+                _add_cache_export):
+        add(cache_sub)
+
+
+def _cache_dir() -> argparse.ArgumentParser:
+    """The cache commands' one shared flag (they read no pipeline)."""
+    p = argparse.ArgumentParser(add_help=False)
+    _add_cache_dir(p)
+    return p
+
+
+def _add_cache_ls(sub: _Subcommands) -> None:
+    _command(sub, "ls", _cache_dir(), help="key, dataset, backbone, rows, size")
+
+
+def _add_cache_info(sub: _Subcommands) -> None:
+    p = _command(sub, "info", _cache_dir(), help="all recorded settings")
     p.add_argument("key")
-    p = cache_sub.add_parser("verify", parents=[cache_dir],
-                             help="check row counts, completeness and checksums")
+
+
+def _add_cache_verify(sub: _Subcommands) -> None:
+    p = _command(sub, "verify", _cache_dir(), help="check row counts, completeness and "
+                 "checksums")
     p.add_argument("keys", nargs="*", help="default: every store")
-    p = cache_sub.add_parser("rm", parents=[cache_dir],
-                             help="remove stores with their run folders and saved models",
-                             description="Remove feature stores and, with each, every run "
-                             "folder beside it (<store>.runs/: the classify results and saved "
-                             "models featx runs lists; --out folders are not touched).")
+
+
+def _add_cache_rm(sub: _Subcommands) -> None:
+    p = _command(sub, "rm", _cache_dir(),
+                 help="remove stores with their run folders and saved models",
+                 description="Remove feature stores and, with each, every run folder beside "
+                 "it (<store>.runs/: the classify results and saved models featx runs lists; "
+                 "--out folders are not touched).")
     p.add_argument("keys", nargs="*", help="whole keys or file names, as `featx cache ls` "
                    "prints them (no prefixes)")
     p.add_argument("--all", action="store_true",
                    help="every store WITH its run folders and saved models, every unfinished "
                    "extraction, fine-tuning checkpoint and converted model")
-    p = cache_sub.add_parser(
-        "export", parents=[cache_dir], help="write a store's features and metadata as "
-        ".npy + Parquet, .npz or Parquet", description="Stream a store's features (float32, "
-        "the store's row order) and metadata (path, label, label_name, split, ok) into "
-        "files other tools read: npy: features.npy beside metadata.parquet (clip-retrieval's "
-        "layout); npz: features.npz; parquet: features.parquet (features as a list column). "
-        "Parquet needs pyarrow (pip install 'featx[export]').")
+
+
+def _add_cache_export(sub: _Subcommands) -> None:
+    p = _command(sub, "export", _cache_dir(), help="write a store's features and metadata "
+                 "as .npy + Parquet, .npz or Parquet", description="Stream a store's features "
+                 "(float32, the store's row order) and metadata (path, label, label_name, "
+                 "split, ok) into files other tools read: npy: features.npy beside "
+                 "metadata.parquet (clip-retrieval's layout); npz: features.npz; parquet: "
+                 "features.parquet (features as a list column). Parquet needs pyarrow (pip "
+                 "install 'featx[export]').")
     p.add_argument("store", help="a store's key (as featx cache ls lists it) or its .h5 file")
-    p.add_argument("--format", required=True, choices=["npy", "npz", "parquet"])
+    p.add_argument("--format", required=True, choices=list(EXPORT_FORMATS))
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the files")
-    p = sub.add_parser("predict", help="label images with a saved model (top-k)",
-                       description="Rebuild the backbone a saved model was trained on, read "
-                       "the images as extraction does and print the top-k labels per image.")
+
+
+def _add_predict(sub: _Subcommands) -> None:
+    p = _command(sub, "predict", help="label images with a saved model (top-k)",
+                 description="Rebuild the backbone a saved model was trained on, read the "
+                 "images as extraction does and print the top-k labels per image.")
     p.add_argument("model", help="a run folder (its best rank-1 model) or a model file: "
                    "<run folder>/<pipeline>-<classifier>.skops")
     p.add_argument("--trust", action="store_true",
@@ -166,10 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="the weights file, where it is on this machine (must be "
                    "the same weights the model was trained with)")
     p.add_argument("--batch-size", type=int, default=32)
-    p = sub.add_parser("explain", help="why a saved model predicts what it does, per image",
-                       description="Per image a PNG (and index.html gathering them): the "
-                       "top-k classes, a class activation map, an occlusion-sensitivity map "
-                       "and the nearest training images in the feature store (cosine).")
+
+
+def _add_explain(sub: _Subcommands) -> None:
+    p = _command(sub, "explain", help="why a saved model predicts what it does, per image",
+                 description="Per image a PNG (and index.html gathering them): the top-k "
+                 "classes, a class activation map, an occlusion-sensitivity map and the "
+                 "nearest training images in the feature store (cosine).")
     p.add_argument("model", help="a run folder (its best rank-1 model) or a model file")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--out", default="explain", metavar="DIR",
@@ -191,30 +299,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature maps drawn per image with --maps (default 16)")
     p.add_argument("--weights", help="the weights file, where it is on this machine")
     p.add_argument("--trust", action="store_true", help="load a pickle/joblib model file")
-    p = sub.add_parser("sweep", parents=[common], help="which layer to read: rank-1 of each "
-                       "layer from one extraction pass",
-                       description="Extract several layers of the backbone in one pass (one "
-                       "store), fit the pipeline's classifiers on each layer's features alone "
-                       "and print rank-1, feature size and fit time per layer; writes "
-                       "sweep.md, sweep.json and sweep.png (rank-1 against depth) into "
-                       "<store>.sweep/ (or --out).")
+
+
+def _add_sweep(sub: _Subcommands) -> None:
+    p = _command(sub, "sweep", _common(),
+                 help="which layer to read: rank-1 of each layer from one extraction pass",
+                 description="Extract several layers of the backbone in one pass (one store), "
+                 "fit the pipeline's classifiers on each layer's features alone and print "
+                 "rank-1, feature size and fit time per layer; writes sweep.md, sweep.json, "
+                 "sweep.png (rank-1 against depth) and sweep.html into <store>.sweep/ (or --out).")
     p.add_argument("--layers", metavar="L1,L2,...",
                    help="layers to compare (default: the end of each stage of the backbone, "
                    "as featx layers marks them, and its last layer)")
-    p.add_argument("--classifiers", help="comma-separated, as for classify (default: the "
-                   "pipeline's)")
-    p.add_argument("--n-jobs", type=int, help="parallel grid-search jobs")
-    p.add_argument("--quick", action="store_true", default=None,
-                   help="each learner's reduced grid and 2 folds")
+    _add_grid_search(p, f"comma-separated, as for classify: {', '.join(_one_of('classifiers'))} "
+                     "(default: the pipeline's)",
+                     "each learner's reduced grid and 2 folds")
     p.add_argument("--out", metavar="DIR", help="folder for the table, JSON and plot")
-    p = sub.add_parser("audit", parents=[common], help="duplicates, leakage, likely label "
-                       "errors and outliers of a cached dataset",
-                       description="Read the pipeline's feature store and write audit.html "
-                       "(thumbnails) and audit.csv: exact and near duplicates (cross-split "
-                       "pairs: leakage; pairs with different labels), likely label errors "
-                       "(out-of-fold probabilities, confident learning with cleanlab) and "
-                       "outliers. Needs pip install 'featx[audit]'.")
-    p.add_argument("--store", help="use this store file instead of locating it from the data")
+
+
+def _add_audit(sub: _Subcommands) -> None:
+    p = _command(sub, "audit", _common(), help="duplicates, leakage, likely label errors and "
+                 "outliers of a cached dataset",
+                 description="Read the pipeline's feature store and write audit.html "
+                 "(thumbnails) and audit.csv: exact and near duplicates (cross-split pairs: "
+                 "leakage; pairs with different labels), likely label errors (out-of-fold "
+                 "probabilities, confident learning with cleanlab) and outliers. Needs pip "
+                 "install 'featx[audit]'.")
+    _add_store(p)
     p.add_argument("--out", help="folder for audit.html and audit.csv (default: beside the "
                    "store, <store>.audit/)")
     p.add_argument("--threshold", type=float, default=None,
@@ -222,14 +333,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0.95)")
     p.add_argument("--top", type=int, default=None,
                    help="rows per section in the HTML page (default 100)")
-    p = sub.add_parser("runs", help="one table of every classification result, best first",
-                       description="Find every result JSON (in the run folders under "
-                       "<cache-dir>/**/*.runs/ and under the folders given, e.g. --out "
-                       "folders) and print dataset, backbone, layer, pooling, classifier, "
-                       "pipeline, rank-1, rank-5, fit seconds, start time and the classify "
-                       "settings; 'best' marks the best rank-1 of each dataset.")
+
+
+def _add_runs(sub: _Subcommands) -> None:
+    p = _command(sub, "runs", help="one table of every classification result, best first",
+                 description="Find every result JSON (in the run folders under <cache-dir>/"
+                 "**/*.runs/ and under the folders given, e.g. --out folders) and print "
+                 "dataset, backbone, layer, pooling, classifier, pipeline, rank-1, rank-5, fit "
+                 "seconds, start time and the classify settings; 'best' marks the best rank-1 "
+                 "of each dataset.")
     p.add_argument("dirs", nargs="*", metavar="DIR", help="more folders (or JSON files)")
-    p.add_argument("--cache-dir", help="default $FEATX_CACHE_DIR or data/cache")
+    _add_cache_dir(p)
     p.add_argument("--sort", default="rank1", metavar="COLUMN",
                    help="any column: dataset, backbone, layer, pooling, classifier, pipeline, "
                    "rank1, rank5, fit_seconds, started, quick, class_weight, cv, "
@@ -245,9 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paired comparison of two runs made with classify.repeats (run "
                    "folders or result files): per classifier, the mean of rank-1(A) - "
                    "rank-1(B) over the splits they share and its standard error")
-    p = sub.add_parser("demo-data", help="export scikit-learn's digits as PNGs (the demo set)")
+
+
+def _add_demo_data(sub: _Subcommands) -> None:
+    p = _command(sub, "demo-data", help="export scikit-learn's digits as PNGs (the demo set)")
     p.add_argument("folder", nargs="?", default="data/digits")
-    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -266,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     previous = set_level(level)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), results_to(_Output()):
             warnings.showwarning = _show_warning
             return _dispatch(args)
     except FeatxError as e:  # messages quote class names and paths: escaped for a terminal
@@ -280,9 +396,17 @@ def main(argv: list[str] | None = None) -> int:
         set_level(previous)
 
 
+class _Output(logging.Handler):
+    """The command's output that the library logs (featx.log.RESULTS: classify's summary
+    lines, sweep's table, fine-tune's result): bare lines on stdout, as each comes."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(record.getMessage())  # a closed stdout fails the command, as a print did
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     # featx's own warnings are one line, like its errors; others keep Python's format.
-    from featx.modelfile import ModelFileWarning
+    from featx.errors import ModelFileWarning
 
     if issubclass(category, ModelFileWarning):
         print(f"featx: warning: {terminal(message)}", file=sys.stderr)
@@ -311,7 +435,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "predict":
         from featx.predict import run
 
-        return run(args.model, args.inputs, top=args.top, csv_file=args.csv,
+        return run(args.model, args.inputs, out=sys.stdout, top=args.top, csv_file=args.csv,
                    weights=args.weights, batch_size=args.batch_size, trust=args.trust)
     if args.command == "explain":
         from featx.explain import explain
@@ -382,7 +506,7 @@ def _layers(args: argparse.Namespace) -> int:
     drawing = args.filters or args.visualize
     weights = args.weights or (None if drawing else "none")
     if args.steps is not None and not args.visualize:
-        raise VisualizeError("--steps goes with --visualize")
+        raise UsageError("--steps goes with --visualize")
     backbone = visualize.backbone_for(args.name, weights, args.input_size)
     if not drawing:
         ends = set(backbone.stage_ends())

@@ -106,7 +106,7 @@ def fuse(parts: list[Splits], labels: list[str]) -> Splits:
                   first.y, first.paths, {})
 
 
-def classify_combined(config: Config, echo=print) -> list[dict[str, Any]]:
+def classify_combined(config: Config) -> list[dict[str, Any]]:
     """Classify with a ``[combine]`` pipeline; results (JSON, Markdown, HTML) go beside the
     first member's store (or into ``--out``). Models are not saved: predicting would need
     every member's features."""
@@ -124,18 +124,18 @@ def classify_combined(config: Config, echo=print) -> list[dict[str, Any]]:
     if config.combine.mode == "fuse":
         data = fuse([load_splits(m, st) for m, st in zip(ms, stores)], labels)
         run = open_run(config, stores[0])
-        results = fit_and_report(config, data, run, echo, save_models=False)
+        results = fit_and_report(config, data, run, save_models=False)
     else:
         parts = align([read_splits(m, st) for m, st in zip(ms, stores)])
         run = open_run(config, stores[0])
-        results = _ensemble(config, parts, labels, run, echo)
+        results = _ensemble(config, parts, labels, run)
     log.info("results in %s/", run.dir)
     track(config, results)
     return results
 
 
-def _ensemble(config: Config, parts: list[Splits], labels: list[str], run: Run,
-              echo) -> list[dict[str, Any]]:
+def _ensemble(config: Config, parts: list[Splits], labels: list[str], run: Run
+              ) -> list[dict[str, Any]]:
     first = parts[0]
     report_on = Splits(first.store, combined_attrs(parts, labels, "ensemble"),
                        first.label_names, {}, first.y, first.paths, {})
@@ -146,7 +146,7 @@ def _ensemble(config: Config, parts: list[Splits], labels: list[str], run: Run,
                                       for f, p in zip(fits, parts)))
         fitted, proba = average(name, fits, list(probabilities), list(models), labels)
         result = make_result(config, report_on, fitted, proba)
-        results.append(write_result(result, run, run.dir / f"{config.name}-{name}", echo))
+        results.append(write_result(result, run, run.dir / f"{config.name}-{name}"))
         every += [(f"{label}.{name}", f, m, p)
                   for label, f, m, p in zip(labels, fits, models, probabilities)]
     if config.classify.ensemble:
@@ -154,5 +154,5 @@ def _ensemble(config: Config, parts: list[Splits], labels: list[str], run: Run,
         fitted, proba = average(ensemble_name(config.classify.classifiers), list(fits),
                                 list(probabilities), list(models), list(names))
         result = make_result(config, report_on, fitted, proba)
-        results.append(write_result(result, run, run.dir / f"{config.name}-ensemble", echo))
+        results.append(write_result(result, run, run.dir / f"{config.name}-ensemble"))
     return results

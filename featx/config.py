@@ -59,6 +59,9 @@ COMBINE_MODES = ("fuse", "ensemble")
 OPTIMIZERS = ("adam", "rmsprop")
 LR_SCHEDULES = ("constant", "cosine")
 CLASSIFIERS = ("logreg", "linear_svm", "rbf_svm", "knn", "sgd")  # featx.learners.LEARNERS
+# `featx cache export --format` (featx.export.FORMATS: the files each writes); declared here
+# so that the CLI offers them without importing the exporter and its numpy and h5py
+EXPORT_FORMATS = ("npy", "npz", "parquet")
 
 
 def one_of(default: str, allowed: tuple[str, ...]) -> Any:

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from featx.files import write_atomic
+
 
 def export_digits(root: str | Path) -> Path:
     """Write the 1,797 8x8 digits as ``root/<digit>/<index>.png`` (once; kept if present)."""
@@ -23,5 +25,5 @@ def export_digits(root: str | Path) -> Path:
         # 0-16 ink levels -> 0-255, dark ink on white paper like a scanned digit.
         pixels = (255 - image * (255.0 / 16.0)).round().astype(np.uint8)
         Image.fromarray(pixels, "L").save(folder / f"{index:04d}.png")
-    done.write_text(f"{len(digits.images)} images\n")
+    write_atomic(done, f"{len(digits.images)} images\n")
     return root

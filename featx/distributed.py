@@ -24,24 +24,23 @@ Search (``classify.engine = "ray"``): the grid search runs through joblib's Ray 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import re
 import shutil
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from featx.config import Config, ConfigError
 from featx.errors import ExtractError
+from featx.files import short_hash
+from featx.layout import shard_dir, shard_file
 from featx.plan import ExtractResult, Plan, store_attrs, store_columns
+from featx.progress import bar as progress_bar
 from featx.rayutil import connected
 from featx.store import (
     CHUNK_BYTES,
@@ -50,7 +49,7 @@ from featx.store import (
     FeatureDigest,
     FeatureStore,
     RowSource,
-    shard_dir,
+    resume_unit,
     write_columns,
     write_store,
     write_update,
@@ -75,15 +74,10 @@ class ShardDir:
         self.dir = shard_dir(store, content_key)
         self.key = content_key
         self.rows = rows
-        meta = self.dir / "meta.json"
-        if meta.exists():
-            with contextlib.suppress(ValueError, KeyError):
-                shard_rows = int(json.loads(meta.read_text())["shard_rows"])
         if shard_rows < 1:
             raise ConfigError(f"extract.shard_rows must be at least 1, not {shard_rows}")
-        self.shard_rows = shard_rows
-        self.dir.mkdir(parents=True, exist_ok=True)
-        meta.write_text(json.dumps({"key": content_key, "rows": rows, "shard_rows": shard_rows}))
+        self.shard_rows = resume_unit(self.dir, {"key": content_key, "rows": rows},
+                                      "shard_rows", shard_rows)
         self._cache: tuple[int, dict[str, np.ndarray]] | None = None
 
     @property
@@ -94,7 +88,7 @@ class ShardDir:
         return index * self.shard_rows, min((index + 1) * self.shard_rows, self.rows)
 
     def path(self, index: int) -> Path:
-        return self.dir / f"shard-{index:05d}.h5"
+        return shard_file(self.dir, index)
 
     def done(self) -> list[int]:
         return [i for i in range(self.n_shards) if self.path(i).exists()]
@@ -275,7 +269,7 @@ def _update(config: Config, p: Plan, split: np.ndarray, old: FeatureStore,
     n = len(p.dataset)
     todo = np.flatnonzero(old_row < 0)  # the blocks' rows, in order (RowSource)
     # its own shard folder: shards of an unfinished full run of this key hold other rows
-    key = hashlib.sha256(f"{p.key}:update:".encode() + todo.tobytes()).hexdigest()[:16]
+    key = short_hash(f"{p.key}:update:".encode() + todo.tobytes())
     shards = ShardDir(p.path, key, len(todo), config.extract.shard_rows)
     t0 = time.perf_counter()
     extracted = _extract_with_retries(config, p, shards, todo, progress) if len(todo) else 0
@@ -322,9 +316,8 @@ def _extract_shards(ray, config: Config, p: Plan, shards: ShardDir, todo: list[i
     out = ds.map_batches(ShardExtractor, fn_constructor_kwargs={"config": config.to_dict()},
                          batch_size=batch, batch_format="numpy", **_actor_options(ray))
     writers: dict[int, _ShardWriter] = {}
-    bar = tqdm(total=shards.rows, initial=shards.rows - len(rows), unit="img",
-               disable=not progress, desc=f"{p.backbone.spec.name} {p.dataset.name} (ray)",
-               file=sys.stderr)
+    bar = progress_bar(shards.rows, f"{p.backbone.spec.name} {p.dataset.name} (ray)", "img",
+                       progress, initial=shards.rows - len(rows))
     try:
         for got in out.iter_batches(batch_size=None, batch_format="numpy"):
             order = np.argsort(got["row"])  # h5py writes increasing indices

@@ -13,11 +13,16 @@ class FeatxError(Exception):
 
 
 class ConfigError(FeatxError, ValueError):
-    """A pipeline file or override that cannot be used."""
+    """Settings that cannot be used: a pipeline file, an override or a parameter."""
+
+
+class UsageError(FeatxError, ValueError):
+    """A command's option or argument that cannot be used as given (``--top 0``, an unknown
+    format, a folder that is not there), whichever command it was given to."""
 
 
 class DatasetError(FeatxError, ValueError):
-    """A dataset that cannot be read: says what and where."""
+    """Images or a dataset that cannot be read or used: says what and where."""
 
 
 class BackboneError(FeatxError, ValueError):
@@ -28,6 +33,15 @@ class StoreError(FeatxError, ValueError):
     """A store that is missing, unfinished, damaged or does not match what was asked."""
 
 
+class DamagedStoreError(StoreError):
+    """Features that fail their checksum or cannot be read: ``path`` names the file holding
+    them (a store, or one of its segments)."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class ExtractError(FeatxError, RuntimeError):
     """Extraction could not finish as asked (finished blocks are kept for a resume)."""
 
@@ -36,51 +50,29 @@ class ClassifierError(FeatxError, ValueError):
     """A classifier that is unknown or cannot be fitted on the data as asked."""
 
 
-class FinetuneError(FeatxError, ValueError):
-    """Fine-tuning settings or data that cannot be used."""
-
-
-class PredictError(FeatxError, ValueError):
-    """A saved model or input images that cannot be used for prediction."""
-
-
-class RunsError(FeatxError, ValueError):
-    """Result files that cannot be read or compared."""
-
-
-class ExportError(FeatxError, ValueError):
-    """An export that cannot be made as asked: says which format or file."""
-
-
 class ModelFileError(FeatxError, ValueError):
-    """A model file that is missing, unreadable or not trusted: says which and why."""
+    """A saved model that is missing, unreadable, not trusted, or does not fit the backbone
+    or features it is used with: says which and why."""
 
 
-class TrackingError(FeatxError, ValueError):
-    """MLflow asked for but not installed, or a tracking URI it cannot use."""
+class ResultsError(FeatxError, ValueError):
+    """Result files or run folders that cannot be read or compared."""
 
 
-class ExplainError(FeatxError, ValueError):
-    """Images, classes or options that `featx explain` cannot use: says which."""
+class DependencyError(FeatxError, RuntimeError):
+    """An optional dependency (MLflow, pyarrow, Ray...) missing or not working: says which
+    extra to install."""
 
 
-class AuditError(FeatxError, ValueError):
-    """A store or option that `featx audit` cannot use: says which."""
+class ModelFileWarning(UserWarning):
+    """Loading a model goes ahead, but the user should know (a trusted pickle, other
+    versions)."""
 
 
-class VisualizeError(FeatxError, ValueError):
-    """A layer, channel or option that featx cannot draw (featx layers --filters,
-    --visualize): says which."""
-
-
-class SweepError(FeatxError, ValueError):
-    """Layers or settings that `featx sweep` cannot compare: says which."""
-
-
-class DamagedStoreError(StoreError):
-    """Features that fail their checksum or cannot be read: ``path`` names the file holding
-    them (a store, or one of its segments)."""
-
-    def __init__(self, message: str, path: str = "") -> None:
-        super().__init__(message)
-        self.path = path
+# The names of featx 0.4, one a command: code that catches them keeps working.
+FinetuneError = ConfigError
+PredictError = ModelFileError
+RunsError = ResultsError
+ExportError = UsageError
+TrackingError = DependencyError
+ExplainError = AuditError = VisualizeError = SweepError = UsageError

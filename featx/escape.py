@@ -35,3 +35,16 @@ def terminal(value: Any) -> str:
     Python escapes (``\\x1b``), so that a class name or path cannot move the cursor, recolour
     or rewrite what is shown."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+
+
+def html_text(value: Any) -> str:
+    """``value`` as HTML text or a quoted attribute value: ``& < > " '`` escaped. Every page
+    escapes through this (featx.pages hands it to Jinja2 as the output filter)."""
+    return html.escape(str(value), quote=True)
+
+
+def chart_text(value: Any) -> str:
+    """``value`` as matplotlib text that shows as it is: ``$`` escaped, so that a class
+    name like ``$x$`` is not typeset as mathtext. (Outside a ``$...$`` pair no other
+    character is special; text with no unescaped ``$`` is never parsed as math.)"""
+    return str(value).replace("$", r"\$")

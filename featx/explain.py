@@ -15,7 +15,6 @@ class's probability) needs nothing of the learner and works for every one.
 
 from __future__ import annotations
 
-import html
 import io
 import json
 import logging
@@ -26,8 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from featx.errors import ExplainError
-from featx.report import CSS, THUMB, data_uri, image_cell, thumbnail
+from featx.errors import UsageError
+from featx.escape import chart_text
+from featx.files import write_atomic
+from featx.layout import safe_name
+from featx.pages import THUMB, picture, png_uri, render, thumbnail
 from featx.visualize import MAPS_TOP, feature_maps, maps_png
 
 log = logging.getLogger(__name__)
@@ -191,9 +193,9 @@ def occlusion_map(probability: Any, image: np.ndarray, patch: int, stride: int,
     """
     size = image.shape[0]
     if not 1 <= patch <= size:
-        raise ExplainError(f"--patch {patch}: must be between 1 and the input size {size}")
+        raise UsageError(f"--patch {patch}: must be between 1 and the input size {size}")
     if stride < 1:
-        raise ExplainError(f"--stride {stride}: must be at least 1")
+        raise UsageError(f"--stride {stride}: must be at least 1")
     starts = list(range(0, size - patch + 1, stride))
     if starts[-1] != size - patch:
         starts.append(size - patch)  # cover the last rows and columns too
@@ -265,7 +267,7 @@ def nearest(store_path: Path, queries: np.ndarray, k: int
         for sel, block in store.iter_chunks(rows):
             x = block.reshape(len(sel), -1)
             if x.shape[1] != q.shape[1]:
-                raise ExplainError(f"{store_path}: features of width {x.shape[1]}, the model's "
+                raise UsageError(f"{store_path}: features of width {x.shape[1]}, the model's "
                                    f"are {q.shape[1]}: not the store it was trained on")
             s = q @ _unit(x).T
             best_s = np.concatenate([best_s, s], axis=1)
@@ -313,10 +315,10 @@ def explain_image(predictor: Any, path: str, top: int = 5, classes: Sequence[str
     try:
         image = load_image(path, size)
     except Exception as e:
-        raise ExplainError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+        raise UsageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
     for name in classes:
         if name not in predictor.classes:
-            raise ExplainError(f"--class {name!r}: the model has no such class (its classes: "
+            raise UsageError(f"--class {name!r}: the model has no such class (its classes: "
                                f"{', '.join(predictor.classes)})")
 
     forward = _forward(predictor.backbone)
@@ -367,23 +369,23 @@ def explain(model: str | Path, images: Sequence[str | Path], out: str | Path,
     from featx.predict import Predictor, image_files, model_file
 
     if top < 1:
-        raise ExplainError(f"--top must be at least 1, not {top}")
+        raise UsageError(f"--top must be at least 1, not {top}")
     if neighbours < 0:
-        raise ExplainError(f"--neighbours must be 0 or more, not {neighbours}")
+        raise UsageError(f"--neighbours must be 0 or more, not {neighbours}")
     if maps and maps_top < 1:
-        raise ExplainError(f"--maps-top must be at least 1, not {maps_top}")
+        raise UsageError(f"--maps-top must be at least 1, not {maps_top}")
     for flag, value in (("--patch", patch), ("--stride", stride)):
         if value is not None and value < 1:  # before the model loads; 0 is not "default"
-            raise ExplainError(f"{flag} must be at least 1, not {value}")
+            raise UsageError(f"{flag} must be at least 1, not {value}")
     predictor = Predictor.load(model, weights, trust=trust)
     if maps:
         predictor.backbone.depth(maps)  # an unknown layer fails before any image is read
     paths = image_files(images)
     if not paths:
-        raise ExplainError(f"no image files in {', '.join(map(str, images))}")
+        raise UsageError(f"no image files in {', '.join(map(str, images))}")
     store_path = Path(store) if store else None
     if store_path is not None and not store_path.is_file():
-        raise ExplainError(f"--store {store_path}: no such file")
+        raise UsageError(f"--store {store_path}: no such file")
     if neighbours and store_path is None:
         from featx import modelfile
 
@@ -401,28 +403,19 @@ def explain(model: str | Path, images: Sequence[str | Path], out: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     written, drawn = [], []
     for i, r in enumerate(results):
-        png = out / f"{i + 1:03d}-{_safe(Path(r.path).stem)}.png"
-        png.write_bytes(figure_png(r, predictor.calibration))
+        png = out / f"{i + 1:03d}-{safe_name(Path(r.path).stem)[:60]}.png"
+        write_atomic(png, figure_png(r, predictor.calibration))
         written.append(png)
         if maps:  # what the layer sees, beside why the model decided
             a = feature_maps(predictor.backbone, maps, r.image[None])[0]
             drawn.append(png.with_name(png.stem + "-maps.png"))
-            drawn[-1].write_bytes(maps_png(r.image, a, maps, maps_top,
-                                           f"{_text(Path(r.path).name)}: "))
+            write_atomic(drawn[-1], maps_png(r.image, a, maps, maps_top,
+                                           f"{chart_text(Path(r.path).name)}: "))
     page = out / "index.html"
-    page.write_text(html_page(results, written, predictor, drawn))
+    write_atomic(page, html_page(results, written, predictor, drawn))
     written += drawn
     log.info("explained %d image(s) in %s", len(results), out)
     return written + [page]
-
-
-def _safe(stem: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:60]
-
-
-def _text(s: str) -> str:
-    # matplotlib reads $...$ as mathtext: show class names and paths as they are
-    return str(s).replace("$", r"\$")
 
 
 def figure_png(r: Explanation, calibration: str = "probabilities") -> bytes:
@@ -438,7 +431,7 @@ def figure_png(r: Explanation, calibration: str = "probabilities") -> bytes:
     grid = fig.add_gridspec(2 if n_nb else 1, cols, height_ratios=[3.2, 2.3] if n_nb else [1])
     ax = fig.add_subplot(grid[0, 0])
     ax.imshow(r.image)
-    ax.set_title("\n".join(f"{_text(c)[:22]} {p:.3f}" for c, p in r.top), fontsize=8,
+    ax.set_title("\n".join(f"{chart_text(c[:22])} {p:.3f}" for c, p in r.top), fontsize=8,
                  loc="left")
     ax.axis("off")
     at = 1
@@ -447,7 +440,7 @@ def figure_png(r: Explanation, calibration: str = "probabilities") -> bytes:
             ax = fig.add_subplot(grid[0, at])
             ax.imshow(r.image)
             ax.imshow(cam, cmap="jet", alpha=0.45)
-            ax.set_title(f"CAM: {_text(name)[:24]}", fontsize=8)
+            ax.set_title(f"CAM: {chart_text(name[:24])}", fontsize=8)
             ax.axis("off")
             at += 1
     else:
@@ -460,7 +453,7 @@ def figure_png(r: Explanation, calibration: str = "probabilities") -> bytes:
     ax.imshow(r.image)
     top = float(np.abs(r.occlusion).max()) or 1.0
     ax.imshow(r.occlusion, cmap="RdBu_r", vmin=-top, vmax=top, alpha=0.55)
-    ax.set_title(f"occlusion: drop of {_text(r.predicted)[:20]}\n(max {top:.3f})", fontsize=8)
+    ax.set_title(f"occlusion: drop of {chart_text(r.predicted[:20])}\n(max {top:.3f})", fontsize=8)
     ax.axis("off")
     for j, (path, label, sim) in enumerate(r.neighbours):
         ax = fig.add_subplot(grid[1, j])
@@ -469,9 +462,9 @@ def figure_png(r: Explanation, calibration: str = "probabilities") -> bytes:
             ax.imshow(np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")))
         else:
             ax.text(0.5, 0.5, "not readable", ha="center", va="center", fontsize=8)
-        ax.set_title(f"{_text(label)[:22]}\ncos {sim:.3f}", fontsize=8)
+        ax.set_title(f"{chart_text(label[:22])}\ncos {sim:.3f}", fontsize=8)
         ax.axis("off")
-    fig.suptitle(f"{_text(Path(r.path).name)} -> {_text(r.predicted)}  ({r.cam_method}; "
+    fig.suptitle(f"{chart_text(Path(r.path).name)} -> {chart_text(r.predicted)}  ({r.cam_method}; "
                  f"scores: {calibration[:40]})", fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
@@ -482,29 +475,17 @@ def html_page(results: Sequence[Explanation], pngs: Sequence[Path], predictor: A
               maps: Sequence[Path] = ()) -> str:
     """One self-contained page: per image its PNG (embedded), the top-k as text, its
     feature-map PNG (``maps``, one per image, if drawn) and the nearest training images as
-    linked thumbnails."""
-    e = html.escape
-    out = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>featx explain</title>",
-           f"<style>{CSS}</style></head><body>",
-           f"<h1>featx explain: {e(predictor.source)}</h1>",
-           f"<p>{e(predictor.classifier)} on {e(predictor.backbone.spec.name)}; scores: "
-           f"{e(predictor.calibration)}.</p>"]
+    linked thumbnails (templates/explain.html)."""
+    images = []
     for i, (r, png) in enumerate(zip(results, pngs)):
-        out.append(f"<h2>{e(Path(r.path).name)}</h2><p><code>{e(r.path)}</code><br>"
-                   f"activation map: {e(r.cam_method)}</p>")
-        out.append("<table><tr><th>class</th><th>score</th></tr>" + "".join(
-            f"<tr><td>{e(c)}</td><td class=n>{p:.3f}</td></tr>" for c, p in r.top)
-            + "</table>")
-        out.append(f"<img alt='explanation of {e(Path(r.path).name)}' "
-                   f"src='{data_uri(png.read_bytes(), 'image/png')}'>")
-        if maps:
-            uri = data_uri(maps[i].read_bytes(), "image/png")
-            out.append(f"<h3>Feature maps</h3><img alt='feature maps of "
-                       f"{e(Path(r.path).name)}' src='{uri}'>")
-        if r.neighbours:
-            out.append("<h3>Nearest training images (cosine)</h3><div class=gallery>")
-            out += [image_cell(p, f"<b>{e(label)}</b> {sim:.3f}") for p, label, sim
-                    in r.neighbours]
-            out.append("</div>")
-    out.append("</body></html>\n")
-    return "\n".join(out)
+        name = Path(r.path).name
+        images.append({
+            "name": name, "path": r.path, "cam_method": r.cam_method,
+            "top": [(c, f"{p:.3f}") for c, p in r.top],
+            "uri": png_uri(png.read_bytes()), "alt": f"explanation of {name}",
+            "maps": png_uri(maps[i].read_bytes()) if maps else None,
+            "maps_alt": f"feature maps of {name}",
+            "neighbours": [(picture(p), label, sim) for p, label, sim in r.neighbours]})
+    return render("explain.html", title="featx explain", source=predictor.source,
+                  classifier=predictor.classifier, backbone=predictor.backbone.spec.name,
+                  calibration=predictor.calibration, images=images)

@@ -23,8 +23,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from featx.dataset import TEST, TRAIN, VAL
-from featx.errors import ExportError
-from featx.runinfo import atomic_file
+from featx.errors import UsageError
+from featx.files import atomic_file
 from featx.store import FeatureStore
 
 FORMATS = {"npy": ("features.npy", "metadata.parquet"), "npz": ("features.npz",),
@@ -42,12 +42,12 @@ def export(store_path: str | Path, fmt: str, out_dir: str | Path,
     existing files; each file appears whole (temporary name, then rename). Returns the
     files written."""
     if fmt not in FORMATS:
-        raise ExportError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
+        raise UsageError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
     out_dir = Path(out_dir)
     targets = [out_dir / name for name in FORMATS[fmt]]
     there = [str(t) for t in targets if t.exists()]
     if there:
-        raise ExportError(f"{', '.join(there)} already there: remove it or give another --out")
+        raise UsageError(f"{', '.join(there)} already there: remove it or give another --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     with FeatureStore(store_path) as store, contextlib.ExitStack() as files:
         tmps = [files.enter_context(atomic_file(t)) for t in targets]
@@ -92,7 +92,7 @@ class _Reader:
         try:
             return self._column(name, span)
         except OSError as e:  # name the store, never h5py's bare message
-            raise ExportError(f"{self.store.path}: {name} column unreadable "
+            raise UsageError(f"{self.store.path}: {name} column unreadable "
                               f"({str(e).split(':')[0]}); the file is damaged: run `featx "
                               "extract` to rebuild the store") from None
 
@@ -200,5 +200,5 @@ def _pyarrow() -> tuple[Any, Any]:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise ExportError("Parquet export needs pyarrow: pip install 'featx[export]'") from None
+        raise UsageError("Parquet export needs pyarrow: pip install 'featx[export]'") from None
     return pa, pq

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -19,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 from filelock import FileLock, Timeout
-from tqdm import tqdm
 
 from featx.backbones import Backbone
 from featx.config import Config
 from featx.dataset import Dataset
 from featx.errors import DamagedStoreError, ExtractError
+from featx.files import short_hash
 from featx.images import ReadErrors, read_batches
 from featx.layout import (
     belongings,
@@ -40,6 +39,7 @@ from featx.plan import (
     plan,
     store_columns,
 )
+from featx.progress import bar as progress_bar
 from featx.store import (
     BlockDir,
     FeatureStore,
@@ -377,8 +377,8 @@ def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
     block_rows = variant.rows_per_image * max(1, batch * BLOCK_BATCHES // variant.views)
     # which rows the blocks hold: all, or (an update) those the old store does not; the
     # content key names the images of every row, so this binds the blocks to their job
-    job = "all" if old_row is None else hashlib.sha256(
-        np.flatnonzero(old_row < 0).astype("<i8").tobytes()).hexdigest()[:16]
+    job = "all" if old_row is None else \
+        short_hash(np.flatnonzero(old_row < 0).astype("<i8").tobytes())
     blocks = BlockDir(p.path, p.key, len(todo_images), block_rows=block_rows, job=job)
     done = set(blocks.done())
     remaining = [b for b in range(blocks.n_blocks) if b not in done]
@@ -441,9 +441,9 @@ def _extract_blocks(config: Config, dataset: Dataset, backbone: Backbone, todo: 
     passes = len(files) * variant.views  # backbone passes this run
     strict = config.extract.strict
     errors = ReadErrors()  # by file
-    bar = tqdm(total=len(todo) * group, initial=(len(todo) - rows) * group,
-               unit="img" if variant.views == 1 else "view", disable=not progress,
-               desc=f"{backbone.spec.name} {dataset.name}{variant.suffix}", file=sys.stderr)
+    bar = progress_bar(len(todo) * group, f"{backbone.spec.name} {dataset.name}{variant.suffix}",
+                       "img" if variant.views == 1 else "view", progress,
+                       initial=(len(todo) - rows) * group)
     pending: list[tuple[np.ndarray, np.ndarray]] = []  # backbone outputs not yet in a block
     block_iter = iter(remaining)
     current = next(block_iter)

@@ -22,7 +22,6 @@ import dataclasses
 import io
 import json
 import logging
-import sys
 import time
 import zipfile
 from collections.abc import Callable
@@ -31,15 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from featx.backbones import Backbone
 from featx.config import OPTIMIZERS, BackboneConfig, Config, FinetuneConfig
 from featx.dataset import TEST, TRAIN, VAL, load_dataset, manifest_digest, stratified_split
-from featx.errors import FinetuneError
+from featx.errors import ConfigError, DatasetError
+from featx.files import write_atomic
 from featx.images import READ_POLICY, ReadErrors, read_batches
 from featx.layout import checkpoint_path, finetune_runs_dir
-from featx.log import import_tensorflow
+from featx.log import RESULTS, import_tensorflow
+from featx.progress import bar as progress_bar
 from featx.report import (
     beside,
     evaluate,
@@ -49,7 +49,7 @@ from featx.report import (
     summary_line,
     write_reports,
 )
-from featx.runinfo import Run, write_atomic
+from featx.runinfo import Run
 from featx.store import store_key
 
 log = logging.getLogger(__name__)
@@ -93,16 +93,16 @@ def load_image_splits(config: Config) -> ImageSplits:
     if errors.reasons:
         listing = "; ".join(f"{dataset.paths[i]}: {r}" for i, r in sorted(errors.reasons.items()))
         if config.extract.strict:
-            raise FinetuneError(f"{len(errors.reasons)} unreadable image(s) under "
+            raise DatasetError(f"{len(errors.reasons)} unreadable image(s) under "
                                 f"{dataset.root} (--strict): {listing[:2000]}")
         log.warning("skipped %d unreadable image(s): %s", len(errors.reasons), listing[:500])
     rows = {s: np.flatnonzero((split == s) & ok) for s in (TRAIN, VAL, TEST)}
     if not len(rows[TEST]):
-        raise FinetuneError(f"{dataset.root}: the split has no test rows (dataset.test = 0?)")
+        raise ConfigError(f"{dataset.root}: the split has no test rows (dataset.test = 0?)")
     if not len(rows[VAL]):
         holdout = config.finetune.holdout
         if not 0 < holdout < 1:
-            raise FinetuneError("fine-tuning stops early on a validation split: set "
+            raise ConfigError("fine-tuning stops early on a validation split: set "
                                 "dataset.val > 0 or finetune.holdout in (0, 1)")
         sub = stratified_split(dataset.labels[rows[TRAIN]], holdout, 0.0, d.seed)
         rows[VAL], rows[TRAIN] = rows[TRAIN][sub == VAL], rows[TRAIN][sub == TRAIN]
@@ -137,21 +137,21 @@ class FineTuner:
 
     def __init__(self, backbone: BackboneConfig, settings: FinetuneConfig, n_classes: int,
                  backbone_seed: int = 0, batch_size: int = 32,
-                 log: Callable[[str], None] | None = None, progress: bool = False,
+                 log: Callable[[str], None] | None = None, progress: bool = True,
                  monitor: Callable[[list[dict], dict[str, int]], None] | None = None) -> None:
         if backbone.pooling not in HEAD_POOLINGS:
-            raise FinetuneError(f"backbone.pooling = {backbone.pooling!r}: the fine-tuning head "
+            raise ConfigError(f"backbone.pooling = {backbone.pooling!r}: the fine-tuning head "
                                 f"needs one of {', '.join(HEAD_POOLINGS)}")
         if "," in backbone.layer:
-            raise FinetuneError(f"backbone.layer = {backbone.layer!r}: fine-tuning puts its head "
+            raise ConfigError(f"backbone.layer = {backbone.layer!r}: fine-tuning puts its head "
                                 "on one layer")
         if settings.warmup_optimizer not in OPTIMIZERS:
-            raise FinetuneError(f"finetune.warmup_optimizer = {settings.warmup_optimizer!r}; "
+            raise ConfigError(f"finetune.warmup_optimizer = {settings.warmup_optimizer!r}; "
                                 f"valid: {', '.join(OPTIMIZERS)}")
         if settings.unfreeze < 0 or settings.epochs < 0 or settings.warmup_epochs < 0:
-            raise FinetuneError("finetune.unfreeze, epochs and warmup_epochs must be >= 0")
+            raise ConfigError("finetune.unfreeze, epochs and warmup_epochs must be >= 0")
         if not 0 <= settings.dropout < 1:
-            raise FinetuneError(f"finetune.dropout = {settings.dropout} must be in [0, 1)")
+            raise ConfigError(f"finetune.dropout = {settings.dropout} must be in [0, 1)")
         self.settings = settings
         self.n_classes = n_classes
         self.batch_size = batch_size  # inference batches (the frozen part)
@@ -345,8 +345,8 @@ class FineTuner:
             order = rng.permutation(len(x))
             self.dropout.seed_generator.state.assign(
                 np.array([rng.integers(2**31), 0], dtype="int64"))
-            with tqdm(total=steps, desc=f"{phase} {epoch + 1}/{epochs}", unit="batch",
-                      leave=False, disable=not self.progress, file=sys.stderr) as bar:
+            with progress_bar(steps, f"{phase} {epoch + 1}/{epochs}", "batch", self.progress,
+                              leave=False) as bar:
                 loss, accuracy = _batches(model.train_on_batch, x, y, order, s.batch_size,
                                           bar.update)
             epoch += 1
@@ -496,14 +496,15 @@ def runs_dir(config: Config, dataset: str, backbone: str) -> Path:
     return finetune_runs_dir(config.cache_path, dataset, backbone)
 
 
-def finetune(config: Config, echo: Callable[[str], None] = print,
-             progress: bool = True) -> dict[str, Any]:
+def finetune(config: Config, progress: bool = True) -> dict[str, Any]:
     """Fine-tune on the training rows, stop early on the validation rows, report on the test
     rows of the feature-extraction split. Writes, into a new run folder under
     :func:`runs_dir` (as ``featx classify`` does: no run overwrites another),
     ``<pipeline>-finetune.keras``, ``.md``, ``.html``, the charts (``-monitor.png``: loss
     and accuracy per epoch, redrawn as training goes) and ``.json`` last; returns the result
-    dict (the keys of ``classification.classify``'s, and what the run records about itself).
+    dict (the keys of ``classification.classify``'s, and what the run records about itself),
+    its summary line logged to :data:`featx.log.RESULTS` (``featx finetune`` prints it). With
+    ``progress``: a bar over each epoch's batches and a log line of its losses.
 
     Every epoch ends with a checkpoint in the cache folder (``featx cache ls`` lists it): a
     run killed halfway and started again resumes from the last finished epoch, and ends as an
@@ -528,7 +529,8 @@ def finetune(config: Config, echo: Callable[[str], None] = print,
     write_reports(result, stem)  # the JSON last: a kill before it leaves no listed result
     for *_, checkpoint in runs:  # the results are written: nothing left to resume
         checkpoint.remove()
-    echo(summary_line("finetune", {**result, "best_params": _short(config.finetune)}))
+    RESULTS.info("%s", summary_line("finetune", {**result,
+                                                 "best_params": _short(config.finetune)}))
     log.info("results in %s/", run.dir)
     return result
 

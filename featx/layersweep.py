@@ -24,10 +24,14 @@ from featx.backbones import Backbone
 from featx.classification import Splits, fit_learner, load_splits, scores_on_test
 from featx.config import Config
 from featx.dataset import TEST, TRAIN, VAL
-from featx.errors import SweepError
+from featx.errors import UsageError
+from featx.escape import chart_text
 from featx.extraction import extract
+from featx.files import write_atomic
+from featx.layout import sweep_dir
+from featx.log import RESULTS
+from featx.pages import png_uri, render
 from featx.report import png_bytes, rank_k
-from featx.runinfo import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +84,13 @@ class SweepResult:
 
 
 def sweep(config: Config, layers: list[str] | None = None, out: str | Path | None = None,
-          progress: bool = True, echo: Any = print) -> SweepResult:
+          progress: bool = True) -> SweepResult:
     """Read ``layers`` (default: the end of each stage of the backbone, see
     :meth:`featx.backbones.Backbone.stage_ends`) in one extraction pass and score each with
-    every learner of ``classify.classifiers``; print the table (``echo``) and write
-    ``sweep.md``, ``sweep.json`` and ``sweep.png`` into ``out`` (default: beside the store,
-    ``<store>.sweep/``)."""
+    every learner of ``classify.classifiers``; write ``sweep.md``, ``sweep.json``,
+    ``sweep.png`` and ``sweep.html`` into ``out`` (default: beside the store,
+    ``<store>.sweep/``) and log the table and where it went to :data:`featx.log.RESULTS`
+    (``featx sweep`` prints them)."""
     _check(config)
     # The layers' names, depths and shapes: from the architecture alone (random weights,
     # no file read), so that a cache hit loads no weights.
@@ -119,23 +124,23 @@ def sweep(config: Config, layers: list[str] | None = None, out: str | Path | Non
                          int(len(data.y[TRAIN]) + len(data.y[VAL])), int(len(data.y[TEST])),
                          0.0 if extracted.cache_hit else extracted.seconds,
                          extracted.cache_hit, scores)
-    folder = Path(out) if out else extracted.path.with_name(extracted.path.stem + ".sweep")
+    folder = Path(out) if out else sweep_dir(extracted.path)
     result.files = write(result, folder)
-    echo(table(result))
-    echo(f"wrote {', '.join(str(f) for f in result.files)}")
+    RESULTS.info("%s", table(result))
+    RESULTS.info("wrote %s", ", ".join(str(f) for f in result.files))
     return result
 
 
 def _check(config: Config) -> None:
     c = config.classify
     if config.combine.pipelines:
-        raise SweepError(f"pipeline {config.name!r} has a [combine] section: sweep one "
+        raise UsageError(f"pipeline {config.name!r} has a [combine] section: sweep one "
                          "backbone's pipeline")
     if c.train_features != "plain" or c.test_features != "plain":
-        raise SweepError("featx sweep reads plain features: set classify.train_features and "
+        raise UsageError("featx sweep reads plain features: set classify.train_features and "
                          "classify.test_features to \"plain\"")
     if config.backbone.pooling == "none":
-        raise SweepError("featx sweep joins several layers: pooling \"none\" cannot; use avg, "
+        raise UsageError("featx sweep joins several layers: pooling \"none\" cannot; use avg, "
                          "max or flatten")
     if c.repeats > 1:
         log.warning("featx sweep scores the first split only (classify.repeats = %d ignored)",
@@ -156,7 +161,7 @@ def _columns(data: Splits, layers: list[str], shapes: Backbone, config: Config
         columns = {name: (a, b) for name, a, b in Backbone(as_read).layer_columns()}
     width = int(np.prod(data.attrs.get("feature_shape", [0])))
     if sorted(columns) != sorted(layers) or max(b for _, b in columns.values()) != width:
-        raise SweepError(f"{data.store}: its columns {columns} are not those of the layers "
+        raise UsageError(f"{data.store}: its columns {columns} are not those of the layers "
                          f"{', '.join(layers)} ({width} features)")
     return columns
 
@@ -164,6 +169,7 @@ def _columns(data: Splits, layers: list[str], shapes: Backbone, config: Config
 # --- the table, the plot ----------------------------------------------------------------------
 
 COLUMNS = ("layer", "depth", "map", "features", "classifier", "rank-1", "rank-5", "fit s")
+TEXT_COLUMNS = (0, 2, 4)  # left-aligned; the numbers right-aligned
 
 
 def rows(result: SweepResult) -> list[list[str]]:
@@ -184,15 +190,14 @@ def table(result: SweepResult) -> str:
     """The plain-text table ``featx sweep`` prints."""
     cells = [list(COLUMNS), *rows(result)]
     widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
-    left = {0, 2, 4}  # text columns; numbers right-aligned
-    lines = ["  ".join(c.ljust(w) if i in left else c.rjust(w)
+    lines = ["  ".join(c.ljust(w) if i in TEXT_COLUMNS else c.rjust(w)
                        for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in cells]
     return "\n".join([_heading(result), *lines])
 
 
 def markdown(result: SweepResult) -> str:
     """The table as Markdown (the README's form)."""
-    align = ["---" if i in (0, 2, 4) else "---:" for i in range(len(COLUMNS))]
+    align = ["---" if i in TEXT_COLUMNS else "---:" for i in range(len(COLUMNS))]
     lines = [f"| {' | '.join(r)} |" for r in [list(COLUMNS), align, *rows(result)]]
     return "\n".join([_heading(result), "", *lines]) + "\n"
 
@@ -209,25 +214,26 @@ def sweep_png(result: SweepResult) -> bytes:
     for learner in learners:
         mine = {s.layer: s for s in result.scores if s.classifier == learner}
         at = [i for i, name in enumerate(layers) if name in mine]
-        ax.plot(at, [mine[layers[i]].rank1 for i in at], marker="o", label=learner)
+        ax.plot(at, [mine[layers[i]].rank1 for i in at], marker="o", label=chart_text(learner))
         for i in at:
             ax.annotate(f"{mine[layers[i]].rank1:.3f}", (i, mine[layers[i]].rank1),
                         textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
     first = {s.layer: s for s in result.scores if s.classifier == learners[0]}
     ax.set_xticks(range(len(layers)), [
-        f"{name}\ndepth {first[name].depth}\n{first[name].features:,} f., "
+        f"{chart_text(name)}\ndepth {first[name].depth}\n{first[name].features:,} f., "
         f"{first[name].fit_seconds:.1f} s" for name in layers], fontsize=7)
     low = min(s.rank1 for s in result.scores)
     ax.set_ylim(max(0.0, low - 0.08), min(1.04, max(s.rank1 for s in result.scores) + 0.05))
     ax.set_xlim(-0.5, len(layers) - 0.5)
-    ax.set_xlabel(f"layer of {result.backbone}, shallow to deep (depth: its number in the "
-                  f"network; f.: features after pooling; s: {learners[0]} fit time)",
+    ax.set_xlabel(f"layer of {chart_text(result.backbone)}, shallow to deep (depth: its "
+                  "number in the network; f.: features after pooling; s: "
+                  f"{chart_text(learners[0])} fit time)",
                   fontsize=8)
     ax.set_ylabel("rank-1 on the test images")
     ax.grid(alpha=0.3)
     if len(learners) > 1:
         ax.legend(fontsize=8)
-    ax.set_title(_heading(result), fontsize=8)
+    ax.set_title(chart_text(_heading(result)), fontsize=8)
     return png_bytes(fig, dpi=90)
 
 
@@ -239,12 +245,22 @@ def to_json(result: SweepResult) -> dict[str, Any]:
                        for s in result.scores]}
 
 
+def html_page(result: SweepResult, png: bytes) -> str:
+    """The self-contained page (templates/sweep.html): the plot (``png``, inlined) above
+    the table."""
+    return render("sweep.html", title=f"featx sweep: {result.dataset}, {result.backbone}",
+                  dataset=result.dataset, backbone=result.backbone, heading=_heading(result),
+                  uri=png_uri(png), columns=COLUMNS, rows=rows(result),
+                  right=[i for i in range(len(COLUMNS)) if i not in TEXT_COLUMNS])
+
+
 def write(result: SweepResult, folder: Path) -> list[Path]:
-    """``sweep.md``, ``sweep.json`` and ``sweep.png`` in ``folder``."""
+    """``sweep.md``, ``sweep.json``, ``sweep.png`` and ``sweep.html`` in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
+    png = sweep_png(result)
     files = {folder / "sweep.md": markdown(result).encode(),
              folder / "sweep.json": json.dumps(to_json(result), indent=2, default=str).encode(),
-             folder / "sweep.png": sweep_png(result)}
+             folder / "sweep.png": png, folder / "sweep.html": html_page(result, png).encode()}
     for path, data in files.items():
         write_atomic(path, data)
     return list(files)

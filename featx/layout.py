@@ -11,12 +11,21 @@ same files under another folder name or path find the same store, and another da
 happens to have the same folder name gets a store of its own. Beside a store::
 
     <store>.h5.lock                 one extraction at a time
-    <store>.h5.<key>.partial/       finished blocks of an unfinished local extraction
-    <store>.h5.<key>.shards/        shard files of a Ray extraction (a virtual store reads them)
+    <store>.h5.<key>.partial/       block-NNNNNN.npz (+ .sha256) and meta.json: finished
+                                    blocks of an unfinished local extraction
+    <store>.h5.<key>.shards/        shard-NNNNN.h5 and meta.json: shard files of a Ray
+                                    extraction (a virtual store reads them)
     <store>.h5.assembling           a store being written (renamed into place when complete)
     <store>.h5.segments/            seg-NNN.h5: the feature segments of an updated store
     <store>.h5.verified             the file version whose checksums were last checked in full
-    <store>.runs/                   classification results
+    <store>.runs/                   classification results (a run folder each)
+    <store>.audit/                  featx audit's page and table
+    <store>.sweep/                  featx sweep's table, chart and page
+
+``FeatureExtractor`` (featx/transformer.py) lists images it is given by path in a manifest of
+their own, and extracts them into a store as ``featx extract`` would::
+
+    transform-manifests/transform-<hash>.csv
 
 The OpenVINO runtime (featx/runtime.py) keeps each converted backbone once, shared by every
 store made with it (key: backbone, weights identity, layers, pooling, input size, batch size,
@@ -85,6 +94,29 @@ def shard_dir(store: Path, content_key: str) -> Path:
     return Path(store).with_name(Path(store).name + f".{content_key}.shards")
 
 
+def job_meta(folder: Path) -> Path:
+    """What an unfinished extraction's folder (blocks or shards) was made for."""
+    return Path(folder) / "meta.json"
+
+
+def block_file(folder: Path, index: int) -> Path:
+    """One finished block of a local extraction (its SHA-256 beside it: ``.sha256``)."""
+    return Path(folder) / f"block-{index:06d}.npz"
+
+
+def block_files(folder: Path) -> list[Path]:
+    return sorted(Path(folder).glob("block-*.npz"))
+
+
+def shard_file(folder: Path, index: int) -> Path:
+    """One shard file of a Ray extraction."""
+    return Path(folder) / f"shard-{index:05d}.h5"
+
+
+def shard_files(folder: Path) -> list[Path]:
+    return sorted(Path(folder).glob("shard-*.h5"))
+
+
 def assembling_path(store: Path) -> Path:
     return Path(store).with_name(Path(store).name + ".assembling")
 
@@ -98,12 +130,29 @@ def segment_name(index: int) -> str:
     return f"seg-{index:03d}.h5"
 
 
+def segment_files(store: Path) -> list[Path]:
+    return sorted(segments_dir(store).glob("seg-*.h5"))
+
+
 def verified_stamp(store: Path) -> Path:
     return Path(str(store) + ".verified")
 
 
 def runs_dir(store: Path) -> Path:
     return Path(store).with_name(Path(store).stem + ".runs")
+
+
+def audit_dir(store: Path) -> Path:
+    return Path(store).with_name(Path(store).stem + ".audit")
+
+
+def sweep_dir(store: Path) -> Path:
+    return Path(store).with_name(Path(store).stem + ".sweep")
+
+
+def transform_manifest(cache_dir: Path, digest: str) -> Path:
+    """The manifest of the images a ``FeatureExtractor`` was given by path."""
+    return Path(cache_dir) / "transform-manifests" / f"transform-{digest}.csv"
 
 
 def store_files(cache_dir: Path) -> list[Path]:

@@ -1,9 +1,11 @@
 """featx's messages go through ``logging`` (logger ``featx``), never straight to stderr.
 
-One handler, on the ``featx`` logger, prints them to the stderr of the moment as
+One handler, on the ``featx`` logger, writes them to the stderr of the moment as
 ``featx: ...`` lines (``featx: warning: ...`` from warnings up). Used as a library, featx
-shows warnings only; the command line shows its progress lines too (``-q``: warnings only,
-``-v``: debug lines and TensorFlow's own start-up lines). Reconfigure it as any logger:
+shows warnings only, and its progress lines during a call of featx.api with ``progress``
+(the default); the command line shows its progress lines too (``-q``: warnings only,
+``-v``: debug lines and TensorFlow's own start-up lines). What a command outputs is logged
+to :data:`RESULTS`, which the command line prints on stdout. Reconfigure it as any logger:
 ``logging.getLogger("featx")``.
 """
 
@@ -26,7 +28,7 @@ class _Stderr(logging.Handler):
         prefix = "featx: warning: " if record.levelno >= logging.WARNING else "featx: "
         try:  # names from the data (paths, classes) never drive the terminal
             text = "\n".join(terminal(line) for line in record.getMessage().split("\n"))
-            print(prefix + text, file=sys.stderr)  # sys.stderr when emitted
+            sys.stderr.write(f"{prefix}{text}\n")  # sys.stderr when emitted
         except Exception:  # a closed stream must not break the work that logs
             self.handleError(record)
 
@@ -36,12 +38,41 @@ LOGGER.addHandler(HANDLER)
 LOGGER.setLevel(logging.DEBUG)
 LOGGER.propagate = False  # one line per message, whatever the root logger does
 
+# What a command outputs (classify's summary lines, sweep's table, fine-tune's result), at
+# INFO: the command line prints these bare on stdout (results_to); a library caller sees
+# them as featx: lines when it shows featx's progress lines (featx.classify's progress).
+RESULTS = logging.getLogger("featx.results")
+
 
 def set_level(level: int) -> int:
     """Show featx's messages from ``level`` up; returns the level it replaces."""
     old = HANDLER.level
     HANDLER.setLevel(level)
     return old
+
+
+@contextlib.contextmanager
+def shown(level: int) -> Iterator[None]:
+    """featx's messages from ``level`` up inside the block (never fewer than already shown:
+    a caller's own set_level stays in force)."""
+    old = set_level(min(level, HANDLER.level))
+    try:
+        yield
+    finally:
+        set_level(old)
+
+
+@contextlib.contextmanager
+def results_to(handler: logging.Handler) -> Iterator[None]:
+    """:data:`RESULTS`' lines to ``handler`` only, inside the block (the command line's
+    stdout), not as featx: lines on stderr as well."""
+    RESULTS.addHandler(handler)
+    RESULTS.propagate = False
+    try:
+        yield
+    finally:
+        RESULTS.removeHandler(handler)
+        RESULTS.propagate = True
 
 
 @contextlib.contextmanager

@@ -17,8 +17,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from featx.errors import ModelFileError
-from featx.runinfo import versions, write_atomic
+from featx.errors import ModelFileError, ModelFileWarning
+from featx.files import write_atomic
+from featx.runinfo import versions
 
 SUFFIX = ".skops"
 # Every type a featx bundle holds beyond skops' defaults: featx's own learners, and the
@@ -36,10 +37,6 @@ FEATX_TYPES = (
 )
 CHECKED_VERSIONS = ("featx", "scikit-learn", "numpy")  # a mismatch may change predictions
 
-
-
-class ModelFileWarning(UserWarning):
-    """Loading goes ahead, but the user should know (a trusted pickle, other versions)."""
 
 
 def save(path: str | Path, bundle: dict[str, Any]) -> Path:

@@ -14,7 +14,6 @@ import csv
 import dataclasses
 import json
 import logging
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from featx import modelfile
 from featx.backbones import Backbone, BackboneError, keras_home
 from featx.config import BackboneConfig
 from featx.dataset import IMAGE_EXTENSIONS
-from featx.errors import PredictError
+from featx.errors import DatasetError, ModelFileError, UsageError
 from featx.escape import spreadsheet_cell, terminal
 from featx.images import ReadErrors, Views, read_batches
 from featx.learners import class_scores
@@ -100,10 +99,10 @@ class Predictor:
         path = model_file(path)
         bundle = modelfile.load(path, trust=trust)
         if not isinstance(bundle, dict) or not {"model", "label_names", "pipeline"} <= set(bundle):
-            raise PredictError(f"{path}: not a featx model bundle (no model, label_names "
+            raise ModelFileError(f"{path}: not a featx model bundle (no model, label_names "
                                "and pipeline)")
         if not hasattr(bundle["model"], "classes_"):
-            raise PredictError(f"{path}: not a featx model bundle (its model is a "
+            raise ModelFileError(f"{path}: not a featx model bundle (its model is a "
                                f"{type(bundle['model']).__name__}, not a fitted classifier)")
         # The pipeline that extracted the training features, where recorded.
         pipeline = bundle.get("extracted_by") or bundle["pipeline"]
@@ -119,13 +118,13 @@ class Predictor:
         recorded = config.weights.strip()
         if weights is None and recorded.lower() not in ("imagenet", "none", "") \
                 and not Path(recorded).expanduser().is_file():
-            raise PredictError(f"{path}: the weights file it was trained with is not at "
+            raise ModelFileError(f"{path}: the weights file it was trained with is not at "
                                f"{recorded}; give --weights PATH (the same file)")
         try:
             # Extraction seeds random weights with the dataset seed: the same seed, the same net.
             backbone = Backbone(config, seed=int(pipeline.get("dataset", {}).get("seed", 0)))
         except BackboneError as e:
-            raise PredictError(f"{path}: {e}") from None
+            raise ModelFileError(f"{path}: {e}") from None
         return cls(bundle, backbone, source=str(path))
 
     @property
@@ -142,7 +141,7 @@ class Predictor:
         width = int(np.prod(self.feature_shape)) if self.feature_shape else \
             getattr(self.model, "n_features_in_", x.shape[1])
         if x.shape[1] != width:
-            raise PredictError(f"{self.source}: features of width {x.shape[1]}, but the model "
+            raise ModelFileError(f"{self.source}: features of width {x.shape[1]}, but the model "
                                f"was trained on width {width} (shape {list(self.feature_shape)}):"
                                " other backbone, layer, pooling or input size")
         scores = class_scores(self.model, x)
@@ -153,7 +152,7 @@ class Predictor:
         """Features of the images (rows of zeros where unreadable), ok flags and the reasons
         for unreadable files by row: read and computed exactly as extraction does."""
         if batch_size < 1:
-            raise PredictError(f"batch size must be at least 1, not {batch_size}")
+            raise UsageError(f"batch size must be at least 1, not {batch_size}")
         size = self.backbone.input_size
         views = Views()
         if self.tencrop:  # 10-crop views read as the tencrop store reads them
@@ -178,7 +177,7 @@ class Predictor:
         """The ``k`` best labels of every image, in input order; unreadable ones carry the
         reason instead."""
         if k < 1:
-            raise PredictError(f"--top must be at least 1, not {k}")
+            raise UsageError(f"--top must be at least 1, not {k}")
         if not paths:
             return []
         x, ok, reasons = self.features(paths, batch_size)
@@ -202,7 +201,7 @@ def model_file(path: str | Path) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise PredictError(f"no saved model at {path} (featx classify writes a run folder "
+        raise ModelFileError(f"no saved model at {path} (featx classify writes a run folder "
                            f"holding <pipeline>-<classifier>{modelfile.SUFFIX})")
     candidates = []
     for result in sorted(path.glob("*.json")):
@@ -213,7 +212,7 @@ def model_file(path: str | Path) -> Path:
         if isinstance(data, dict) and data.get("model"):
             model = path / str(data["model"])
             if model.resolve().parent != path.resolve():
-                raise PredictError(f"{result}: its model {str(data['model'])!r} resolves to "
+                raise ModelFileError(f"{result}: its model {str(data['model'])!r} resolves to "
                                    f"{model.resolve()}, outside the run folder {path}: "
                                    "refused (a run folder names only files inside it)")
             if not model.is_file():
@@ -221,7 +220,7 @@ def model_file(path: str | Path) -> Path:
             rank1 = data.get("rank1")
             candidates.append((rank1 if isinstance(rank1, (int, float)) else -1.0, model))
     if not candidates:
-        raise PredictError(f"{path}: a folder with no saved model (a featx classify run "
+        raise ModelFileError(f"{path}: a folder with no saved model (a featx classify run "
                            f"folder holds <pipeline>-<classifier>{modelfile.SUFFIX} and its "
                            "JSON)")
     rank1, best = min(candidates, key=lambda c: (-c[0], c[1].name))  # equals: by name
@@ -245,7 +244,7 @@ def _check_settings(bundle: dict[str, Any], backbone: Backbone, source: str) -> 
         elif recorded.get("weights") == "imagenet":  # identified by Keras version, not content
             advice = ('it was trained with weights="imagenet": leave --weights out and put '
                       f"the file Keras downloads into {keras_home() / 'models'}/")
-        raise PredictError(
+        raise ModelFileError(
             f"{source}: the weights {where} ({backbone.weights_id}) are not the ones the model "
             f"was trained with ({recorded['weights_id']}); {advice}")
     differ = [f"{k}={recorded[k]!r} (now {settings[k]!r})" for k in settings
@@ -253,7 +252,7 @@ def _check_settings(bundle: dict[str, Any], backbone: Backbone, source: str) -> 
     key = bundle.get("settings_key")
     if differ or (key and key != store_key(settings)):
         detail = "; ".join(differ) or f"settings key {key} (now {store_key(settings)})"
-        raise PredictError(f"{source}: these features would differ from the ones the model was "
+        raise ModelFileError(f"{source}: these features would differ from the ones the model was "
                            f"trained on: {detail}")
 
 
@@ -284,16 +283,16 @@ def write_csv(predictions: Sequence[Prediction], out: TextIO) -> None:
             w.writerow([c(p.path), rank, c(label), f"{score:.6f}", ""])
 
 
-def run(model: str, inputs: Sequence[str], top: int = 5, csv_file: str | None = None,
-        weights: str | None = None, batch_size: int = 32, out: TextIO | None = None,
+def run(model: str, inputs: Sequence[str], out: TextIO, top: int = 5,
+        csv_file: str | None = None, weights: str | None = None, batch_size: int = 32,
         trust: bool = False) -> int:
-    """``featx predict``: the table on ``out`` (stdout), or the CSV there with ``csv_file="-"``,
-    or both the table and a CSV file. ``model``: a model file or a run folder."""
-    out = out or sys.stdout
+    """``featx predict``: the table on ``out`` (the command line's stdout), or the CSV there
+    with ``csv_file="-"``, or both the table and a CSV file. ``model``: a model file or a
+    run folder."""
     predictor = Predictor.load(model, weights, trust=trust)
     paths = image_files(inputs)
     if not paths:
-        raise PredictError(f"no image files in {', '.join(map(str, inputs))} "
+        raise DatasetError(f"no image files in {', '.join(map(str, inputs))} "
                            f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
     predictions = predictor.top_k(paths, top, batch_size)
     if csv_file == "-":

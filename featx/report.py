@@ -4,8 +4,6 @@ and two PNG charts (confusion matrix, per-class recall)."""
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import json
 from pathlib import Path
@@ -14,13 +12,13 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
 
-from featx.escape import markdown_cell
-from featx.runinfo import write_atomic
+from featx.escape import chart_text, markdown_cell
+from featx.files import write_atomic
+from featx.pages import picture, png_uri, render
 
 TOP_PAIRS = 10  # most-confused pairs shown in the reports
 N_EXAMPLES = 3  # example test images recorded per confused pair
 GALLERY = 100  # misclassified test images recorded (and shown), worst first
-THUMB = 128  # thumbnail side in the HTML gallery, pixels
 
 
 def rank_k(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray,
@@ -217,6 +215,7 @@ def confusion_png(confusion: Any, names: list[str], title: str = "") -> bytes:
 
     m = np.asarray(confusion, dtype=np.int64)
     n = len(names)
+    names, title = [chart_text(x) for x in names], chart_text(title)
     rows = m.sum(axis=1, keepdims=True)
     norm = np.divide(m, rows, out=np.zeros(m.shape), where=rows > 0)
     cell = float(np.clip(22 / max(n, 1), 0.12, 0.5))  # inches: cells shrink for many classes
@@ -284,7 +283,8 @@ def monitor_png(history: list[dict[str, Any]], kept: dict[str, int], title: str 
             loss_ax.plot(first, history[where[0]]["val_loss"], "*", ms=14, color="#c0392b",
                          mfc="none", zorder=5)
     loss_ax.legend(fontsize=8, loc="upper right")
-    fig.suptitle(f"{title}: training monitor" if title else "training monitor", fontsize=10)
+    fig.suptitle(f"{chart_text(title)}: training monitor" if title else "training monitor",
+                 fontsize=10)
     return png_bytes(fig)
 
 
@@ -294,7 +294,7 @@ def recall_png(per_class: dict[str, dict[str, Any]], title: str = "",
     from matplotlib.figure import Figure
 
     items = sorted(per_class.items(), key=lambda kv: (kv[1]["recall"], kv[0]))
-    names = [k for k, _ in items]
+    names = [chart_text(k) for k, _ in items]
     recall = [v["recall"] for _, v in items]
     n = len(names)
     bar = float(np.clip(12 / max(n, 1), 0.1, 0.35))
@@ -312,50 +312,12 @@ def recall_png(per_class: dict[str, dict[str, Any]], title: str = "",
     if rank1 is not None:  # in the title, not a legend: a legend would hide bars
         ax.axvline(rank1, color="grey", linestyle="--", linewidth=1)
         subtitle += f"; dashed line: overall rank-1 {rank1:.3f}"
-    ax.set_title(f"{title}\n{subtitle}", fontsize=10)
+    ax.set_title(f"{chart_text(title)}\n{subtitle}", fontsize=10)
     return png_bytes(fig)
 
 
 def _bar_colour(recall: float) -> str:
     return "#2b8cbe" if recall >= 0.9 else "#fdae61" if recall >= 0.7 else "#d7191c"
-
-
-def thumbnail(path: str | Path, side: int = THUMB) -> bytes | None:
-    """A JPEG of the image at ``path`` at most ``side`` pixels on its longer side (EXIF
-    orientation applied), or None where it cannot be read."""
-    from PIL import Image, ImageOps
-
-    try:
-        with Image.open(path) as img:
-            img.draft("RGB", (side, side))
-            img = ImageOps.exif_transpose(img).convert("RGB")
-            img.thumbnail((side, side))
-            buffer = io.BytesIO()
-            img.save(buffer, format="JPEG", quality=85)
-            return buffer.getvalue()
-    except Exception:  # a missing or unreadable file has no thumbnail, never an error
-        return None
-
-
-def data_uri(data: bytes, mime: str = "image/jpeg") -> str:
-    """``data`` as a base64 data URI (for self-contained HTML pages)."""
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def image_cell(path: str | Path | None, caption: str, side: int = THUMB) -> str:
-    """An HTML figure: the image's thumbnail linked to its file (or a note where it cannot be
-    read; None: no dataset folder was named to read it from) above ``caption`` (HTML,
-    already escaped)."""
-    e = html.escape
-    jpeg = thumbnail(path, side) if path is not None else None
-    if path is None:
-        picture = "<div class=missing>no dataset folder named</div>"
-    elif jpeg is None:
-        picture = f"<div class=missing>not readable:<br>{e(str(path))}</div>"
-    else:
-        picture = (f"<a href='{e(Path(path).resolve().as_uri())}'><img class=thumb "
-                   f"alt='{e(str(path))}' src='{data_uri(jpeg)}'></a>")
-    return f"<figure>{picture}<figcaption>{caption}</figcaption></figure>"
 
 
 def png_bytes(fig: Any, dpi: int = 100) -> bytes:
@@ -366,31 +328,17 @@ def png_bytes(fig: Any, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
-def _gallery(r: dict[str, Any]) -> list[str]:
+def _gallery(r: dict[str, Any]) -> dict[str, Any] | None:
     # The misclassified test images, worst first, as thumbnails (a result written by other
     # code may have none: then no section).
     rows = r.get("misclassified")
     if rows is None:
-        return []
-    e = html.escape
-    n = r.get("n_misclassified", len(rows))
-    kind = "probability" if r.get("scores") == "probabilities" else "score"
-    out = [f"<h2>Misclassified test images ({n})</h2>"]
-    if not rows:
-        return out + ["<p>None.</p>"]
-    out.append(f"<p>Worst first (highest {kind} given to the wrong class); the picture links "
-               "to the file.</p><div class=gallery>")
+        return None
     # Relative paths only under the folder the run named: not against the working folder.
     root = Path(r["root"]) if r.get("root") else None
-    for row in rows:
-        path = root / row["path"] if root else None
-        caption = (f"true <b>{e(row['true'])}</b><br>predicted <b>{e(row['predicted'])}</b> "
-                   f"({kind} {row['score']:.3f})<br><code>{e(row['path'])}</code>")
-        out.append(image_cell(path, caption))
-    out.append("</div>")
-    if n > len(rows):
-        out.append(f"<p>... and {n - len(rows)} more (not shown).</p>")
-    return out
+    return {"n": r.get("n_misclassified", len(rows)),
+            "kind": "probability" if r.get("scores") == "probabilities" else "score",
+            "rows": [(row, picture(root / row["path"] if root else None)) for row in rows]}
 
 
 # --- Markdown and HTML ----------------------------------------------------------------------
@@ -447,50 +395,17 @@ def markdown(r: dict[str, Any], images: dict[str, str] | None = None) -> str:
     return "\n".join(lines)
 
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
-color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;
-padding:.25em .6em}td.n{text-align:right}th{background:#f2f2f2}img{max-width:100%}
-.score{font-size:1.4em}code{font-size:.9em}
-.gallery{display:flex;flex-wrap:wrap;gap:.6em}figure{margin:0;width:140px;font-size:.8em;
-overflow-wrap:anywhere}img.thumb{max-width:128px;max-height:128px;display:block}
-.missing{width:128px;height:96px;background:#eee;color:#777;font-size:.8em}"""
+CHARTS = (("confusion", "confusion matrix"), ("recall", "per-class recall"),
+          ("monitor", "training monitor"))  # in page order: kind, alt text (and heading)
 
 
 def html_report(r: dict[str, Any], pngs: dict[str, bytes]) -> str:
-    """One self-contained HTML page: the charts are embedded as base64 data URIs."""
-    e = html.escape
-    title = f"{r['pipeline']}: {r['classifier']}"
-    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
-           f"<style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>",
-           f"<p class='score'><b>rank-1 {r['rank1']:.3f}</b> · rank-5 {_num(r['rank5'])}</p>",
-           "<h2>Settings</h2><table>"]
-    out += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in _settings(r)]
-    out.append("</table>")
-    for kind, alt in (("confusion", "confusion matrix"), ("recall", "per-class recall"),
-                      ("monitor", "training monitor")):
-        if kind not in pngs:
-            continue
-        data = base64.b64encode(pngs[kind]).decode("ascii")
-        out.append(f"<h2>{alt.capitalize()}</h2><img alt='{alt}' "
-                   f"src='data:image/png;base64,{data}'>")
-    out.append("<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th>"
-               "<th>F1</th><th>support</th></tr>")
-    for name, s in r["per_class"].items():
-        out.append(f"<tr><td>{e(name)}</td><td class=n>{s['precision']:.3f}</td>"
-                   f"<td class=n>{s['recall']:.3f}</td><td class=n>{s['f1']:.3f}</td>"
-                   f"<td class=n>{s['support']}</td></tr>")
-    out.append(f"</table><h2>Most-confused pairs (top {TOP_PAIRS})</h2>")
-    pairs = _pairs(r)
-    if pairs:
-        out.append("<table><tr><th>true</th><th>predicted</th><th>count</th>"
-                   "<th>examples</th></tr>")
-        for p in pairs:
-            examples = "<br>".join(f"<code>{e(x)}</code>" for x in p.get("examples", []))
-            out.append(f"<tr><td>{e(p['true'])}</td><td>{e(p['predicted'])}</td>"
-                       f"<td class=n>{p['count']}</td><td>{examples}</td></tr>")
-        out.append("</table>")
-    else:
-        out.append("<p>No test image was misclassified.</p>")
-    out += _gallery(r)
-    out.append("</body></html>\n")
-    return "\n".join(out)
+    """One self-contained HTML page (templates/report.html): the charts are embedded as
+    base64 data URIs."""
+    per_class = [(name, f"{s['precision']:.3f}", f"{s['recall']:.3f}", f"{s['f1']:.3f}",
+                  s["support"]) for name, s in r["per_class"].items()]
+    return render("report.html", title=f"{r['pipeline']}: {r['classifier']}", r=r,
+                  rank5=_num(r["rank5"]), settings=_settings(r), per_class=per_class,
+                  charts=[{"alt": alt, "uri": png_uri(pngs[kind])} for kind, alt in CHARTS
+                          if kind in pngs],
+                  top_pairs=TOP_PAIRS, pairs=_pairs(r), gallery=_gallery(r))

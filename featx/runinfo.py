@@ -1,12 +1,9 @@
 """What a classify or fine-tune run records about itself, and where: a run folder of its own
-(start time plus a short hash of the run's settings), the library versions and the machine, and
-files written atomically (temporary name, then rename), so that a run killed while writing
-leaves no half file under a name a later command trusts."""
+(start time plus a short hash of the run's settings), the library versions and the machine
+(its files are written atomically: featx.files)."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -14,13 +11,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from featx.files import installed_version, short_hash
 from featx.layout import safe_name
 
 # The distributions whose versions a run records ("tensorflow" may be installed as -cpu).
@@ -28,32 +24,9 @@ DISTRIBUTIONS = {"scikit-learn": ("scikit-learn",), "numpy": ("numpy",), "skops"
                  "tensorflow": ("tensorflow", "tensorflow-cpu"), "h5py": ("h5py",)}
 
 
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
-    """A temporary name beside ``path`` to write; renamed to ``path`` when the block ends
-    without an error, removed otherwise: readers see the old file or the whole new one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only there if the write or the rename failed
-
-
-def write_atomic(path: Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` through :func:`atomic_file`, synced to disk first."""
-    with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    return Path(path)
-
-
 def settings_hash(settings: dict[str, Any]) -> str:
     """8 hex digits naming a set of settings (the same settings, the same digits)."""
-    text = json.dumps(settings, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+    return short_hash(json.dumps(settings, sort_keys=True, default=str), 8)
 
 
 def versions() -> dict[str, str | None]:
@@ -62,13 +35,7 @@ def versions() -> dict[str, str | None]:
 
     found: dict[str, str | None] = {"featx": featx.__version__}
     for name, distributions in DISTRIBUTIONS.items():
-        found[name] = None
-        for dist in distributions:
-            try:
-                found[name] = metadata.version(dist)
-                break
-            except metadata.PackageNotFoundError:
-                continue
+        found[name] = installed_version(*distributions)
     found["python"] = platform.python_version()
     return found
 

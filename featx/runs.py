@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from featx.errors import RunsError
+from featx.errors import ResultsError, UsageError
 from featx.escape import spreadsheet_cell, terminal
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def find_results(cache_dir: Path, dirs: Iterable[str | Path] = ()) -> list[Path]
         elif d.is_dir():
             found += sorted(p for p in d.rglob("*.json") if p.is_file())
         else:
-            raise RunsError(f"no such folder or file: {d}")
+            raise UsageError(f"no such folder or file: {d}")
     unique: dict[Path, Path] = {}
     for p in found:
         unique.setdefault(p.resolve(), p)
@@ -100,7 +100,7 @@ def _column(name: str, doing: str) -> str:
     # a key of COLUMNS, or its header
     column = {h: c for c, (h, _) in COLUMNS.items()}.get(name, name)
     if column not in COLUMNS:
-        raise RunsError(f"cannot {doing} {name!r}; columns: {', '.join(COLUMNS)}")
+        raise UsageError(f"cannot {doing} {name!r}; columns: {', '.join(COLUMNS)}")
     return column
 
 
@@ -123,7 +123,7 @@ def filter_runs(rows: list[dict[str, Any]], dataset: str | None = None,
     for condition in where:
         name, eq, wanted = condition.partition("=")
         if not eq:
-            raise RunsError(f"--where {condition!r} is not of the form column=value")
+            raise UsageError(f"--where {condition!r} is not of the form column=value")
         tests.append((_column(name.strip().lower(), "filter on"), wanted.strip().lower()))
     if dataset is not None:
         tests.append(("dataset", dataset.lower()))
@@ -203,7 +203,7 @@ def _repeated(target: str | Path) -> dict[str, dict[str, Any]]:
     """classifier -> its result with ``repeats``, from a run folder or a result file."""
     target = Path(target)
     if not target.exists():
-        raise RunsError(f"no such folder or file: {target}")
+        raise UsageError(f"no such folder or file: {target}")
     out = {}
     for path in [target] if target.is_file() else sorted(target.rglob("*.json")):
         try:
@@ -213,7 +213,7 @@ def _repeated(target: str | Path) -> dict[str, dict[str, Any]]:
         if isinstance(result, dict) and result.get("repeats") and "classifier" in result:
             out[result["classifier"]] = result
     if not out:
-        raise RunsError(f"{target}: no result made with classify.repeats > 1 (featx classify "
+        raise ResultsError(f"{target}: no result made with classify.repeats > 1 (featx classify "
                         "--repeats R)")
     return out
 
@@ -243,7 +243,7 @@ def compare(a: str | Path, b: str | Path, metric: str = "rank1") -> list[dict[st
                      "b": float(np.mean([vb[s] for s in seeds])),
                      "difference": float(diff.mean()), "standard_error": se})
     if not rows:
-        raise RunsError(f"{a} and {b} share no classifier and split (seed) to compare")
+        raise ResultsError(f"{a} and {b} share no classifier and split (seed) to compare")
     return rows
 
 

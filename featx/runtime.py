@@ -20,7 +20,6 @@ off by 7% of their largest value): featx asks for float32 explicitly.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -36,6 +35,7 @@ import numpy as np
 
 from featx.config import RUNTIMES
 from featx.errors import BackboneError
+from featx.files import checksum_problems, installed_version, short_hash, write_checksums
 from featx.images import usable_cores
 from featx.layout import converted_model_checksums, converted_model_dir, converted_model_file
 
@@ -48,10 +48,7 @@ def openvino_version() -> str | None:
     """The installed OpenVINO's version (package metadata: nothing imported), or None."""
     if importlib.util.find_spec("openvino") is None:
         return None
-    try:
-        return importlib.metadata.version("openvino")
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
+    return installed_version("openvino") or "?"
 
 
 def gpu_in_use() -> bool:
@@ -121,15 +118,10 @@ def model_key(described: dict[str, Any], batch_size: int) -> str:
     """A short hash of everything that defines a converted model: the backbone's description
     (name, weights identity, layers, pooling, input size, preprocessing, flip), the batch size
     and the versions of the libraries that build and convert it."""
-    versions = {}
-    for name in ("tensorflow", "keras", "openvino"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "?"
-    text = json.dumps({**described, "batch_size": batch_size, "versions": versions,
-                       "precision_hint": "f32"}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    versions = {name: installed_version(name) or "?"
+                for name in ("tensorflow", "keras", "openvino")}
+    return short_hash(json.dumps({**described, "batch_size": batch_size, "versions": versions,
+                                  "precision_hint": "f32"}, sort_keys=True))
 
 
 def convert(function: Any) -> Any:
@@ -151,7 +143,9 @@ def load_or_convert(make_function: Callable[[], Any], cache_dir: Path, name: str
     model_file = converted_model_file(folder)
     core = ov.Core()
     if folder.is_dir():
-        problems = converted_model_problems(folder)
+        # checked at every read: hashing MobileNetV2's 14 MB takes milliseconds
+        problems = checksum_problems(folder, converted_model_checksums(folder),
+                                     converted_model_file(folder).name)
         try:
             if problems:
                 raise ValueError("; ".join(problems))
@@ -167,8 +161,7 @@ def load_or_convert(make_function: Callable[[], Any], cache_dir: Path, name: str
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         ov.save_model(model, str(converted_model_file(tmp)), compress_to_fp16=False)
-        sums = {f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}
-        converted_model_checksums(tmp).write_text(json.dumps(sums, indent=1))
+        write_checksums(tmp, converted_model_checksums(tmp))
         try:
             tmp.rename(folder)
         except OSError:  # another run put it there first: theirs is the same model
@@ -177,34 +170,6 @@ def load_or_convert(make_function: Callable[[], Any], cache_dir: Path, name: str
         log.warning("cannot keep the converted model in %s (%s): it is converted again on "
                     "every run", folder.parent, e.strerror or e)
     return model
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def converted_model_problems(folder: Path) -> list[str]:
-    """Why the converted model in ``folder`` cannot be used (empty: every file is there and
-    as written). Checked at every read: hashing MobileNetV2's 14 MB takes milliseconds."""
-    try:
-        sums = json.loads(converted_model_checksums(folder).read_text())
-        if not isinstance(sums, dict) or converted_model_file(folder).name not in sums:
-            raise ValueError("no model file listed")
-    except (OSError, ValueError) as e:
-        return [f"{converted_model_checksums(folder)}: no readable checksums ({e})"]
-    problems = []
-    for name, want in sums.items():
-        path = folder / Path(name).name
-        try:
-            if _sha256(path) != want:
-                problems.append(f"{path} does not match the checksum recorded when converted")
-        except OSError as e:
-            problems.append(f"{path}: unreadable ({e.strerror or e})")
-    return problems
 
 
 class OpenVINOForward:

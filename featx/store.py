@@ -55,7 +55,6 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +62,13 @@ import h5py
 import numpy as np
 
 from featx.errors import DamagedStoreError, StoreError
+from featx.files import installed_version, short_hash, write_atomic
 from featx.layout import (
     assembling_path,
+    block_file,
+    job_meta,
     partial_dir,
+    partial_dirs,
     safe_name,
     segment_name,
     segments_dir,
@@ -74,7 +77,6 @@ from featx.layout import (
     verified_stamp,
 )
 from featx.memory import CHUNK, PackedStrings
-from featx.runinfo import write_atomic  # to a temporary name, synced, renamed
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +103,7 @@ __all__ = ["safe_name", "shard_dir", "store_path"]  # re-exported names of featx
 
 def store_key(settings: dict[str, Any]) -> str:
     """A short hash of everything that changes the numbers (never of locations or speeds)."""
-    text = json.dumps({**settings, "format_version": FORMAT_VERSION}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return short_hash(json.dumps({**settings, "format_version": FORMAT_VERSION}, sort_keys=True))
 
 
 def columns_digest(*, labels, paths, split, ok, label_names, feature_row=None,
@@ -175,10 +176,7 @@ def library_versions() -> dict[str, str]:
     import featx
 
     def installed(*names: str) -> str:
-        for name in names:
-            with contextlib.suppress(metadata.PackageNotFoundError):
-                return metadata.version(name)
-        return "?"
+        return installed_version(*names) or "?"
 
     return {"featx": featx.__version__,
             "tensorflow": installed("tensorflow", "tensorflow-cpu", "tf-nightly"),
@@ -202,24 +200,8 @@ class BlockDir:
                  job: str = "all") -> None:
         self.dir = partial_dir(store, content_key)
         self.rows = rows
-        meta_path = self.dir / "meta.json"
-        if meta_path.exists():
-            try:  # a resumed job keeps the block size it started with
-                meta = json.loads(meta_path.read_text())
-                if (meta.get("key"), meta.get("job"), meta.get("rows")) != \
-                        (content_key, job, rows):
-                    warn(f"{self.dir}: blocks of another job ({meta.get('rows')} rows to "
-                         f"extract, {rows} now); extracting afresh")
-                    self.remove()
-                else:
-                    block_rows = int(meta["block_rows"])
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError):
-                warn(f"{meta_path}: unreadable; its blocks are extracted again")
-                self.remove()
-        self.block_rows = max(1, block_rows)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(meta_path, json.dumps({"key": content_key, "job": job, "rows": rows,
-                                             "block_rows": self.block_rows}).encode())
+        self.block_rows = resume_unit(self.dir, {"key": content_key, "job": job, "rows": rows},
+                                      "block_rows", max(1, block_rows))
         self._cache: tuple[int, dict[str, np.ndarray]] | None = None
         self._checked: set[int] = set()
 
@@ -228,7 +210,7 @@ class BlockDir:
         return -(-self.rows // self.block_rows)
 
     def block_path(self, index: int) -> Path:
-        return self.dir / f"block-{index:06d}.npz"
+        return block_file(self.dir, index)
 
     def _digest_path(self, index: int) -> Path:
         return self.block_path(index).with_suffix(".sha256")
@@ -299,6 +281,29 @@ class BlockDir:
 
 def warn(message: str) -> None:
     log.warning("%s", message)
+
+
+def resume_unit(folder: Path, job: dict[str, Any], unit: str, size: int) -> int:
+    """The block (or shard) size of the extraction job resumed in ``folder``: the one
+    recorded in its ``meta.json`` when that records this very ``job`` (key, rows and which
+    rows), else ``size``, the folder emptied first (what it holds was made for another
+    job, or cannot be told apart). Records the job and its size."""
+    meta_path = job_meta(folder)
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+            if all(meta.get(k) == v for k, v in job.items()):
+                size = int(meta[unit])  # a resumed job keeps the size it started with
+            else:
+                warn(f"{folder}: made for another job ({meta.get('rows')} rows to extract, "
+                     f"{job['rows']} now); extracting afresh")
+                shutil.rmtree(folder, ignore_errors=True)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError):
+            warn(f"{meta_path}: unreadable; what it holds is extracted again")
+            shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(meta_path, json.dumps({**job, unit: size}).encode())
+    return size
 
 
 @dataclass
@@ -695,7 +700,7 @@ class FeatureStore:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            partial = list(self.path.parent.glob(self.path.name + ".*.partial"))
+            partial = partial_dirs(self.path.parent, self.path)
             hint = " (an unfinished extraction: run `featx extract` again to resume)" \
                 if partial else " (run `featx extract` first)"
             raise StoreError(f"no feature store at {self.path}{hint}")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from featx.errors import TrackingError
+from featx.errors import DependencyError
 
 ON = ("on", "true", "yes", "1")  # classify.mlflow values meaning "the default local store"
 DATABASE = "mlflow.db"
@@ -60,10 +60,10 @@ def log_results(uri: str, experiment: str, results: list[dict[str, Any]],
             client.set_terminated(run_id)
             ids.append(run_id)
         return ids
-    except TrackingError:
+    except DependencyError:
         raise
     except Exception as e:  # MLflow raises its own and its stores' errors
-        raise TrackingError(f"MLflow at {uri}: {type(e).__name__}: {e}") from None
+        raise DependencyError(f"MLflow at {uri}: {type(e).__name__}: {e}") from None
 
 
 def params(result: dict[str, Any]) -> dict[str, str]:
@@ -80,13 +80,13 @@ def params(result: dict[str, Any]) -> dict[str, str]:
 
 
 def require() -> Any:
-    """The ``mlflow`` module, or a TrackingError saying how to install it (checked before a
+    """The ``mlflow`` module, or a DependencyError saying how to install it (checked before a
     run starts, not after its fits)."""
     try:
         import mlflow.entities
         import mlflow.tracking
     except ImportError:
-        raise TrackingError("--mlflow needs MLflow: pip install 'featx[mlflow]'") from None
+        raise DependencyError("--mlflow needs MLflow: pip install 'featx[mlflow]'") from None
     return mlflow
 
 

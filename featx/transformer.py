@@ -17,7 +17,6 @@ cross-validation pays for each image once.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from featx.config import Config
 from featx.errors import DatasetError
+from featx.files import short_hash
+from featx.layout import transform_manifest
 
 LABEL = "unlabelled"  # the one class of the stores this transformer writes
 
@@ -56,6 +57,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         Who runs the backbone (``backbone.runtime``); OpenVINO's converted model is kept in
         ``cache_dir`` (None: featx's default cache folder). The features are the same
         within 1e-4 relative, so cached features serve either runtime.
+    progress : bool, default=True
+        A progress bar while files go through the backbone (``featx.progress``: a widget in
+        a notebook); False: none.
 
     The model is built on first use and never pickled or cloned: a clone or an unpickled
     copy builds its own.
@@ -64,7 +68,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     def __init__(self, backbone: str = "MobileNetV2", weights: str = "imagenet",
                  layer: str = "", pooling: str = "avg", input_size: int = 0,
                  batch_size: int = 32, cache_dir: str | None = None, seed: int = 42,
-                 runtime: str = "tensorflow") -> None:
+                 runtime: str = "tensorflow", progress: bool = True) -> None:
         self.backbone = backbone
         self.weights = weights
         self.layer = layer
@@ -74,6 +78,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.cache_dir = cache_dir
         self.seed = seed
         self.runtime = runtime
+        self.progress = progress
 
     # -- scikit-learn API ------------------------------------------------------------------
 
@@ -133,6 +138,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         state.pop("_model", None)  # a live Keras model is rebuilt, never pickled
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__({"progress": True, **state})  # pickled by featx 0.4: no progress
+
     def __sklearn_clone__(self) -> FeatureExtractor:
         return type(self)(**self.get_params())  # never the model
 
@@ -162,13 +170,17 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     def _compute_files(self, paths: list[str]) -> np.ndarray:
         from featx.images import ReadErrors, read_batches
+        from featx.progress import bar
 
         backbone = self._backbone()
         forward = backbone.batched(self.batch_size)
         errors = ReadErrors()
-        out = [forward(images, ok) for _, images, ok
-               in read_batches([str(p) for p in paths], backbone.input_size, self.batch_size,
-                               errors, resize=backbone.resize)]
+        out = []
+        with bar(len(paths), backbone.spec.name, "img", self.progress) as shown:
+            for _, images, ok in read_batches([str(p) for p in paths], backbone.input_size,
+                                              self.batch_size, errors, resize=backbone.resize):
+                out.append(forward(images, ok))
+                shown.update(len(images))
         if errors.reasons:
             _unreadable([(str(paths[i]), r) for i, r in sorted(errors.reasons.items())])
         return np.concatenate(out) if out else np.zeros((0, self.n_features_out_), np.float32)
@@ -184,16 +196,15 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         missing = sorted({p for i, p in enumerate(paths) if i not in found})
         if missing:
             # a store of their own, named by what it holds, made as `featx extract` makes one
-            folder = Path(config.cache_path) / "transform-manifests"
-            folder.mkdir(parents=True, exist_ok=True)
-            digest = hashlib.sha256("\n".join(missing).encode()).hexdigest()[:12]
-            manifest = folder / f"transform-{digest}.csv"
+            digest = short_hash("\n".join(missing), 12)
+            manifest = transform_manifest(config.cache_path, digest)
+            manifest.parent.mkdir(parents=True, exist_ok=True)
             with manifest.open("w", newline="") as f:
                 csv.writer(f).writerows([("path", "label"), *((p, LABEL) for p in missing)])
             config.dataset.manifest = str(manifest)
             config.dataset.root = os.path.commonpath([os.path.dirname(p) for p in missing])
             config.dataset.name = f"transform-{digest}"
-            result = extract(config, progress=False)
+            result = extract(config, progress=self.progress)
             if result.skipped:
                 _unreadable(result.skipped)
             found = _read_cached(paths, Path(config.cache_path), settings_key)

@@ -26,7 +26,8 @@ import numpy as np
 
 from featx.backbones import Backbone, BackboneError, get_spec
 from featx.config import BackboneConfig
-from featx.errors import VisualizeError
+from featx.errors import UsageError
+from featx.files import write_atomic
 from featx.log import import_tensorflow
 from featx.report import png_bytes
 
@@ -55,7 +56,7 @@ def backbone_for(model_or_backbone: str, weights: str | None = None, input_size:
         from featx.predict import Predictor
 
         if input_size:
-            raise VisualizeError(f"--input-size: {model_or_backbone} is a model, read at the "
+            raise UsageError(f"--input-size: {model_or_backbone} is a model, read at the "
                                  "input size it was trained at") from None
         return Predictor.load(model_or_backbone, weights).backbone
     return Backbone(BackboneConfig(name=spec.name, weights=weights or "imagenet",
@@ -71,7 +72,7 @@ def first_conv(base: Any) -> Any:
     for layer in base.layers:
         if type(layer) is keras.layers.Conv2D and layer.kernel.shape[2] == 3:
             return layer
-    raise VisualizeError(f"{base.name}: no convolution reads the image's 3 channels")
+    raise UsageError(f"{base.name}: no convolution reads the image's 3 channels")
 
 
 def filters(backbone: Backbone) -> tuple[np.ndarray, str]:
@@ -129,7 +130,7 @@ def layer_model(backbone: Backbone, layer: str) -> Any:
     backbone.depth(layer)  # an unknown name: one line naming the backbone
     output = backbone.base.get_layer(layer).output
     if len(output.shape) != 4:
-        raise VisualizeError(f"{layer}: not a map (output shape {tuple(output.shape[1:])})")
+        raise UsageError(f"{layer}: not a map (output shape {tuple(output.shape[1:])})")
     return keras.Model(backbone.base.input, output)
 
 
@@ -177,14 +178,14 @@ def parse_target(text: str) -> tuple[str, list[int]]:
     layer, _, spec = text.partition(":")
     layer = layer.strip()
     if not layer:
-        raise VisualizeError(f"--visualize {text!r}: name a layer (LAYER[:CHANNELS])")
+        raise UsageError(f"--visualize {text!r}: name a layer (LAYER[:CHANNELS])")
     if not spec.strip():
         return layer, list(range(N_CHANNELS))
     channels: list[int] = []
     for part in spec.split(","):
         found = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not found or (found.group(2) and int(found.group(2)) < int(found.group(1))):
-            raise VisualizeError(f"--visualize {text!r}: channels are numbers and ranges, "
+            raise UsageError(f"--visualize {text!r}: channels are numbers and ranges, "
                                  "e.g. 0-7,12")
         low = int(found.group(1))
         channels += range(low, int(found.group(2) or low) + 1)
@@ -223,12 +224,12 @@ def gradient_ascent(backbone: Backbone, layer: str, channels: list[int], steps: 
     tf = import_tensorflow()
 
     if steps < 0:
-        raise VisualizeError(f"--steps must be 0 or more, not {steps}")
+        raise UsageError(f"--steps must be 0 or more, not {steps}")
     model = layer_model(backbone, layer)
     width = int(model.output.shape[-1])
     bad = [c for c in channels if not 0 <= c < width]
     if bad or not channels:
-        raise VisualizeError(f"{layer} has channels 0-{width - 1}; asked for "
+        raise UsageError(f"{layer} has channels 0-{width - 1}; asked for "
                              f"{', '.join(map(str, bad)) or 'none'}")
     size = backbone.input_size
     h = int(model.output.shape[1])
@@ -322,7 +323,7 @@ def draw_filters(backbone: Backbone, folder: str | Path = ".") -> Path:
     n, kh, kw, _ = tiles.shape
     path = Path(folder) / f"filters-{backbone.spec.name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(filters_png(tiles, f"{_describe(backbone)}{name}: {n} filters of "
+    write_atomic(path, filters_png(tiles, f"{_describe(backbone)}{name}: {n} filters of "
                                         f"{kh}x{kw}x3, RGB (grey: 0)"))
     return path
 
@@ -335,5 +336,5 @@ def draw_channels(backbone: Backbone, target: str, folder: str | Path = ".",
     v = gradient_ascent(backbone, layer, channels, steps=steps, seed=seed)
     path = Path(folder) / f"visualize-{backbone.spec.name}-{layer}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(visualization_png(v, f"{_describe(backbone)}{steps} steps, seed {seed}, "))
+    write_atomic(path, visualization_png(v, f"{_describe(backbone)}{steps} steps, seed {seed}, "))
     return path, v

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,22 @@ def assert_close(actual, expected, rtol: float = 1e-4) -> None:
     scale = float(np.abs(expected).max())
     assert scale > 0, "expected features are all zero: the comparison would prove nothing"
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+@contextlib.contextmanager
+def result_lines() -> Iterator[list[str]]:
+    """The lines featx logs to featx.log.RESULTS inside the block (what the command line
+    prints on stdout: classify's summary lines, sweep's table), collected in a list."""
+    from featx.log import RESULTS
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    RESULTS.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        RESULTS.removeHandler(handler)
 
 
 def one_error_line(err: str, path: str | os.PathLike | None = None) -> str:
@@ -45,3 +65,23 @@ def run_featx(*args: str | os.PathLike, env: dict | None = None, timeout: float 
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3") if env is None else env
     return subprocess.run(featx_command(*args), cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout, **kwargs)
+
+
+def featx_here(*args: str | os.PathLike) -> subprocess.CompletedProcess:
+    """``featx ARGS`` run in this process (``featx.cli.main``) from the repository root, its
+    exit status and output as :func:`run_featx` gives them, without the ~5 CPU-seconds of a
+    fresh interpreter importing TensorFlow. Use a fresh process only where that is what is
+    tested: a kill or a crash, a signal, another user, start-up or import-time behaviour."""
+    from featx.cli import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(REPO), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's usage errors (2), --help (0)
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            if not isinstance(e.code, (int, type(None))):
+                print(e.code, file=sys.stderr)
+    return subprocess.CompletedProcess(["featx", *argv], code, out.getvalue(), err.getvalue())

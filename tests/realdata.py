@@ -4,26 +4,27 @@ except under ``FEATX_REQUIRE_SHARED=1`` (set by ``.ci/run``): there a missing da
 weights file, or a ``ray`` that does not import, fails the tests that need it.
 
 Keras reads ``KERAS_HOME`` once, when it is imported; the test session has imported it long
-before these tests run. So the extraction runs as ``featx extract`` in a fresh process (as a
-user runs it) with ``KERAS_HOME`` in its environment, seeded with the shared weights file
-under Keras' own cache name.
+before these tests run. So :func:`keras_home_set` points Keras' own setting (what
+``keras_home()`` returns, where ``get_file`` looks) at a folder seeded with the shared weights
+file under Keras' own cache name, and ``featx extract`` runs in this process (a fresh one
+would pay TensorFlow's start-up again).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import importlib
 import json
 import os
-import subprocess
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import featx_here
 
 from featx.config import Config
 
@@ -100,10 +101,20 @@ def seeded_keras_home(folder: Path) -> Path:
     return folder
 
 
-def child_env(keras_home: Path) -> dict[str, str]:
-    env = dict(os.environ, KERAS_HOME=str(keras_home), TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("FEATX_CACHE_DIR", None)
-    return env
+@contextlib.contextmanager
+def keras_home_set(folder: Path) -> Iterator[Path]:
+    """Keras' download folder is ``folder`` inside the block, in this process: Keras read
+    ``KERAS_HOME`` when it was imported, into the value its ``keras_home()`` returns and its
+    ``get_file`` (ImageNet weights included) reads on every call."""
+    from keras.src.backend import config as keras_config
+
+    from featx.backbones import keras_home
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keras_config, "_KERAS_DIR", str(folder))
+        patch.setenv("KERAS_HOME", str(folder))
+        assert keras_home() == Path(folder)  # where featx says Keras looks, too
+        yield folder
 
 
 def flowers_config(cache: Path, out: Path) -> Config:
@@ -126,10 +137,9 @@ def flowers17(tmp_path_factory):
     def build(base: Path) -> dict:
         config = flowers_config(base / "cache", base / "results")
         keras_home = seeded_keras_home(keras_home_of(config))
-        command = [sys.executable, "-m", "featx.cli", "extract", "-p", str(PIPELINE),
-                   "--data", str(FLOWERS17), "--cache-dir", config.cache_dir, "--no-progress"]
-        done = subprocess.run(command, cwd=REPO, env=child_env(keras_home),
-                              capture_output=True, text=True, timeout=900)
+        with keras_home_set(keras_home):  # weights="imagenet" served from it, offline
+            done = featx_here("extract", "-p", PIPELINE, "--data", FLOWERS17,
+                              "--cache-dir", config.cache_dir, "--no-progress")
         assert done.returncode == 0, done.stderr[-3000:]
         assert "extracted 1360 images" in done.stdout, done.stdout
         return {"cache": config.cache_dir, "out": config.out}
@@ -150,7 +160,7 @@ def flowers17_logreg(flowers17, tmp_path_factory):
     from featx.classification import classify
 
     def build(_: Path) -> dict:
-        (result,) = classify(flowers17, echo=lambda line: None)
+        (result,) = classify(flowers17)
         return result
 
     result = once_per_run(tmp_path_factory, "flowers17-logreg", build)
@@ -267,7 +277,7 @@ def _plant(base: Path) -> dict:
     config.classify.classifiers = ["logreg"]
     config.classify.quick = True
     store = extract(config, progress=False).path
-    results = classify(config, store, echo=lambda line: None)
+    results = classify(config, store)
     model = base / "out" / results[0]["run"] / "planted-logreg.skops"
     return {k: str(v) if isinstance(v, Path) else v
             for k, v in dataclasses.asdict(Planted(root, store, model, moved, copies)).items()}

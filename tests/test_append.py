@@ -142,7 +142,8 @@ def test_sigkill_during_an_update_leaves_the_previous_store_usable(tmp_path):
     data, cache = tmp_path / "data", tmp_path / "cache"
     _images(data, FIRST)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
+                                                       os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-c", KILLER, str(data), str(tmp_path / "written"), str(cache)]
     extract(_config(data, cache), progress=False)
     (old,) = cache.glob("*.h5")

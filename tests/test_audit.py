@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import csv
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from realdata import REPO, SHARED, child_env
+from helpers import featx_here
+from realdata import SHARED
 
 from featx.audit import (
     audit_arrays,
@@ -19,7 +18,7 @@ from featx.audit import (
     neighbours,
     unit_rows,
 )
-from featx.errors import AuditError
+from featx.errors import UsageError
 
 FLOWERS5 = SHARED / "datasets" / "flowers5"
 
@@ -75,7 +74,7 @@ def test_planted_outlier_and_label_errors_on_synthetic_clusters():
     quality = [q for _, _, q, _ in a.label_issues]
     assert quality == sorted(quality), a.label_issues  # most likely error first
     assert class_outliers(unit_rows(x), y, z_below=-1e9) == []
-    with pytest.raises(AuditError, match="--threshold 1.5"):
+    with pytest.raises(UsageError, match="--threshold 1.5"):
         audit_arrays(x, y, threshold=1.5)
 
 
@@ -117,10 +116,7 @@ def test_audit_finds_the_planted_faults(planted_flowers, tmp_path, capsys):
     originals."""
     pytest.importorskip("cleanlab")
     out = tmp_path / "audit"
-    command = [sys.executable, "-m", "featx.cli", "audit", "--store",
-               str(planted_flowers.store), "--out", str(out)]
-    done = subprocess.run(command, cwd=REPO, env=child_env(tmp_path), capture_output=True,
-                          text=True, timeout=600)
+    done = featx_here("audit", "--store", planted_flowers.store, "--out", out)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = _csv(out / "audit.csv")
     errors = [r for r in rows if r["section"] == "label error"]

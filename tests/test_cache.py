@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, featx_here
 from PIL import Image
 
 from featx import cache
@@ -131,16 +131,16 @@ def test_store_with_other_settings_is_never_used(data, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_second_writer_waits_for_the_first(data, tmp_path):
-    cmd = [sys.executable, "-m", "featx.cli", "extract", "--data", str(data), "--weights",
-           "none", "--input-size", "64", "--batch-size", "1", "--cache-dir",
-           str(tmp_path / "cache"), "--no-progress"]
+    args = ["extract", "--data", str(data), "--weights", "none", "--input-size", "64",
+            "--batch-size", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    cmd = [sys.executable, "-m", "featx.cli", *args]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     deadline = time.monotonic() + 120
     while not list((tmp_path / "cache").glob("*.lock")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    second = featx_here(*args)  # in this process: the first holds the lock from its own
     out1, err1 = first.communicate(timeout=300)
     assert first.returncode == 0 and second.returncode == 0, err1[-2000:] + second.stderr[-2000:]
     assert "extracted 10 images" in out1

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import result_lines
 from sklearn.metrics import confusion_matrix
 
 from featx import learners
@@ -20,8 +21,8 @@ from featx.store import FeatureStore, StoreError
 def classified(tiny_store, tmp_path_factory, make_config):
     out = tmp_path_factory.mktemp("results")
     config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(out))
-    lines = []
-    results = classify(config, echo=lines.append)
+    with result_lines() as lines:
+        results = classify(config)
     return config, out, results, lines
 
 
@@ -96,14 +97,14 @@ def test_unknown_classifier_is_an_error(tiny_store, make_config, tmp_path):
 def test_classify_without_a_store_says_to_extract(tiny_store, make_config, tmp_path):
     config = make_config(tiny_store.root, tmp_path / "empty-cache", out=str(tmp_path))
     with pytest.raises(StoreError, match="featx extract"):
-        classify(config, echo=lambda line: None)
+        classify(config)
 
 
 def test_classify_refuses_a_store_split_differently(tiny_store, make_config, tmp_path):
     config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(tmp_path),
                          dataset={"test": 0.5})
     with pytest.raises(StoreError, match="split"):
-        classify(config, echo=lambda line: None)
+        classify(config)
     assert not list(tmp_path.iterdir())  # nothing written
 
 
@@ -113,7 +114,7 @@ def test_classify_refuses_a_store_split_with_another_seed(tiny_store, make_confi
     config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(tmp_path),
                          dataset={"seed": tiny_store.config.dataset.seed + 1})
     with pytest.raises(StoreError, match=r"split .*'seed': 43"):
-        classify(config, tiny_store.path, echo=lambda line: None)
+        classify(config, tiny_store.path)
     assert not list(tmp_path.iterdir())  # nothing written
 
 
@@ -259,7 +260,7 @@ def test_ensemble_averages_the_classifiers_probabilities(tiny_store, make_config
     names = ["logreg", "knn", "sgd"]
     config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(tmp_path),
                          classify={"classifiers": names, "ensemble": True, "cv": 2})
-    results = classify(config, echo=lambda line: None)
+    results = classify(config)
     assert [r["classifier"] for r in results] == [*names, "ensemble(logreg+knn+sgd)"]
     run = tmp_path / results[0]["run"]
     members = [load_model(run / f"tiny-{n}.skops")["model"] for n in names]
@@ -290,7 +291,7 @@ def test_ensemble_needs_two_classifiers(tiny_store, make_config, tmp_path):
     config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(tmp_path),
                          classify={"classifiers": ["logreg"], "ensemble": True})
     with pytest.raises(ClassifierError, match="ensemble"):
-        classify(config, echo=lambda line: None)
+        classify(config)
 
 
 def test_rows_of_one_image_stay_in_one_fold():

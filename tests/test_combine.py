@@ -94,7 +94,7 @@ def test_extract_and_classify_a_combined_pipeline(tiny_root, tmp_path, capsys):
     assert [m.backbone.pooling for m in ms] == ["avg", "max"]
     assert all(m.dataset == config.dataset and m.cache_dir == config.cache_dir for m in ms)
 
-    results = classify(config, echo=lambda line: None)
+    results = classify(config)
     assert [r["classifier"] for r in results] == ["logreg", "sgd", "ensemble(logreg+sgd)"]
     for r in results:
         assert r["backbone"]["combine"].startswith("fuse: tiny-avg (MobileNetV2, avg) + tiny-max")
@@ -104,7 +104,7 @@ def test_extract_and_classify_a_combined_pipeline(tiny_root, tmp_path, capsys):
 
     # ensemble mode: each member's classifier, probabilities averaged
     config = Config.load(_pipelines(tmp_path, root, "ensemble"))
-    [result] = classify(config, echo=lambda line: None)
+    [result] = classify(config)
     parts = [load_splits(m, p) for m, p in zip(config.members(),
                                                 sorted((tmp_path / "cache").glob("*.h5")))]
     parts.sort(key=lambda p: p.attrs["pooling"])  # avg, max: the members' order
@@ -137,4 +137,4 @@ def test_repeats_on_a_combined_pipeline_are_refused_not_ignored(tiny_root, tmp_p
     config = Config.load(_pipelines(tmp_path, tiny_root[0], "fuse"))
     config.classify.repeats = 3
     with pytest.raises(ConfigError, match="classify.repeats = 3: a .combine. pipeline"):
-        classify(config, echo=lambda line: None)
+        classify(config)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import featx_here
 from PIL import Image
-from realdata import FLOWERS17, REPO, WEIGHTS, child_env
+from realdata import FLOWERS17, WEIGHTS
 
-from featx.errors import ExplainError
+from featx.errors import UsageError
 from featx.explain import linear_weights, nearest, numerical_gradient, occlusion_map
 
 QUADRANTS = [(0, 0), (224, 0), (0, 224), (224, 224)]  # (x, y) of the pasted photo
@@ -65,9 +64,9 @@ def test_occlusion_finds_the_patch_that_matters_and_checks_its_options():
 
     m = occlusion_map(probability, image, patch=8, stride=4)
     assert m.shape == (40, 40) and quadrant(m) == 2 and m[34, 6] > 0 and m[5, 35] == 0
-    with pytest.raises(ExplainError, match="--patch 50"):
+    with pytest.raises(UsageError, match="--patch 50"):
         occlusion_map(probability, image, patch=50, stride=4)
-    with pytest.raises(ExplainError, match="--stride 0"):
+    with pytest.raises(UsageError, match="--stride 0"):
         occlusion_map(probability, image, patch=8, stride=0)
 
 
@@ -112,7 +111,7 @@ def test_nearest_training_images_of_a_training_image_start_with_itself(planted_f
     found = nearest(planted_flowers.store, query, 4)[0]
     assert found[0][0].endswith(rel) and found[0][2] == pytest.approx(1.0, abs=1e-5)
     assert [f[2] for f in found] == sorted((f[2] for f in found), reverse=True)
-    with pytest.raises(ExplainError, match="width"):
+    with pytest.raises(UsageError, match="width"):
         nearest(planted_flowers.store, query[:, :100], 4)
 
 
@@ -125,12 +124,11 @@ def test_featx_explain_command(planted_flowers, tmp_path):
 
     images = sorted((FLOWERS17 / "sunflower").glob("image_*.jpg"))[:2]
     out = tmp_path / "explain"
-    command = [sys.executable, "-m", "featx.cli", "explain", str(planted_flowers.model),
+    command = ["explain", str(planted_flowers.model),
                *map(str, images), "--out", str(out), "--top", "3", "--class", "daisy",
                "--patch", "112", "--stride", "56", "--neighbours", "4",
                "--weights", str(WEIGHTS)]
-    done = subprocess.run(command, cwd=REPO, env=child_env(tmp_path), capture_output=True,
-                          text=True, timeout=300)
+    done = featx_here(*command)
     assert done.returncode == 0, done.stderr[-2000:]
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == 2
@@ -141,9 +139,8 @@ def test_featx_explain_command(planted_flowers, tmp_path):
     assert len(re.findall(r"src='data:image/png;base64,", page)) == 2
     assert len(re.findall(r"src='data:image/jpeg;base64,", page)) == 8  # 4 neighbours each
     assert "CAM (exact" in page and "sunflower" in page
-    bad = subprocess.run([*command[:6], "--class", "<nope>", "--neighbours", "0",
-                          "--weights", str(WEIGHTS)], cwd=REPO, env=child_env(tmp_path),
-                         capture_output=True, text=True, timeout=300)
+    bad = featx_here(*command[:3], "--class", "<nope>", "--neighbours", "0",
+                     "--weights", str(WEIGHTS))
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "--class '<nope>': the model has no such class" in bad.stderr
 
@@ -156,9 +153,9 @@ def test_unreadable_image_and_unknown_class_are_one_line_errors(tmp_path):
     predictor = SimpleNamespace(backbone=SimpleNamespace(input_size=32), classes=["a", "b"])
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
-    with pytest.raises(ExplainError, match=f"{bad}: not a readable image"):
+    with pytest.raises(UsageError, match=f"{bad}: not a readable image"):
         explain_image(predictor, str(bad))
     good = tmp_path / "ok.png"
     Image.new("RGB", (40, 30), (10, 20, 30)).save(good)
-    with pytest.raises(ExplainError, match="--class 'c': the model has no such class"):
+    with pytest.raises(UsageError, match="--class 'c': the model has no such class"):
         explain_image(predictor, str(good), classes=["c"])

@@ -17,7 +17,7 @@ from realdata import needs_shared, store_of
 
 from featx.cli import main
 from featx.dataset import TEST, TRAIN, VAL
-from featx.export import FORMATS, ExportError, export
+from featx.export import FORMATS, UsageError, export
 from featx.store import (
     CHUNK_BYTES,
     FeatureDigest,
@@ -95,7 +95,7 @@ def test_cli_export_by_key_and_refusals(tiny_store, tmp_path, capsys):
     assert (out / "features.npy").read_bytes() == before
     with pytest.raises(SystemExit):  # argparse: the formats are a choice
         main(["cache", "export", tiny_store.key[:8], "--format", "csv", "--out", str(out)])
-    with pytest.raises(ExportError, match="unknown export format 'csv'"):
+    with pytest.raises(UsageError, match="unknown export format 'csv'"):
         export(tiny_store.path, "csv", out)
 
 

@@ -13,7 +13,7 @@ from helpers import one_error_line
 from featx.cli import main
 from featx.config import FinetuneConfig
 from featx.dataset import TEST, TRAIN, VAL
-from featx.finetune import FinetuneError, FineTuner, load_image_splits, runs_dir
+from featx.finetune import ConfigError, FineTuner, load_image_splits, runs_dir
 from featx.store import FeatureStore
 
 # Tiny and quick: 2 epochs per phase; learning rates high enough to move in 2 epochs.
@@ -192,7 +192,7 @@ def test_finetune_reports_like_classify_and_saves_the_model(tiny_store, make_con
 
     reference = classify(make_config(tiny_store.root, tiny_store.config.cache_dir,
                                      out=str(tmp_path / "ref"),
-                                     classify={"classifiers": ["logreg"]}), echo=lambda _: None)
+                                     classify={"classifiers": ["logreg"]}))
     cache = tmp_path / "cache"
     assert main(["finetune", "--data", str(tiny_store.root), "--weights", "none",
                  "--input-size", "32", "--cache-dir", str(cache), "--no-progress",
@@ -232,9 +232,9 @@ def test_finetune_reports_like_classify_and_saves_the_model(tiny_store, make_con
 
 def test_settings_that_cannot_work_are_errors(tiny_root, make_config, tmp_path, capsys):
     config = make_config(tiny_root[0], tmp_path)
-    with pytest.raises(FinetuneError, match="pooling"):
+    with pytest.raises(ConfigError, match="pooling"):
         FineTuner(dataclasses.replace(config.backbone, pooling="none"), FinetuneConfig(), 3)
-    with pytest.raises(FinetuneError, match="warmup_optimizer"):
+    with pytest.raises(ConfigError, match="warmup_optimizer"):
         FineTuner(config.backbone, FinetuneConfig(warmup_optimizer="lbfgs"), 3)
     assert main(["finetune", "--data", str(tiny_root[0]), "--weights", "none",
                  "--input-size", "32", "--cache-dir", str(tmp_path), "--set", "dataset.val=0",

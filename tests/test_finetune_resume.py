@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO
+from helpers import REPO, featx_here
+from test_finetune import calibrate_batchnorm
 
-from featx import cache
+from featx import cache, finetune
 from featx.dataset import TRAIN
 from featx.finetune import PHASES, load_image_splits
 
@@ -30,8 +31,8 @@ SETTINGS = {"warmup_epochs": 4, "warmup_lr": 1e-2, "epochs": 4, "unfreeze": 4, "
 KILLS = [(0, 2), (1, 2)]
 
 # The featx command line in a fresh process, with a BatchNorm calibration (random weights
-# learn nothing without it, see test_finetune.py) and, optionally, a SIGKILL right after the
-# checkpoint of one epoch is on disk.
+# learn nothing without it, see test_finetune.py) and a SIGKILL right after the checkpoint of
+# one epoch is on disk. The runs nobody kills run in the test's process (_run_here).
 RUNNER = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
@@ -58,15 +59,34 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _run(root: Path, cache_dir: Path, out: Path, calibration: Path,
-         kill: tuple[int, int] | None) -> subprocess.CompletedProcess:
-    script = RUNNER.format(tests=str(REPO / "tests"), kill=kill, calibration=str(calibration))
-    args = ["finetune", "--data", str(root), "--weights", "none", "--input-size", "32",
+def _args(root: Path, cache_dir: Path, out: Path) -> list[str]:
+    return ["finetune", "--data", str(root), "--weights", "none", "--input-size", "32",
             "--cache-dir", str(cache_dir), "--out", str(out), "--no-progress", "--set=name=tiny",
             *[f"--set=finetune.{k}={json.dumps(v)}" for k, v in SETTINGS.items()]]
+
+
+def _run(root: Path, cache_dir: Path, out: Path, calibration: Path,
+         kill: tuple[int, int]) -> subprocess.CompletedProcess:
+    """The run killed at ``kill``: a fresh process (that kills itself)."""
+    script = RUNNER.format(tests=str(REPO / "tests"), kill=kill, calibration=str(calibration))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-c", script, *_args(root, cache_dir, out)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _run_here(root: Path, cache_dir: Path, out: Path,
+              calibration: Path) -> subprocess.CompletedProcess:
+    """A run that nobody kills, in this process: RUNNER's calibration, without the kill."""
+    images = np.load(calibration)
+    build = finetune.FineTuner._build
+
+    def build_calibrated(self):
+        build(self)
+        calibrate_batchnorm(self, images)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(finetune.FineTuner, "_build", build_calibrated)
+        return featx_here(*_args(root, cache_dir, out))
 
 
 def _same(result: dict) -> dict:
@@ -86,7 +106,7 @@ def test_a_killed_finetuning_resumes_and_ends_as_an_uninterrupted_one(tiny_root,
     config = make_config(root, tmp_path / "unused", finetune=SETTINGS)
     np.save(calibration, load_image_splits(config).images[TRAIN])
 
-    done = _run(root, tmp_path / "cache-a", tmp_path / "a", calibration, kill=None)
+    done = _run_here(root, tmp_path / "cache-a", tmp_path / "a", calibration)
     assert done.returncode == 0, done.stderr
     (done_file,) = (tmp_path / "a").glob("*/tiny-finetune.json")  # in its run folder
     reference = json.loads(done_file.read_text())
@@ -106,7 +126,7 @@ def test_a_killed_finetuning_resumes_and_ends_as_an_uninterrupted_one(tiny_root,
         assert monitors and all(m.stat().st_size > 0 for m in monitors)
         assert not list((tmp_path / "b").glob("*/tiny-finetune.json"))
 
-    resumed = _run(root, killed_cache, tmp_path / "b", calibration, kill=None)
+    resumed = _run_here(root, killed_cache, tmp_path / "b", calibration)
     assert resumed.returncode == 0, resumed.stderr
     (result_file,) = (tmp_path / "b").glob("*/tiny-finetune.json")
     result = json.loads(result_file.read_text())

@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from helpers import featx_here
 
 from featx.cli import main
 from featx.extraction import extract
@@ -142,7 +143,7 @@ def test_rewritten_features_are_refused_and_extract_rebuilds_them(own_store, cap
     from featx.classification import classify
 
     with pytest.raises(StoreError, match=str(path)):
-        classify(config, echo=lambda *a: None)
+        classify(config)
     result = extract(config, progress=False)
     assert not result.cache_hit and result.extracted == len(good)
     assert "extracting afresh" in capsys.readouterr().err
@@ -456,13 +457,14 @@ def test_a_full_disk_names_the_file_it_could_not_write(tiny_store, tmp_path):
     import resource
 
     cache = tmp_path / "cache"
-
-    def small_files():  # Python ignores SIGXFSZ: writes past the limit fail with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
-
-    run = subprocess.run([sys.executable, "-m", "featx.cli", "extract",
-                          *tiny_args(tiny_store.root, cache)], cwd=REPO, capture_output=True,
-                         text=True, preexec_fn=small_files, timeout=300)
+    # Python ignores SIGXFSZ: writes past the limit fail with EFBIG. The soft limit, this
+    # process's own for the run, is raised back after it.
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
+    try:
+        run = featx_here("extract", *tiny_args(tiny_store.root, cache))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert run.returncode == 2, run.stderr
     line = one_error_line(run.stderr)
     assert "File too large" in line and str(cache) in line

@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from helpers import REPO, assert_close, featx_command
+from helpers import REPO, assert_close, featx_command, featx_here
 from PIL import Image
 
 from featx.config import Config
@@ -39,9 +39,13 @@ def _make_dataset(root: Path) -> None:
             folder / f"im{i:03d}.png")
 
 
+def _args(data: Path, cache: Path) -> list:
+    return ["extract", "--data", data, "--weights", "none", "--input-size", SIZE,
+            "--batch-size", BATCH, "--cache-dir", cache, "--no-progress"]
+
+
 def _cmd(data: Path, cache: Path) -> list[str]:
-    return featx_command("extract", "--data", data, "--weights", "none", "--input-size", SIZE,
-                         "--batch-size", BATCH, "--cache-dir", cache, "--no-progress")
+    return featx_command(*_args(data, cache))
 
 
 def _env() -> dict:
@@ -127,8 +131,8 @@ def test_sigkill_at_each_point_then_resume_equals_uninterrupted(reference, tmp_p
         kept = blocks
     assert len(kept) == n_blocks  # killed while assembling: every block was finished
 
-    done = subprocess.run(_cmd(data, cache), cwd=REPO, env=_env(), check=True,
-                          capture_output=True, text=True)
+    done = featx_here(*_args(data, cache))  # the last resume, killed by no one: here
+    done.check_returncode()
     extracted = int(re.search(r"extracted (\d+) images", done.stdout).group(1))
     assert extracted == N_IMAGES - min(len(kept) * BLOCK_ROWS, N_IMAGES)
     (store,) = cache.glob("*.h5")

@@ -38,7 +38,7 @@ def _shuffled_copy(root: Path, written: dict[str, list[str]], dest: Path) -> Non
 def _end_to_end(config) -> tuple[dict, float]:
     """(classify's result, rank-1 of `predict` on the held-out image files)."""
     store = extract(config, progress=False).path
-    (result,) = classify(config, store, echo=lambda line: None)
+    (result,) = classify(config, store)
     with FeatureStore(store) as s:
         rows = np.flatnonzero(s.split == TEST)
         paths = [str(Path(config.dataset.root) / s.paths[i]) for i in rows]

@@ -13,7 +13,7 @@ from realdata import needs_shared, store_of
 
 from featx.classification import classify
 from featx.cli import build_parser, config_from_args, main
-from featx.tracking import DATABASE, TrackingError, tracking_uri
+from featx.tracking import DATABASE, DependencyError, tracking_uri
 
 mlflow = pytest.importorskip("mlflow", reason="needs featx[mlflow]")
 pytest.importorskip("sqlalchemy", reason="needs featx[mlflow]")
@@ -56,7 +56,7 @@ def test_classify_logs_one_run_per_classifier(tiny_store, make_config, tmp_path)
     cache.mkdir()
     config = make_config(tiny_store.root, cache, out=str(tmp_path / "out"),
                          classify={"classifiers": ["logreg", "knn"], "mlflow": "on"})
-    results = classify(config, tiny_store.path, echo=lambda line: None)
+    results = classify(config, tiny_store.path)
     assert_logged_like_the_json(cache, results, "tiny")
 
 
@@ -70,7 +70,7 @@ def test_flowers17_logged_to_a_local_store(flowers17, tmp_path):  # noqa: F811
     cache = tmp_path / "mlflow-cache"
     config.cache_dir = str(cache)
     config.classify.mlflow = "on"
-    results = classify(config, store_of(flowers17), echo=lambda line: None)
+    results = classify(config, store_of(flowers17))
     assert results[0]["rank5"] is not None
     assert_logged_like_the_json(cache, results, config.name)
 
@@ -97,7 +97,7 @@ def test_without_mlflow_installed_it_is_one_line(tiny_store, make_config, tmp_pa
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert err == ["featx: error: --mlflow needs MLflow: pip install 'featx[mlflow]'"]
     assert not (tmp_path / "out").exists()  # said before fitting anything
-    with pytest.raises(TrackingError):
+    with pytest.raises(DependencyError):
         from featx.tracking import log_results
 
         log_results("sqlite:///unused.db", "x", [])

@@ -166,7 +166,7 @@ def test_classify_with_sgd_alone_never_loads_the_features(chunked_store, monkeyp
     config = Config.from_dict({"name": "stream", "out": str(tmp_path / "out"),
                                "dataset": {"test": 0.25, "seed": 42},
                                "classify": {"classifiers": ["sgd"], "cv": 2, "n_jobs": 1}})
-    [result] = classify(config, path, echo=lambda line: None)
+    [result] = classify(config, path)
     assert spy.largest_buffer <= 100
     assert result["classifier"] == "sgd" and result["n_test"] == int((split == TEST).sum())
     assert result["rank1"] > 0.95 and result["best_params"]["alpha"] > 0
@@ -192,7 +192,7 @@ def test_flowers17_sgd_within_two_points_of_logreg(flowers17, flowers17_logreg, 
     config = copy.deepcopy(flowers17)
     config.out = str(tmp_path)
     config.classify.classifiers = ["sgd"]
-    (sgd,) = classify(config, echo=lambda line: None)
+    (sgd,) = classify(config)
     logreg, _ = flowers17_logreg
     assert logreg["rank1"] >= 0.92 and logreg["n_test"] == sgd["n_test"] == 340
     assert sgd["rank1"] >= logreg["rank1"] - 0.02, sgd["rank1"]

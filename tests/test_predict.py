@@ -10,17 +10,17 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
-from helpers import one_error_line, run_featx
-from realdata import FLOWERS17, child_env, keras_home_of, needs_shared, store_of
+from helpers import featx_here, one_error_line
+from realdata import FLOWERS17, keras_home_of, keras_home_set, needs_shared, store_of
 
 from featx.backbones import Backbone
 from featx.classification import classify, load_model
 from featx.cli import main
 from featx.config import BackboneConfig
 from featx.dataset import TEST, TRAIN
-from featx.modelfile import ModelFileError
+from featx.errors import ModelFileError, UsageError
 from featx.modelfile import save as save_bundle
-from featx.predict import CSV_HEADER, PredictError, Predictor, image_files, run
+from featx.predict import CSV_HEADER, Predictor, image_files, run
 from featx.store import FeatureStore
 
 
@@ -29,7 +29,7 @@ def models(tiny_store, tmp_path_factory, make_config):
     """logreg and linear_svm bundles trained on the tiny store, by classifier name."""
     out = tmp_path_factory.mktemp("predict-models")
     config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(out))
-    results = classify(config, tiny_store.path, echo=lambda line: None)
+    results = classify(config, tiny_store.path)
     run = out / results[0]["run"]
     return {name: run / f"tiny-{name}.skops" for name in ("logreg", "linear_svm")}
 
@@ -99,21 +99,21 @@ def test_the_same_settings_are_accepted(models):
 ])
 def test_other_feature_settings_are_refused(models, changes, named):
     bundle = load_model(models["logreg"])
-    with pytest.raises(PredictError, match=f"trained on: .*{named}="):
+    with pytest.raises(ModelFileError, match=f"trained on: .*{named}="):
         Predictor(bundle, tiny_backbone(**changes))
 
 
 def test_other_random_weights_are_refused(models):
     bundle = load_model(models["logreg"])
     backbone = Backbone(BackboneConfig(name="MobileNetV2", weights="none", input_size=32), seed=7)
-    with pytest.raises(PredictError, match="random:seed=7.*random:seed=42"):
+    with pytest.raises(ModelFileError, match="random:seed=7.*random:seed=42"):
         Predictor(bundle, backbone)
 
 
 def test_a_weights_file_that_is_not_the_trained_one_is_refused(models, tmp_path, capsys):
     other = tmp_path / "other.h5"
     other.write_bytes(b"some other weights")
-    with pytest.raises(PredictError, match="not the ones the model was trained with"):
+    with pytest.raises(ModelFileError, match="not the ones the model was trained with"):
         Predictor.load(models["logreg"], weights=other)
     image = tmp_path / "x.png"
     image.write_bytes(b"")
@@ -125,24 +125,24 @@ def test_a_tampered_bundle_is_refused_by_its_settings_key(models, tmp_path):
     bundle = load_model(models["logreg"])
     bundle["extracted_by"]["backbone"]["pooling"] = "max"
     save_bundle(tmp_path / "tampered.skops", bundle)
-    with pytest.raises(PredictError, match="pooling='avg' \\(now 'max'\\)"):
+    with pytest.raises(ModelFileError, match="pooling='avg' \\(now 'max'\\)"):
         Predictor.load(tmp_path / "tampered.skops")
     # A setting the recorded backbone dict does not list is still caught by the key.
     bundle = load_model(models["logreg"])
     bundle["backbone"].pop("pooling")
     bundle["extracted_by"]["backbone"]["pooling"] = "max"
-    with pytest.raises(PredictError, match="settings key"):
+    with pytest.raises(ModelFileError, match="settings key"):
         Predictor(bundle, tiny_backbone(pooling="max"))
 
 
 def test_features_of_another_width_are_refused(models):
     predictor = Predictor.load(models["logreg"])
-    with pytest.raises(PredictError, match="width 640.*width 1280"):
+    with pytest.raises(ModelFileError, match="width 640.*width 1280"):
         predictor.predict_proba(np.zeros((2, 640), np.float32))
 
 
 def test_missing_or_foreign_model_files(tmp_path):
-    with pytest.raises(PredictError, match="no saved model"):
+    with pytest.raises(ModelFileError, match="no saved model"):
         Predictor.load(tmp_path / "absent.skops")
     (tmp_path / "junk.joblib").write_bytes(b"not a pickle")
     with pytest.raises(ModelFileError, match="refused: not a skops file"):
@@ -151,10 +151,10 @@ def test_missing_or_foreign_model_files(tmp_path):
             pytest.raises(ModelFileError, match="not a featx model bundle"):
         Predictor.load(tmp_path / "junk.joblib", trust=True)
     save_bundle(tmp_path / "dict.skops", {"model": None})
-    with pytest.raises(PredictError, match="not a featx model bundle"):
+    with pytest.raises(ModelFileError, match="not a featx model bundle"):
         Predictor.load(tmp_path / "dict.skops")
     joblib.dump({"model": None}, tmp_path / "dict.joblib")
-    with pytest.warns(UserWarning), pytest.raises(PredictError, match="not a featx model"):
+    with pytest.warns(UserWarning), pytest.raises(ModelFileError, match="not a featx model"):
         Predictor.load(tmp_path / "dict.joblib", trust=True)
 
 
@@ -226,7 +226,7 @@ def test_a_folder_without_images_is_a_one_line_error(models, tmp_path, capsys):
 
 
 def test_top_k_must_be_positive(models, held_out):
-    with pytest.raises(PredictError, match="--top"):
+    with pytest.raises(UsageError, match="--top"):
         Predictor.load(models["logreg"]).top_k(held_out[0][:1], k=0)
 
 
@@ -249,12 +249,12 @@ def test_a_moved_weights_file_is_accepted_and_another_refused(tiny_root, tmp_pat
     config = make_config(root, tmp_path / "cache", out=str(tmp_path / "out"),
                          backbone={"weights": str(trained)}, classify={"classifiers": ["logreg"]})
     store = extract(config, progress=False).path
-    results = classify(config, store, echo=lambda line: None)
+    results = classify(config, store)
     model = tmp_path / "out" / results[0]["run"] / "tiny-logreg.skops"
     moved = tmp_path / "elsewhere" / "copy.weights.h5"
     moved.parent.mkdir()
     shutil.move(trained, moved)
-    with pytest.raises(PredictError, match="trained with is not at .*--weights PATH"):
+    with pytest.raises(ModelFileError, match="trained with is not at .*--weights PATH"):
         Predictor.load(model)
     predictor = Predictor.load(model, weights=moved)
     with FeatureStore(store) as s:
@@ -264,7 +264,7 @@ def test_a_moved_weights_file_is_accepted_and_another_refused(tiny_root, tmp_pat
     expected = [predictor.classes[i] for i in predictor.predict_proba(stored).argmax(axis=1)]
     assert [p.labels[0][0] for p in predictor.top_k(paths, k=1)] == expected
     other = save_weights(tmp_path / "other.weights.h5", 2)
-    with pytest.raises(PredictError, match="not the ones the model was trained with"):
+    with pytest.raises(ModelFileError, match="not the ones the model was trained with"):
         Predictor.load(model, weights=other)
 
 
@@ -272,8 +272,8 @@ def test_a_moved_weights_file_is_accepted_and_another_refused(tiny_root, tmp_pat
 @pytest.mark.shared
 @needs_shared
 def test_real_flowers_held_out_images_are_labelled(flowers17, flowers17_logreg):
-    """`featx predict` in a fresh process (ImageNet weights from a seeded KERAS_HOME, as the
-    session's store was extracted) on a quarter of the held-out Flowers-17 images, with the
+    """`featx predict` (ImageNet weights from a seeded KERAS_HOME, as the session's store was
+    extracted) on a quarter of the held-out Flowers-17 images, with the
     session's logistic regression: right, and the same labels as from the stored features."""
     _, model = flowers17_logreg
     with FeatureStore(store_of(flowers17)) as s:
@@ -284,8 +284,8 @@ def test_real_flowers_held_out_images_are_labelled(flowers17, flowers17_logreg):
         truth = [s.label_names[c] for c in s.labels[rows]]
         stored = s.features(rows)
     assert len(set(truth)) == 17
-    done = run_featx("predict", model, *paths, "--top", "3", "--csv",
-                     env=child_env(keras_home_of(flowers17)))
+    with keras_home_set(keras_home_of(flowers17)):
+        done = featx_here("predict", model, *paths, "--top", "3", "--csv")
     assert done.returncode == 0, done.stderr[-3000:]
     table = list(csv.DictReader(io.StringIO(done.stdout)))
     top1 = {r["path"]: r["label"] for r in table if r["rank"] == "1"}

@@ -445,8 +445,8 @@ def test_grid_search_on_ray_equals_local(cluster, tiny_store, tmp_path):
     local.classify = dataclasses.replace(local.classify, n_jobs=2)
     on_ray = dataclasses.replace(local, out=str(tmp_path / "ray"), ray_address=cluster.address)
     on_ray.classify = dataclasses.replace(local.classify, engine="ray")
-    a = classify(local, tiny_store.path, echo=lambda line: None)
-    b = classify(on_ray, tiny_store.path, echo=lambda line: None)
+    a = classify(local, tiny_store.path)
+    b = classify(on_ray, tiny_store.path)
     assert [r["classifier"] for r in a] == [r["classifier"] for r in b] == ["logreg",
                                                                             "linear_svm"]
     for ra, rb in zip(a, b):
@@ -477,7 +477,7 @@ def test_search_on_ray_ran_on_the_cluster(cluster, tiny_store, tmp_path, monkeyp
                                  ray_address=cluster.address)
     config.classify = dataclasses.replace(config.classify, engine="ray", classifiers=["logreg"],
                                           n_jobs=-1)
-    (result,) = classify(config, tiny_store.path, echo=lambda line: None)
+    (result,) = classify(config, tiny_store.path)
     fits = [line.split() for line in (tmp_path / "fits.log").read_text().splitlines()]
     here = [fit for fit in fits if int(fit[0]) == os.getpid()]
     elsewhere = [fit for fit in fits if int(fit[0]) != os.getpid()]

@@ -3,12 +3,14 @@ session's Flowers-17 store (so its featx.extract is a cache hit)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import subprocess
-import sys
+import traceback
 
 import pytest
-from realdata import FLOWERS17, REPO, child_env, needs_shared, seeded_keras_home
+from realdata import FLOWERS17, REPO, keras_home_set, needs_shared, seeded_keras_home
 
 
 def readme_block(marker: str) -> str:
@@ -18,15 +20,30 @@ def readme_block(marker: str) -> str:
     return found.group(1)
 
 
+def python_here(code: str) -> subprocess.CompletedProcess:
+    """``python -c code`` from the repository root, run in this process (whose TensorFlow has
+    started already) in a namespace of its own: exit status and output as a fresh process
+    gives them (1 and the traceback where it raises)."""
+    out, err, status = io.StringIO(), io.StringIO(), 0
+    with contextlib.chdir(REPO), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        try:
+            exec(compile(code, "<string>", "exec"), {"__name__": "__main__"})
+        except Exception:
+            traceback.print_exc()
+            status = 1
+    return subprocess.CompletedProcess(["python", "-c", code], status, out.getvalue(),
+                                       err.getvalue())
+
+
 @pytest.mark.slow
 @needs_shared
-def test_from_python_example_runs(flowers17, tmp_path):
+def test_from_python_example_runs(flowers17, tmp_path, monkeypatch):
     code = readme_block("from-python").replace("path/to/flowers17", str(FLOWERS17))
     code = code.replace('cache_dir="data/cache"', f"cache_dir={flowers17.cache_dir!r}")
-    env = child_env(seeded_keras_home(tmp_path / "keras"))
-    env["FEATX_CACHE_DIR"] = flowers17.cache_dir  # the session's store: a cache hit
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=600)
+    monkeypatch.setenv("FEATX_CACHE_DIR", flowers17.cache_dir)  # the session's store: a hit
+    with keras_home_set(seeded_keras_home(tmp_path / "keras")):
+        run = python_here(code)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
     rank1 = float(lines[0].split()[1])

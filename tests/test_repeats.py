@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import result_lines
 from PIL import Image
 from test_outofcore import write_synthetic_store
 
@@ -44,8 +45,8 @@ def config(tmp_path, out: str, **classify) -> Config:
 
 def test_repeats_report_mean_and_std_over_seeded_splits(tmp_path):
     store = synthetic(tmp_path, "s", signal=1.0)
-    lines = []
-    [result] = classify(config(tmp_path, "out", repeats=5), store, echo=lines.append)
+    with result_lines() as lines:
+        [result] = classify(config(tmp_path, "out", repeats=5), store)
     rep = result["repeats"]
     assert rep["seeds"] == [42, 43, 44, 45, 46] and len(rep["rank1"]) == 5
     assert result["rank1"] == pytest.approx(np.mean(rep["rank1"]))
@@ -68,8 +69,8 @@ def test_repeats_report_mean_and_std_over_seeded_splits(tmp_path):
 
 def test_paired_comparison_of_identical_runs_is_zero(tmp_path, capsys):
     store = synthetic(tmp_path, "s", signal=1.0)
-    classify(config(tmp_path, "a", repeats=4), store, echo=lambda _: None)
-    classify(config(tmp_path, "b", repeats=4), store, echo=lambda _: None)
+    classify(config(tmp_path, "a", repeats=4), store)
+    classify(config(tmp_path, "b", repeats=4), store)
     capsys.readouterr()
     assert main(["runs", "--compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     header, row = capsys.readouterr().out.strip().splitlines()
@@ -82,8 +83,8 @@ def test_paired_comparison_finds_a_difference_made_by_construction(tmp_path):
     from featx.runs import compare
 
     good, bad = synthetic(tmp_path, "good", signal=4.0), synthetic(tmp_path, "bad", signal=0.0)
-    classify(config(tmp_path, "good", repeats=5), good, echo=lambda _: None)
-    classify(config(tmp_path, "bad", repeats=5), bad, echo=lambda _: None)
+    classify(config(tmp_path, "good", repeats=5), good)
+    classify(config(tmp_path, "bad", repeats=5), bad)
     [row] = compare(tmp_path / "good", tmp_path / "bad")
     assert row["splits"] == 5 and row["a"] > 0.8 and row["b"] < 0.45  # chance: 0.25
     assert row["difference"] > 5 * row["standard_error"] > 0
@@ -98,7 +99,7 @@ def test_repeats_need_plain_features(tmp_path):
 @pytest.mark.parametrize("kind", ["l2", "power", "pca_whiten"])
 def test_normalisation_is_part_of_the_saved_model(tmp_path, kind):
     store = synthetic(tmp_path, "s", signal=4.0)
-    [result] = classify(config(tmp_path, "o", normalize=kind), store, echo=lambda _: None)
+    [result] = classify(config(tmp_path, "o", normalize=kind), store)
     model_path = next((tmp_path / "o").rglob("*.skops"))
     model = modelfile.load(model_path)["model"]
     assert model.steps[0][0] == "normalize"
@@ -151,14 +152,14 @@ def test_flip_averaging_is_the_mean_of_an_image_and_its_mirror(tiny_store):
 def test_repeats_with_an_ensemble_report_it_over_the_splits_too(tmp_path):
     store = synthetic(tmp_path, "s", signal=1.0)
     results = classify(config(tmp_path, "o", repeats=3, ensemble=True,
-                              classifiers=["logreg", "knn"]), store, echo=lambda _: None)
+                              classifiers=["logreg", "knn"]), store)
     assert [r["classifier"] for r in results] == ["logreg", "knn", "ensemble(logreg+knn)"]
     for r in results:
         assert r["repeats"]["seeds"] == [42, 43, 44]
         assert r["rank1"] == pytest.approx(np.mean(r["repeats"]["rank1"]))
     # the ensemble's first split is the one without repeats
     [_, _, single] = classify(config(tmp_path, "p", ensemble=True, classifiers=["logreg", "knn"]),
-                              store, echo=lambda _: None)
+                              store)
     assert results[2]["repeats"]["rank1"][0] == single["rank1"]
 
 
@@ -166,9 +167,8 @@ def test_two_result_files_are_paired_whatever_their_learners(tmp_path):
     from featx.runs import compare
 
     store = synthetic(tmp_path, "s", signal=1.0)
-    [a] = classify(config(tmp_path, "a", repeats=3), store, echo=lambda _: None)
-    [b] = classify(config(tmp_path, "b", repeats=3, classifiers=["knn"]), store,
-                   echo=lambda _: None)
+    [a] = classify(config(tmp_path, "a", repeats=3), store)
+    [b] = classify(config(tmp_path, "b", repeats=3, classifiers=["knn"]), store)
     [row] = compare(next((tmp_path / "a").rglob("*-logreg.json")),
                     next((tmp_path / "b").rglob("*-knn.json")))
     assert row["classifier"] == "logreg vs knn" and row["splits"] == 3

@@ -15,10 +15,10 @@ import pytest
 import sklearn
 
 import featx
-from featx import report, runinfo
+from featx import files, report
 from featx.classification import classify
 from featx.cli import main
-from featx.predict import PredictError, Predictor
+from featx.predict import ModelFileError, Predictor
 
 RUN_NAME = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}(-\d+)?")
 
@@ -31,11 +31,11 @@ def test_runs_never_overwrite_each_other(tiny_store, make_config, tmp_path, caps
     out = tmp_path / "out"
     config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(out),
                          classify={"classifiers": ["logreg"]})
-    [first] = classify(config, echo=lambda line: None)
+    [first] = classify(config)
     kept = _files(out / first["run"])
-    [again] = classify(config, echo=lambda line: None)  # the very same settings
+    [again] = classify(config)  # the very same settings
     config.classify.quick = True
-    [quick] = classify(config, echo=lambda line: None)
+    [quick] = classify(config)
     runs = [first["run"], again["run"], quick["run"]]
     assert len(set(runs)) == 3 and all(RUN_NAME.fullmatch(r) for r in runs)
     assert sorted(p.name for p in out.iterdir()) == sorted(runs)
@@ -56,7 +56,7 @@ def test_the_result_records_its_run(tiny_store, make_config, tmp_path):
     config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(out),
                          classify={"classifiers": ["logreg", "knn"], "class_weight": "balanced"})
     before = datetime.now(timezone.utc)
-    results = classify(config, echo=lambda line: None)
+    results = classify(config)
     elapsed = (datetime.now(timezone.utc) - before).total_seconds()
     run = out / results[0]["run"]
     written = set()
@@ -101,7 +101,7 @@ def test_a_run_killed_while_writing_leaves_no_result(tiny_store, make_config, tm
     config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(out),
                          classify={"classifiers": ["logreg"]})
     with pytest.raises(KeyboardInterrupt):
-        classify(config, echo=lambda line: None)
+        classify(config)
     (run,) = out.iterdir()
     names = sorted(p.name for p in run.iterdir())
     assert names == ["tiny-logreg-confusion.png", "tiny-logreg-recall.png", "tiny-logreg.md",
@@ -112,14 +112,14 @@ def test_a_run_killed_while_writing_leaves_no_result(tiny_store, make_config, tm
 
 
 def test_an_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
-    target = runinfo.write_atomic(tmp_path / "result.json", '{"rank1": 0.9}')
+    target = files.write_atomic(tmp_path / "result.json", '{"rank1": 0.9}')
 
     def full_disk(fd):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full_disk)
     with pytest.raises(OSError, match="No space"):
-        runinfo.write_atomic(target, '{"rank1": 0.1, "half": ')
+        files.write_atomic(target, '{"rank1": 0.1, "half": ')
     assert target.read_text() == '{"rank1": 0.9}'
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
 
@@ -128,12 +128,12 @@ def test_predict_takes_a_run_folder(tiny_store, make_config, tmp_path, capsys, f
     out = tmp_path / "out"
     config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(out),
                          classify={"classifiers": ["logreg", "knn"]})
-    results = classify(config, echo=lambda line: None)
+    results = classify(config)
     run = out / results[0]["run"]
     best = min(results, key=lambda r: (-r["rank1"], r["model"]))  # equals: by name
     capsys.readouterr()
     predictor = Predictor.load(run)
     assert predictor.source == str(run / best["model"])
     assert f"using {best['model']}" in capsys.readouterr().err
-    with pytest.raises(PredictError, match="no saved model"):
+    with pytest.raises(ModelFileError, match="no saved model"):
         Predictor.load(tmp_path)  # a folder, but no run

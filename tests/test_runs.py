@@ -12,8 +12,9 @@ import pytest
 from helpers import one_error_line
 
 from featx.cli import main
+from featx.errors import UsageError
 from featx.report import evaluate, write_reports
-from featx.runs import COLUMNS, RunsError, find_results, load_runs, sort_runs, table
+from featx.runs import COLUMNS, find_results, load_runs, sort_runs, table
 
 # (dataset, backbone, layer, pooling, classifier, pipeline, rank1, rank5, fit seconds)
 RUNS = [
@@ -124,7 +125,7 @@ def test_extra_folders_and_no_duplicates(cache, tmp_path, capsys):
     assert len(found) == len(RUNS) + 1 == len({p.resolve() for p in found})
     assert main(["runs", "--cache-dir", str(cache), str(out)]) == 0
     assert len(_rows(capsys.readouterr().out)) == len(RUNS) + 1
-    with pytest.raises(RunsError, match="no such folder"):
+    with pytest.raises(UsageError, match="no such folder"):
         find_results(cache, [tmp_path / "missing"])
 
 

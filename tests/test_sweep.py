@@ -3,8 +3,10 @@ layers (the end of each stage); the store's record of each layer's columns."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -16,9 +18,9 @@ from featx.backbones import Backbone, stage_ends
 from featx.classification import classify
 from featx.cli import main
 from featx.config import BackboneConfig
-from featx.errors import SweepError
+from featx.errors import UsageError
 from featx.extraction import extract
-from featx.layersweep import sweep
+from featx.layersweep import COLUMNS, rows, sweep
 from featx.store import FeatureStore
 
 LAYERS = ["block_1_expand_relu", "block_2_add"]  # 16x16x96 and 8x8x24 at 32 px
@@ -42,7 +44,7 @@ def swept(tiny_store, tmp_path_factory, make_config):
 
     featx.backbones.Backbone.batched = counting
     try:
-        result = sweep(config, LAYERS, progress=False, echo=lambda line: None)
+        result = sweep(config, LAYERS, progress=False)
     finally:
         featx.backbones.Backbone.batched = original
     return config, result, passes
@@ -75,7 +77,7 @@ def test_each_layer_scores_as_if_extracted_and_classified_alone(swept, tmp_path)
     with FeatureStore(path) as store:
         np.testing.assert_allclose(both[:, slice(*score.columns)], store.features(),
                                    rtol=1e-5, atol=1e-9)
-    (record,) = classify(alone, path, echo=lambda line: None)
+    (record,) = classify(alone, path)
     assert score.rank1 == record["rank1"]
     assert score.classifier == "logreg" and score.rank5 is None  # 3 classes
 
@@ -93,7 +95,8 @@ def config_for(config, layer, tmp_path):
 def test_the_table_json_and_plot(swept):
     _, result, _ = swept
     folder = result.store.with_name(result.store.stem + ".sweep")
-    assert result.files == [folder / "sweep.md", folder / "sweep.json", folder / "sweep.png"]
+    assert result.files == [folder / "sweep.md", folder / "sweep.json", folder / "sweep.png",
+                            folder / "sweep.html"]
     md = (folder / "sweep.md").read_text()
     assert "| layer | depth | map | features | classifier | rank-1 | rank-5 | fit s |" in md
     assert "| block_1_expand_relu | 11 | 16x16x96 | 96 | logreg |" in md
@@ -102,6 +105,24 @@ def test_the_table_json_and_plot(swept):
     assert [row["rank1"] for row in recorded["layers"]] == [s.rank1 for s in result.scores]
     with Image.open(io.BytesIO((folder / "sweep.png").read_bytes())) as img:
         assert img.format == "PNG" and img.width > 500
+
+
+def test_the_page_holds_the_table_and_the_plot(swept):
+    """sweep.html: one self-contained file, the plot inlined (the bytes of sweep.png), the
+    table's rows as sweep.md has them."""
+    _, result, _ = swept
+    folder = result.files[0].parent
+    page = (folder / "sweep.html").read_text()
+    (source,) = re.findall(r"""src=['"]([^'"]*)['"]""", page)
+    assert source.startswith("data:image/png;base64,")
+    assert base64.b64decode(source.split(",", 1)[1]) == (folder / "sweep.png").read_bytes()
+    assert "href=" not in page and "<link" not in page
+    head = "".join(f"<th>{c}</th>" for c in COLUMNS)
+    assert f"<tr>{head}</tr>" in page
+    for cells in rows(result):
+        assert f"<td>{cells[0]}</td><td class=n>{cells[1]}</td><td>{cells[2]}</td>" in page
+        assert f"<td class=n>{cells[5]}</td>" in page  # rank-1, right-aligned
+    assert "2 layers from one extraction pass" in page
 
 
 def test_the_command_prints_the_table_from_the_cache(swept, tmp_path, capsys):
@@ -150,7 +171,7 @@ def test_default_layers_are_the_stage_ends():
 def test_settings_a_sweep_cannot_use(tmp_path, make_config, field, value, match):
     config = make_config(tmp_path / "no-images", tmp_path / "cache")
     config.set(f'{field}="{value}"')
-    with pytest.raises(SweepError, match=match):
+    with pytest.raises(UsageError, match=match):
         sweep(config, LAYERS, progress=False)
 
 
@@ -173,7 +194,7 @@ def test_flowers17_reads_best_near_the_top(tmp_path):
     config = featx.make_config(PIPELINE, data=str(root), weights=str(WEIGHTS),
                                cache_dir=str(tmp_path / "cache"), classifiers=["logreg"],
                                quick=True)
-    result = sweep(config, ["block_5_add", "out_relu"], progress=False, echo=lambda line: None)
+    result = sweep(config, ["block_5_add", "out_relu"], progress=False)
     low, top = result.scores
     assert result.n_test == 60
     assert top.rank1 > 0.9 and top.rank1 > low.rank1 + 0.1, (low, top)

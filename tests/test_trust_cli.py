@@ -19,7 +19,7 @@ from featx.classification import classify
 from featx.cli import build_parser, main
 from featx.config import Config, ConfigError, DatasetConfig
 from featx.dataset import load_dataset
-from featx.errors import ModelFileError, PredictError
+from featx.errors import ModelFileError
 from featx.predict import Prediction, Predictor, write_table
 from featx.runinfo import Run
 
@@ -50,7 +50,7 @@ def test_a_renamed_dataset_folder_is_the_one_the_report_shows(tiny_store, make_c
     config = make_config(renamed, tiny_store.config.cache_dir, out=str(out),
                          dataset={"name": tiny_store.root.name},
                          classify={"classifiers": ["logreg"]})
-    [result] = classify(config, echo=lambda line: None)
+    [result] = classify(config)
     assert result["store"] == str(tiny_store.path)  # a cache hit on the old folder's store
     assert result["root"] == str(renamed.resolve())
     page = (out / result["run"] / "tiny-logreg.html").read_text()
@@ -108,7 +108,7 @@ def test_result_files_stay_in_the_run_folder_whatever_the_name(tiny_store, make_
     config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(out),
                          classify={"classifiers": ["logreg"]})
     config.name = "../../../../ESCAPED"  # past validation, as a library caller can
-    [result] = classify(config, echo=lambda line: None)
+    [result] = classify(config)
     run = out / result["run"]
     written = sorted(p for p in tmp_path.rglob("*") if p.is_file())
     assert written and all(p.parent == run for p in written), written
@@ -174,7 +174,7 @@ def test_a_model_outside_the_run_folder_is_refused_and_never_loaded(where, tmp_p
     run = _run_folder(tmp_path, model)
     if where == "symlink":
         (run / "tiny-logreg.skops").symlink_to(evil)
-    with pytest.raises(PredictError, match=f"resolves to {evil}, outside the run folder"):
+    with pytest.raises(ModelFileError, match=f"resolves to {evil}, outside the run folder"):
         Predictor.load(run, trust=True)
     assert main(["predict", "--trust", str(run), str(tmp_path / "photo.jpg")]) == 2
     line = one_error_line(capsys.readouterr().err, run)

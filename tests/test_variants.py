@@ -5,7 +5,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, result_lines
 from PIL import Image
 
 from featx import learners
@@ -335,8 +335,8 @@ def test_classify_with_feature_selection_end_to_end(variant_cache, tmp_path, mon
         return fit(*args, groups=groups, **kwargs)
 
     monkeypatch.setattr(learners, "fit", spy)
-    lines: list[str] = []
-    (result,) = classify(run, results["plain"].path, echo=lines.append)
+    with result_lines() as lines:
+        (result,) = classify(run, results["plain"].path)
     # The crops of one image share a fold in the grid search (one group per image).
     assert len(seen["groups"]) == 10 * len(set(seen["groups"]))
     with FeatureStore(results["plain"].path) as store:
@@ -369,7 +369,7 @@ def test_predict_uses_the_crops_a_tencrop_model_was_tested_on(variant_cache, tmp
     run.out = str(tmp_path / "out")
     run.classify.classifiers = ["logreg"]
     run.classify.test_features = "tencrop"
-    [result] = classify(run, results["plain"].path, echo=lambda line: None)
+    [result] = classify(run, results["plain"].path)
     predictor = Predictor.load(tmp_path / "out" / result["run"] / "tiny-logreg.skops")
     data = load_splits(run, results["plain"].path)
     root = config.dataset.root

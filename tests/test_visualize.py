@@ -16,7 +16,7 @@ from realdata import FLOWERS17, WEIGHTS, needs_shared
 from featx.backbones import Backbone, BackboneError
 from featx.cli import main
 from featx.config import BackboneConfig
-from featx.errors import ExplainError, VisualizeError
+from featx.errors import UsageError
 from featx.visualize import (
     feature_maps,
     filters,
@@ -76,7 +76,7 @@ def test_parse_target(text, layer, channels):
 
 @pytest.mark.parametrize("text", [":1", "block_2_add:3-1", "block_2_add:x", "a:1,,2"])
 def test_parse_target_refuses(text):
-    with pytest.raises(VisualizeError, match="--visualize"):
+    with pytest.raises(UsageError, match="--visualize"):
         parse_target(text)
 
 
@@ -116,9 +116,9 @@ def test_gradient_ascent_raises_the_channel_and_repeats_with_its_seed(tiny):
 
 
 def test_gradient_ascent_refuses_channels_outside_the_layer(tiny):
-    with pytest.raises(VisualizeError, match=r"channels 0-95; asked for 96, 200"):
+    with pytest.raises(UsageError, match=r"channels 0-95; asked for 96, 200"):
         gradient_ascent(tiny, "block_1_expand_relu", [3, 96, 200], steps=1)
-    with pytest.raises(VisualizeError, match="--steps"):
+    with pytest.raises(UsageError, match="--steps"):
         gradient_ascent(tiny, "block_1_expand_relu", [3], steps=-1)
 
 
@@ -150,7 +150,7 @@ def test_explain_maps_draws_a_grid_per_image(tiny_store, tmp_path, make_config):
 
     config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(tmp_path / "r"),
                          classify={"classifiers": ["logreg"], "quick": True})
-    (result,) = classify(config, tiny_store.path, echo=lambda line: None)
+    (result,) = classify(config, tiny_store.path)
     model = tmp_path / "r" / result["run"] / result["model"]
     images = [tiny_store.root / p for p in tiny_store.written["fox"][:2]]
     written = explain(model, images, tmp_path / "x", neighbours=0, patch=16, stride=16,
@@ -160,7 +160,7 @@ def test_explain_maps_draws_a_grid_per_image(tiny_store, tmp_path, make_config):
     assert all(png_size(p.read_bytes())[0] > 300 for p in maps)
     page = (tmp_path / "x" / "index.html").read_text()
     assert page.count("<h3>Feature maps</h3>") == 2
-    with pytest.raises(ExplainError, match="--maps-top"):
+    with pytest.raises(UsageError, match="--maps-top"):
         explain(model, images, tmp_path / "y", neighbours=0, maps="block_2_add", maps_top=0)
 
 
