@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from featx.store import BlockDir, RowSource, write_store
+from featx.store.blocks import BlockDir
+from featx.store.write import RowSource, write_store
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,8 @@ flowers5 (128px JPEGs), one run measures side by side:
   ``tf.function`` at the same batch size over uint8 batches already in memory. It is sampled
   before and after every featx and naive run; each run is divided by the mean of its two
   neighbouring samples, and the table gives medians of those ratios.
-* featx: ``featx.extraction.extract(config, progress=False)`` over a temporary folder of symlinks
+* featx: ``featx.features.extraction.extract(config, progress=False)`` over a temporary folder of
+symlinks
   to the subset, with a temporary cache folder (never a cache hit): decode, resize,
   preprocess, model, store write. "steady" is featx's own ``ExtractResult.images_per_second``;
   "wall" is rows / wall time of the whole ``extract()`` call (dataset scan, model build,
@@ -25,7 +26,8 @@ flowers5 (128px JPEGs), one run measures side by side:
   one synchronous float32 request over the same in-memory batch) is sampled beside
   TensorFlow's, and featx end to end runs with it after the TensorFlow runs; its converted
   model is made once, before (the conversion is paid once per cache folder). The thread split
-  (featx.runtime.thread_split) is printed with the table, and so is what decoding's share of
+  (featx.features.runtime.thread_split) is printed with the table, and so is what decoding's share
+  of
   the cores predicts: each file also costs one core ``load_image``'s time (measured here, one
   thread), so were the bound using every core, end to end would reach cores / (cores / bound
   + decode time) of it. (It is not a ceiling: the bound leaves its cores idle a little at
@@ -138,7 +140,7 @@ def list_images(root: Path) -> list[Path]:
 def decode_ms(files: list[Path], rounds: int = 2) -> float:
     """One thread's time to read a file as featx does (``load_image``: decode and resize),
     ms; the best of ``rounds`` passes over ``files``."""
-    from featx.images import load_image
+    from featx.data.images import load_image
 
     best = float("inf")
     for _ in range(rounds):
@@ -176,7 +178,7 @@ def link_subset(files: list[Path], dest: Path, copies: int = 1) -> Path:
 # --------------------------------------------------------------------------- measurements
 
 def featx_config(model: str, root: Path, cache: Path, runtime: str = "tensorflow"):
-    from featx.config import Config
+    from featx.core.config import Config
 
     config = Config()
     config.dataset.root = str(root)
@@ -193,8 +195,8 @@ def run_featx(model: str, root: Path, work: Path, runtime: str = "tensorflow"
     """(rows, steady img/s, wall img/s, background cores) of one featx extraction. OpenVINO's
     converted model is taken from ``work``, where the OpenVINO bound made it: the conversion
     is paid once per cache folder, not per extraction."""
-    from featx.extraction import extract
-    from featx.layout import OPENVINO_DIR
+    from featx.core.layout import OPENVINO_DIR
+    from featx.features.extraction import extract
 
     cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
     if runtime == "openvino":
@@ -212,8 +214,8 @@ class Bound:
     """The compute-only bound: featx's backbone in a tf.function over in-memory uint8 batches."""
 
     def __init__(self, model: str) -> None:
-        from featx.backbones import Backbone
-        from featx.config import BackboneConfig
+        from featx.core.config import BackboneConfig
+        from featx.features.backbones import Backbone
 
         # featx's own tf.function, as extract() uses it
         self.forward = Backbone(BackboneConfig(name=model, weights="none")).compiled(BATCH)
@@ -224,7 +226,7 @@ class Bound:
         import numpy as np
         import tensorflow as tf
 
-        from featx.images import load_image
+        from featx.data.images import load_image
 
         images = np.stack([load_image(str(f), SIZE) for f in (files * BATCH)[:BATCH]])
         self.images = tf.constant(images)
@@ -243,7 +245,7 @@ class OVBound:
     same function as the TensorFlow bound's) over the same in-memory uint8 batch."""
 
     def __init__(self, model: str, work: Path) -> None:
-        from featx.backbones import Backbone
+        from featx.features.backbones import Backbone
 
         # the extraction's backbone (seeded by dataset.seed): featx's runs find its model
         config = featx_config(model, Path("."), self.cache(work), "openvino")
@@ -437,7 +439,7 @@ def measure_row(model: str, dataset: str, files: list[Path], bound: Bound, naive
 
 def memory_child(root: str, cache: str) -> None:
     """Run in a fresh process: one featx extraction, then print its peak memory as JSON."""
-    from featx.extraction import extract
+    from featx.features.extraction import extract
 
     result = extract(featx_config("MobileNetV2", Path(root), Path(cache)), progress=False)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a child of this
@@ -575,7 +577,7 @@ def report_openvino(rows: list[Row]) -> None:
         return
     import openvino
 
-    from featx.runtime import thread_split
+    from featx.features.runtime import thread_split
 
     print(f"OpenVINO {openvino.__version__} (CPU plugin, PERFORMANCE_HINT=LATENCY, float32), "
           f"thread split: {thread_split().describe()}")
@@ -666,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     log("loading featx and TensorFlow")
     # featx first: whatever it sets up for TensorFlow at import must come before TF loads.
-    for module in ("featx", "featx.backbones", "featx.images", "featx.extraction"):
+    for module in ("featx", "featx.features.backbones", "featx.data.images",
+                   "featx.features.extraction"):
         importlib.import_module(module)
     importlib.import_module("tensorflow")  # (the import itself is not measured)
 

@@ -37,12 +37,12 @@ def main() -> int:
     import nncf
     import openvino as ov
 
-    from featx.backbones import Backbone
-    from featx.config import BackboneConfig, DatasetConfig
-    from featx.dataset import TRAIN, load_dataset, stratified_split
-    from featx.images import ReadErrors, read_batches
-    from featx.learners import fit
-    from featx.runtime import OpenVINOForward, load_or_convert, model_key, thread_split
+    from featx.core.config import BackboneConfig, DatasetConfig
+    from featx.data.dataset import TRAIN, load_dataset, stratified_split
+    from featx.data.images import ReadErrors, read_batches
+    from featx.features.backbones import Backbone
+    from featx.features.runtime import OpenVINOForward, load_or_convert, model_key, thread_split
+    from featx.learn.learners import fit
 
     if not (FLOWERS17.is_dir() and WEIGHTS.is_file()):
         print(f"int8: needs {FLOWERS17} and {WEIGHTS}", file=sys.stderr)

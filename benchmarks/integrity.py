@@ -5,7 +5,7 @@ same reads with the check switched off, side by side in one run.
     make bench-integrity            # or: .venv/bin/python benchmarks/integrity.py [--rows N]
 
 The store is synthetic (random float32 features, 1,280 wide: MobileNetV2's average-pooled
-size), written by featx.store.write_store with its default chunking and lzf compression,
+size), written by featx.store.write.write_store with its default chunking and lzf compression,
 so its reads are what a real store's are. Rows alternate check / no check, three times;
 the ratio of the medians is the cost. Also timed: opening the store (the column checksum
 over labels, split, paths and ok) and the full verification of a cache hit.
@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from featx.store import BlockDir, FeatureStore, RowSource, write_store
+from featx.store.blocks import BlockDir
+from featx.store.read import FeatureStore
+from featx.store.write import RowSource, write_store
 
 TARGET_READ = 1.25  # checked reads at most 25% slower than unchecked ones
 

@@ -29,9 +29,9 @@ def agreement(files: list[str], weights: Path, cache_dir: Path, batch: int = 32
               ) -> dict[str, float]:
     """Largest |OV - TF| / max |TF|, and the largest per-element relative difference of
     features above 1% of the largest, over ``files``."""
-    from featx.backbones import Backbone
-    from featx.config import BackboneConfig
-    from featx.images import ReadErrors, read_batches
+    from featx.core.config import BackboneConfig
+    from featx.data.images import ReadErrors, read_batches
+    from featx.features.backbones import Backbone
 
     config = BackboneConfig(name="MobileNetV2", weights=str(weights), input_size=224,
                             runtime="openvino")

@@ -44,7 +44,7 @@ TARGET_RSS = 1.2
 
 
 def config(root: Path, cache: Path):
-    from featx.config import Config
+    from featx.core.config import Config
 
     c = Config()
     c.dataset.root = str(root)
@@ -66,7 +66,7 @@ def peak_rss_mb() -> float:
 
 def child(op: str, root: str, cache: str, extra: str) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from featx.extraction import extract
+    from featx.features.extraction import extract
 
     c = config(Path(root), Path(cache))
     t0 = time.perf_counter()
@@ -89,9 +89,10 @@ def assemble(c, small: Path) -> dict:
     """The store of ``c``'s dataset from ``small``'s rows of the same source files."""
     import numpy as np
 
-    from featx.extraction import duplicate_rows
-    from featx.plan import plan, store_attrs
-    from featx.store import FeatureStore, RowSource, write_duplicates, write_store
+    from featx.features.extraction import duplicate_rows
+    from featx.features.plan import plan, store_attrs
+    from featx.store.read import FeatureStore
+    from featx.store.write import RowSource, write_duplicates, write_store
 
     p = plan(c)
     p.path.parent.mkdir(parents=True, exist_ok=True)
@@ -116,9 +117,9 @@ def assemble(c, small: Path) -> dict:
 def sgd(store: Path) -> dict:
     import numpy as np
 
-    from featx.dataset import TRAIN
-    from featx.learners import StreamingSGD, store_passes
-    from featx.store import FeatureStore
+    from featx.data.dataset import TRAIN
+    from featx.learn.learners import StreamingSGD, store_passes
+    from featx.store.read import FeatureStore
 
     with FeatureStore(store) as s:
         rows = np.flatnonzero((s.split == TRAIN) & s.ok)

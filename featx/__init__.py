@@ -1,14 +1,17 @@
 """featx: transfer learning by feature extraction.
 
-images -> :mod:`featx.dataset` -> :mod:`featx.images` -> :mod:`featx.backbones`
--> :mod:`featx.store` (HDF5) -> :mod:`featx.learners` -> :mod:`featx.report`,
-run by :mod:`featx.extraction` and :mod:`featx.classification`, configured by
-:class:`featx.config.Config`; the public API is :mod:`featx.api`.
+The tree reads as the data flow, each stage a subpackage importing only those below it:
+:mod:`featx.core` (errors, config, cache names, files) -> :mod:`featx.data` (datasets,
+the image reader) -> :mod:`featx.store` (the HDF5 feature store) -> :mod:`featx.features`
+(backbones, extraction) -> :mod:`featx.report` (metrics, charts, pages) ->
+:mod:`featx.learn` (classifiers, fine-tuning, prediction) -> :mod:`featx.inspect` (audit,
+explain, visualize, sweep). Two faces over the same functions: the Python API
+(:mod:`featx.api`, re-exported here) and the command line (:mod:`featx.cli`).
 """
 
 import os
 
-from featx import log as _log  # noqa: F401  (featx's messages: warnings to stderr)
+from featx.core import log as _log  # noqa: F401  (featx's messages: warnings to stderr)
 
 # TF 2.21 leaves oneDNN off on CPUs without AVX512-VNNI/AMX; on this AVX2 machine turning it
 # on took MobileNetV2 from 39 to 64-74 img/s (features agree to 2e-6 relative). Only takes
@@ -23,8 +26,8 @@ _PUBLIC = {
     "extract": "featx.api", "classify": "featx.api", "load_model": "featx.api",
     "make_config": "featx.api", "Store": "featx.api", "ClassifyResult": "featx.api",
     "Model": "featx.api", "sweep": "featx.api",
-    "FeatureExtractor": "featx.transformer", "Config": "featx.config",
-    "FeatxError": "featx.errors",
+    "FeatureExtractor": "featx.features.transformer", "Config": "featx.core.config",
+    "FeatxError": "featx.core.errors",
 }
 __all__ = [*_PUBLIC, "__version__"]
 

@@ -21,25 +21,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featx.config import SHORTHANDS, Config
-from featx.dataset import SPLIT_NAMES
-from featx.errors import ConfigError, DatasetError
-from featx.log import shown
+from featx.core.config import SHORTHANDS, Config
+from featx.core.errors import ConfigError, DatasetError
+from featx.core.log import shown
+from featx.data.dataset import SPLIT_NAMES
 
 if TYPE_CHECKING:
-    from featx.layersweep import SweepResult
+    from featx.inspect.sweep import SweepResult
 
 
 def _lines_shown(progress: bool, verbose: bool = False) -> contextlib.AbstractContextManager:
     """featx's log lines during an API call, on stderr as the command line shows them: its
     progress lines (each result's summary line among them) with ``progress``, its debug lines
-    too with ``verbose``, else warnings only (featx.log)."""
+    too with ``verbose``, else warnings only (featx.core.log)."""
     return shown(logging.DEBUG if verbose else logging.INFO if progress else logging.WARNING)
 
 
 def make_config(pipeline: str | os.PathLike | Config | None = None,
                 set: list[str] | tuple[str, ...] = (), **overrides: Any) -> Config:
-    """A validated :class:`~featx.config.Config` from a pipeline file (or a Config, copied;
+    """A validated :class:`~featx.core.config.Config` from a pipeline file (or a Config, copied;
     or the defaults), ``section.field=value`` items and keyword overrides."""
     if isinstance(pipeline, Config):
         config = Config.from_dict(pipeline.to_dict(), source="config")
@@ -72,7 +72,7 @@ class Store:
         return f"Store({str(self.path)!r})"
 
     def _open(self):
-        from featx.store import FeatureStore
+        from featx.store.read import FeatureStore
 
         return FeatureStore(self.path)
 
@@ -157,7 +157,7 @@ def extract(pipeline: str | os.PathLike | Config | None = None, *,
     Store
         The plain store (variant stores the pipeline asks for are extracted too).
     """
-    from featx.extraction import extract_all
+    from featx.features.extraction import extract_all
 
     config = make_config(pipeline, set, **overrides)
     with _lines_shown(progress):
@@ -198,11 +198,11 @@ class ClassifyResult:
 
 
 def run_classify(config: Config, store: Path | None = None) -> list[dict[str, Any]]:
-    """``featx classify`` for any pipeline: a [combine] one by featx.combine, any other by
-    featx.classification. Returns the result records (the JSON written for each); their
-    summary lines go to featx.log.RESULTS as each is written."""
-    from featx.classification import classify as classify_store
-    from featx.combine import classify_combined
+    """``featx classify`` for any pipeline: a [combine] one by featx.learn.combine, any other by
+    featx.learn.classification. Returns the result records (the JSON written for each); their
+    summary lines go to featx.core.log.RESULTS as each is written."""
+    from featx.learn.classification import classify as classify_store
+    from featx.learn.combine import classify_combined
 
     if config.combine.pipelines:
         if store is not None:
@@ -235,7 +235,7 @@ def classify(pipeline: str | os.PathLike | Config | None = None, *,
     -------
     list of ClassifyResult, one per classifier (and the ensemble, if asked)
     """
-    from featx import modelfile
+    from featx.learn import modelfile
 
     config = make_config(pipeline, set, **overrides)
     path = Path(store.path if isinstance(store, Store) else store) if store else None
@@ -264,7 +264,7 @@ def sweep(pipeline: str | os.PathLike | Config | None = None, *,
     ----------
     pipeline : path to a pipeline TOML file, a Config, or None (defaults)
     layers : layer names (default: the end of each stage of the backbone and its last layer,
-        :meth:`featx.backbones.Backbone.stage_ends`)
+        :meth:`featx.features.backbones.Backbone.stage_ends`)
     out : folder for sweep.md, .json, .png and .html (default: ``<store>.sweep/``)
     set : list of "section.field=value"
     progress : bool, default=True
@@ -276,11 +276,11 @@ def sweep(pipeline: str | os.PathLike | Config | None = None, *,
 
     Returns
     -------
-    featx.layersweep.SweepResult
+    featx.inspect.sweep.SweepResult
         ``scores``: one LayerScore (layer, depth, shape, columns, classifier, rank1, rank5,
         fit_seconds) per layer and classifier, shallow layers first.
     """
-    from featx.layersweep import sweep as run_sweep
+    from featx.inspect.sweep import sweep as run_sweep
 
     config = make_config(pipeline, set, **overrides)
     with _lines_shown(progress, verbose):
@@ -299,7 +299,7 @@ def load_model(path: str | os.PathLike, *, weights: str | None = None,
     trust : bool, default=False
         Also load a pickle/joblib model, which can run code: only files you trust.
     """
-    from featx.predict import Predictor
+    from featx.learn.predict import Predictor
 
     return Model(Predictor.load(path, weights=weights, trust=trust))
 
@@ -308,7 +308,7 @@ class Model:
     """Predict from images: a path or a list of paths, PIL images, or RGB pixels of 0..255
     values, (N, H, W, 3) or (H, W, 3), uint8 or floats (as keras' img_to_array gives), read
     and resized exactly as extraction reads them; anything else is refused, never cast
-    (:func:`featx.transformer.as_images`)."""
+    (:func:`featx.features.transformer.as_images`)."""
 
     def __init__(self, predictor: Any) -> None:
         self.predictor = predictor
@@ -331,7 +331,7 @@ class Model:
         return [[(self.classes_[j], float(row[j])) for j in b] for row, b in zip(proba, best)]
 
     def _features(self, images: Any) -> np.ndarray:
-        from featx.transformer import as_images, pixel_features
+        from featx.features.transformer import as_images, pixel_features
 
         kind, items = as_images(images)
         if kind == "paths":

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from featx import __version__
-from featx.config import DEFAULT_CACHE_DIR, EXPORT_FORMATS, SHORTHANDS, Config
-from featx.errors import FeatxError, StoreError, UsageError
-from featx.escape import terminal
-from featx.log import results_to, set_level
+from featx.core.config import DEFAULT_CACHE_DIR, EXPORT_FORMATS, SHORTHANDS, Config
+from featx.core.errors import FeatxError, StoreError, UsageError
+from featx.core.escape import terminal
+from featx.core.log import results_to, set_level
 
 # What add_subparsers returns: each builder below adds its subcommand to one.
 _Subcommands = argparse._SubParsersAction
@@ -224,7 +224,7 @@ def _add_cache_info(sub: _Subcommands) -> None:
 def _add_cache_verify(sub: _Subcommands) -> None:
     p = _command(sub, "verify", _cache_dir(), help="check row counts, completeness and "
                  "checksums")
-    p.add_argument("keys", nargs="*", help="default: every store")
+    p.add_argument("keys", nargs="*", help="default: every store and converted model")
 
 
 def _add_cache_rm(sub: _Subcommands) -> None:
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class _Output(logging.Handler):
-    """The command's output that the library logs (featx.log.RESULTS: classify's summary
+    """The command's output that the library logs (featx.core.log.RESULTS: classify's summary
     lines, sweep's table, fine-tune's result): bare lines on stdout, as each comes."""
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -406,7 +406,7 @@ class _Output(logging.Handler):
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     # featx's own warnings are one line, like its errors; others keep Python's format.
-    from featx.errors import ModelFileWarning
+    from featx.core.errors import ModelFileWarning
 
     if issubclass(category, ModelFileWarning):
         print(f"featx: warning: {terminal(message)}", file=sys.stderr)
@@ -416,7 +416,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "backbones":
-        from featx.backbones import REGISTRY
+        from featx.features.backbones import REGISTRY
 
         for spec in REGISTRY.values():
             print(f"{spec.name:<20} input {spec.input_size:>3}  preprocess {spec.preprocess}")
@@ -424,7 +424,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "layers":
         return _layers(args)
     if args.command == "demo-data":
-        from featx.demo import export_digits
+        from featx.data.demo import export_digits
 
         print(export_digits(args.folder))
         return 0
@@ -433,12 +433,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "runs":
         return _runs(args)
     if args.command == "predict":
-        from featx.predict import run
+        from featx.learn.predict import run
 
         return run(args.model, args.inputs, out=sys.stdout, top=args.top, csv_file=args.csv,
                    weights=args.weights, batch_size=args.batch_size, trust=args.trust)
     if args.command == "explain":
-        from featx.explain import explain
+        from featx.inspect.explain import explain
 
         written = explain(args.model, args.inputs, args.out, top=args.top,
                           classes=args.classes, patch=args.patch, stride=args.stride,
@@ -451,7 +451,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "audit":
         from pathlib import Path
 
-        from featx.audit import run_audit
+        from featx.inspect.audit import run_audit
 
         written = run_audit(config, Path(args.store) if args.store else None, args.out,
                             threshold=args.threshold, top=args.top)
@@ -459,7 +459,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
         return 0
     if args.command == "extract":
-        from featx.extraction import extract_all
+        from featx.features.extraction import extract_all
 
         for r in extract_all(config, progress=not args.no_progress):
             if r.cache_hit:
@@ -487,13 +487,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         run_classify(config, Path(args.store) if args.store else None)
         return 0
     if args.command == "sweep":
-        from featx.layersweep import sweep
+        from featx.inspect.sweep import sweep
 
         layers = [n.strip() for n in (args.layers or "").split(",") if n.strip()]
         sweep(config, layers or None, args.out, progress=not args.no_progress)
         return 0
     if args.command == "finetune":
-        from featx.finetune import finetune
+        from featx.learn.finetune import finetune
 
         finetune(config, progress=not args.no_progress)
         return 0
@@ -501,7 +501,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _layers(args: argparse.Namespace) -> int:
-    from featx import visualize
+    from featx.inspect import visualize
 
     drawing = args.filters or args.visualize
     weights = args.weights or (None if drawing else "none")
@@ -527,7 +527,7 @@ def _layers(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from featx import runs
+    from featx.report import runs
 
     if args.compare:
         print(runs.comparison_table(runs.compare(*args.compare)))
@@ -549,7 +549,7 @@ def _runs(args: argparse.Namespace) -> int:
 def _cache(args: argparse.Namespace) -> int:
     import json
 
-    from featx import cache
+    from featx.store import cache
 
     folder = Config(cache_dir=args.cache_dir or "").cache_path
     if args.cache_command == "ls":
@@ -586,7 +586,7 @@ def _cache(args: argparse.Namespace) -> int:
     if args.cache_command == "export":
         from pathlib import Path
 
-        from featx.export import export
+        from featx.store.export import export
 
         store = Path(args.store)
         path = store if store.suffix == ".h5" else cache.find(folder, args.store).path
@@ -610,7 +610,7 @@ def _cache(args: argparse.Namespace) -> int:
 def _say_results_go(targets: list) -> None:
     # Removing a store removes its run folders, results and saved models included: said
     # before anything goes, not only in --help.
-    from featx.layout import runs_dir
+    from featx.core.layout import runs_dir
 
     folders = [f for f in (runs_dir(e.path) for e in targets if e.kind == "store")
                if f.is_dir()]

@@ -18,7 +18,7 @@ from realdata import (  # noqa: F401  (session fixtures, real data, once a sessi
     shared_data,
 )
 
-from featx.config import Config
+from featx.core.config import Config
 
 # None of the imports above loads TensorFlow (featx imports it lazily): set this before it is,
 # to keep TF's C++ start-up chatter out of the test output.
@@ -145,7 +145,7 @@ def tiny_root(tmp_path_factory) -> tuple[Path, dict[str, list[str]]]:
 def tiny_store(tiny_root, tmp_path_factory) -> TinyStore:
     """The feature store of ``tiny_root``, extracted once per session. Read it, never write it:
     tests that change a store work on a copy."""
-    from featx.extraction import extract
+    from featx.features.extraction import extract
 
     root, written = tiny_root
     config = tiny_config(root, tmp_path_factory.mktemp("tiny-cache"))
@@ -167,7 +167,7 @@ def featx_info():
     (a library caller sees warnings only)."""
     import logging
 
-    from featx.log import set_level
+    from featx.core.log import set_level
 
     previous = set_level(logging.INFO)
     yield

@@ -28,9 +28,9 @@ def assert_close(actual, expected, rtol: float = 1e-4) -> None:
 
 @contextlib.contextmanager
 def result_lines() -> Iterator[list[str]]:
-    """The lines featx logs to featx.log.RESULTS inside the block (what the command line
+    """The lines featx logs to featx.core.log.RESULTS inside the block (what the command line
     prints on stdout: classify's summary lines, sweep's table), collected in a list."""
-    from featx.log import RESULTS
+    from featx.core.log import RESULTS
 
     lines: list[str] = []
     handler = logging.Handler()
@@ -85,3 +85,11 @@ def featx_here(*args: str | os.PathLike) -> subprocess.CompletedProcess:
             if not isinstance(e.code, (int, type(None))):
                 print(e.code, file=sys.stderr)
     return subprocess.CompletedProcess(["featx", *argv], code, out.getvalue(), err.getvalue())
+
+
+def tiny_args(root: str | os.PathLike, cache: str | os.PathLike, *more: str) -> list[str]:
+    """The command-line twin of conftest.tiny_config: random-weight MobileNetV2 at 32 px,
+    batches of 8, no progress bar."""
+    return ["--data", str(root), "--cache-dir", str(cache), "--backbone", "MobileNetV2",
+            "--weights", "none", "--input-size", "32", "--batch-size", "8", "--no-progress",
+            *more]

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from helpers import featx_here
 
-from featx.config import Config
+from featx.core.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -108,7 +108,7 @@ def keras_home_set(folder: Path) -> Iterator[Path]:
     ``get_file`` (ImageNet weights included) reads on every call."""
     from keras.src.backend import config as keras_config
 
-    from featx.backbones import keras_home
+    from featx.features.backbones import keras_home
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(keras_config, "_KERAS_DIR", str(folder))
@@ -157,7 +157,7 @@ def keras_home_of(config: Config) -> Path:
 def flowers17_logreg(flowers17, tmp_path_factory):
     """Logistic regression fitted once per test run on the Flowers-17 store:
     (its result, the saved model bundle)."""
-    from featx.classification import classify
+    from featx.learn.classification import classify
 
     def build(_: Path) -> dict:
         (result,) = classify(flowers17)
@@ -192,8 +192,8 @@ N_MOVED, N_COPIES = 10, 5
 
 
 def _split_of(root: Path, seed: int = 42) -> dict[str, int]:
-    from featx.config import DatasetConfig
-    from featx.dataset import load_dataset, stratified_split
+    from featx.core.config import DatasetConfig
+    from featx.data.dataset import load_dataset, stratified_split
 
     d = load_dataset(DatasetConfig(root=str(root)))
     return dict(zip(d.paths, stratified_split(d.labels, 0.0, 0.25, seed)))
@@ -229,9 +229,9 @@ def _plant(base: Path) -> dict:
 
     from PIL import Image
 
-    from featx.classification import classify
-    from featx.dataset import TEST, TRAIN
-    from featx.extraction import extract
+    from featx.data.dataset import TEST, TRAIN
+    from featx.features.extraction import extract
+    from featx.learn.classification import classify
 
     root = base / "flowers"
     for name in PLANTED_CLASSES:

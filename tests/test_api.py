@@ -1,4 +1,5 @@
-"""The Python face: featx.extraction / Store, and FeatureExtractor as a scikit-learn transformer."""
+"""The Python face: featx.features.extraction / Store, and FeatureExtractor as a scikit-learn
+transformer."""
 
 from __future__ import annotations
 
@@ -8,26 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_close
 from PIL import Image
 from realdata import FLOWERS17, WEIGHTS, needs_shared
 from sklearn.base import clone
 
 import featx
 from featx.api import Model
-from featx.backbones import Backbone
-from featx.images import load_image
-from featx.store import FeatureStore
-from featx.transformer import FeatureExtractor
+from featx.data.images import load_image
+from featx.features.backbones import Backbone
+from featx.features.transformer import FeatureExtractor
+from featx.store.read import FeatureStore
 
 
 def tiny_extractor(**more) -> FeatureExtractor:
     return FeatureExtractor(**{"weights": "none", "input_size": 32, "batch_size": 8, **more})
-
-
-def assert_close(actual, expected, rtol=1e-4):
-    scale = float(np.abs(expected).max())
-    assert scale > 0
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
 
 
 def test_public_names_are_listed():

@@ -18,11 +18,11 @@ from helpers import REPO, assert_close
 from PIL import Image
 from test_bad_inputs import _config  # a tiny random-weight pipeline
 
-from featx import store as store_module
-from featx.errors import StoreError
-from featx.extraction import extract
-from featx.layout import segments_dir
-from featx.store import FeatureStore
+from featx.core.errors import StoreError
+from featx.core.layout import segments_dir
+from featx.features.extraction import extract
+from featx.store import write as store_write
+from featx.store.read import FeatureStore
 
 
 def _images(root: Path, names: list[str], seed: int = 0) -> None:
@@ -55,7 +55,7 @@ def updated(tmp_path):
 def test_adding_images_appends_and_never_rewrites_old_rows(updated, tmp_path, monkeypatch):
     config, data, first, before, inode = updated
     passed = []  # images through the model
-    from featx import backbones
+    from featx.features import backbones
 
     original = backbones.Backbone.batched
 
@@ -68,7 +68,7 @@ def test_adding_images_appends_and_never_rewrites_old_rows(updated, tmp_path, mo
         return run
 
     monkeypatch.setattr(backbones.Backbone, "batched", counting)
-    monkeypatch.setattr(store_module, "write_store", lambda *a, **k: pytest.fail(
+    monkeypatch.setattr(store_write, "write_store", lambda *a, **k: pytest.fail(
         "an update of 3 images rewrote the whole store"))
     r = extract(config, progress=False)
     assert (r.extracted, r.dropped, r.reused) == (3, 1, len(FIRST) - 1)
@@ -110,7 +110,7 @@ def test_a_damaged_or_missing_segment_is_refused(updated):
 
 def test_many_updates_compact_into_one_file(updated, monkeypatch):
     config, data, _, _, _ = updated
-    monkeypatch.setattr(store_module, "SEGMENTS_MAX", 2)
+    monkeypatch.setattr(store_write, "SEGMENTS_MAX", 2)
     r = extract(config, progress=False)
     with FeatureStore(r.path) as s:
         assert len(s.segment_files) == 2
@@ -124,13 +124,13 @@ def test_many_updates_compact_into_one_file(updated, monkeypatch):
 
 KILLER = """
 import sys, time
-import featx.store as store
-original = store._write_segment
+import featx.store.write as store_write
+original = store_write._write_segment
 def slow(*args, **kwargs):
     original(*args, **kwargs)
     open(sys.argv[2], "w").close()
     time.sleep(60)
-store._write_segment = slow
+store_write._write_segment = slow
 from featx.cli import main
 sys.exit(main(["extract", "--data", sys.argv[1], "--weights", "none", "--input-size", "32",
                "--batch-size", "4", "--cache-dir", sys.argv[3], "--no-progress"]))

@@ -11,14 +11,14 @@ import pytest
 from helpers import featx_here
 from realdata import SHARED
 
-from featx.audit import (
+from featx.core.errors import UsageError
+from featx.inspect.audit import (
     audit_arrays,
     class_outliers,
     near_pairs,
     neighbours,
     unit_rows,
 )
-from featx.errors import UsageError
 
 FLOWERS5 = SHARED / "datasets" / "flowers5"
 
@@ -83,7 +83,7 @@ def test_label_issues_rank_the_clearest_errors_first():
     0.02..0.17) and 6 uncertain ones (0.32..0.41) are suspects; the 4 come first, clearest
     first, with the predicted class suggested. Reversed, they would come last."""
     pytest.importorskip("cleanlab")
-    from featx.audit import label_issues
+    from featx.inspect.audit import label_issues
 
     y = np.repeat([0, 1, 2], 20)
     proba = np.full((60, 3), 0.05)
@@ -150,9 +150,9 @@ def test_audit_finds_the_six_byte_duplicates_of_flowers5(tmp_path):
         pytest.skip(f"needs {FLOWERS5}")
     import hashlib
 
-    from featx.audit import run_audit
-    from featx.config import Config
-    from featx.extraction import extract
+    from featx.core.config import Config
+    from featx.features.extraction import extract
+    from featx.inspect.audit import run_audit
 
     config = Config()
     config.dataset.root = str(FLOWERS5)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from helpers import assert_close
 
-from featx.backbones import POOLINGS, REGISTRY, Backbone, BackboneError, get_spec
-from featx.config import BackboneConfig
+from featx.core.config import BackboneConfig
+from featx.features.backbones import POOLINGS, REGISTRY, Backbone, BackboneError, get_spec
 
 EXPECTED = (
     ["VGG16", "VGG19", "ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2",

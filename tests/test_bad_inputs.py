@@ -19,10 +19,10 @@ from helpers import REPO, featx_command, one_error_line
 from PIL import Image, UnidentifiedImageError
 from PIL.Image import DecompressionBombError
 
-from featx.config import Config
-from featx.extraction import ExtractError, extract
-from featx.images import ReadErrors, Views, load_image, read_batches
-from featx.store import FeatureStore
+from featx.core.config import Config
+from featx.data.images import ReadErrors, Views, load_image, read_batches
+from featx.features.extraction import ExtractError, extract
+from featx.store.read import FeatureStore
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -240,11 +240,11 @@ def test_cache_folder_that_is_a_file_gives_one_line_error(tmp_path, capsys):
 def test_full_disk_gives_one_line_error_and_keeps_blocks(tmp_path, capsys, monkeypatch):
     import errno
 
-    from featx import store
     from featx.cli import main
+    from featx.store import blocks as store_blocks
 
     make_corpus(tmp_path / "data")
-    real_save = store.BlockDir.save
+    real_save = store_blocks.BlockDir.save
     calls = []
 
     def save_then_fill(self, index, *a):
@@ -253,7 +253,7 @@ def test_full_disk_gives_one_line_error_and_keeps_blocks(tmp_path, capsys, monke
         calls.append(index)
         return real_save(self, index, *a)
 
-    monkeypatch.setattr(store.BlockDir, "save", save_then_fill)
+    monkeypatch.setattr(store_blocks.BlockDir, "save", save_then_fill)
     args = ["extract", "--data", str(tmp_path / "data"), "--weights", "none", "--input-size",
             "32", "--batch-size", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
     assert main(args) == 2
@@ -261,7 +261,7 @@ def test_full_disk_gives_one_line_error_and_keeps_blocks(tmp_path, capsys, monke
     line = one_error_line(capsys.readouterr().err, partial / "block-000001.npz")
     assert "No space left on device" in line
     assert len(list((tmp_path / "cache").glob("*.partial/block-*.npz"))) == 1
-    monkeypatch.setattr(store.BlockDir, "save", real_save)
+    monkeypatch.setattr(store_blocks.BlockDir, "save", real_save)
     assert main(args) == 0
     assert "resuming" in capsys.readouterr().err
 

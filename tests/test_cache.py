@@ -15,11 +15,11 @@ import pytest
 from helpers import assert_close, featx_here
 from PIL import Image
 
-from featx import cache
 from featx.cli import main
-from featx.config import Config
-from featx.extraction import extract
-from featx.plan import plan
+from featx.core.config import Config
+from featx.features.extraction import extract
+from featx.features.plan import plan
+from featx.store import cache
 
 
 def _images(root: Path, n_per_class: int = 5, classes=("cat", "dog"), seed: int = 0) -> None:
@@ -83,7 +83,7 @@ def test_reuse_across_pipelines_and_split_change(data, tmp_path, monkeypatch):
     c = _config(data, tmp_path / "cache")
     first = extract(c, progress=False)
     assert not first.cache_hit and first.extracted == 10
-    from featx import backbones
+    from featx.features import backbones
 
     def no_model(self):
         raise AssertionError("a cache hit built the model")
@@ -177,7 +177,9 @@ def test_cache_commands(data, tmp_path, capsys):
 def test_partial_extraction_is_listed_and_not_a_store(data, tmp_path):
     c = _config(data, tmp_path / "cache")
     p = plan(c)
-    from featx.store import BlockDir, FeatureStore, StoreError
+    from featx.core.errors import StoreError
+    from featx.store.blocks import BlockDir
+    from featx.store.read import FeatureStore
 
     blocks = BlockDir(p.path, p.key, rows=10, block_rows=4)
     blocks.save(0, np.zeros((4, 1280), np.float32), np.ones(4, bool), [""] * 4)
@@ -190,8 +192,8 @@ def test_partial_extraction_is_listed_and_not_a_store(data, tmp_path):
 
 
 def test_cache_ls_reads_hyphenated_dataset_names(tmp_path, capsys):
-    from featx import cache
     from featx.cli import main
+    from featx.store import cache
 
     store = tmp_path / "flowers-17-MobileNetV2-avg-0123456789abcdef.h5"
     partial = store.with_name(store.name + ".0123456789abcdef.partial")
@@ -207,8 +209,8 @@ def test_cache_ls_reads_hyphenated_dataset_names(tmp_path, capsys):
 def test_an_unfinished_finetuning_is_listed_and_removed_by_key(tmp_path, capsys):
     """A fine-tuning's checkpoint lives beside the stores: `cache ls` lists it (state
     checkpoint, rows = epochs done), `cache rm KEY` removes it, `cache verify` leaves it be."""
-    from featx.finetune import Checkpoint
-    from featx.layout import checkpoint_path
+    from featx.core.layout import checkpoint_path
+    from featx.learn.finetune import Checkpoint
 
     key = "0123456789abcdef"
     path = checkpoint_path(tmp_path, "my-flowers", "MobileNetV2", key)

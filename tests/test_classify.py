@@ -9,12 +9,13 @@ import pytest
 from helpers import result_lines
 from sklearn.metrics import confusion_matrix
 
-from featx import learners
-from featx.classification import classify, load_model, results_dir
-from featx.config import ConfigError
-from featx.dataset import TEST, TRAIN
-from featx.learners import ClassifierError, class_scores, fit, get_learner
-from featx.store import FeatureStore, StoreError
+from featx.core.config import ConfigError
+from featx.core.errors import StoreError
+from featx.data.dataset import TEST, TRAIN
+from featx.learn import learners
+from featx.learn.classification import classify, load_model, results_dir
+from featx.learn.learners import ClassifierError, class_scores, fit, get_learner
+from featx.store.read import FeatureStore
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +201,7 @@ def test_every_learner_predicts_and_ranks(name):
     scores = class_scores(result.model, x_new)
     assert scores.shape == (len(x_new), 6)
     assert (result.model.classes_[scores.argmax(axis=1)] == result.model.predict(x_new)).all()
-    from featx.report import rank_k
+    from featx.report.metrics import rank_k
 
     rank1 = rank_k(y_new, scores, result.model.classes_, 1)
     rank5 = rank_k(y_new, scores, result.model.classes_, 5)

@@ -11,21 +11,14 @@ from pathlib import Path
 
 import h5py
 import pytest
-from helpers import REPO, one_error_line
+from helpers import REPO, one_error_line, tiny_args
 from PIL import Image
 
 import featx
-from featx.backbones import REGISTRY
 from featx.cli import build_parser, main
-from featx.config import tomllib  # tomli on Python 3.10
-from featx.store import FeatureStore
-
-TINY_FLAGS = ["--backbone", "MobileNetV2", "--weights", "none", "--input-size", "32",
-              "--batch-size", "8", "--no-progress"]
-
-
-def tiny_args(root, cache):
-    return ["--data", str(root), "--cache-dir", str(cache), *TINY_FLAGS]
+from featx.core.config import tomllib  # tomli on Python 3.10
+from featx.features.backbones import REGISTRY
+from featx.store.read import FeatureStore
 
 
 def test_extract_then_classify(tiny_store, tmp_path, capsys):
@@ -256,7 +249,7 @@ def test_version_is_printed_and_is_the_changelogs_latest_release(capsys):
 def test_ray_engine_refuses_variant_stores(cache_copy, tiny_store, capsys, monkeypatch):
     """README: only plain stores are extracted on Ray. The plain store is a cache hit (no
     cluster needed); the 10-crop store is refused, not made: no cluster is ever contacted."""
-    from featx import distributed
+    from featx.features import distributed
 
     def no_cluster(*args, **kwargs):
         raise AssertionError("a Ray cluster was contacted")

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from featx import log
 from featx.cli import build_parser, main
-from featx.config import DEFAULT_CACHE_DIR, EXPORT_FORMATS, SHORTHANDS, Config
+from featx.core import log
+from featx.core.config import DEFAULT_CACHE_DIR, EXPORT_FORMATS, SHORTHANDS, Config
 
 # The least each subcommand takes (its positionals and required flags): every subcommand
 # must be here, so a new one is tested too.
@@ -149,7 +149,7 @@ def test_every_flag_over_a_field_with_allowed_values_offers_them():
 
 
 def test_export_formats_declared_in_config_are_the_exporters():
-    from featx.export import FORMATS
+    from featx.store.export import FORMATS
 
     assert tuple(FORMATS) == EXPORT_FORMATS
 

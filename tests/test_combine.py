@@ -7,13 +7,13 @@ import pytest
 from test_outofcore import write_synthetic_store
 
 from featx.api import run_classify as classify
-from featx.classification import fit_learner, load_splits
 from featx.cli import main
-from featx.combine import fuse
-from featx.config import Config, ConfigError
-from featx.dataset import TEST, TRAIN
-from featx.report import evaluate
-from featx.store import StoreError
+from featx.core.config import Config, ConfigError
+from featx.core.errors import StoreError
+from featx.data.dataset import TEST, TRAIN
+from featx.learn.classification import fit_learner, load_splits
+from featx.learn.combine import fuse
+from featx.report.metrics import evaluate
 
 NAMES = ["a", "b", "c"]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from featx import config as config_module
-from featx.config import (
+from featx.core import config as config_module
+from featx.core.config import (
     BackboneConfig,
     ClassifyConfig,
     Config,
@@ -253,8 +253,8 @@ def test_a_bad_value_in_any_section_names_the_field_and_the_valid_values(field):
 
 
 def test_every_learner_is_an_allowed_classifier():
-    from featx.config import CLASSIFIERS
-    from featx.learners import LEARNERS
+    from featx.core.config import CLASSIFIERS
+    from featx.learn.learners import LEARNERS
 
     assert tuple(LEARNERS) == CLASSIFIERS
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featx.config import DatasetConfig
-from featx.dataset import (
+from featx.core.config import DatasetConfig
+from featx.data.dataset import (
     IMAGE_EXTENSIONS,
     TEST,
     TRAIN,
@@ -49,7 +49,7 @@ def test_folder_scan(tmp_path, image_folder):
 
 def test_stats_taken_by_a_pool_of_processes_equal_those_taken_here(tmp_path, image_folder,
                                                                    monkeypatch):
-    from featx import dataset
+    from featx.data import dataset
 
     root = tmp_path / "animals"
     image_folder(root)
@@ -71,7 +71,7 @@ def test_stats_taken_by_a_pool_of_processes_equal_those_taken_here(tmp_path, ima
 
 def test_a_file_gone_between_listing_and_stat_is_not_in_the_dataset(tmp_path, image_folder,
                                                                    monkeypatch):
-    from featx import dataset
+    from featx.data import dataset
 
     root = tmp_path / "animals"
     image_folder(root)

@@ -10,8 +10,8 @@ from helpers import featx_here
 from PIL import Image
 from realdata import FLOWERS17, WEIGHTS
 
-from featx.errors import UsageError
-from featx.explain import linear_weights, nearest, numerical_gradient, occlusion_map
+from featx.core.errors import UsageError
+from featx.inspect.explain import linear_weights, nearest, numerical_gradient, occlusion_map
 
 QUADRANTS = [(0, 0), (224, 0), (0, 224), (224, 224)]  # (x, y) of the pasted photo
 
@@ -76,8 +76,8 @@ def test_cam_and_occlusion_peak_where_the_flower_is(planted_flowers, tmp_path):
     """A real photo pasted into one quadrant of a grey 448x448 canvas: for several flowers
     and all four quadrants, the flower is recognised and the activation map and the
     occlusion map both peak in its quadrant."""
-    from featx.explain import EXACT, explain_image
-    from featx.predict import Predictor
+    from featx.inspect.explain import EXACT, explain_image
+    from featx.learn.predict import Predictor
 
     predictor = Predictor.load(planted_flowers.model)
     misses = []  # all twelve listed at once
@@ -102,8 +102,8 @@ def test_cam_and_occlusion_peak_where_the_flower_is(planted_flowers, tmp_path):
 @pytest.mark.slow
 @pytest.mark.shared
 def test_nearest_training_images_of_a_training_image_start_with_itself(planted_flowers):
-    from featx.dataset import TRAIN
-    from featx.store import FeatureStore
+    from featx.data.dataset import TRAIN
+    from featx.store.read import FeatureStore
 
     with FeatureStore(planted_flowers.store) as s:
         row = int(np.flatnonzero(s.split == TRAIN)[3])
@@ -120,7 +120,7 @@ def test_nearest_training_images_of_a_training_image_start_with_itself(planted_f
 def test_featx_explain_command(planted_flowers, tmp_path):
     """The command end to end: a PNG per image and one page, with neighbours and a
     --class map; a bad class name is one line naming it."""
-    from featx.explain import GRADIENT  # noqa: F401  (the method names are importable)
+    from featx.inspect.explain import GRADIENT  # noqa: F401  (the method names are importable)
 
     images = sorted((FLOWERS17 / "sunflower").glob("image_*.jpg"))[:2]
     out = tmp_path / "explain"
@@ -148,7 +148,7 @@ def test_featx_explain_command(planted_flowers, tmp_path):
 def test_unreadable_image_and_unknown_class_are_one_line_errors(tmp_path):
     from types import SimpleNamespace
 
-    from featx.explain import explain_image
+    from featx.inspect.explain import explain_image
 
     predictor = SimpleNamespace(backbone=SimpleNamespace(input_size=32), classes=["a", "b"])
     bad = tmp_path / "notes.jpg"

@@ -16,15 +16,11 @@ import pytest
 from realdata import needs_shared, store_of
 
 from featx.cli import main
-from featx.dataset import TEST, TRAIN, VAL
-from featx.export import FORMATS, UsageError, export
-from featx.store import (
-    CHUNK_BYTES,
-    FeatureDigest,
-    FeatureStore,
-    read_rows_for,
-    write_columns,
-)
+from featx.data.dataset import TEST, TRAIN, VAL
+from featx.store.export import FORMATS, UsageError, export
+from featx.store.keys import CHUNK_BYTES, FeatureDigest, read_rows_for
+from featx.store.read import FeatureStore
+from featx.store.write import write_columns
 
 SPLITS = {TRAIN: "train", VAL: "val", TEST: "test"}
 
@@ -101,8 +97,8 @@ def test_cli_export_by_key_and_refusals(tiny_store, tmp_path, capsys):
 
 def virtual_copy(store_path: Path, folder: Path, shard_rows: int = 7) -> Path:
     """The store rebuilt as the Ray engine publishes one: a virtual dataset over shard files
-    (featx.distributed's own writer and joiner)."""
-    from featx.distributed import ShardDir, _ShardWriter, _write_virtual
+    (featx.features.distributed's own writer and joiner)."""
+    from featx.features.distributed import ShardDir, _ShardWriter, _write_virtual
 
     folder.mkdir()
     target = folder / store_path.name
@@ -156,7 +152,7 @@ def synthetic_store(path: Path, rows: int, width: int) -> Path:
 MEASURE = """
 import json, sys
 from pathlib import Path
-from featx.export import export
+from featx.store.export import export
 store, small, fmt, out, buffer = sys.argv[1:]
 export(small, fmt, Path(out) / "warm-up", int(buffer))  # imports and pools, not measured
 def status(field):

@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 from helpers import assert_close
 
-from featx import store as store_module
-from featx.backbones import Backbone
-from featx.config import ConfigError
-from featx.dataset import load_dataset, stratified_split
-from featx.extraction import ExtractError, extract
-from featx.images import load_image
-from featx.plan import locate_store, plan
-from featx.store import FeatureStore, StoreError
+from featx.core.config import ConfigError
+from featx.core.errors import StoreError
+from featx.data.dataset import load_dataset, stratified_split
+from featx.data.images import load_image
+from featx.features.backbones import Backbone
+from featx.features.extraction import ExtractError, extract
+from featx.features.plan import locate_store, plan
+from featx.store import blocks as store_blocks
+from featx.store.read import FeatureStore
 
 LEFTOVER_SUFFIXES = (".partial", ".assembling", ".tmp")
 
@@ -286,14 +287,14 @@ def test_interrupted_extraction_resumes_from_finished_blocks(tiny_store, make_co
     # batches of 2 rows: blocks of a few rows, so 18 images make several blocks
     config = make_config(tiny_store.root, tmp_path / "cache", extract={"batch_size": 2})
     saved = []
-    original = store_module.BlockDir.save
+    original = store_blocks.BlockDir.save
 
     def save_then_die(self, index, *args, **kwargs):
         original(self, index, *args, **kwargs)
         saved.append(index)
         raise Killed
 
-    monkeypatch.setattr(store_module.BlockDir, "save", save_then_die)
+    monkeypatch.setattr(store_blocks.BlockDir, "save", save_then_die)
     with pytest.raises(Killed):
         extract(config, progress=False)
     monkeypatch.undo()

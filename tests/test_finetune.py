@@ -11,10 +11,10 @@ import pytest
 from helpers import one_error_line
 
 from featx.cli import main
-from featx.config import FinetuneConfig
-from featx.dataset import TEST, TRAIN, VAL
-from featx.finetune import ConfigError, FineTuner, load_image_splits, runs_dir
-from featx.store import FeatureStore
+from featx.core.config import FinetuneConfig
+from featx.data.dataset import TEST, TRAIN, VAL
+from featx.learn.finetune import ConfigError, FineTuner, load_image_splits, runs_dir
+from featx.store.read import FeatureStore
 
 # Tiny and quick: 2 epochs per phase; learning rates high enough to move in 2 epochs.
 TINY = {"warmup_epochs": 2, "warmup_lr": 1e-2, "epochs": 2, "unfreeze": 12, "lr": 0.05,
@@ -170,7 +170,7 @@ def test_test_rows_are_the_feature_extraction_ones(tiny_store, make_config, tmp_
 
 
 def test_a_validation_split_in_the_pipeline_is_used_as_it_is(tiny_root, make_config, tmp_path):
-    from featx.dataset import load_dataset, stratified_split
+    from featx.data.dataset import load_dataset, stratified_split
 
     config = make_config(tiny_root[0], tmp_path, finetune=TINY,
                          dataset={"val": 0.2, "test": 0.25})
@@ -186,9 +186,9 @@ def test_finetune_reports_like_classify_and_saves_the_model(tiny_store, make_con
                                                             capsys, calibrated):
     import keras
 
-    from featx import runs
-    from featx.backbones import Backbone
-    from featx.classification import classify
+    from featx.features.backbones import Backbone
+    from featx.learn.classification import classify
+    from featx.report import runs
 
     reference = classify(make_config(tiny_store.root, tiny_store.config.cache_dir,
                                      out=str(tmp_path / "ref"),

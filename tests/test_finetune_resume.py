@@ -16,9 +16,10 @@ import pytest
 from helpers import REPO, featx_here
 from test_finetune import calibrate_batchnorm
 
-from featx import cache, finetune
-from featx.dataset import TRAIN
-from featx.finetune import PHASES, load_image_splits
+from featx.data.dataset import TRAIN
+from featx.learn import finetune
+from featx.learn.finetune import PHASES, load_image_splits
+from featx.store import cache
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,7 @@ RUNNER = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 import numpy as np
-from featx import finetune
+from featx.learn import finetune
 from featx.cli import main
 from test_finetune import calibrate_batchnorm
 

@@ -21,11 +21,11 @@ import pytest
 # real-data tests: it is extracted once.
 from realdata import FLOWERS17, assert_pretrained, keras_home_set, needs_shared, store_of
 
-from featx.backbones import Backbone, BackboneError
-from featx.config import BackboneConfig
-from featx.dataset import TEST
-from featx.extraction import extract
-from featx.store import FeatureStore
+from featx.core.config import BackboneConfig
+from featx.data.dataset import TEST
+from featx.features.backbones import Backbone, BackboneError
+from featx.features.extraction import extract
+from featx.store.read import FeatureStore
 
 
 @pytest.mark.slow

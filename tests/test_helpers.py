@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import assert_close, one_error_line
 
-from featx.store import FeatureStore
+from featx.store.read import FeatureStore
 
 
 @pytest.fixture(scope="module")

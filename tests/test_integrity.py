@@ -17,11 +17,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from helpers import featx_here
+from helpers import featx_here, tiny_args
 
 from featx.cli import main
-from featx.extraction import extract
-from featx.store import FeatureStore, StoreError
+from featx.core.errors import StoreError
+from featx.features.extraction import extract
+from featx.store.read import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,12 +35,6 @@ def one_error_line(err: str) -> str:
     assert len(lines) == 1, err
     assert lines[0].startswith("featx: error:"), err
     return lines[0]
-
-
-def tiny_args(root: Path, cache: Path, *more: str) -> list[str]:
-    """The command-line twin of conftest.tiny_config."""
-    return ["--data", str(root), "--cache-dir", str(cache), "--weights", "none",
-            "--input-size", "32", "--batch-size", "8", "--no-progress", *more]
 
 
 def copy_dataset(src: Path, dst: Path) -> Path:
@@ -80,7 +75,7 @@ def test_the_same_files_under_another_folder_name_are_a_cache_hit(tiny_store, tm
     shutil.copy2(tiny_store.path, cache / tiny_store.path.name)
     renamed = copy_dataset(tiny_store.root, tmp_path / "elsewhere" / "renamed-shapes")
     config = make_config(renamed, cache)
-    from featx.backbones import Backbone
+    from featx.features.backbones import Backbone
 
     monkeypatch.setattr(Backbone, "model", property(lambda self: pytest.fail("model built")))
     result = extract(config, progress=False)
@@ -140,7 +135,7 @@ def test_rewritten_features_are_refused_and_extract_rebuilds_them(own_store, cap
     with pytest.raises(StoreError, match=r"rows 0-.* do not match the checksum"):
         with FeatureStore(path) as store:
             store.features()
-    from featx.classification import classify
+    from featx.learn.classification import classify
 
     with pytest.raises(StoreError, match=str(path)):
         classify(config)
@@ -164,7 +159,7 @@ def test_changed_labels_split_ok_or_paths_are_refused(own_store, column):
             f[column][0] = (int(f[column][0]) + 1) % 2
     with pytest.raises(StoreError, match="do not match the checksum"):
         FeatureStore(path)
-    from featx import cache
+    from featx.store import cache
 
     assert any("checksum" in p for p in cache.verify(path))
     assert not extract(config, progress=False).cache_hit  # rebuilt, not trusted
@@ -186,8 +181,8 @@ def test_a_fletcher32_failure_names_the_store(own_store, capsys):
 
 def test_a_virtual_store_with_swapped_shard_files_is_refused(tiny_store, tmp_path,
                                                              make_config):
-    from featx.distributed import ShardDir, _ShardWriter, join
-    from featx.plan import plan, store_attrs
+    from featx.features.distributed import ShardDir, _ShardWriter, join
+    from featx.features.plan import plan, store_attrs
 
     config = make_config(tiny_store.root, tmp_path / "cache")
     p = plan(config)
@@ -235,7 +230,7 @@ def test_a_cache_hit_verifies_once_per_file_version(own_store, monkeypatch):
 @pytest.mark.parametrize("damage", ["flipped bytes", "other numbers"])
 def test_a_damaged_resume_block_is_recomputed_with_a_warning(tiny_store, make_config, tmp_path,
                                                              monkeypatch, capsys, damage):
-    from featx import store as store_module
+    from featx.store import blocks as store_blocks
 
     config = make_config(tiny_store.root, tmp_path / "cache")
     with FeatureStore(tiny_store.path) as store:
@@ -244,13 +239,13 @@ def test_a_damaged_resume_block_is_recomputed_with_a_warning(tiny_store, make_co
     class Killed(Exception):
         pass
 
-    original = store_module.BlockDir.save
+    original = store_blocks.BlockDir.save
 
     def save_then_die(self, index, *args, **kwargs):
         original(self, index, *args, **kwargs)
         raise Killed
 
-    monkeypatch.setattr(store_module.BlockDir, "save", save_then_die)
+    monkeypatch.setattr(store_blocks.BlockDir, "save", save_then_die)
     with pytest.raises(Killed):
         extract(config, progress=False)
     monkeypatch.undo()
@@ -283,8 +278,8 @@ def _csv(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 
 def test_one_image_twice_with_two_labels_is_an_error_naming_both_rows(tmp_path, image_file):
-    from featx.config import DatasetConfig
-    from featx.dataset import DatasetError, load_dataset
+    from featx.core.config import DatasetConfig
+    from featx.data.dataset import DatasetError, load_dataset
 
     image_file(tmp_path / "a.png")
     image_file(tmp_path / "b.png", seed=1)
@@ -294,8 +289,8 @@ def test_one_image_twice_with_two_labels_is_an_error_naming_both_rows(tmp_path, 
 
 
 def test_one_image_twice_with_one_label_is_used_once(tmp_path, image_file, capsys):
-    from featx.config import DatasetConfig
-    from featx.dataset import load_dataset
+    from featx.core.config import DatasetConfig
+    from featx.data.dataset import load_dataset
 
     image_file(tmp_path / "a.png")
     image_file(tmp_path / "b.png", seed=1)
@@ -306,8 +301,8 @@ def test_one_image_twice_with_one_label_is_used_once(tmp_path, image_file, capsy
 
 
 def test_manifest_paths_are_relative_to_the_csv_and_never_leave_the_root(tmp_path, image_file):
-    from featx.config import DatasetConfig
-    from featx.dataset import DatasetError, load_dataset
+    from featx.core.config import DatasetConfig
+    from featx.data.dataset import DatasetError, load_dataset
 
     image_file(tmp_path / "images" / "a.png")
     image_file(tmp_path / "outside.png")
@@ -353,8 +348,8 @@ def test_duplicates_updated_from_the_old_store_equal_every_file_hashed(tmp_path)
     """Hard links, copies, same-size files with other bytes; then images added (copies and
     links of old ones), removed (the first of a group among them) and rewritten: the
     update, which reads only the sizes that changed, finds what hashing every file finds."""
-    from featx.dataset import DatasetConfig, load_dataset
-    from featx.extraction import duplicate_files, duplicate_rows
+    from featx.data.dataset import DatasetConfig, load_dataset
+    from featx.features.extraction import duplicate_files, duplicate_rows
 
     rng = np.random.default_rng(0)
     root = tmp_path / "d"
@@ -496,8 +491,8 @@ def test_cache_rm_takes_the_whole_key_or_all(own_store, capsys):
 
 
 def test_markdown_and_csv_outputs_are_escaped(tmp_path, image_file):
-    from featx.predict import Prediction, write_csv
-    from featx.report import markdown
+    from featx.learn.predict import Prediction, write_csv
+    from featx.report.results import markdown
 
     name, broken = '<b>x</b> & "y"', "two\nlines | here"
     result = {"pipeline": "p", "classifier": "logreg", "rank1": 0.5, "rank5": 1.0,
@@ -580,7 +575,7 @@ def test_two_manifests_in_one_folder_keep_their_own_stores(tmp_path, image_file,
 
 def test_a_cache_hit_reads_the_duplicates_back_without_reading_images(tiny_store, tmp_path,
                                                                       make_config, monkeypatch):
-    from featx import extraction
+    from featx.features import extraction
 
     root = copy_dataset(tiny_store.root, tmp_path / "shapes")
     original = tiny_store.written["dog"][0]

@@ -16,8 +16,8 @@ import pytest
 from helpers import REPO, assert_close, featx_command, featx_here
 from PIL import Image
 
-from featx.config import Config
-from featx.extraction import extract
+from featx.core.config import Config
+from featx.features.extraction import extract
 
 pytestmark = pytest.mark.slow
 

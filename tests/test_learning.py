@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featx.classification import classify
-from featx.dataset import TEST
-from featx.extraction import extract
-from featx.predict import Predictor
-from featx.store import FeatureStore
+from featx.data.dataset import TEST
+from featx.features.extraction import extract
+from featx.learn.classification import classify
+from featx.learn.predict import Predictor
+from featx.store.read import FeatureStore
 
 PER_CLASS = 20  # 3 classes, a quarter of them (15 images) held out
 EARLY = "block_1_expand_relu"  # random weights keep colour here (activations ~1e-2)

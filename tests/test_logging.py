@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 
 import featx
-from featx.classification import classify
 from featx.cli import main
-from featx.store import warn
+from featx.learn.classification import classify
+from featx.store.blocks import warn
 
 REPO = Path(__file__).resolve().parents[1]
 TF_LINES = ("oneDNN custom operations", "cuda drivers", "cuInit", "absl::InitializeLog")
 
 
 def test_library_shows_warnings_not_progress(capsys):
-    log = logging.getLogger("featx.extraction")
+    log = logging.getLogger("featx.features.extraction")
     log.info("resuming: 1 of 2 blocks")
     warn("a block was damaged")
     err = capsys.readouterr().err
@@ -31,7 +31,7 @@ def test_library_shows_warnings_not_progress(capsys):
 def test_command_line_shows_progress_lines_unless_quiet(tiny_store, capsys, tmp_path):
     args = ["extract", "--data", str(tiny_store.root), "--cache-dir", str(tmp_path),
             "--weights", "none", "--input-size", "32", "--batch-size", "8", "--no-progress"]
-    logging.getLogger("featx.extraction").info("before main: not shown")
+    logging.getLogger("featx.features.extraction").info("before main: not shown")
     main(args)
     assert "resuming" not in capsys.readouterr().err
     logging.getLogger("featx.x").info("after main: the library level is back")

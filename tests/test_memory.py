@@ -1,5 +1,5 @@
 """What grows with the number of images stays small: packed paths, signatures made from the
-stat arrays, duplicate detection's arrays (featx/memory.py, featx/dataset.py)."""
+stat arrays, duplicate detection's arrays (featx/core/memory.py, featx/data/dataset.py)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from featx import memory
-from featx.config import DatasetConfig
-from featx.dataset import load_dataset
-from featx.memory import PackedStrings, Taken
+from featx.core import memory
+from featx.core.config import DatasetConfig
+from featx.core.memory import PackedStrings, Taken
+from featx.data.dataset import load_dataset
 
 TEXTS = ["class-00/a.jpg", "", "ünï/cödé €.png", "x" * 300, "z/z.JPG", "b", "class-09/0/1.webp"]
 
@@ -85,7 +85,7 @@ def test_a_dataset_and_its_signatures_hold_under_100_bytes_an_image(tmp_path):
 
 def test_duplicate_detection_holds_few_arrays_at_once(tmp_path):
     """Its arrays at their largest: 8.2x the pairs it returns, before; 3.9x now."""
-    from featx.extraction import duplicate_rows
+    from featx.features.extraction import duplicate_rows
 
     n = 10_000
     root = tmp_path / "data"
@@ -108,7 +108,7 @@ def test_duplicate_detection_holds_few_arrays_at_once(tmp_path):
 
 def test_files_are_told_apart_by_device_and_inode():
     """An inode number repeats across file systems: rows are one file only when both match."""
-    from featx.extraction import _files_of
+    from featx.features.extraction import _files_of
 
     device = np.array([1, 2, 1, 2, 1], np.uint64)
     inode = np.array([5, 5, 5, 6, 7], np.uint64)

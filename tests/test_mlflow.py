@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from realdata import needs_shared, store_of
 
-from featx.classification import classify
 from featx.cli import build_parser, config_from_args, main
-from featx.tracking import DATABASE, DependencyError, tracking_uri
+from featx.learn.classification import classify
+from featx.learn.tracking import DATABASE, DependencyError, tracking_uri
 
 mlflow = pytest.importorskip("mlflow", reason="needs featx[mlflow]")
 pytest.importorskip("sqlalchemy", reason="needs featx[mlflow]")
@@ -98,6 +98,6 @@ def test_without_mlflow_installed_it_is_one_line(tiny_store, make_config, tmp_pa
     assert err == ["featx: error: --mlflow needs MLflow: pip install 'featx[mlflow]'"]
     assert not (tmp_path / "out").exists()  # said before fitting anything
     with pytest.raises(DependencyError):
-        from featx.tracking import log_results
+        from featx.learn.tracking import log_results
 
         log_results("sqlite:///unused.db", "x", [])

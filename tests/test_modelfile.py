@@ -13,9 +13,9 @@ import pytest
 import skops.io as sio
 from sklearn.preprocessing import FunctionTransformer
 
-from featx import learners, modelfile
 from featx.cli import main
-from featx.modelfile import FEATX_TYPES, ModelFileError, ModelFileWarning
+from featx.learn import learners, modelfile
+from featx.learn.modelfile import FEATX_TYPES, ModelFileError, ModelFileWarning
 
 
 class CreatesFile:
@@ -134,7 +134,16 @@ def test_the_trusted_list_is_exactly_what_featx_saves(every_model):
     needed = set()
     for model in every_model.values():
         needed |= set(sio.get_untrusted_types(data=sio.dumps({"model": model})))
-    assert needed == set(FEATX_TYPES)
+    old = {t for t in FEATX_TYPES if t.startswith("featx.learners.")}  # files saved by 0.4
+    assert needed == set(FEATX_TYPES) - old
+    # each 0.4 name is the very type now saved under featx.learn.learners
+    assert {t.replace("featx.learners.", "featx.learn.learners.") for t in old} <= needed
+    import featx.learn.learners
+    import featx.learners
+
+    for t in old:
+        name = t.rsplit(".", 1)[1]
+        assert getattr(featx.learners, name) is getattr(featx.learn.learners, name)
 
 
 def test_versions_are_recorded_and_a_mismatch_is_a_warning(tmp_path, monkeypatch):

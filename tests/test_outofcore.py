@@ -12,13 +12,15 @@ import pytest
 from realdata import needs_shared, store_of
 from sklearn.linear_model import SGDClassifier
 
-from featx import learners
-from featx import store as store_module
-from featx.classification import classify
-from featx.config import Config
-from featx.dataset import TEST, TRAIN
-from featx.learners import StreamingSGD, fit_store, get_learner, store_apply, store_passes
-from featx.store import BlockDir, FeatureStore, RowSource, write_store
+from featx.core.config import Config
+from featx.data.dataset import TEST, TRAIN
+from featx.learn import learners
+from featx.learn.classification import classify
+from featx.learn.learners import StreamingSGD, fit_store, get_learner, store_apply, store_passes
+from featx.store import write as store_write
+from featx.store.blocks import BlockDir
+from featx.store.read import FeatureStore
+from featx.store.write import RowSource, write_store
 
 SPLIT = {"val": 0.0, "test": 0.25, "seed": 42}
 
@@ -31,8 +33,8 @@ def write_synthetic_store(path: Path, features: np.ndarray, labels: np.ndarray,
     store.write_store; ``chunk_rows`` sets the HDF5 chunk size in rows."""
     n, d = features.shape
     if chunk_rows is not None:
-        old = store_module.CHUNK_BYTES
-        store_module.CHUNK_BYTES = chunk_rows * 4 * d
+        old = store_write.CHUNK_BYTES
+        store_write.CHUNK_BYTES = chunk_rows * 4 * d
     try:
         blocks = BlockDir(path, "synthetic", rows=n, block_rows=n)
         blocks.save(0, features.astype(np.float32), np.ones(n, bool), [""] * n)
@@ -47,7 +49,7 @@ def write_synthetic_store(path: Path, features: np.ndarray, labels: np.ndarray,
         blocks.remove()
     finally:
         if chunk_rows is not None:
-            store_module.CHUNK_BYTES = old
+            store_write.CHUNK_BYTES = old
     return path
 
 

@@ -65,14 +65,14 @@ def _photos(root: Path, names: list[str], image_file) -> list[str]:
 
 
 def report_page(tmp: Path, image_file, name: str = EVIL) -> Path:
-    from featx.report import write_reports
+    from featx.report.results import write_reports
 
     return write_reports(_result(tmp, image_file, name), tmp / "report" / "browser-logreg")["html"]
 
 
 def finetune_page(tmp: Path, image_file, name: str = EVIL) -> Path:
     """The fine-tune report: the classify page plus the training monitor."""
-    from featx.report import write_reports
+    from featx.report.results import write_reports
 
     r = _result(tmp, image_file, name)
     r["classifier"] = "finetune"
@@ -84,7 +84,7 @@ def finetune_page(tmp: Path, image_file, name: str = EVIL) -> Path:
 
 
 def _result(tmp: Path, image_file, name: str) -> dict:
-    from featx.report import evaluate
+    from featx.report.metrics import evaluate
 
     names = ["ant", name, "cow"]
     rels = _photos(tmp / "data", [f"img{i}.png" for i in range(6)], image_file)
@@ -100,7 +100,7 @@ def _result(tmp: Path, image_file, name: str) -> dict:
 
 
 def explain_page(tmp: Path, image_file, name: str = EVIL) -> Path:
-    from featx.explain import EXACT, Explanation, figure_png, html_page
+    from featx.inspect.explain import EXACT, Explanation, figure_png, html_page
 
     rels = _photos(tmp / "data", ["n0.png", "n1.png", "n2.png"], image_file)
     image = np.asarray(Image.open(tmp / "data" / rels[0]).convert("RGB").resize((64, 64)))
@@ -120,7 +120,7 @@ def explain_page(tmp: Path, image_file, name: str = EVIL) -> Path:
 
 
 def audit_page(tmp: Path, image_file, name: str = EVIL) -> Path:
-    from featx.audit import Audit, Rows, html_page
+    from featx.inspect.audit import Audit, Rows, html_page
 
     rels = _photos(tmp / "data", [f"a{i}.png" for i in range(5)], image_file)
     rows = Rows([str(tmp / "data" / p) for p in rels], rels, np.array([0, 1, 2, 0, 1]),
@@ -135,7 +135,7 @@ def audit_page(tmp: Path, image_file, name: str = EVIL) -> Path:
 
 def sweep_page(tmp: Path, image_file, name: str = EVIL) -> Path:
     """A sweep of two layers with two learners, of a dataset named ``name``."""
-    from featx.layersweep import LayerScore, SweepResult, write
+    from featx.inspect.sweep import LayerScore, SweepResult, write
 
     layers = [("block_2_add", 26, (8, 8, 24), (0, 24)), ("out_relu", 154, (1, 1, 1280),
                                                          (24, 1304))]
@@ -148,7 +148,7 @@ def sweep_page(tmp: Path, image_file, name: str = EVIL) -> Path:
 
 
 PAGES = [report_page, finetune_page, explain_page, audit_page, sweep_page]
-# What the one shell (featx/templates/base.html) starts every page with.
+# What the one shell (featx/report/templates/base.html) starts every page with.
 SHELL = "<!DOCTYPE html><html><head><meta charset='utf-8'><meta name='generator' content='featx'>"
 
 
@@ -184,7 +184,7 @@ def test_every_page_comes_from_the_one_shell(make, tmp_path, image_file):
     page = make(tmp_path, image_file).read_text()
     assert page.startswith(SHELL) and page.count("<!DOCTYPE") == 1, page[:200]
     assert page.endswith("</body></html>\n")
-    css = (Path(featx.__file__).parent / "templates" / "featx.css").read_text()
+    css = (Path(featx.__file__).parent / "report" / "templates" / "featx.css").read_text()
     assert css.strip() in page  # the style inlined: one self-contained file
     assert "<link" not in page and "<script" not in page
 
@@ -194,7 +194,9 @@ def test_no_module_writes_a_page_shell_by_hand():
 
     package = Path(featx.__file__).parent
     assert [p.name for p in package.rglob("*.py") if "DOCTYPE" in p.read_text()] == []
-    for template in (package / "templates").glob("*.html"):
+    templates = sorted((package / "report" / "templates").glob("*.html"))
+    assert len(templates) >= 6  # the shell, the partials and a page each
+    for template in templates:
         if template.name not in ("base.html", "partials.html"):
             assert '{% extends "base.html" %}' in template.read_text(), template.name
 

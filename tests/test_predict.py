@@ -13,15 +13,15 @@ import pytest
 from helpers import featx_here, one_error_line
 from realdata import FLOWERS17, keras_home_of, keras_home_set, needs_shared, store_of
 
-from featx.backbones import Backbone
-from featx.classification import classify, load_model
 from featx.cli import main
-from featx.config import BackboneConfig
-from featx.dataset import TEST, TRAIN
-from featx.errors import ModelFileError, UsageError
-from featx.modelfile import save as save_bundle
-from featx.predict import CSV_HEADER, Predictor, image_files, run
-from featx.store import FeatureStore
+from featx.core.config import BackboneConfig
+from featx.core.errors import ModelFileError, UsageError
+from featx.data.dataset import TEST, TRAIN
+from featx.features.backbones import Backbone
+from featx.learn.classification import classify, load_model
+from featx.learn.modelfile import save as save_bundle
+from featx.learn.predict import CSV_HEADER, Predictor, image_files, run
+from featx.store.read import FeatureStore
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +235,7 @@ def test_a_moved_weights_file_is_accepted_and_another_refused(tiny_root, tmp_pat
     """Trained with a weights file; on 'another machine' the same bytes elsewhere work."""
     import keras
 
-    from featx.extraction import extract
+    from featx.features.extraction import extract
 
     def save_weights(path: Path, seed: int) -> Path:
         keras.utils.set_random_seed(seed)

@@ -1,4 +1,4 @@
-"""featx.progress: the one progress bar (tqdm.auto) of extraction, the Ray engine and
+"""featx.core.progress: the one progress bar (tqdm.auto) of extraction, the Ray engine and
 fine-tuning; the Python API shows it by default and hides it with ``progress=False``."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import tqdm.auto
 from helpers import REPO
 
 import featx
-from featx import progress
+from featx.core import progress
 
 BAR = re.compile(r"MobileNetV2 shapes: 100%\|.*\| (\d+)/\1 ")
 
@@ -37,7 +37,7 @@ def test_only_featx_progress_sets_up_tqdm():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             if any(n.split(".")[0] == "tqdm" for n in names):
                 users.add(path.relative_to(REPO / "featx").as_posix())
-    assert users == {"progress.py"}
+    assert users == {"core/progress.py"}
 
 
 def test_extract_shows_a_bar_by_default_and_none_with_progress_false(tiny_root, make_config,
@@ -53,7 +53,7 @@ def test_extract_shows_a_bar_by_default_and_none_with_progress_false(tiny_root, 
 
 
 def test_feature_extractor_shows_a_bar_over_files_unless_asked_not_to(tiny_store, capsys):
-    from featx.transformer import FeatureExtractor
+    from featx.features.transformer import FeatureExtractor
 
     paths = [str(tiny_store.root / p) for files in tiny_store.written.values() for p in files][:5]
     settings = {"weights": "none", "input_size": 32, "batch_size": 4}
@@ -65,7 +65,7 @@ def test_feature_extractor_shows_a_bar_over_files_unless_asked_not_to(tiny_store
 
 
 def test_feature_extractor_pickled_before_progress_existed_shows_it():
-    from featx.transformer import FeatureExtractor
+    from featx.features.transformer import FeatureExtractor
 
     old = FeatureExtractor(weights="none")
     del old.progress  # as featx 0.4 pickled it

@@ -1,4 +1,4 @@
-"""Distributed extraction and search on a real Ray cluster (featx/distributed.py).
+"""Distributed extraction and search on a real Ray cluster (featx/features/distributed.py).
 
 A module-wide cluster on this machine: a head (`ray start --head`) and one worker node
 (`ray start --address`), each in its own process group with its own temp dir, 1 CPU each;
@@ -37,12 +37,13 @@ from realdata import (
 
 import_or_unavailable("ray")
 
-from featx import cache  # noqa: E402
 from featx.cli import main  # noqa: E402
-from featx.config import Config  # noqa: E402
-from featx.distributed import shard_dir  # noqa: E402
-from featx.extraction import extract  # noqa: E402
-from featx.store import FeatureStore, StoreError  # noqa: E402
+from featx.core.config import Config  # noqa: E402
+from featx.core.errors import StoreError  # noqa: E402
+from featx.features.distributed import shard_dir  # noqa: E402
+from featx.features.extraction import extract  # noqa: E402
+from featx.store import cache  # noqa: E402
+from featx.store.read import FeatureStore  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray cluster at a time
 
@@ -318,7 +319,7 @@ def test_ray_store_equals_local_store(cluster, tiny_store, tmp_path):
 def test_consolidated_store_is_one_file_like_the_local_one(cluster, tiny_store, tmp_path,
                                                          monkeypatch, capfd):
     """With --consolidate; and a run that fails as a whole (here: at once) is retried."""
-    from featx import distributed
+    from featx.features import distributed
 
     real, calls = distributed._extract_shards, []
 
@@ -439,7 +440,7 @@ def test_an_update_sends_only_new_images_to_the_cluster(cluster, image_folder, i
 
 
 def test_grid_search_on_ray_equals_local(cluster, tiny_store, tmp_path):
-    from featx.classification import classify
+    from featx.learn.classification import classify
 
     local = dataclasses.replace(tiny_store.config, out=str(tmp_path / "local"))
     local.classify = dataclasses.replace(local.classify, n_jobs=2)
@@ -463,8 +464,8 @@ def test_search_on_ray_ran_on_the_cluster(cluster, tiny_store, tmp_path, monkeyp
     from fitspy import WhereFit
     from sklearn.linear_model import LogisticRegression
 
-    from featx import learners
-    from featx.classification import classify
+    from featx.learn import learners
+    from featx.learn.classification import classify
 
     ray.cloudpickle.register_pickle_by_value(sys.modules["fitspy"])
     monkeypatch.setattr(WhereFit, "log", str(tmp_path / "fits.log"))

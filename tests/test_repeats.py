@@ -11,14 +11,14 @@ from helpers import result_lines
 from PIL import Image
 from test_outofcore import write_synthetic_store
 
-from featx import modelfile
-from featx.classification import classify, read_splits, resplit
 from featx.cli import main
-from featx.config import Config, ConfigError
-from featx.dataset import TEST, stratified_split
-from featx.images import PAD_COLOUR, fit_image
-from featx.learners import normalizer
-from featx.store import FeatureStore
+from featx.core.config import Config, ConfigError
+from featx.data.dataset import TEST, stratified_split
+from featx.data.images import PAD_COLOUR, fit_image
+from featx.learn import modelfile
+from featx.learn.classification import classify, read_splits, resplit
+from featx.learn.learners import normalizer
+from featx.store.read import FeatureStore
 
 SPLIT = {"val": 0.0, "test": 0.25, "seed": 42}
 
@@ -80,7 +80,7 @@ def test_paired_comparison_of_identical_runs_is_zero(tmp_path, capsys):
 
 
 def test_paired_comparison_finds_a_difference_made_by_construction(tmp_path):
-    from featx.runs import compare
+    from featx.report.runs import compare
 
     good, bad = synthetic(tmp_path, "good", signal=4.0), synthetic(tmp_path, "bad", signal=0.0)
     classify(config(tmp_path, "good", repeats=5), good)
@@ -133,8 +133,8 @@ def test_resize_policies():
 
 
 def test_flip_averaging_is_the_mean_of_an_image_and_its_mirror(tiny_store):
-    from featx.backbones import Backbone
-    from featx.config import BackboneConfig
+    from featx.core.config import BackboneConfig
+    from featx.features.backbones import Backbone
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
@@ -164,7 +164,7 @@ def test_repeats_with_an_ensemble_report_it_over_the_splits_too(tmp_path):
 
 
 def test_two_result_files_are_paired_whatever_their_learners(tmp_path):
-    from featx.runs import compare
+    from featx.report.runs import compare
 
     store = synthetic(tmp_path, "s", signal=1.0)
     [a] = classify(config(tmp_path, "a", repeats=3), store)

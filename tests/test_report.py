@@ -10,16 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featx.report import (
-    N_EXAMPLES,
-    TOP_PAIRS,
-    confused_pairs,
-    evaluate,
-    markdown,
-    rank_k,
-    summary_line,
-    write_reports,
-)
+from featx.report.metrics import N_EXAMPLES, TOP_PAIRS, confused_pairs, evaluate, rank_k
+from featx.report.results import markdown, summary_line, write_reports
 
 CLASSES3 = np.array([0, 1, 2])
 # true class:         0                 1                 2                 0
@@ -310,7 +302,7 @@ def test_misclassified_worst_first_by_hand():
 
 
 def test_html_gallery_shows_the_worst_errors_as_thumbnails(tmp_path, image_file):
-    from featx.report import misclassified
+    from featx.report.metrics import misclassified
 
     root = tmp_path / "data"
     names = ["ant", '<b>x</b> & "y"', "cow"]

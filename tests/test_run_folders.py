@@ -15,10 +15,11 @@ import pytest
 import sklearn
 
 import featx
-from featx import files, report
-from featx.classification import classify
 from featx.cli import main
-from featx.predict import ModelFileError, Predictor
+from featx.core import files
+from featx.learn.classification import classify
+from featx.learn.predict import ModelFileError, Predictor
+from featx.report import results as report
 
 RUN_NAME = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}(-\d+)?")
 

@@ -12,9 +12,10 @@ import pytest
 from helpers import one_error_line
 
 from featx.cli import main
-from featx.errors import UsageError
-from featx.report import evaluate, write_reports
-from featx.runs import COLUMNS, find_results, load_runs, sort_runs, table
+from featx.core.errors import UsageError
+from featx.report.metrics import evaluate
+from featx.report.results import write_reports
+from featx.report.runs import COLUMNS, find_results, load_runs, sort_runs, table
 
 # (dataset, backbone, layer, pooling, classifier, pipeline, rank1, rank5, fit seconds)
 RUNS = [
@@ -262,7 +263,7 @@ def _repeated(folder: Path, seeds: list[int], rank1: list[float]) -> Path:
 ])
 def test_compare_pairs_the_splits_by_seed(tmp_path, capsys, seeds_b, rank1_b, splits,
                                           difference, error):
-    from featx.runs import compare
+    from featx.report.runs import compare
 
     a = _repeated(tmp_path / "a", [42, 43, 44], [0.5, 0.6, 0.7])
     b = _repeated(tmp_path / "b", seeds_b, rank1_b)

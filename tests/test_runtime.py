@@ -1,4 +1,4 @@
-"""The runtime switch (featx/runtime.py): OpenVINO runs the same function as TensorFlow.
+"""The runtime switch (featx/features/runtime.py): OpenVINO runs the same function as TensorFlow.
 
 Fast tests use random-weight MobileNetV2 at 32-64 px (a conversion takes about a second);
 the slow one compares both runtimes on the ImageNet weights and real Flowers-17 images.
@@ -14,10 +14,10 @@ import pytest
 from helpers import assert_close
 from realdata import FLOWERS17, WEIGHTS, assert_pretrained, needs_shared, unavailable
 
-import featx.runtime as runtime
-from featx.backbones import Backbone, BackboneError
-from featx.config import BackboneConfig, Config, ConfigError
-from featx.layout import converted_model_dir, converted_model_file
+import featx.features.runtime as runtime
+from featx.core.config import BackboneConfig, Config, ConfigError
+from featx.core.layout import converted_model_dir, converted_model_file
+from featx.features.backbones import Backbone, BackboneError
 
 SIZE = 64  # 2x2 at MobileNetV2's last block: flatten differs from avg and max
 
@@ -32,7 +32,7 @@ def openvino():
 
 @pytest.fixture
 def conversions(monkeypatch):
-    """Every call of featx.runtime.convert, counted (the conversion itself still runs)."""
+    """Every call of featx.features.runtime.convert, counted (the conversion itself still runs)."""
     calls = []
     real = runtime.convert
 
@@ -147,7 +147,7 @@ def test_auto_chooses_openvino_only_when_installed_on_a_cpu(monkeypatch):
 
 
 def test_auto_on_this_machine(tmp_path, openvino):
-    from featx.backbones import compute_device
+    from featx.features.backbones import compute_device
 
     expected = "tensorflow" if compute_device().startswith("GPU") else "openvino"
     assert backbone(tmp_path, "auto").runtime == expected
@@ -177,7 +177,7 @@ def test_unknown_runtime_is_refused_by_config_and_backbone(tmp_path):
 
 def test_the_runtime_is_not_part_of_the_store_key(tiny_root, make_config, tmp_path):
     """Features agree within float tolerance (above): a store made by either serves both."""
-    from featx.plan import plan
+    from featx.features.plan import plan
 
     root, _ = tiny_root
     keys = set()
@@ -190,8 +190,8 @@ def test_the_runtime_is_not_part_of_the_store_key(tiny_root, make_config, tmp_pa
 def test_extraction_with_openvino_is_a_cache_hit_for_tensorflow(tiny_store, tmp_path, openvino,
                                                                conversions):
     """End to end: the OpenVINO store holds the TensorFlow store's features."""
-    from featx.extraction import extract
-    from featx.store import FeatureStore
+    from featx.features.extraction import extract
+    from featx.store.read import FeatureStore
 
     config = dataclasses.replace(tiny_store.config, cache_dir=str(tmp_path))
     config.backbone = dataclasses.replace(config.backbone, runtime="openvino")
@@ -209,8 +209,8 @@ def test_extraction_with_openvino_is_a_cache_hit_for_tensorflow(tiny_store, tmp_
 def test_featx_cache_lists_verifies_and_removes_converted_models(tiny_store, tmp_path, openvino,
                                                                  conversions, capsys):
     from featx.cli import main
-    from featx.extraction import extract
-    from featx.layout import OPENVINO_DIR
+    from featx.core.layout import OPENVINO_DIR
+    from featx.features.extraction import extract
 
     config = dataclasses.replace(tiny_store.config, cache_dir=str(tmp_path))
     config.backbone = dataclasses.replace(config.backbone, runtime="openvino")
@@ -253,7 +253,7 @@ def test_thread_split_uses_every_core():
 def test_openvino_equals_tensorflow_on_imagenet_weights_and_flowers17(tmp_path, openvino):
     """MobileNetV2 with the ImageNet weights, 224 px, batch 32, on 40 Flowers-17 photographs
     (a padded last batch) with every pooling featx stores by default and flip averaging."""
-    from featx.images import ReadErrors, read_batches
+    from featx.data.images import ReadErrors, read_batches
 
     files = sorted(str(p) for p in FLOWERS17.glob("*/*.jpg"))[::34]  # 40, every class
     assert len(files) == 40

@@ -14,14 +14,14 @@ from PIL import Image
 from realdata import FLOWERS17, PIPELINE, WEIGHTS, needs_shared
 
 import featx
-from featx.backbones import Backbone, stage_ends
-from featx.classification import classify
 from featx.cli import main
-from featx.config import BackboneConfig
-from featx.errors import UsageError
-from featx.extraction import extract
-from featx.layersweep import COLUMNS, rows, sweep
-from featx.store import FeatureStore
+from featx.core.config import BackboneConfig
+from featx.core.errors import UsageError
+from featx.features.backbones import Backbone, stage_ends
+from featx.features.extraction import extract
+from featx.inspect.sweep import COLUMNS, rows, sweep
+from featx.learn.classification import classify
+from featx.store.read import FeatureStore
 
 LAYERS = ["block_1_expand_relu", "block_2_add"]  # 16x16x96 and 8x8x24 at 32 px
 MOBILENET_V2_STAGES = ["block_2_add", "block_5_add", "block_9_add", "block_12_add",
@@ -31,22 +31,22 @@ MOBILENET_V2_STAGES = ["block_2_add", "block_5_add", "block_9_add", "block_12_ad
 @pytest.fixture(scope="module")
 def swept(tiny_store, tmp_path_factory, make_config):
     """A sweep of two layers over the tiny folder, with the number of extraction passes."""
-    import featx.backbones
+    import featx.features.backbones
 
     cache = tmp_path_factory.mktemp("sweep-cache")
     config = make_config(tiny_store.root, cache, classify={"classifiers": ["logreg"]})
     passes = []
-    original = featx.backbones.Backbone.batched
+    original = featx.features.backbones.Backbone.batched
 
     def counting(self, batch_size):
         passes.append(self.layers)
         return original(self, batch_size)
 
-    featx.backbones.Backbone.batched = counting
+    featx.features.backbones.Backbone.batched = counting
     try:
         result = sweep(config, LAYERS, progress=False)
     finally:
-        featx.backbones.Backbone.batched = original
+        featx.features.backbones.Backbone.batched = original
     return config, result, passes
 
 

@@ -18,13 +18,13 @@ from helpers import assert_close
 from test_append import _images  # small random PNGs
 from test_bad_inputs import _config  # a tiny random-weight pipeline, batches of 4
 
-from featx import cache
-from featx import store as store_module
 from featx.cli import main
-from featx.errors import StoreError
-from featx.extraction import extract
-from featx.layout import segments_dir
-from featx.store import FeatureStore
+from featx.core.errors import StoreError
+from featx.core.layout import segments_dir
+from featx.features.extraction import extract
+from featx.store import blocks as store_blocks
+from featx.store import cache
+from featx.store.read import FeatureStore
 
 
 def _names(prefix: str, n: int) -> list[str]:
@@ -90,7 +90,7 @@ def test_resume_blocks_of_an_update_are_not_reused_by_another_job(tmp_path, monk
     config = _config(data, tmp_path / "cache")
     old = extract(config, progress=False)
     _images(data, _names("b", 40), seed=1)  # 40 new images: several blocks of 16
-    original = store_module.BlockDir.save
+    original = store_blocks.BlockDir.save
     saved = []
 
     def kill_after_one(self, *args, **kwargs):
@@ -99,11 +99,11 @@ def test_resume_blocks_of_an_update_are_not_reused_by_another_job(tmp_path, monk
         saved.append(1)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(store_module.BlockDir, "save", kill_after_one)
-    monkeypatch.setattr("featx.extraction.BLOCK_BATCHES", 4)
+    monkeypatch.setattr(store_blocks.BlockDir, "save", kill_after_one)
+    monkeypatch.setattr("featx.features.extraction.BLOCK_BATCHES", 4)
     with pytest.raises(Interrupted):
         extract(config, progress=False)
-    monkeypatch.setattr(store_module.BlockDir, "save", original)
+    monkeypatch.setattr(store_blocks.BlockDir, "save", original)
     # the old store goes; the update's finished block stays
     assert main(["cache", "rm", old.key, "--cache-dir", str(config.cache_path)]) == 0
     assert not old.path.exists() and list(config.cache_path.glob("*.partial"))
@@ -115,10 +115,10 @@ def test_resume_blocks_of_an_update_are_not_reused_by_another_job(tmp_path, monk
 def test_resume_blocks_hold_the_job_they_were_made_for(tmp_path):
     """Blocks of one job, asked for by another with as many rows: discarded, never used."""
     store = tmp_path / "x.h5"
-    blocks = store_module.BlockDir(store, "key", 8, block_rows=4, job="one")
+    blocks = store_blocks.BlockDir(store, "key", 8, block_rows=4, job="one")
     blocks.save(0, np.ones((4, 2), np.float32), np.ones(4, bool), [""] * 4)
-    assert store_module.BlockDir(store, "key", 8, block_rows=4, job="one").done() == [0]
-    assert store_module.BlockDir(store, "key", 8, block_rows=4, job="two").done() == []
+    assert store_blocks.BlockDir(store, "key", 8, block_rows=4, job="one").done() == [0]
+    assert store_blocks.BlockDir(store, "key", 8, block_rows=4, job="two").done() == []
 
 
 # ------------------------------------------- 2. segments are bound to their place in a store
@@ -229,7 +229,7 @@ def test_bit_rot_with_the_same_mtime_is_rebuilt_not_looped(first):
     _, config, first = first
     good = _features(first.path)
     _flip_chunk_byte(first.path)
-    from featx.classification import classify
+    from featx.learn.classification import classify
 
     with pytest.raises(StoreError, match="run `featx extract` to rebuild"):
         classify(config)
@@ -279,8 +279,8 @@ def test_a_damaged_converted_model_is_found_and_converted_again(tmp_path, capsys
     pytest.importorskip("openvino")
     from test_runtime import SIZE, backbone
 
-    import featx.runtime as runtime
-    from featx.layout import converted_model_dir
+    import featx.features.runtime as runtime
+    from featx.core.layout import converted_model_dir
 
     images = np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
     ok = np.ones(3, bool)

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from helpers import one_error_line
 
-from featx import modelfile
-from featx.classification import classify
 from featx.cli import build_parser, main
-from featx.config import Config, ConfigError, DatasetConfig
-from featx.dataset import load_dataset
-from featx.errors import ModelFileError
-from featx.predict import Prediction, Predictor, write_table
-from featx.runinfo import Run
+from featx.core.config import Config, ConfigError, DatasetConfig
+from featx.core.errors import ModelFileError
+from featx.core.runinfo import Run
+from featx.data.dataset import load_dataset
+from featx.learn import modelfile
+from featx.learn.classification import classify
+from featx.learn.predict import Prediction, Predictor, write_table
 
 
 class CreatesFile:
@@ -61,7 +61,7 @@ def test_a_renamed_dataset_folder_is_the_one_the_report_shows(tiny_store, make_c
 
 def test_a_renamed_dataset_folder_is_the_one_the_audit_reads(tiny_store, make_config,
                                                                 tmp_path):
-    from featx.audit import run_audit
+    from featx.inspect.audit import run_audit
 
     renamed = tmp_path / "B2"
     shutil.copytree(tiny_store.root, renamed)
@@ -74,7 +74,7 @@ def test_a_renamed_dataset_folder_is_the_one_the_audit_reads(tiny_store, make_co
 
 def test_the_gallery_reads_no_image_without_a_dataset_folder(tmp_path, monkeypatch,
                                                              image_file):
-    from featx.report import html_report
+    from featx.report.results import html_report
 
     monkeypatch.chdir(tmp_path)
     image_file(tmp_path / "c" / "x.png")  # would be read relative to the working folder
@@ -126,7 +126,7 @@ def test_a_run_file_is_inside_its_run_folder(tmp_path):
 
 @pytest.mark.slow
 def test_finetuning_again_keeps_the_earlier_results(tiny_store, tmp_path, capsys):
-    from featx import runs
+    from featx.report import runs
 
     cache = tmp_path / "cache"
     args = ["finetune", "--data", str(tiny_store.root), "--weights", "none",

@@ -1,4 +1,5 @@
-"""Layer choice, augmented training features and 10-crop over-sampling (featx/variants.py)."""
+"""Layer choice, augmented training features and 10-crop over-sampling
+(featx/features/variants.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,24 @@ import pytest
 from helpers import assert_close, result_lines
 from PIL import Image
 
-from featx import learners
-from featx.backbones import Backbone, BackboneError, list_layers
-from featx.classification import classify, load_splits
-from featx.config import BackboneConfig, Config, ConfigError
-from featx.dataset import TEST, TRAIN, VAL
-from featx.extraction import extract
-from featx.images import READ_POLICY, ReadErrors, Views, crop_load_size, read_batches, ten_crops
-from featx.plan import feature_settings, plan
-from featx.store import FeatureStore, StoreError, store_key
+from featx.core.config import BackboneConfig, Config, ConfigError
+from featx.core.errors import StoreError
+from featx.data.dataset import TEST, TRAIN, VAL
+from featx.data.images import (
+    READ_POLICY,
+    ReadErrors,
+    Views,
+    crop_load_size,
+    read_batches,
+    ten_crops,
+)
+from featx.features.backbones import Backbone, BackboneError, list_layers
+from featx.features.extraction import extract
+from featx.features.plan import feature_settings, plan
+from featx.learn import learners
+from featx.learn.classification import classify, load_splits
+from featx.store.keys import store_key
+from featx.store.read import FeatureStore
 
 LOW = "block_13_expand_relu"  # a MobileNetV2 layer well below the last (576 channels)
 
@@ -153,7 +163,7 @@ def test_ten_crop_reader_reads_the_file_at_256_224_and_crops_it(tmp_path):
 # --- 2. augmentation ----------------------------------------------------------------------
 
 def test_augmenter_is_reproducible_per_seed():
-    from featx.augment import Augmenter
+    from featx.data.augment import Augmenter
 
     image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     aug = Augmenter(3)
@@ -362,7 +372,7 @@ def test_variant_settings_are_checked(tiny_store):
 
 def test_predict_uses_the_crops_a_tencrop_model_was_tested_on(variant_cache, tmp_path):
     """A model evaluated on 10-crop features predicts on the mean of the same 10 crops."""
-    from featx.predict import Predictor
+    from featx.learn.predict import Predictor
 
     config, results = variant_cache
     run = Config.from_dict(config.to_dict())

@@ -1,4 +1,4 @@
-"""Drawing what a CNN computes (featx.visualize): the first convolution's filters, a layer's
+"""Drawing what a CNN computes (featx.inspect.visualize): the first convolution's filters, a layer's
 feature maps (featx explain --maps) and feature visualisation by gradient ascent (featx layers
 --filters / --visualize). Fast tests on the tiny random-weights MobileNetV2 at 32x32; the
 slow ones on the real ImageNet weights."""
@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 from realdata import FLOWERS17, WEIGHTS, needs_shared
 
-from featx.backbones import Backbone, BackboneError
 from featx.cli import main
-from featx.config import BackboneConfig
-from featx.errors import UsageError
-from featx.visualize import (
+from featx.core.config import BackboneConfig
+from featx.core.errors import UsageError
+from featx.features.backbones import Backbone, BackboneError
+from featx.inspect.visualize import (
     feature_maps,
     filters,
     filters_png,
@@ -145,8 +145,8 @@ def test_featx_layers_marks_the_stage_ends(capsys):
 
 
 def test_explain_maps_draws_a_grid_per_image(tiny_store, tmp_path, make_config):
-    from featx.classification import classify
-    from featx.explain import explain
+    from featx.inspect.explain import explain
+    from featx.learn.classification import classify
 
     config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(tmp_path / "r"),
                          classify={"classifiers": ["logreg"], "quick": True})
@@ -170,7 +170,7 @@ def test_explain_maps_draws_a_grid_per_image(tiny_store, tmp_path, make_config):
 def test_imagenet_channels_grow_images_that_beat_real_flowers():
     """With the real weights, each grown image excites its channel more than any of eight
     Flowers-17 photos does (and far more than the starting noise)."""
-    from featx.images import load_image
+    from featx.data.images import load_image
 
     b = Backbone(BackboneConfig(name="MobileNetV2", weights=str(WEIGHTS), pooling="none"))
     layer, channels = "block_9_add", [0, 1, 2, 3]

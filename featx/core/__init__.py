@@ -1,0 +1,3 @@
+"""What every stage stands on: errors, messages and progress, settings, the cache's
+names, files written atomically, hashes and versions.
+"""

@@ -1,0 +1,2 @@
+"""Looking into data and models: audit, explain, visualize, layer sweep.
+"""
