@@ -59,19 +59,12 @@ def featx_command(*args: str | os.PathLike) -> list[str]:
     return [sys.executable, "-m", "featx.cli", *map(str, args)]
 
 
-def run_featx(*args: str | os.PathLike, env: dict | None = None, timeout: float = 600,
-              **kwargs) -> subprocess.CompletedProcess:
-    """Run ``featx ARGS`` in a fresh process from the repository root; output as text."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3") if env is None else env
-    return subprocess.run(featx_command(*args), cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout, **kwargs)
-
-
 def featx_here(*args: str | os.PathLike) -> subprocess.CompletedProcess:
     """``featx ARGS`` run in this process (``featx.cli.main``) from the repository root, its
-    exit status and output as :func:`run_featx` gives them, without the ~5 CPU-seconds of a
-    fresh interpreter importing TensorFlow. Use a fresh process only where that is what is
-    tested: a kill or a crash, a signal, another user, start-up or import-time behaviour."""
+    exit status and output as ``subprocess.run`` of a fresh process gives them, without the
+    ~5 CPU-seconds of a fresh interpreter importing TensorFlow. Use a fresh process only
+    where that is what is tested: a kill or a crash, a signal, another user, start-up or
+    import-time behaviour."""
     from featx.cli import main
 
     argv = [str(a) for a in args]
