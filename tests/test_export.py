@@ -16,11 +16,12 @@ import pytest
 from realdata import needs_shared, store_of
 
 from featx.cli import main
+from featx.core.errors import UsageError
 from featx.data.dataset import TEST, TRAIN, VAL
-from featx.store.export import FORMATS, UsageError, export
-from featx.store.keys import CHUNK_BYTES, FeatureDigest, read_rows_for
+from featx.store.export import FORMATS, export
+from featx.store.keys import FeatureDigest, read_rows_for
 from featx.store.read import FeatureStore
-from featx.store.write import write_columns
+from featx.store.write import CHUNK_BYTES, write_columns
 
 SPLITS = {TRAIN: "train", VAL: "val", TEST: "test"}
 
