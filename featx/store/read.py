@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -20,21 +19,12 @@ from featx.core.errors import DamagedStoreError, StoreError
 from featx.core.files import write_atomic
 from featx.core.layout import (
     partial_dirs,
-    safe_name,
     segments_dir,
-    shard_dir,
-    store_path,
     verified_stamp,
 )
 from featx.store.keys import as_text, columns_digest, segment_digest
 
-log = logging.getLogger(__name__)
-
-
 BLOCK_CACHE = 8  # checked physical blocks a segmented store keeps (a read mixes ~2-3)
-
-
-__all__ = ["safe_name", "shard_dir", "store_path"]  # re-exported names of featx.core.layout
 
 
 def missing_sources(path: Path, dataset: h5py.Dataset) -> list[str]:
