@@ -465,8 +465,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             if r.cache_hit:
                 print(f"featx: cache hit: {r.path} ({r.rows} rows, no model work)")
             else:
+                # the rate is steady-state (after the first batch): one batch has none
+                rate = f"{r.images_per_second:.1f} img/s" if r.images_per_second > 0 else \
+                    "too few images to time"
                 print(f"featx: extracted {r.extracted} images in {r.seconds:.1f}s "
-                      f"({r.images_per_second:.1f} img/s on {r.device or 'no device'}); "
+                      f"({rate} on {r.device or 'no device'}); "
                       f"{r.reused} reused, {r.extracted} added, "
                       f"{r.dropped} dropped, {len(r.skipped)} skipped -> {r.path}")
                 for path, reason in r.skipped[:10]:

@@ -265,3 +265,11 @@ def test_ray_engine_refuses_variant_stores(cache_copy, tiny_store, capsys, monke
     assert "ray engine" in line and "'tencrop'" in line and 'extract.engine = "local"' in line
     assert list(cache.glob("*.h5")) == [path]
     assert not [p.name for p in cache.iterdir() if "tencrop" in p.name]
+
+
+def test_an_extraction_too_short_to_time_says_so(tmp_path, image_folder, capsys):
+    """One batch has no steady-state rate: "0.0 img/s" would be a false figure."""
+    image_folder(tmp_path / "data", per_class=2, junk=False)
+    assert main(["extract", *tiny_args(tmp_path / "data", tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "too few images to time on" in out and "0.0 img/s" not in out

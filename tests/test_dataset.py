@@ -175,6 +175,25 @@ def test_manifest(tmp_path, image_folder, header):
     assert ds.root == tmp_path.resolve() and ds.name == "list"
 
 
+def test_a_manifest_header_may_name_its_columns_in_any_order_and_case(tmp_path, image_folder):
+    rows = _manifest_rows(image_folder(tmp_path, per_class=2, junk=False))
+    path = tmp_path / "m.csv"
+    path.write_text("Label,PATH\n" + "".join(f"{lb},{p}\n" for p, lb in rows))
+    ds = _manifest(path)
+    expected = dict(rows)
+    assert [ds.label_names[i] for i in ds.labels] == [expected[p] for p in ds.paths]
+
+
+@pytest.mark.parametrize("header", ["filename,class", "path,class", "path"])
+def test_another_manifest_header_is_an_error_naming_both(tmp_path, image_folder, header):
+    rows = _manifest_rows(image_folder(tmp_path, per_class=2, junk=False))
+    path = tmp_path / "wrong.csv"
+    path.write_text(header + "\n" + "".join(f"{p},{lb}\n" for p, lb in rows))
+    with pytest.raises(DatasetError, match=rf"wrong.csv:1: header '{header}': expected "
+                                           r"'path,label' \(in any order\)"):
+        _manifest(path)
+
+
 def test_manifest_with_and_without_header_agree(tmp_path, image_folder):
     rows = _manifest_rows(image_folder(tmp_path, per_class=2, junk=False))
     a = _manifest(_write_csv(tmp_path / "a.csv", rows, header=True))

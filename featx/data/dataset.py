@@ -248,6 +248,25 @@ def _scan(folder: str, prefix: str, names: list[str]) -> None:
             _scan(e.path, prefix + name + "/", names)
 
 
+def _is_header(row: list[str], base: Path) -> bool:
+    """Whether a manifest's first row is a header: it names no image (no image file there,
+    no image extension), as ``filename,class`` or ``path,label`` do."""
+    first = row[0].strip()
+    return Path(first).suffix.lower() not in IMAGE_EXTENSIONS and \
+        not (base / first).is_file()
+
+
+def _header_columns(row: list[str], manifest: Path) -> tuple[int, int]:
+    """The columns of path and label that a header names (path,label in any order, any
+    case); any other header is an error naming it and the one expected."""
+    names = [c.strip().lower() for c in row]
+    if sorted(names) != ["label", "path"]:
+        found = ",".join(c.strip() for c in row)
+        raise DatasetError(f"{manifest}:1: header {found!r}: expected 'path,label' (in any "
+                           "order), or no header and rows of path,label")
+    return names.index("path"), names.index("label")
+
+
 def _from_csv(manifest: Path, root: Path | None, name: str) -> Dataset:
     """Relative paths are relative to the CSV's folder; every image must lie under the
     dataset root (``root``, else the CSV's folder), whether named relatively or absolutely.
@@ -258,13 +277,17 @@ def _from_csv(manifest: Path, root: Path | None, name: str) -> Dataset:
     root = (root or manifest.parent).resolve()
     rows: dict[str, tuple[str, int]] = {}  # relative path -> label, line
     repeated = 0
+    at_path, at_label = 0, 1  # the columns: path,label unless a header says label,path
     with manifest.open(newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is no header
         for line_no, row in enumerate(csv.reader(f), 1):
-            header = [c.strip().lower() for c in row[:2]] == ["path", "label"]
-            if not row or (line_no == 1 and header):
+            if not row:
+                continue
+            if line_no == 1 and _is_header(row, base):
+                at_path, at_label = _header_columns(row, manifest)
                 continue
             if len(row) < 2:
                 raise DatasetError(f"{manifest}:{line_no}: expected path,label, got {row!r}")
+            row = [row[at_path], row[at_label]]
             path = (base / row[0].strip()).resolve()
             try:
                 rel = path.relative_to(root).as_posix()

@@ -1,7 +1,7 @@
-"""The feature store: keys and checksums, resumable blocks, writing and updating,
-checked reads, the cache folder's management and export.
-
-The feature store: one HDF5 file per (dataset, extraction settings), found by a content key.
+"""The feature store: one HDF5 file per (dataset, extraction settings), found by a content
+key. ``keys`` (the content key and every checksum), ``blocks`` (resumable extraction),
+``write`` (whole stores and updates), ``read`` (checked reads), ``cache`` (list, verify,
+remove) and ``export``.
 
 Layout (every dataset has one row per image, in the dataset's sorted path order)::
 
