@@ -38,3 +38,8 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'featx' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API too (loaded on first use): tab completion in a notebook finds it."""
+    return sorted({*globals(), *__all__})

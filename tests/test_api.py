@@ -290,3 +290,10 @@ def test_transform_through_a_symlinked_folder_finds_the_cached_rows(tmp_path, im
     np.testing.assert_array_equal(
         tiny_extractor(cache_dir=str(tmp_path / "cache")).transform([str(f) for f in files]),
         first)
+
+
+def test_dir_lists_the_public_api_before_it_is_loaded():
+    """Tab completion (IPython asks dir()) finds the lazily loaded names."""
+    listed = dir(featx)
+    assert {"extract", "classify", "load_model", "FeatureExtractor", "Config",
+            "FeatxError", "__version__"} <= set(listed)
