@@ -26,6 +26,8 @@ SUFFIX = ".skops"
 # scikit-learn internals of the calibrated models an ensemble averages. Found with
 # skops.io.get_untrusted_types on every learner's bundle (tests/test_modelfile.py).
 FEATX_TYPES = (
+    # each featx type twice: where it lives now, and the name model files saved by 0.4 give
+    # it (featx.learners.*, kept by featx/learners.py)
     "featx.learn.learners.KNN", "featx.learners.KNN",
     "featx.learn.learners.ProbabilityAverage", "featx.learners.ProbabilityAverage",
     "featx.learn.learners.StreamingSGD", "featx.learners.StreamingSGD",
@@ -35,7 +37,6 @@ FEATX_TYPES = (
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.model_selection._split.StratifiedKFold",
-    # featx.learners.*: the names model files saved by 0.4 give (featx/learners.py)
 )
 CHECKED_VERSIONS = ("featx", "scikit-learn", "numpy")  # a mismatch may change predictions
 
