@@ -57,7 +57,7 @@ test-tf-count: install
 	@pids=$$(mktemp -d)/pids; chmod 777 $$(dirname $$pids); touch $$pids; chmod 666 $$pids; \
 	PYTHONPATH=$(CURDIR)/tests/tfcount$${PYTHONPATH:+:$$PYTHONPATH} FEATX_TF_COUNT=$$pids \
 	  $(MAKE) --no-print-directory $(TF_COUNT_TARGET); status=$$?; \
-	echo "processes that imported TensorFlow: $$(sort -u $$pids | wc -l) (pids in $$pids)"; \
+	echo "processes that imported TensorFlow: $$(cut -d" " -f1 $$pids | sort -u | wc -l) (pid and command line of each in $$pids)"; \
 	exit $$status
 
 lint: install

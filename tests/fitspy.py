@@ -1,5 +1,5 @@
 """An estimator that records where each of its fits ran (process id and Ray node), for the
-Ray tests. Pickled by value (see test_ray.py): Ray's workers cannot import tests/."""
+Ray tests. Pickled by value (see test_distributed.py): Ray's workers cannot import tests/."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """Count the processes that import TensorFlow (``make test-tf-count``).
 
 With this folder on ``PYTHONPATH`` and ``FEATX_TF_COUNT`` naming a file, every Python process
-that imports ``tensorflow`` appends its pid (one line) to that file, when the import begins.
+that imports ``tensorflow`` appends a line to that file when the import begins: its pid and
+its command line and the test that started it (``PYTEST_CURRENT_TEST``, inherited), each cut
+to 200 characters, so a count can be traced to the tests behind it.
 Each such process pays TensorFlow's start-up (~5 CPU-seconds) before doing anything else.
 
 A meta-path finder that only looks at the name: it never imports TensorFlow itself, answers
@@ -29,7 +31,10 @@ class _TensorFlowImports:
             try:  # one short O_APPEND write: lines from concurrent processes never mix
                 fd = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
                 try:
-                    os.write(fd, f"{os.getpid()}\n".encode())
+                    command = " ".join(sys.argv)[:200]
+                    test = os.environ.get("PYTEST_CURRENT_TEST", "-")[:200]
+                    line = f"{os.getpid()} {command} [{test}]".replace("\n", " ")
+                    os.write(fd, f"{line}\n".encode())
                 finally:
                     os.close(fd)
             except OSError:  # never break the process being counted (nor write to its stderr)
