@@ -10,7 +10,7 @@ WEIGHTS ?=
 DEMO_WEIGHTS ?= $(or $(WEIGHTS),$(wildcard ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5))
 FLAGS = $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(ARGS)
 
-.PHONY: install demo features classify finetune test test-fast test-tf-count lint clean-cache bench bench-integrity bench-scale compare
+.PHONY: install demo features classify finetune test test-fast test-tf-count lint docs clean-cache bench bench-integrity bench-scale bench-export compare
 
 $(BIN)/featx: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,8 +63,18 @@ test-tf-count: install
 lint: install
 	$(BIN)/ruff check featx tests
 
+# The docs site (mkdocs.yml, docs/): into site/, open site/index.html. --strict: a warning
+# (a broken link, a field without a comment in featx/core/config.py) fails the build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
+
 bench: install
 	$(BIN)/python benchmarks/bench.py
+
+# featx export-model's formats on Flowers-17: size, latency, throughput, float and int8 side by
+# side, and their agreement with featx predict (needs ../shared and pip install 'featx[export]')
+bench-export: install
+	$(BIN)/python benchmarks/export_model.py $(ARGS)
 
 # what the store's checksums cost on a 50k-row store (checked vs unchecked reads)
 bench-integrity: install

@@ -32,6 +32,13 @@ symlinks
   thread), so were the bound using every core, end to end would reach cores / (cores / bound
   + decode time) of it. (It is not a ceiling: the bound leaves its cores idle a little at
   every layer's end, and decoding fills some of that.)
+* KerasHub backbones (featx/features/hub.py; needs ``pip install featx[hub]``): ViT-B/16,
+  DINOv2-S/14 and CLIP-B/32's image tower at 224 px, built from their published
+  configurations with random weights and saved as local preset folders (nothing is
+  downloaded; random weights run at a real preset's speed, but say nothing of its accuracy).
+  Each gets the TensorFlow bound, featx end to end, and with OpenVINO its bound and featx end
+  to end, beside the same figures of MobileNetV2 and ResNet50 from the rows above, with each
+  backbone's feature width (``backbone.pooling`` avg: the mean of the patch tokens).
 * memory: peak resident memory (VmHWM) of a featx extraction of N and of 4N images
   (MobileNetV2, flowers17; 4N = the same files under 4x distinct names), each in a fresh process.
 
@@ -73,6 +80,9 @@ TARGET_MEMORY = 1.15  # peak RSS at 4N / at N
 # featx end to end with OpenVINO / TensorFlow's compute-only bound, on flowers17 (issue 15)
 TARGET_OV_OVER_TF = {"MobileNetV2": 1.5, "ResNet50": 1.15}
 TARGET_OV_OWN = {"MobileNetV2": 0.85}  # featx end to end with OpenVINO / OpenVINO's bound
+# KerasHub backbones at their published configurations (random weights), images per row
+HUB_MODELS = ("ViT-B/16", "DINOv2-S/14", "CLIP-B/32")
+HUB_IMAGES = 64
 
 
 def die(message: str) -> NoReturn:
@@ -435,6 +445,130 @@ def measure_row(model: str, dataset: str, files: list[Path], bound: Bound, naive
     return row
 
 
+# --------------------------------------------------------------------------- KerasHub
+
+def hub_preset(label: str, work: Path) -> Path:
+    """A local preset folder of the KerasHub backbone ``label`` (HUB_MODELS) as published
+    (ViT-B/16: Dosovitskiy et al.; DINOv2 ViT-S/14; CLIP ViT-B/32's image tower), random
+    weights and its family's image converter (scale and offset as its presets have them)."""
+    import keras
+    from keras_hub import layers as L
+    from keras_hub import models as M
+
+    folder = work / "hub" / label.replace("/", "_").replace("-", "_")
+    if (folder / "config.json").is_file():
+        return folder
+    keras.utils.set_random_seed(0)
+    std = [0.229, 0.224, 0.225]
+    imagenet = {"scale": [1 / (255 * s) for s in std],
+                "offset": [-m / s for m, s in zip([0.485, 0.456, 0.406], std)]}
+    size = (SIZE, SIZE)
+    if label == "ViT-B/16":
+        model = M.ViTBackbone(image_shape=(SIZE, SIZE, 3), patch_size=16, num_layers=12,
+                              num_heads=12, hidden_dim=768, mlp_dim=3072)
+        converter = L.ViTImageConverter(image_size=size, scale=1 / 127.5, offset=-1)
+    elif label == "DINOv2-S/14":
+        model = M.DINOV2Backbone(patch_size=14, num_layers=12, hidden_dim=384, num_heads=6,
+                                 intermediate_dim=1536, image_shape=(SIZE, SIZE, 3),
+                                 position_embedding_shape=(518, 518, 3))
+        converter = L.DINOV2ImageConverter(image_size=size, **imagenet)
+    elif label == "CLIP-B/32":
+        vision = M.CLIPVisionEncoder(patch_size=32, hidden_dim=768, num_layers=12, num_heads=12,
+                                     intermediate_dim=3072, image_shape=(SIZE, SIZE, 3))
+        text = M.CLIPTextEncoder(vocabulary_size=49408, embedding_dim=512, hidden_dim=512,
+                                 num_layers=1, num_heads=8, intermediate_dim=2048,
+                                 max_sequence_length=77)  # unused by featx: kept small
+        model = M.CLIPBackbone(vision, text, projection_dim=512)
+        converter = L.CLIPImageConverter(image_size=size, scale=1 / 255)
+    else:
+        die(f"unknown KerasHub benchmark model {label!r} (known: {', '.join(HUB_MODELS)})")
+    model.save_to_preset(str(folder))
+    converter.save_to_preset(str(folder))
+    return folder
+
+
+@dataclass
+class HubRow:
+    """A backbone's speeds on one dataset, with its feature width (one featx run each)."""
+
+    model: str
+    width: int
+    bound: list[float] = field(default_factory=list)
+    steady: list[float] = field(default_factory=list)
+    ov_bound: list[float] = field(default_factory=list)
+    ov_steady: list[float] = field(default_factory=list)
+    error: str = ""
+
+    def median(self, name: str) -> float:
+        values = getattr(self, name)
+        return statistics.median(values) if values else float("nan")
+
+
+def measure_hub_row(label: str, model: str, files: list[Path], work: Path,
+                    openvino: bool) -> HubRow:
+    """bound, featx, bound (and with OpenVINO: its bound beside each, then featx-openvino)."""
+    from featx.core.config import BackboneConfig
+    from featx.features.backbones import Backbone
+
+    width = Backbone(BackboneConfig(name=model, weights="none")).feature_shape[-1]
+    row = HubRow(label, int(width))
+    bound = Bound(model)
+    bound.load(files)
+    ov = OVBound(model, work) if openvino else None
+    if ov is not None:
+        ov.load(bound.images)
+    root = link_subset(files, work / f"hub-{len(os.listdir(work))}" / "flowers17")
+
+    def sample() -> None:
+        row.bound.append(bound.sample()[0])
+        if ov is not None:
+            row.ov_bound.append(ov.sample()[0])
+
+    sample()
+    row.steady.append(run_featx(model, root, work)[1])
+    sample()
+    if ov is not None:
+        row.ov_steady.append(run_featx(model, root, work, "openvino")[1])
+        sample()
+    log(f"{label:<11} flowers17 bound {row.median('bound'):.1f} featx {row.median('steady'):.1f}"
+        f" | openvino bound {row.median('ov_bound'):.1f} featx {row.median('ov_steady'):.1f}"
+        " img/s")
+    return row
+
+
+def measure_hub(labels: list[str], files: list[Path], work: Path) -> list[HubRow]:
+    """The KerasHub rows, and MobileNetV2 and ResNet50 measured the same way beside them."""
+    if importlib.util.find_spec("keras_hub") is None:
+        log("KerasHub not installed (pip install 'featx[hub]'): no KerasHub rows")
+        return []
+    rows = []
+    n = min(HUB_IMAGES, len(files))
+    for label in (*MODELS, *labels):
+        model = label if label in MODELS else f"hub:{hub_preset(label, work)}"
+        log(f"{label}: the KerasHub table's row")
+        rows.append(measure_hub_row(label, model, pick(files, n), work, openvino_installed()))
+    return rows
+
+
+def report_hub(rows: list[HubRow], images: int) -> None:
+    if not rows:
+        return
+    print()
+    print(f"KerasHub backbones beside keras.applications: img/s on flowers17 ({images} images, "
+          f"224 px, batch {BATCH}; random weights: a real preset's speed, not its accuracy)")
+    header = (f"{'model':<12} {'width':>5} {'tf bound':>8} {'featx':>6} {'ov bound':>8} "
+              f"{'featx-ov':>8} {'featx-ov/featx':>14}")
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r.model:<12} {r.width:>5} {r.median('bound'):8.1f} {r.median('steady'):6.1f} "
+              f"{r.median('ov_bound'):8.1f} {r.median('ov_steady'):8.1f} "
+              f"{fmt_ratio(r.median('ov_steady') / r.median('steady')):>14}")
+    print("""width: features per image (pooling avg; a transformer's cls+mean doubles it). tf/ov
+bound: the backbone alone over an in-memory batch (median of the samples around the runs);
+featx / featx-ov: one end-to-end extraction each, with TensorFlow / OpenVINO.""")
+
+
 # --------------------------------------------------------------------------- memory
 
 def memory_child(root: str, cache: str) -> None:
@@ -628,6 +762,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=0,
                         help="featx runs per row (default: "
                         + ", ".join(f"{k} {v}" for k, v in DEFAULT_REPEATS.items()) + ")")
+    parser.add_argument("--hub-models", default=",".join(HUB_MODELS),
+                        help="KerasHub backbones measured beside MobileNetV2 and ResNet50 on "
+                        "flowers17 (default: %(default)s; empty: none)")
     parser.add_argument("--memory-images", type=int, default=300,
                         help="N of the memory row (default: %(default)s; 0: skip it)")
     parser.add_argument("--quick", action="store_true",
@@ -653,6 +790,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.models, args.images, args.repeats = "MobileNetV2", args.images or 128, 1
         args.memory_images = min(args.memory_images, 128)
+        args.hub_models = ""
     shared = args.shared or (REPO / SHARED)
     roots = data_paths(shared)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -690,11 +828,15 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 naive.close()
             del bound, naive, ov
+        hub_labels = [m.strip() for m in args.hub_models.split(",") if m.strip()]
+        hub_rows = measure_hub(hub_labels, files.get("flowers17")
+                               or list_images(roots["flowers17"]), work) if hub_labels else []
         memory: dict[int, dict] = {}
         if args.memory_images > 0:
             flowers17 = files.get("flowers17") or list_images(roots["flowers17"])
             memory = measure_memory(pick(flowers17, args.memory_images), work, user_env)
     report(rows, memory, args.memory_images, time.perf_counter() - t0, naive_setup)
+    report_hub(hub_rows, HUB_IMAGES)
     return 0
 
 

@@ -20,12 +20,12 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 __version__ = "0.5.0"  # also the first heading of CHANGELOG.md
 
-# The public API (README: From Python). Loaded on first use, so that `import featx` (and the
+# The public API (docs: how-to/python.md). Loaded on first use, so that `import featx` (and the
 # command line) imports neither scikit-learn nor TensorFlow.
 _PUBLIC = {
     "extract": "featx.api", "classify": "featx.api", "load_model": "featx.api",
     "make_config": "featx.api", "Store": "featx.api", "ClassifyResult": "featx.api",
-    "Model": "featx.api", "sweep": "featx.api",
+    "Model": "featx.api", "sweep": "featx.api", "export_model": "featx.api", "runs": "featx.api",
     "FeatureExtractor": "featx.features.transformer", "Config": "featx.core.config",
     "FeatxError": "featx.core.errors",
 }

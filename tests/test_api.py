@@ -3,13 +3,15 @@ transformer."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, featx_here
 from PIL import Image
 from realdata import FLOWERS17, WEIGHTS, needs_shared
 from sklearn.base import clone
@@ -108,7 +110,7 @@ def test_transform_caches_new_images_in_a_store_of_their_own(tiny_store, tmp_pat
     new = [str(image_file(tmp_path / "new" / f"n{i}.png", seed=i)) for i in range(3)]
     fx = tiny_extractor(cache_dir=str(cache))
     first = fx.transform(new)
-    assert len(list(cache.glob("transform-*.h5"))) == 1
+    assert len(list(cache.glob("new-*.h5"))) == 1  # named after the images' folder
     monkeypatch.setattr(Backbone, "model", property(lambda self: pytest.fail("model built")))
     again = tiny_extractor(cache_dir=str(cache)).transform(new[::-1])
     np.testing.assert_array_equal(again, first[::-1])
@@ -297,3 +299,130 @@ def test_dir_lists_the_public_api_before_it_is_loaded():
     listed = dir(featx)
     assert {"extract", "classify", "load_model", "FeatureExtractor", "Config",
             "FeatxError", "__version__"} <= set(listed)
+
+
+# ------------------------------------------------- in a notebook: reprs, runs(), errors
+
+def _one_short_line(text: str) -> str:
+    assert "\n" not in text and len(text) <= featx.api.REPR_WIDTH, (len(text), text)
+    return text
+
+
+def test_store_repr_is_one_line_of_facts_and_its_html_escapes(tiny_store, tmp_path):
+    odd = tmp_path / "<b>odd & co" / tiny_store.path.name
+    odd.parent.mkdir()
+    shutil.copy2(tiny_store.path, odd)
+    with FeatureStore(odd) as raw:
+        width = raw.feature_shape[0]
+    store = featx.api.Store(odd)
+    line = _one_short_line(repr(store))
+    assert line.startswith("Store('") and line.endswith("MobileNetV2 avg")
+    assert f"shapes, {tiny_store.rows} rows, 3 classes, {width} features of" in line
+    assert tiny_store.path.name[-12:] in line  # a long path is cut in the middle, not its end
+    html = store._repr_html_()
+    assert "<b>odd" not in html and "&lt;b&gt;odd &amp; co" in html
+    assert "<table>" in html and ">cat, dog, fox<" in html
+    gone = featx.api.Store(tmp_path / "gone.h5")
+    assert "not readable: no feature store at" in _one_short_line(repr(gone))
+    assert "not readable" in gone._repr_html_()
+
+
+def test_a_named_classify_its_result_repr_and_the_runs_table(tiny_store, tmp_path,
+                                                             monkeypatch):
+    out = tmp_path / "out"
+    [result] = featx.classify(tiny_store.config, store=tiny_store.path, out=str(out),
+                              classifiers="logreg", quick=True, name="<i>base</i>",
+                              progress=False)
+    assert result.record["classify"]["run_name"] == "<i>base</i>"
+    line = _one_short_line(repr(result))
+    assert line == (f"ClassifyResult(logreg on shapes: rank-1 {result.rank1:.3f}, 3 classes; "
+                    "run <i>base</i>)")
+    html = result._repr_html_()
+    assert "<i>" not in html and f"&lt;i&gt;base&lt;/i&gt; ({result.record['run']})" in html
+    # the runs table: a DataFrame with pandas ...
+    table = featx.runs(out=out, cache_dir=tmp_path / "none", where={"classifier": "logreg"})
+    import pandas
+
+    assert isinstance(table, pandas.DataFrame) and len(table) == 1
+    assert table.loc[0, "name"] == "<i>base</i>" and table.loc[0, "run"] == \
+        result.record["run"]
+    assert table.loc[0, "rank1"] == result.rank1 and bool(table.loc[0, "best"])
+    # ... else a table of its own, the same rows and columns
+    monkeypatch.setitem(sys.modules, "pandas", None)  # `import pandas` raises ImportError
+    plain = featx.runs(out=[out], cache_dir=tmp_path / "none")
+    assert isinstance(plain, featx.api.RunTable) and len(plain) == 1
+    assert plain.columns == list(table.columns)
+    [row] = list(plain)
+    assert {k: row[k] for k in ("name", "run", "rank1", "dataset")} == {
+        "name": "<i>base</i>", "run": result.record["run"], "rank1": result.rank1,
+        "dataset": "shapes"}
+    assert _one_short_line(repr(plain)).startswith(
+        f"RunTable(1 result from 1 run; first: rank-1 {result.rank1:.3f}, logreg on shapes")
+    html = plain._repr_html_()
+    assert "<i>" not in html and "&lt;i&gt;base&lt;/i&gt;" in html and "<th>when</th>" in html
+    assert str(plain).splitlines()[0].split() == ["when", "run", "dataset", "backbone",
+                                                  "classifier", "rank-1", "fit", "s", "best"]
+    assert len(featx.runs(out=out, cache_dir=tmp_path / "none", dataset="other")) == 0
+
+
+def test_an_escaped_table_of_names_with_markup(tmp_path, monkeypatch):
+    """A dataset named with markup (from a folder or a CSV) is text in the HTML table."""
+    folder = tmp_path / "out" / "20261130-080000-aaaa1111"
+    folder.mkdir(parents=True)
+    (folder / "x-logreg.json").write_text(json.dumps(
+        {"classifier": "logreg", "rank1": 0.5, "dataset": "a<script>", "run": folder.name}))
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    html = featx.runs(out=tmp_path / "out", cache_dir=tmp_path / "none")._repr_html_()
+    assert "<script>" not in html and "a&lt;script&gt;" in html
+
+
+def test_errors_from_python_name_its_keywords_not_the_flags(tmp_path):
+    """The same error, the same class, raised where it was: its message in the words of the
+    call (weights=, set=[...], store=) where the command line says --weights, --set, --store."""
+    from sklearn.linear_model import LogisticRegression
+
+    from featx.core.errors import ConfigError, ModelFileError
+    from featx.learn import modelfile
+
+    gone = tmp_path / "moved" / "trained.weights.h5"
+    x, y = np.random.default_rng(0).normal(size=(8, 4)), np.arange(8) % 2
+    model = modelfile.save(tmp_path / "m.skops", {
+        "model": LogisticRegression().fit(x, y), "label_names": ["a", "b"],
+        "pipeline": {"backbone": {"name": "MobileNetV2", "weights": str(gone)}}})
+    with pytest.raises(ModelFileError) as raised:
+        featx.load_model(model)
+    message = str(raised.value)
+    assert f"is not at {gone}; give weights=PATH (the same file)" in message
+    assert "--" not in message and type(raised.value) is ModelFileError
+    assert raised.value.__context__ is None  # nothing chained: one error, no "During ..."
+    assert raised.traceback[-1].path.name == "predict.py"  # where it was raised
+    # the command line keeps its flags
+    done = featx_here("predict", model, tmp_path / "a.png")
+    assert done.returncode == 2 and "give --weights PATH" in done.stderr
+    pipelines = ["combine.pipelines=['a.toml', 'b.toml']"]
+    with pytest.raises(ConfigError, match=r"one split; run it once per seed \(set="
+                                          r"\[\"dataset\.seed=S\"\], after featx extract"):
+        featx.classify(set=pipelines, repeats=2)
+    with pytest.raises(ConfigError, match=r"reads its members' stores: drop store=$"):
+        featx.classify(set=pipelines, store=tmp_path / "x.h5")
+
+
+@pytest.mark.parametrize("message, keywords, expected", [
+    ("choose a writable --cache-dir", {"cache_dir"}, "choose a writable cache_dir="),
+    ("unreadable images (--strict): a.png", {"strict"}, "unreadable images (strict=True): a.png"),
+    ("Load it only if you trust it: --trust (trust=True)", {"trust"},
+     "Load it only if you trust it: trust=True"),
+    ("--input-size: a model is read at its size", {"input_size"},
+     "input_size=: a model is read at its size"),
+    ("drop --no-progress", {"progress"}, "drop progress=False"),
+    ("--where 'x' is not of the form column=value", {"where"},
+     "where='x' is not of the form column=value"),
+    ("(--set backbone.layer=a,b)", set(), '(set=["backbone.layer=a,b"])'),
+    ("--top must be at least 1", {"weights"}, "--top must be at least 1"),  # not a keyword
+    ("offline? featx extract --weights /w.h5 ...", {"weights"},
+     "offline? featx extract --weights /w.h5 ..."),  # a command line shown as one
+])
+def test_flags_become_keywords(message, keywords, expected):
+    from featx.api import python_words
+
+    assert python_words(message, keywords, {"strict", "trust", "progress"}) == expected

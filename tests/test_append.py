@@ -1,6 +1,7 @@
 """Updating a store in place: new images are appended as a segment, the previous store's
 features are never copied or rewritten, rows stay in dataset order, checksums hold, and a
-SIGKILL during an update leaves the previous store complete and usable."""
+SIGKILL during an update leaves the previous store complete and usable. (The writer's own
+rules, compaction and new splits: tests/test_write.py; a damaged segment: tests/test_read.py.)"""
 
 from __future__ import annotations
 
@@ -9,47 +10,21 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
-from helpers import REPO, assert_close
-from PIL import Image
-from test_bad_inputs import _config  # a tiny random-weight pipeline
+from helpers import ADDED, FIRST, REPO, assert_close, random_pngs, small_config, store_then_update
 
-from featx.core.errors import StoreError
 from featx.core.layout import segments_dir
 from featx.features.extraction import extract
 from featx.store import write as store_write
 from featx.store.read import FeatureStore
 
 
-def _images(root: Path, names: list[str], seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    for name in names:
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (36, 44, 3), dtype=np.uint8)).save(path)
-
-
-FIRST = [f"{c}/{c}{i:02d}.png" for c in ("cat", "dog") for i in range(0, 20, 2)]
-ADDED = ["cat/cat05.png", "dog/dog99.png", "cat/cat00b.png"]  # sorting between old ones
-
-
 @pytest.fixture
 def updated(tmp_path):
     """A store of FIRST, then the same folder with ADDED and one image removed."""
-    data = tmp_path / "data"
-    _images(data, FIRST)
-    config = _config(data, tmp_path / "cache")
-    first = extract(config, progress=False)
-    with FeatureStore(first.path) as s:
-        before = dict(zip(s.paths, s.features()))
-    inode = first.path.stat().st_ino
-    _images(data, ADDED, seed=1)
-    (data / FIRST[3]).unlink()
-    return config, data, first, before, inode
+    return store_then_update(tmp_path)
 
 
 def test_adding_images_appends_and_never_rewrites_old_rows(updated, tmp_path, monkeypatch):
@@ -81,7 +56,7 @@ def test_adding_images_appends_and_never_rewrites_old_rows(updated, tmp_path, mo
         s.verify()  # every block checked against its segment's checksums
         paths, feats = s.paths, s.features()
     monkeypatch.undo()
-    fresh = extract(_config(data, tmp_path / "fresh"), progress=False)
+    fresh = extract(small_config(data, tmp_path / "fresh"), progress=False)
     with FeatureStore(fresh.path) as s:
         assert paths == s.paths  # dataset order, as a fresh store, new rows in place
         fresh_feats, fresh_split = s.features(), s.split
@@ -93,33 +68,6 @@ def test_adding_images_appends_and_never_rewrites_old_rows(updated, tmp_path, mo
     with FeatureStore(r.path) as s:
         np.testing.assert_array_equal(s.split, fresh_split)
     assert extract(config, progress=False).cache_hit
-
-
-def test_a_damaged_or_missing_segment_is_refused(updated):
-    config, _, _, _, _ = updated
-    r = extract(config, progress=False)
-    new_segment = segments_dir(r.path) / "seg-001.h5"
-    with h5py.File(new_segment, "r+") as f:
-        f["features"][0] = f["features"][0] + 1.0
-    with FeatureStore(r.path) as s, pytest.raises(StoreError, match="do not match"):
-        s.verify()
-    new_segment.unlink()
-    with pytest.raises(StoreError, match="segment .* missing"):
-        FeatureStore(r.path)
-
-
-def test_many_updates_compact_into_one_file(updated, monkeypatch):
-    config, data, _, _, _ = updated
-    monkeypatch.setattr(store_write, "SEGMENTS_MAX", 2)
-    r = extract(config, progress=False)
-    with FeatureStore(r.path) as s:
-        assert len(s.segment_files) == 2
-    _images(data, ["dog/dog50.png"], seed=3)
-    r = extract(config, progress=False)  # a third segment: rewritten whole
-    with FeatureStore(r.path) as s:
-        assert not s.segmented and len(s) == len(FIRST) + 3
-        s.verify()
-    assert not segments_dir(r.path).exists()
 
 
 KILLER = """
@@ -140,17 +88,17 @@ sys.exit(main(["extract", "--data", sys.argv[1], "--weights", "none", "--input-s
 @pytest.mark.slow
 def test_sigkill_during_an_update_leaves_the_previous_store_usable(tmp_path):
     data, cache = tmp_path / "data", tmp_path / "cache"
-    _images(data, FIRST)
+    random_pngs(data, FIRST)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
                                                        os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-c", KILLER, str(data), str(tmp_path / "written"), str(cache)]
-    extract(_config(data, cache), progress=False)
+    extract(small_config(data, cache), progress=False)
     (old,) = cache.glob("*.h5")
     with FeatureStore(old) as s:
         old_paths, old_feats = s.paths, s.features()
     old_bytes = old.read_bytes()
-    _images(data, ADDED, seed=1)
+    random_pngs(data, ADDED, seed=1)
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -166,7 +114,7 @@ def test_sigkill_during_an_update_leaves_the_previous_store_usable(tmp_path):
         s.verify()
         assert s.paths == old_paths
         np.testing.assert_array_equal(s.features(), old_feats)
-    r = extract(_config(data, cache), progress=False)  # the next run completes the update
+    r = extract(small_config(data, cache), progress=False)  # the next run completes the update
     # from the killed run's finished blocks (kept for a resume): no image extracted again
     assert (r.extracted, r.reused) == (0, len(FIRST) + len(ADDED))
     with FeatureStore(r.path) as s:
@@ -176,20 +124,3 @@ def test_sigkill_during_an_update_leaves_the_previous_store_usable(tmp_path):
     assert not list(cache.glob("*.assembling")) and not list(cache.glob("*.partial"))
 
 
-def test_a_new_split_never_writes_a_file_another_store_links_to(tmp_path):
-    """A store kept beside a newer one made from it (another folder of the same images) is
-    the newer store's first segment, one file under two names: re-splitting the old store
-    writes a copy, and the segment keeps its bytes."""
-    data = tmp_path / "data"
-    _images(data, FIRST)
-    config = _config(data, tmp_path / "cache")
-    store = extract(config, progress=False).path
-    segment = tmp_path / "segment-link.h5"
-    os.link(store, segment)
-    before = segment.read_bytes()
-    config.dataset.test = 0.5  # (with random weights the seed is the network: another key)
-    again = extract(config, progress=False)
-    assert again.path == store and again.cache_hit
-    assert segment.read_bytes() == before and os.stat(segment).st_nlink == 1
-    with FeatureStore(store) as s, h5py.File(segment, "r") as old:
-        assert not np.array_equal(s.split, old["split"][:])  # the store has its new split

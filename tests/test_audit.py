@@ -78,6 +78,57 @@ def test_planted_outlier_and_label_errors_on_synthetic_clusters():
         audit_arrays(x, y, threshold=1.5)
 
 
+def test_label_errors_come_with_the_accuracy_they_rest_on():
+    """The out-of-fold accuracy is the share of rows predicted as their label: near 1 on
+    separate clusters (no caveat), near chance on noise, where the list is mostly the
+    model's own mistakes (the caveat says so)."""
+    pytest.importorskip("cleanlab")
+    from featx.inspect.audit import TRUSTED_ACCURACY, out_of_fold_probabilities
+
+    x, y = _clusters(200)
+    a = audit_arrays(x.copy(), y)
+    proba = out_of_fold_probabilities(x, y)
+    assert a.accuracy == pytest.approx(np.mean(np.argmax(proba, axis=1) == y))
+    assert a.accuracy > TRUSTED_ACCURACY and a.caveat == ""
+    noise = np.random.default_rng(1).normal(size=(200, 32)).astype(np.float32)
+    b = audit_arrays(noise, y)
+    assert b.accuracy < 0.5 and len(b.label_issues) > 80
+    assert f"right on {b.accuracy:.0%} of the images" in b.caveat
+    assert "not wrong labels" in b.caveat
+
+
+def test_the_audit_line_and_page_give_the_accuracy_and_the_caveat(tiny_store, tmp_path,
+                                                                   monkeypatch):
+    """featx audit's summary line and page: the label-error count with its out-of-fold
+    accuracy; below TRUSTED_ACCURACY, the caveat (a warning, shown with -q too)."""
+    pytest.importorskip("cleanlab")
+    from helpers import tiny_args
+
+    from featx.inspect import audit
+
+    args = ["audit", *tiny_args(tiny_store.root, tiny_store.config.cache_dir),
+            "--store", tiny_store.path]
+    trusted = audit.TRUSTED_ACCURACY
+    monkeypatch.setattr(audit, "TRUSTED_ACCURACY", 0.0)  # any accuracy: no caveat
+    done = featx_here(*args, "--out", tmp_path / "a")
+    assert done.returncode == 0, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if "likely label error" in x]
+    accuracy = float(re.search(r"out-of-fold accuracy (\d\.\d{3})\)", line).group(1))
+    assert line.startswith("featx: audit of 18 images: ")
+    page = (tmp_path / "a" / "audit.html").read_text()
+    assert f"(out-of-fold accuracy {accuracy:.3f})" in page and "Caveat:" not in page
+    # random 32-px weights: a model right on about a third of the images
+    assert accuracy < trusted
+    monkeypatch.setattr(audit, "TRUSTED_ACCURACY", trusted)
+    quiet = featx_here("-q", *args, "--out", tmp_path / "b")
+    (line,) = [x for x in quiet.stderr.splitlines() if "likely label error" in x]
+    assert line.startswith("featx: warning: audit of 18 images: ")
+    assert f"(out-of-fold accuracy {accuracy:.3f}, below {trusted:.2f}: many are the " \
+        "model's own mistakes, not wrong labels)" in line
+    assert f"Caveat:</b> the label errors rest on a model right on {accuracy:.0%}" in (
+        tmp_path / "b" / "audit.html").read_text()
+
+
 def test_label_issues_rank_the_clearest_errors_first():
     """60 rows of 3 classes: 4 labelled against a confident prediction (self-confidence
     0.02..0.17) and 6 uncertain ones (0.32..0.41) are suspects; the 4 come first, clearest

@@ -14,7 +14,14 @@ import pytest
 from helpers import assert_close
 
 from featx.core.config import BackboneConfig
-from featx.features.backbones import POOLINGS, REGISTRY, Backbone, BackboneError, get_spec
+from featx.features.backbones import (
+    MAP_POOLINGS,
+    POOLINGS,
+    REGISTRY,
+    Backbone,
+    BackboneError,
+    get_spec,
+)
 
 EXPECTED = (
     ["VGG16", "VGG19", "ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2",
@@ -103,8 +110,19 @@ def test_names_are_found_whatever_their_case():
 
 def test_unknown_pooling_lists_the_valid_ones():
     with pytest.raises(BackboneError) as e:
-        mobilenet(pooling="mean")
-    assert "mean" in str(e.value) and all(p in str(e.value) for p in POOLINGS)
+        mobilenet(pooling="average")
+    assert "average" in str(e.value) and all(p in str(e.value) for p in POOLINGS)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "cls+mean"])
+def test_a_cnn_has_no_class_token(pooling):
+    with pytest.raises(BackboneError, match="class token: MobileNetV2 is a CNN"):
+        mobilenet(pooling=pooling)
+
+
+def test_unknown_backbone_points_at_kerashub_too():
+    with pytest.raises(BackboneError, match="hub:<preset>"):
+        get_spec("DINOv2")
 
 
 # ---------------------------------------------------------------------------------- preprocess
@@ -148,13 +166,14 @@ def test_features_are_the_keras_model_output(raw_base, images):
     assert b.feature_shape == tuple(raw_base.output.shape[1:])
 
 
-@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("pooling", MAP_POOLINGS)
 def test_pooling(raw_base, images, pooling):
     b = mobilenet(pooling=pooling)
     got = np.asarray(b.features(images))
     grid = raw_output(raw_base, images)  # (n, h, w, c)
     assert grid.shape[1:3] != (1, 1)  # else flatten and avg would have the same shape
-    expected = {"avg": grid.mean(axis=(1, 2)), "max": grid.max(axis=(1, 2)),
+    expected = {"avg": grid.mean(axis=(1, 2)), "mean": grid.mean(axis=(1, 2)),
+                "max": grid.max(axis=(1, 2)),
                 "flatten": grid.reshape(len(grid), -1), "none": grid}[pooling]
     assert got.shape == expected.shape
     assert b.feature_shape == expected.shape[1:]

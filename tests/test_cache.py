@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 from helpers import assert_close, featx_here
+from helpers import random_pngs as _images
 from PIL import Image
 
 from featx.cli import main
@@ -20,15 +21,6 @@ from featx.core.config import Config
 from featx.features.extraction import extract
 from featx.features.plan import plan
 from featx.store import cache
-
-
-def _images(root: Path, n_per_class: int = 5, classes=("cat", "dog"), seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    for c in classes:
-        (root / c).mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            Image.fromarray(rng.integers(0, 255, (36, 44, 3), dtype=np.uint8)).save(
-                root / c / f"{c}{i}.png")
 
 
 def _config(data: Path, cache_dir: Path, **backbone) -> Config:
@@ -101,14 +93,14 @@ def test_reuse_across_pipelines_and_split_change(data, tmp_path, monkeypatch):
 def test_incremental_add_remove_change(data, tmp_path):
     c = _config(data, tmp_path / "cache")
     extract(c, progress=False)
-    _images(data, n_per_class=1, classes=("bird",), seed=5)  # one new class, one image
+    _images(data, n_per_class=2, classes=("bird",), seed=5)  # one new class, two images
     (data / "dog" / "dog4.png").unlink()
     rng = np.random.default_rng(9)
     Image.fromarray(rng.integers(0, 255, (36, 44, 3), dtype=np.uint8)).save(
         data / "cat" / "cat2.png")
     os.utime(data / "cat" / "cat2.png", (time.time() + 10,) * 2)
     r = extract(c, progress=False)
-    assert (r.extracted, r.reused, r.dropped) == (2, 8, 2)  # bird0 + cat2; dog4 + old cat2
+    assert (r.extracted, r.reused, r.dropped) == (3, 8, 2)  # bird0-1 + cat2; dog4 + old cat2
     fresh = extract(_config(data, tmp_path / "fresh"), progress=False)
     with h5py.File(r.path, "r") as a, h5py.File(fresh.path, "r") as b:
         assert list(a["paths"][:]) == list(b["paths"][:])
@@ -218,10 +210,48 @@ def test_an_unfinished_finetuning_is_listed_and_removed_by_key(tmp_path, capsys)
     Checkpoint(path, key).save({"phase": 0, "epoch": 3, "history": history, "kept": {}},
                                {"weights": [np.zeros(3, np.float32)]})
     assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
-    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(key)]
-    assert line.split()[1:] == ["my-flowers", "MobileNetV2", "3", "0.0", "checkpoint"]
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.endswith(key)]
+    # no layer, pooling, input size or weights recorded: "-"
+    assert line.split() == ["my-flowers", "MobileNetV2", "-", "-", "-", "-", "3", "0.0",
+                            "checkpoint", key]
     assert main(["cache", "verify", "--cache-dir", str(tmp_path)]) == 0
     assert key not in capsys.readouterr().out
     assert main(["cache", "rm", key, "--cache-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == f"removed {path}"
     assert not path.exists()
+
+
+def test_cache_ls_tells_a_datasets_stores_apart_in_100_columns(tmp_path, capsys):
+    """Two stores of one dataset differ in pooling and input size: ls shows both (it showed
+    two identical rows); a long dataset name is cut in the middle, never the key."""
+    data = tmp_path / ("holiday-photos-" * 5 + "2024")
+    _images(data)
+    folder = tmp_path / "cache"
+    for backbone in ({}, {"pooling": "max", "input_size": 48}):
+        extract(_config(data, folder, **backbone), progress=False)
+    assert main(["cache", "ls", "--cache-dir", str(folder)]) == 0
+    header, *lines, total = capsys.readouterr().out.splitlines()
+    assert header.split() == ["dataset", "backbone", "layer", "pooling", "px", "weights",
+                              "rows", "MB", "state", "key"]
+    assert len(lines) == 2 and all(len(line) <= 100 for line in [header, *lines])
+    words = [line.split() for line in lines]  # the layer, "(last conv)", is two words
+    assert sorted(tuple(w[4:7]) for w in words) == [("avg", "32", "none"),
+                                                   ("max", "48", "none")]
+    assert all(w[0].startswith("holiday-") and w[0].endswith("-2024") and "…" in w[0]
+               for w in words)
+    assert {w[-1] for w in words} == {e.key for e in cache.entries(folder)}
+
+
+def test_feature_extractor_stores_are_named_after_their_images_folder(tmp_path, image_file):
+    """Not transform-<hash>: the images' folder. Two sets of images of one folder are two
+    datasets: the second store does not replace the first."""
+    from featx.features.transformer import FeatureExtractor
+
+    photos = [str(image_file(tmp_path / "holiday" / f"p{i}.png", seed=i)) for i in range(4)]
+    folder = tmp_path / "cache"
+    fx = FeatureExtractor(weights="none", input_size=32, batch_size=8, cache_dir=str(folder),
+                          progress=False)
+    first = fx.transform(photos[:2])
+    fx.transform(photos[2:])
+    assert [e.dataset for e in cache.entries(folder)] == ["holiday", "holiday"]
+    np.testing.assert_array_equal(fx.transform(photos[:2]), first)

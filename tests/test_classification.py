@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import blobs as _blobs  # n_classes, n=60, d=5: 3 apart
 from helpers import result_lines
 from sklearn.metrics import confusion_matrix
 
@@ -47,6 +48,13 @@ def test_both_learners_report_ranks(classified, test_rows):
         assert set(r["per_class"]) == set(names)
         assert np.array(r["confusion"]).sum() == len(y_test)
         assert r["backbone"]["backbone"] == "MobileNetV2" and r["backbone"]["input_size"] == 32
+        # one split, and which: every number of the result is of the store's own split
+        seed = config.dataset.seed
+        assert r["splits"] == 1 and r["scope"]["rank1"] == f"one split (seed {seed})"
+        assert r["per_split"] == [{"split": 1, "seed": seed, "rank1": r["rank1"],
+                                   "rank5": None, "n_test": r["n_test"],
+                                   "best_params": r["best_params"], "cv_score": r["cv_score"]}]
+        assert "weights_file" not in r  # random weights: no file to name
     assert len(lines) == 2
     for line, r in zip(lines, results):
         assert r["classifier"] in line and "rank-1" in line and "rank-5" in line
@@ -119,14 +127,18 @@ def test_classify_refuses_a_store_split_with_another_seed(tiny_store, make_confi
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_the_weights_file_is_named_from_the_store_that_used_it():
+    from featx.learn.classification import weights_file
+
+    pipeline = json.dumps({"backbone": {"weights": "/models/v2/mobilenet_v2_no_top.h5"}})
+    assert weights_file({"weights": "file", "pipeline": pipeline}) == "mobilenet_v2_no_top.h5"
+    parsed = json.loads(pipeline)  # as FeatureStore.attrs gives it
+    assert weights_file({"weights": "file", "pipeline": parsed}) == "mobilenet_v2_no_top.h5"
+    assert weights_file({"weights": "imagenet", "pipeline": pipeline}) is None
+    assert weights_file({"weights": "file"}) is None  # a store that did not record it
+
+
 # ---------------------------------------------------------------------------------- learners
-
-def _blobs(n_classes, n=60, d=5, seed=0):
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % n_classes
-    x = rng.normal(size=(n, d)) + 3 * np.eye(n_classes, d)[y]
-    return x, y
-
 
 def test_class_scores_use_decision_function_for_linear_svc():
     x, y = _blobs(3)

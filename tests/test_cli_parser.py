@@ -18,7 +18,8 @@ from featx.core.config import DEFAULT_CACHE_DIR, EXPORT_FORMATS, SHORTHANDS, Con
 # The least each subcommand takes (its positionals and required flags): every subcommand
 # must be here, so a new one is tested too.
 MINIMAL_ARGS = {
-    "extract": [], "classify": [], "finetune": [], "backbones": [], "layers": ["MobileNetV2"],
+    "init": ["data"], "extract": [], "classify": [], "finetune": [], "backbones": [],
+    "layers": ["MobileNetV2"],
     "cache ls": [], "cache info": ["abc"], "cache verify": [], "cache rm": ["abc"],
     "cache export": ["abc", "--format", "npy", "--out", "x"], "predict": ["model", "a.png"],
     "explain": ["model", "a.png"], "sweep": [], "audit": [], "runs": [], "demo-data": [],

@@ -237,7 +237,7 @@ def test_cache_path_precedence(monkeypatch, tmp_path):
 # ------------------------------------------------ allowed values, checked before any image
 
 TYPOS = {  # one field of every section, and a value it does not take
-    "dataset.hash": "md5", "backbone.pooling": "mean", "extract.tencrop": "yes",
+    "dataset.hash": "md5", "backbone.pooling": "average", "extract.tencrop": "yes",
     "classify.classifiers": "logreg,svmm", "combine.mode": "vote",
     "finetune.warmup_optimizer": "adamm", "extract.batch_size": "0",
     "finetune.batch_size": "-1", "classify.cv": "1",

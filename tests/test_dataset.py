@@ -1,14 +1,18 @@
-"""Datasets: folder scan, CSV manifests, fingerprints and the stratified split."""
+"""Datasets: folder scan, CSV manifests, fingerprints, the stratified split, and the
+datasets refused before any extraction (too few classes, images or held-out images)."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import one_error_line, tiny_args
 
+from featx.cli import main
 from featx.core.config import DatasetConfig
 from featx.data.dataset import (
     IMAGE_EXTENSIONS,
@@ -18,16 +22,23 @@ from featx.data.dataset import (
     DatasetError,
     load_dataset,
     manifest_digest,
+    split_sizes,
     stratified_split,
 )
+from featx.features.backbones import Backbone
+
+# Reading only: nothing held out, so none of the class checks (tested at the end) applies to
+# these tiny folders of one image per class or one class.
+READ = {"val": 0.0, "test": 0.0}
 
 
 def _folder(root):
-    return load_dataset(DatasetConfig(root=str(root)))
+    return load_dataset(DatasetConfig(root=str(root), **READ))
 
 
 def _manifest(manifest, root=None):
-    return load_dataset(DatasetConfig(manifest=str(manifest), root=str(root) if root else ""))
+    return load_dataset(DatasetConfig(manifest=str(manifest), root=str(root) if root else "",
+                                      **READ))
 
 
 # ---------------------------------------------------------------------------------- folders
@@ -119,7 +130,8 @@ def test_every_listed_extension_in_any_case(tmp_path, spell, image_file):
 
 def test_name_from_config_wins(tmp_path, image_folder):
     image_folder(tmp_path / "d", per_class=1, junk=False)
-    assert load_dataset(DatasetConfig(root=str(tmp_path / "d"), name="mine")).name == "mine"
+    assert load_dataset(DatasetConfig(root=str(tmp_path / "d"), name="mine", **READ)).name \
+        == "mine"
 
 
 def test_missing_folder_names_the_path(tmp_path):
@@ -349,3 +361,106 @@ def test_every_class_keeps_a_training_image(n):
 def test_invalid_fractions_are_rejected(val, test):
     with pytest.raises(DatasetError, match="fractions"):
         stratified_split(LABELS, val, test, seed=0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 10, 17, 40])
+@pytest.mark.parametrize("val, test", [(0.0, 0.25), (0.2, 0.25), (0.1, 0.5), (0.45, 0.5),
+                                       (0.0, 0.1)])
+def test_split_sizes_are_those_of_the_split_for_every_seed(n, val, test):
+    """What the class checks below rely on: how many images a class holds out depends on its
+    size and the fractions alone, never on the seed."""
+    labels = np.r_[np.zeros(n), np.ones(20)].astype(np.int32)
+    for seed in range(5):
+        split = stratified_split(labels, val, test, seed)[labels == 0]
+        assert ((split == TEST).sum(), (split == VAL).sum()) == split_sizes(n, val, test)
+
+
+# ------------------------------------------------------- datasets refused before extraction
+
+def _classes(root, counts: dict[str, int], image_file):
+    for c, (name, n) in enumerate(counts.items()):
+        for i in range(n):
+            image_file(root / name / f"{name}{i}.png", seed=10 * c + i)
+    return root
+
+
+def test_a_class_with_no_test_image_is_an_error_naming_it(tmp_path, image_file):
+    """Issue 26's case: 20 images of a and 2 of b gave rank-1 1.000 on 5 test images, all of
+    class a, without a word."""
+    root = _classes(tmp_path / "d", {"a": 20, "b": 2}, image_file)
+    with pytest.raises(DatasetError) as e:
+        load_dataset(DatasetConfig(root=str(root), test=0.25))
+    line = str(e.value)
+    assert "\n" not in line and line.startswith(f"{root}: ")
+    assert "class 'b' (2 images) gets no test image with dataset.test = 0.25" in line
+    # what to do: the class size these fractions need (2 * 0.25 rounds to none), the opt-in
+    assert "a class needs at least 3" in line and "dataset.allow_missing_test = true" in line
+    assert "'a'" not in line  # 5 test images: not named
+    load_dataset(DatasetConfig(root=str(root), test=0.4))  # 2 * 0.4 rounds to one: no error
+
+
+def test_a_small_class_of_a_manifest_names_the_manifest_and_a_fraction_that_works(
+        tmp_path, image_file):
+    root = _classes(tmp_path / "d", {"a": 20, "b": 4}, image_file)
+    manifest = _write_csv(tmp_path / "m.csv", [(f"d/{p.parent.name}/{p.name}", p.parent.name)
+                                               for p in sorted(root.rglob("*.png"))])
+    with pytest.raises(DatasetError) as e:
+        load_dataset(DatasetConfig(manifest=str(manifest), test=0.1))
+    line = str(e.value)
+    assert line.startswith(f"{manifest}: class 'b' (4 images) gets no test image")
+    assert "raise dataset.test above 0.125" in line  # 4 * 0.13 rounds to one
+    ds = load_dataset(DatasetConfig(manifest=str(manifest), test=0.13))
+    split = stratified_split(ds.labels, 0.0, 0.13, 42)
+    assert (split[ds.labels == 1] == TEST).sum() == 1
+
+
+def test_a_class_with_no_validation_image_is_an_error(tmp_path, image_file):
+    root = _classes(tmp_path / "d", {"a": 20, "b": 3, "c": 3}, image_file)
+    with pytest.raises(DatasetError) as e:
+        load_dataset(DatasetConfig(root=str(root), val=0.1, test=0.25))
+    line = str(e.value)
+    assert "classes 'b' (3 images), 'c' (3 images) get no validation image with " \
+        "dataset.val = 0.1" in line
+    assert "dataset.val = 0" in line and "dataset.allow_missing_test" in line
+
+
+def test_allow_missing_test_makes_it_a_warning(tmp_path, image_file, capsys):
+    root = _classes(tmp_path / "d", {"a": 20, "b": 2}, image_file)
+    config = DatasetConfig(root=str(root), test=0.25)
+    config.allow_missing_test = True
+    ds = load_dataset(config)
+    assert ds.label_names == ["a", "b"] and len(ds) == 22
+    err = capsys.readouterr().err
+    assert f"featx: warning: {root}: class 'b' (2 images) gets no test image" in err
+    assert "dataset.allow_missing_test = true" in err
+
+
+@pytest.mark.parametrize("counts, named", [
+    ({"many": 6, "rare": 1}, "class 'rare' (1 image) has fewer than 2 images"),
+    ({"a": 1, "b": 1, "c": 6}, "classes 'a' (1 image), 'b' (1 image) have fewer than 2 "),
+    ({"lonely": 6}, "one class ('lonely'); classifying needs at least two"),
+])
+def test_too_few_classes_or_images_are_one_line_naming_them(tmp_path, image_file, counts,
+                                                            named):
+    root = _classes(tmp_path / "d", counts, image_file)
+    with pytest.raises(DatasetError) as e:
+        load_dataset(DatasetConfig(root=str(root)))
+    assert str(e.value).startswith(f"{root}: {named}") and "\n" not in str(e.value)
+    manifest = _write_csv(tmp_path / "m.csv", [(f"d/{p.parent.name}/{p.name}", p.parent.name)
+                                               for p in sorted(root.rglob("*.png"))])
+    with pytest.raises(DatasetError, match=rf"^{manifest}: {re.escape(named)}"):
+        load_dataset(DatasetConfig(manifest=str(manifest)))
+    # nothing held out: only extracted (featx.FeatureExtractor's one-label manifests)
+    assert len(load_dataset(DatasetConfig(root=str(root), test=0.0))) == sum(counts.values())
+
+
+def test_featx_extract_refuses_them_before_building_the_model(tmp_path, image_file, capsys,
+                                                              monkeypatch):
+    monkeypatch.setattr(Backbone, "model", property(lambda self: pytest.fail("model built")))
+    root = _classes(tmp_path / "d", {"a": 20, "b": 2}, image_file)
+    cache = tmp_path / "cache"
+    for command in ("extract", "classify"):
+        assert main([command, *tiny_args(root, cache)]) == 2
+        line = one_error_line(capsys.readouterr().err, root)
+        assert "class 'b' (2 images) gets no test image" in line
+    assert not [p for p in cache.rglob("*") if p.is_file()]  # no store, no partial blocks

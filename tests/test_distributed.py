@@ -1,9 +1,9 @@
 """Distributed extraction and search on a real Ray cluster (featx/features/distributed.py).
 
-A module-wide cluster on this machine: a head (`ray start --head`) and one worker node
+One cluster on this machine: a head (`ray start --head`) and one worker node
 (`ray start --address`), each in its own process group with its own temp dir, 1 CPU each;
-always stopped, by process group, when the module ends. Skipped when Ray is not installed
-(a failure under FEATX_REQUIRE_SHARED=1, see realdata.py).
+always stopped, by process group, when the test session (or xdist worker) ends. Skipped when
+Ray is not installed (a failure under FEATX_REQUIRE_SHARED=1, see realdata.py).
 """
 
 from __future__ import annotations
@@ -229,7 +229,11 @@ def _running(pids: set[int]) -> set[int]:
     return running
 
 
-@pytest.fixture(scope="module")
+# Session-wide, not module-wide: in `make test` (xdist, --dist loadgroup) a worker tore a
+# module-wide cluster down between two of these tests and started a second one (twice the Ray
+# start-up; seen in `make test-tf-count`'s log: actors under two temp dirs). It is stopped when
+# the worker ends.
+@pytest.fixture(scope="session")
 def cluster():
     c = Cluster()
     saved = {k: os.environ.get(k) for k in c.auth}
@@ -334,7 +338,7 @@ def test_consolidated_store_is_one_file_like_the_local_one(cluster, tiny_store, 
                         batch_size=8, consolidate=True)
     result = extract(config, progress=False)
     assert calls == [[0, 1, 2], [0, 1, 2]]
-    assert "retrying 3 unfinished shard(s)" in capfd.readouterr().err
+    assert "retrying 3 unfinished shards" in capfd.readouterr().err
     assert assert_same_store(tiny_store.path, result.path) <= 1e-5
     with h5py.File(tiny_store.path, "r") as a, h5py.File(result.path, "r") as b:
         fa, fb = a["features"], b["features"]

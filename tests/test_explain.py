@@ -159,3 +159,103 @@ def test_unreadable_image_and_unknown_class_are_one_line_errors(tmp_path):
     Image.new("RGB", (40, 30), (10, 20, 30)).save(good)
     with pytest.raises(UsageError, match="--class 'c': the model has no such class"):
         explain_image(predictor, str(good), classes=["c"])
+
+
+def _drawn(monkeypatch):
+    """The figures saved inside the block, as a list filled when each is saved."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    save = Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def _texts(fig) -> list[str]:
+    from matplotlib.text import Text
+
+    return [t.get_text() for t in fig.findobj(Text) if t.get_visible() and t.get_text()]
+
+
+def test_the_figure_draws_the_maps_with_colour_bars_and_nothing_the_page_shows(monkeypatch):
+    """The PNG holds the image and the maps, each map with a colour bar naming what its
+    colours mean; the top-k and the nearest images are the page's alone (no class score, no
+    cosine in the PNG); a class with no map leaves no empty panel."""
+    from featx.inspect.explain import EXACT, GRADIENT, Explanation, figure_png
+
+    figures = _drawn(monkeypatch)
+    image = np.full((32, 32, 3), 100, np.uint8)
+    cam = np.outer(np.linspace(0, 1, 32), np.ones(32)).astype(np.float32)
+    neighbours = [("/data/ant/a1.png", "ant", 0.912), ("/data/cow/c1.png", "cow", 0.876)]
+    figure_png(Explanation("/data/ant/a0.png", image, [("ant", 0.713), ("cow", 0.287)],
+                           {"ant": cam, "cow": cam.T}, EXACT, cam - 0.5, neighbours))
+    (fig,) = figures
+    texts = " | ".join(_texts(fig))
+    assert "0.713" not in texts and "0.287" not in texts  # the top-k: the page's table
+    assert "0.912" not in texts and "a1.png" not in texts  # the neighbours: its gallery
+    assert "CAM: ant" in texts and "CAM: cow" in texts and "occlusion: ant" in texts
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 3  # one per map
+    labels = [bar.get_ylabel() for bar in bars]
+    assert labels.count("evidence for the class") == 2
+    assert "probability lost when covered\n(red: for, blue: against)" in labels
+    images = [ax for ax in fig.axes if ax.get_images() and ax not in bars]
+    assert len(images) == 4 and len(fig.axes) == 7  # image, 2 CAMs, occlusion, 3 bars
+
+    figures.clear()
+    figure_png(Explanation("/data/ant/a0.png", image, [("ant", 0.7)], {}, GRADIENT,
+                           cam - 0.5), "softmax of decision values")
+    (fig,) = figures
+    assert "no CAM" not in " | ".join(_texts(fig))  # the page says why there is none
+    assert len(fig.axes) == 3  # the image, the occlusion map and its bar
+    assert any("score lost when covered" in ax.get_ylabel() for ax in fig.axes)
+
+
+def test_explain_page_says_why_a_piece_is_missing_and_titles_by_file_name(tmp_path):
+    from types import SimpleNamespace
+
+    from featx.inspect.explain import EXACT, Explanation, figure_png, html_page
+
+    path = tmp_path / "a" / "very" / "long" / "folder" / "n0.png"
+    image = np.full((32, 32, 3), 100, np.uint8)
+    r = Explanation(str(path), image, [("ant", 0.7), ("cow", 0.3)], {}, EXACT,
+                    np.zeros((32, 32), np.float32))
+    png = tmp_path / "001.png"
+    png.write_bytes(figure_png(r))
+    model = tmp_path / "runs" / "r1" / "tiny-logreg.skops"
+    predictor = SimpleNamespace(source=str(model), classifier="logreg",
+                                calibration="probabilities",
+                                backbone=SimpleNamespace(spec=SimpleNamespace(name="MobileNetV2")))
+    page = html_page([r], [png], predictor, missing="No nearest training images: no feature "
+                     "store found for tiny-logreg.skops (give --store).")
+    assert "<title>featx explain: tiny-logreg.skops</title>" in page
+    assert f"<h2 title='{path}'>n0.png</h2>" in page  # the file name; the path on hover
+    assert f"<details><summary>Full path</summary><code>{path}</code></details>" in page
+    assert "no feature store found for tiny-logreg.skops (give --store)" in page
+    assert page.count("<td>ant</td>") == 1 and page.count("0.700") == 1  # the top-k once
+
+
+@pytest.mark.slow
+def test_explain_says_once_which_model_of_a_run_folder_it_uses(tiny_store, make_config,
+                                                              tmp_path):
+    """A run folder of two models: the choice is said once (the page's neighbours come from
+    the model file chosen, not from choosing again), and the page shows them."""
+    from featx.learn.classification import classify
+
+    config = make_config(tiny_store.root, tiny_store.config.cache_dir, out=str(tmp_path / "r"),
+                         classify={"classifiers": ["logreg", "linear_svm"], "quick": True})
+    results = classify(config, tiny_store.path)
+    run = tmp_path / "r" / results[0]["run"]
+    image = tiny_store.root / tiny_store.written["fox"][0]
+    done = featx_here("explain", run, image, "--out", tmp_path / "x", "--neighbours", "2",
+                      "--patch", "16", "--stride", "16")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count("models; using") == 1, done.stderr
+    assert done.stdout.strip() == f"wrote {tmp_path / 'x' / 'index.html'} (1 PNG)"
+    page = (tmp_path / "x" / "index.html").read_text()
+    assert len(re.findall(r"src='data:image/jpeg;base64,", page)) == 2  # the 2 neighbours

@@ -200,6 +200,7 @@ def test_finetune_reports_like_classify_and_saves_the_model(tiny_store, make_con
                  "--set=name=tiny"]) == 0
     line = capsys.readouterr().out
     assert line.startswith("finetune") and "rank-1" in line
+    assert "; val " in line and "; cv " not in line  # its validation accuracy, named so
 
     runs_folder = runs_dir(make_config(tiny_store.root, cache), tiny_store.root.name,
                            "MobileNetV2")
@@ -224,6 +225,11 @@ def test_finetune_reports_like_classify_and_saves_the_model(tiny_store, make_con
     probabilities = saved.predict(np.asarray(backbone.preprocess(data.images[TEST])), verbose=0)
     rank1 = float(np.mean(np.argmax(probabilities, axis=1) == data.labels[TEST]))
     assert rank1 == pytest.approx(result["rank1"])
+
+    # The score it stopped on is named for what it is, on the page and in the Markdown.
+    for suffix in (".html", ".md"):
+        text = (out / f"tiny-finetune{suffix}").read_text().lower()
+        assert "validation accuracy" in text and "cross-validated" not in text, suffix
 
     # `featx runs` lists it beside the feature-extraction runs.
     listed = runs.load_runs(runs.find_results(cache))
@@ -272,3 +278,37 @@ def test_finetune_repeats_over_seeded_splits(tiny_store, make_config, tmp_path, 
     result = json.loads(result_file.read_text())
     assert result["repeats"]["seeds"] == [42, 43] and len(result["repeats"]["rank1"]) == 2
     assert result["rank1"] == pytest.approx(np.mean(result["repeats"]["rank1"]))
+
+
+def test_the_monitor_legend_covers_no_line_and_no_phase_name(monkeypatch):
+    """The legend sits below the axes: it overlaps neither plot (its lines, stars and shaded
+    phases) nor the phase names, which sit above the axes."""
+    from matplotlib.figure import Figure
+
+    from featx.report.charts import monitor_png
+
+    figures = []
+    save = Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    history = [{"phase": phase, "loss": 1.0 / e, "accuracy": 0.5 + e / 10,
+                "val_loss": 1.2 / e, "val_accuracy": 0.4 + e / 10}
+               for phase in ("warmup", "finetune") for e in (1, 2, 3)]
+    monitor_png(history, {"warmup": 3, "finetune": 2}, "tiny")
+    (fig,) = figures
+    (legend,) = fig.legends  # extents as drawn in the saved PNG
+    box = legend.get_window_extent()
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "training", "validation (held-out rows)", "kept epoch"]
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent()), ax.get_ylabel()
+        names = [t for t in ax.texts if t.get_text() in ("warmup", "finetune")]
+        assert len(names) == 2
+        for name in names:
+            assert not box.overlaps(name.get_window_extent())
+            # above the plot, not on its lines
+            assert name.get_window_extent().y0 >= ax.get_window_extent().y1

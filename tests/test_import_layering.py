@@ -1,6 +1,8 @@
 """The package imports one way: stage groups (subpackages) in the order of the data flow,
 each importing only groups below it, and no cycle among modules, counting imports made
-inside functions (which only delay TensorFlow, Ray or matplotlib, never hide a cycle)."""
+inside functions (which only delay TensorFlow, Ray or matplotlib, never hide a cycle).
+And the tests mirror the package: a tests/test_<module>.py for every module with code of
+its own (module names are unique across the groups)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "featx"
+TESTS = Path(__file__).resolve().parent
 # Bottom to top. The two faces (api, cli) and the package itself sit above every group; the
 # shim featx.learners (model files saved by 0.4 name featx.learners.*) sits above learn.
 ORDER = ["core", "data", "store", "features", "report", "learn", "inspect"]
@@ -121,3 +124,50 @@ def test_the_checks_find_a_planted_cycle_and_an_upward_import(planted):
     (planted / "core" / "a.py").write_text("import os\n")
     graph = import_graph(planted)
     assert find_cycle(graph) == [] and upward_imports(graph) == []
+
+
+# ------------------------------------------------------------- the tests mirror the package
+
+# Modules (dotted below featx) with functions or classes but no test module of their own,
+# each with its reason.
+NO_MIRROR = {
+    "learners": "the 0.4 names of featx.learn.learners' classes, which model files saved by "
+                "0.4 name; tests/test_modelfile.py checks each is the very class",
+    "core.errors": "exception classes only, no logic of their own: each is raised, and its "
+                   "message asserted, where its mistake is made",
+}
+
+
+def untested_modules(package: Path, tests: Path, allowed=()) -> list[str]:
+    """Modules of ``package`` (dotted below it) that define a function or a class at their
+    top level and have no ``tests/test_<module>.py``, but for ``__init__`` and ``allowed``
+    (dotted names)."""
+    missing = []
+    for name, path in sorted(modules(package).items()):
+        if path.stem == "__init__" or name in allowed:
+            continue
+        defines = any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                      for node in ast.parse(path.read_text()).body)
+        if defines and not (tests / f"test_{path.stem}.py").is_file():
+            missing.append(name)
+    return missing
+
+
+def test_module_names_are_unique_across_the_groups():
+    stems = [p.stem for p in PACKAGE.rglob("*.py") if p.stem != "__init__"]
+    assert sorted(s for s in set(stems) if stems.count(s) > 1) == ["learners"]  # the shim
+
+
+def test_every_module_with_code_has_a_test_module_of_its_own():
+    assert untested_modules(PACKAGE, TESTS, NO_MIRROR) == []
+
+
+def test_the_mirror_check_finds_a_module_without_tests(planted, tmp_path):
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (planted / "core" / "shapes.py").write_text("def area(x):\n    return x * x\n")
+    (planted / "core" / "names.py").write_text("PI = 3.14  # no function, no class\n")
+    (planted / "learn" / "fit.py").write_text("class Fit:\n    pass\n")
+    (tests / "test_fit.py").write_text("")
+    assert untested_modules(planted, tests) == ["core.shapes"]
+    assert untested_modules(planted, tests, allowed={"core.shapes"}) == []

@@ -17,7 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from helpers import featx_here, tiny_args
+from helpers import copy_of_store, featx_here, one_error_line, tiny_args
 
 from featx.cli import main
 from featx.core.errors import StoreError
@@ -25,16 +25,6 @@ from featx.features.extraction import extract
 from featx.store.read import FeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def one_error_line(err: str) -> str:
-    """featx's one line of an error, and no traceback (TensorFlow's own start-up lines in
-    a fresh process are not featx's)."""
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith("featx")]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("featx: error:"), err
-    return lines[0]
 
 
 def copy_dataset(src: Path, dst: Path) -> Path:
@@ -93,6 +83,7 @@ def test_classify_refuses_a_store_that_no_longer_matches_the_folder(tiny_store, 
     shutil.rmtree(root / "fox")  # a class removed
     image_file(root / "owl" / "owl_00.png", colour=(90, 90, 90))  # a class added
     image_file(root / "owl" / "owl_01.png", colour=(90, 90, 91), seed=3)
+    image_file(root / "owl" / "owl_02.png", colour=(90, 91, 90), seed=4)
     changed = tiny_store.written["cat"][0]
     (root / changed).unlink()
     image_file(root / changed.replace(Path(changed).suffix, ".png"), seed=9)
@@ -116,53 +107,13 @@ def test_classify_with_an_explicit_store_checks_it_against_the_data(tiny_store, 
 
 
 # ----------------------------------------------------------------- 3. checksums on every read
+# (a store's own checks, features and columns: tests/test_read.py)
 
 @pytest.fixture
 def own_store(tiny_store, tmp_path, make_config):
     """A private cache holding a copy of the tiny store, and its config."""
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    shutil.copy2(tiny_store.path, cache / tiny_store.path.name)
-    return make_config(tiny_store.root, cache), cache / tiny_store.path.name
-
-
-def test_rewritten_features_are_refused_and_extract_rebuilds_them(own_store, capsys):
-    config, path = own_store
-    with FeatureStore(path) as store:
-        good = store.features()
-    with h5py.File(path, "r+") as f:  # valid HDF5, valid Fletcher-32: other numbers
-        f["features"][0] = f["features"][0] * 3 + 1
-    with pytest.raises(StoreError, match=r"rows 0-.* do not match the checksum"):
-        with FeatureStore(path) as store:
-            store.features()
-    from featx.learn.classification import classify
-
-    with pytest.raises(StoreError, match=str(path)):
-        classify(config)
-    result = extract(config, progress=False)
-    assert not result.cache_hit and result.extracted == len(good)
-    assert "extracting afresh" in capsys.readouterr().err
-    with FeatureStore(path) as store:
-        np.testing.assert_allclose(store.features(), good, rtol=1e-5,
-                                   atol=1e-5 * np.abs(good).max())
-
-
-@pytest.mark.parametrize("column", ["labels", "split", "ok", "paths"])
-def test_changed_labels_split_ok_or_paths_are_refused(own_store, column):
-    config, path = own_store
-    with h5py.File(path, "r+") as f:
-        if column == "paths":
-            f["paths"][0] = f["paths"][1]
-        elif column == "ok":
-            f["ok"][0] = not f["ok"][0]
-        else:
-            f[column][0] = (int(f[column][0]) + 1) % 2
-    with pytest.raises(StoreError, match="do not match the checksum"):
-        FeatureStore(path)
-    from featx.store import cache
-
-    assert any("checksum" in p for p in cache.verify(path))
-    assert not extract(config, progress=False).cache_hit  # rebuilt, not trusted
+    path = copy_of_store(tiny_store.path, tmp_path / "cache")
+    return make_config(tiny_store.root, path.parent), path
 
 
 def test_a_fletcher32_failure_names_the_store(own_store, capsys):
@@ -295,9 +246,9 @@ def test_one_image_twice_with_one_label_is_used_once(tmp_path, image_file, capsy
     image_file(tmp_path / "a.png")
     image_file(tmp_path / "b.png", seed=1)
     manifest = _csv(tmp_path / "m.csv", [("a.png", "cat"), ("b.png", "dog"), ("a.png", "cat")])
-    ds = load_dataset(DatasetConfig(manifest=str(manifest)))
+    ds = load_dataset(DatasetConfig(manifest=str(manifest), test=0.0))  # reading only
     assert ds.paths == ["a.png", "b.png"]
-    assert "1 row(s) repeat an earlier row" in capsys.readouterr().err
+    assert "1 row repeats an earlier row" in capsys.readouterr().err
 
 
 def test_manifest_paths_are_relative_to_the_csv_and_never_leave_the_root(tmp_path, image_file):
@@ -309,7 +260,8 @@ def test_manifest_paths_are_relative_to_the_csv_and_never_leave_the_root(tmp_pat
     lists = tmp_path / "images" / "lists"
     lists.mkdir()
     ok = _csv(lists / "ok.csv", [("../a.png", "cat")])
-    ds = load_dataset(DatasetConfig(manifest=str(ok), root=str(tmp_path / "images")))
+    ds = load_dataset(DatasetConfig(manifest=str(ok), root=str(tmp_path / "images"),
+                                    test=0.0))  # reading only
     assert ds.paths == ["a.png"]
     escaping = _csv(tmp_path / "images" / "up.csv", [("../outside.png", "cat")])
     with pytest.raises(DatasetError, match=r"up.csv:2: \.\./outside.png is not under"):
@@ -323,7 +275,7 @@ def test_extract_reports_files_with_the_same_bytes(tiny_store, tmp_path, capsys)
     cache = tmp_path / "cache"
     assert main(["extract", *tiny_args(root, cache)]) == 0
     out = capsys.readouterr().out
-    assert "1 image(s) have the same bytes as another image" in out
+    assert "featx: 1 image with the same bytes as another image" in out
     key = next(cache.glob("*.h5")).stem.rsplit("-", 1)[-1]
     assert main(["cache", "info", key, "--cache-dir", str(cache)]) == 0
     assert original in capsys.readouterr().out
@@ -414,21 +366,24 @@ def test_a_dataset_with_one_class_is_a_one_line_error_naming_it(tmp_path, image_
     root = tmp_path / "one"
     image_folder(root, {"lonely": (10, 200, 10)}, per_class=6, junk=False)
     cache = tmp_path / "cache"
-    assert main(["extract", *tiny_args(root, cache)]) == 0
-    capsys.readouterr()
-    assert main(["classify", *tiny_args(root, cache)]) == 2
-    assert "one class ('lonely')" in one_error_line(capsys.readouterr().err)
+    for command in ("extract", "classify"):  # before any extraction
+        assert main([command, *tiny_args(root, cache)]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert "one class ('lonely')" in line and str(root) in line
+    assert not cache.exists() or not any(cache.iterdir())
 
 
 def test_a_class_with_too_few_training_images_is_named(tmp_path, image_folder, capsys):
     root = tmp_path / "few"
     image_folder(root, {"many": (10, 200, 10), "rare": (200, 10, 10)}, per_class=6, junk=False)
-    for name in sorted((root / "rare").iterdir())[1:]:
+    for name in sorted((root / "rare").iterdir())[2:]:
         name.unlink()
     cache = tmp_path / "cache"
-    assert main(["extract", *tiny_args(root, cache)]) == 0
+    # 2 images, half held out: one left to train on (a class of one image: test_dataset.py)
+    args = tiny_args(root, cache, "--set", "dataset.test=0.5")
+    assert main(["extract", *args]) == 0
     capsys.readouterr()
-    assert main(["classify", *tiny_args(root, cache)]) == 2
+    assert main(["classify", *args]) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "'rare' (1)" in line and "fewer than 2" in line
 
@@ -554,7 +509,8 @@ def test_a_renamed_and_changed_folder_is_diffed_against_its_old_store(tiny_store
     cache = tmp_path / "cache"
     assert main(["extract", *tiny_args(root, cache)]) == 0
     renamed = root.rename(tmp_path / "data" / "renamed")
-    image_file(renamed / "owl" / "owl_00.png", colour=(90, 90, 90))
+    for i in range(3):  # a class the split can hold out an image of
+        image_file(renamed / "owl" / f"owl_{i:02d}.png", colour=(90, 90, 90 + i), seed=i)
     capsys.readouterr()
     assert main(["classify", *tiny_args(renamed, cache)]) == 2
     line = one_error_line(capsys.readouterr().err)

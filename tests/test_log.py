@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import logging
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +20,8 @@ from featx.store.blocks import warn
 
 REPO = Path(__file__).resolve().parents[1]
 TF_LINES = ("oneDNN custom operations", "cuda drivers", "cuInit", "absl::InitializeLog")
+# the prefixes of TensorFlow's C++ log lines (I0000 00:00:... port.cc:153] ...)
+TF_PREFIXES = ("I0000 ", "E0000 ", "W0000 ")
 
 
 def test_library_shows_warnings_not_progress(capsys):
@@ -62,6 +66,107 @@ def test_no_tensorflow_start_up_lines_unless_verbose(tiny_store, tmp_path):
     verbose = run("-v")
     assert verbose.returncode == 0
     assert any(t in verbose.stderr for t in TF_LINES)  # the lines exist; -v shows them
+
+
+@pytest.mark.slow
+def test_finetune_shows_no_tensorflow_start_up_lines(tiny_root, tmp_path):
+    """Keras imports TensorFlow before featx does in a fine-tuning: its lines are silenced
+    all the same (featx.core.log.console, the one place every command starts from)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "featx.cli", "finetune", "--data", str(tiny_root[0]),
+         "--cache-dir", str(tmp_path), "--weights", "none", "--input-size", "32",
+         "--set", "finetune.epochs=1", "--set", "finetune.warmup_epochs=1", "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})  # a user's
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "finetune     rank-1" in done.stdout
+    tf = [line for line in done.stderr.splitlines()
+          if line.startswith(TF_PREFIXES) or any(t in line for t in TF_LINES)]
+    assert not tf, tf
+    assert [line for line in done.stderr.splitlines() if line.strip()] == [
+        f"featx: results in {next(tmp_path.glob('*-finetune.runs/*'))}/"]
+
+
+def _fake_library(folder: Path, name: str) -> None:
+    """A library that, like MLflow and Ray, gives its logger a handler and the INFO level
+    when imported, and logs INFO and WARNING lines when used."""
+    (folder / f"{name}.py").write_text(
+        "import logging, sys\n"
+        f"log = logging.getLogger({name!r})\n"
+        "handler = logging.StreamHandler(sys.stderr)\n"
+        "handler.setFormatter(logging.Formatter('%(name)s %(levelname)s %(message)s'))\n"
+        "log.handlers = [handler]\n"
+        "log.setLevel(logging.INFO)\n"
+        "log.propagate = False\n"
+        "def work():\n"
+        "    log.info('connected')\n"
+        "    log.warning('disk almost full')\n")
+
+
+def test_other_libraries_log_warnings_only_unless_verbose(tmp_path, monkeypatch, capsys):
+    from featx.core import log
+
+    for name in ("fake_lib_a", "fake_lib_b"):
+        _fake_library(tmp_path, name)
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(log, "THIRD_PARTY", (*log.THIRD_PARTY, "fake_lib_a", "fake_lib_b"))
+    import fake_lib_a  # imported before the command: its level is set when it starts
+
+    with log.console(logging.INFO):
+        import fake_lib_b  # imported during the command: set again after its import
+
+        fake_lib_a.work()
+        fake_lib_b.work()
+    err = capsys.readouterr().err
+    assert "connected" not in err
+    assert err.count("disk almost full") == 2
+    # afterwards each library's logger is as the library set it
+    assert logging.getLogger("fake_lib_a").level == logging.INFO
+    assert logging.getLogger("fake_lib_b").level == logging.INFO
+    with log.console(logging.DEBUG):  # -v: every line
+        fake_lib_b.work()
+    assert "fake_lib_b INFO connected" in capsys.readouterr().err
+
+
+def test_plural():
+    from featx.core.log import plural
+
+    assert [plural(n, "image") for n in (0, 1, 2)] == ["0 images", "1 image", "2 images"]
+    assert plural(1, "entry", "entries") == "1 entry" and plural(3, "entry", "entries") == \
+        "3 entries"
+
+
+def test_no_message_writes_a_plural_as_s_in_brackets():
+    """Counts take their plural form through featx.core.log.plural: no "{n} image(s)" in an
+    f-string, no "%d image(s)" in a log call."""
+    after_count = re.compile(r"^ [\w -]*[A-Za-z]\(s\)")  # the text right after {n}
+    percent = re.compile(r"%[ds] [\w -]*[A-Za-z]\(s\)")
+    found = []
+    for path in sorted((REPO / "featx").rglob("*.py")):
+        where = path.relative_to(REPO / "featx").as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.JoinedStr):
+                found += [f"{where}:{node.lineno}" for before, text in
+                          zip(node.values, node.values[1:])
+                          if isinstance(before, ast.FormattedValue)
+                          and isinstance(text, ast.Constant) and after_count.match(text.value)]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and percent.search(node.value):
+                found.append(f"{where}:{node.lineno}")
+    assert found == []
+
+
+def test_cache_ls_counts_in_the_plural_form(tiny_store, tmp_path):
+    import shutil
+
+    from helpers import featx_here
+
+    shutil.copy(tiny_store.path, tmp_path / tiny_store.path.name)
+    done = featx_here("cache", "ls", "--cache-dir", tmp_path)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == f"1 entry in {tmp_path}"
+    empty = featx_here("cache", "ls", "--cache-dir", tmp_path / "none")
+    assert empty.stdout.splitlines()[-1] == f"0 entries in {tmp_path / 'none'}"
 
 
 def test_only_the_command_line_prints():

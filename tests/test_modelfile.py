@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skops.io as sio
+from helpers import blobs
 from sklearn.preprocessing import FunctionTransformer
 
 from featx.cli import main
@@ -84,17 +85,14 @@ def test_a_skops_file_with_an_untrusted_type_is_refused(tmp_path, capsys):
     assert not marker.exists()
 
 
-def _blobs(n_classes: int = 6, n: int = 120, d: int = 8, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(scale=4.0, size=(n_classes, d))
-    y = np.arange(n) % n_classes
-    return (centres[y] + rng.normal(size=(n, d))).astype(np.float32), y
+# 120 rows of 6 separated classes in 8 dimensions (float32, as a store holds them).
+SIX = {"n_classes": 6, "n": 120, "d": 8, "spread": 4.0, "dtype": np.float32}
 
 
 def _every_model() -> dict[str, object]:
     """Every learner, balanced too, every feature normalisation (classify.normalize), and
     an ensemble holding a calibrated linear SVM."""
-    x, y = _blobs()
+    x, y = blobs(**SIX)
     models = {}
     for name in learners.LEARNERS:
         for weight in ("", "balanced"):
@@ -115,7 +113,7 @@ def every_model():
 
 
 def test_every_model_round_trips_with_the_same_top_k(every_model, tmp_path):
-    x_new, _ = _blobs(seed=5)
+    x_new, _ = blobs(seed=5, **SIX)
     for name, model in every_model.items():
         before = learners.class_scores(model, x_new)
         path = modelfile.save(tmp_path / f"{name.replace(':', '-')}.skops",
@@ -147,7 +145,7 @@ def test_the_trusted_list_is_exactly_what_featx_saves(every_model):
 
 
 def test_versions_are_recorded_and_a_mismatch_is_a_warning(tmp_path, monkeypatch):
-    x, y = _blobs()
+    x, y = blobs(**SIX)
     model = learners.fit("logreg", x, y, cv=2, quick=True).model
     path = modelfile.save(tmp_path / "m.skops", {"model": model})
     recorded = sio.load(path, trusted=list(FEATX_TYPES))["versions"]

@@ -4,11 +4,10 @@ all training features at once."""
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import blobs, write_synthetic_store
 from realdata import needs_shared, store_of
 from sklearn.linear_model import SGDClassifier
 
@@ -17,54 +16,17 @@ from featx.data.dataset import TEST, TRAIN
 from featx.learn import learners
 from featx.learn.classification import classify
 from featx.learn.learners import StreamingSGD, fit_store, get_learner, store_apply, store_passes
-from featx.store import write as store_write
-from featx.store.blocks import BlockDir
 from featx.store.read import FeatureStore
-from featx.store.write import RowSource, write_store
 
-SPLIT = {"val": 0.0, "test": 0.25, "seed": 42}
-
-
-def write_synthetic_store(path: Path, features: np.ndarray, labels: np.ndarray,
-                          paths: list[str], split: np.ndarray, label_names: list[str],
-                          chunk_rows: int | None = None, backbone: str = "Synthetic",
-                          split_attr: dict | None = None) -> Path:
-    """A complete store holding ``features`` (rows in the order given), written by
-    store.write_store; ``chunk_rows`` sets the HDF5 chunk size in rows."""
-    n, d = features.shape
-    if chunk_rows is not None:
-        old = store_write.CHUNK_BYTES
-        store_write.CHUNK_BYTES = chunk_rows * 4 * d
-    try:
-        blocks = BlockDir(path, "synthetic", rows=n, block_rows=n)
-        blocks.save(0, features.astype(np.float32), np.ones(n, bool), [""] * n)
-        attrs = {"key": f"key-{path.stem}", "settings_key": "s", "dataset": "synthetic",
-                 "split": json.dumps(split_attr or SPLIT), "backbone": backbone,
-                 "weights": "none", "weights_id": "none", "layer": "", "pooling": "avg",
-                 "input_size": 8, "preprocess": "none", "resize": "none",
-                 "feature_shape": [d]}
-        write_store(path, feature_shape=(d,), source=RowSource(),
-                    old=None, blocks=blocks, paths=paths, signatures=[""] * n,
-                    labels=labels, label_names=label_names, split=split, attrs=attrs)
-        blocks.remove()
-    finally:
-        if chunk_rows is not None:
-            store_write.CHUNK_BYTES = old
-    return path
-
-
-def blobs(n: int = 300, d: int = 8, n_classes: int = 3, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % n_classes
-    x = rng.normal(size=(n, d)) + 4 * np.eye(n_classes, d)[y]
-    return x.astype(np.float32), y
+# 300 rows of 3 well separated classes in 8 dimensions (float32, as a store holds them).
+SEPARATED = {"n": 300, "d": 8, "spread": 4.0, "dtype": np.float32}
 
 
 @pytest.fixture()
 def chunked_store(tmp_path):
     """300 rows of 3 separable classes, in class order (as a real store: sorted paths), in
     HDF5 chunks of 16 rows; a quarter of each class is test."""
-    x, y = blobs()
+    x, y = blobs(3, **SEPARATED)
     order = np.argsort(y, kind="stable")
     x, y = x[order], y[order]
     split = np.where(np.arange(len(y)) % 4 == 0, TEST, TRAIN).astype(np.int8)
@@ -176,9 +138,9 @@ def test_classify_with_sgd_alone_never_loads_the_features(chunked_store, monkeyp
 
 
 def test_sgd_on_arrays_matches_the_grid_and_predicts(monkeypatch):
-    x, y = blobs(seed=3)
+    x, y = blobs(3, seed=3, **SEPARATED)
     result = learners.fit("sgd", x, y, cv=2)
-    x_new, y_new = blobs(seed=4)
+    x_new, y_new = blobs(3, seed=4, **SEPARATED)
     assert (result.model.predict(x_new) == y_new).mean() > 0.95
     proba = result.model.predict_proba(x_new)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)

@@ -7,16 +7,15 @@ import json
 
 import numpy as np
 import pytest
-from helpers import result_lines
+from helpers import result_lines, write_synthetic_store
 from PIL import Image
-from test_outofcore import write_synthetic_store
 
 from featx.cli import main
 from featx.core.config import Config, ConfigError
 from featx.data.dataset import TEST, stratified_split
 from featx.data.images import PAD_COLOUR, fit_image
 from featx.learn import modelfile
-from featx.learn.classification import classify, read_splits, resplit
+from featx.learn.classification import classify, fit_and_score, read_splits, resplit
 from featx.learn.learners import normalizer
 from featx.store.read import FeatureStore
 
@@ -41,6 +40,28 @@ def config(tmp_path, out: str, **classify) -> Config:
     return Config.from_dict({"dataset": dict(SPLIT), "out": str(tmp_path / out),
                              "classify": {"classifiers": ["logreg"], "cv": 2, "n_jobs": 1,
                                           **classify}})
+
+
+def test_a_grid_edge_warning_is_said_once_over_the_repeats(tmp_path, monkeypatch, caplog):
+    """The learner warns about its grid's edge after each grid search; over 4 splits the
+    same line is said once (it was said 4 times)."""
+    import logging
+
+    from featx.learn import learners
+
+    calls = []
+
+    def edge(name, *args, **kwargs):
+        calls.append(name)
+        logging.getLogger(learners.__name__).warning("%s: C=1 is the largest value tried", name)
+        return []
+
+    monkeypatch.setattr(learners, "warn_at_edges", edge)
+    store = synthetic(tmp_path, "s", signal=1.0)
+    with caplog.at_level(logging.WARNING, logger="featx"):
+        classify(config(tmp_path, "out", repeats=4), store)
+    said = [r for r in caplog.records if "largest value tried" in r.getMessage()]
+    assert len(calls) == 4 and len(said) == 1
 
 
 def test_repeats_report_mean_and_std_over_seeded_splits(tmp_path):
@@ -174,3 +195,68 @@ def test_two_result_files_are_paired_whatever_their_learners(tmp_path):
     assert row["classifier"] == "logreg vs knn" and row["splits"] == 3
     expected = np.subtract(a["repeats"]["rank1"], b["repeats"]["rank1"]).mean()
     assert row["difference"] == pytest.approx(expected)
+
+
+# --- a repeated run's reports say what each number shows (issue 26, item 3) ------------------
+
+def _saved(folder):
+    json_path = next(folder.rglob("*-logreg.json"))
+    return (json.loads(json_path.read_text()), json_path.with_suffix(".html").read_text(),
+            json_path)
+
+
+def test_a_repeated_report_shows_mean_sd_each_split_and_the_summed_matrix(tmp_path):
+    from featx.report.charts import chart_title, png_bytes, recall_figure
+
+    store = synthetic(tmp_path, "s", signal=1.0)
+    c = config(tmp_path, "out", repeats=5)
+    classify(c, store)
+    saved, page, json_path = _saved(tmp_path / "out")
+    # every split fitted and scored again, here: the matrix is their sum, not split 1's
+    with FeatureStore(store) as s:
+        labels, ok, paths, x = s.labels, s.ok, s.paths, s.features()
+    data = read_splits(c, store)
+    each = [next(fit_and_score(c, resplit(data, c, seed, labels, ok, paths, x)))[2]
+            for seed in [42, 43, 44, 45, 46]]
+    summed = np.sum([r["confusion"] for r in each], axis=0)
+    np.testing.assert_array_equal(saved["confusion"], summed)
+    assert not np.array_equal(saved["confusion"], each[0]["confusion"])
+    assert saved["splits"] == 5
+    assert [(s["seed"], s["rank1"], s["best_params"]) for s in saved["per_split"]] == [
+        (seed, r["rank1"], r["best_params"]) for seed, r in zip(range(42, 47), each)]
+    assert saved["rank1"] == pytest.approx(np.mean([r["rank1"] for r in each]))
+    recall = {name: v["recall"] for name, v in saved["per_class"].items()}
+    assert list(recall.values()) == pytest.approx(np.diag(summed) / summed.sum(axis=1))
+    assert saved["scope"]["rank1"] == "mean ± sd over 5 splits (seeds 42–46)"
+    assert saved["scope"]["confusion"] == "summed over 5 splits (seeds 42–46)"
+    assert saved["scope"]["model"] == "split 1 of 5 (seed 42)"
+    # the page: the headline with its sd and split count, a row per split, the sum labelled
+    sd = np.std([r["rank1"] for r in each], ddof=1)
+    assert f"<b>rank-1 {saved['rank1']:.3f} ± {sd:.3f} over 5 splits</b>" in page
+    for seed, r in zip(range(42, 47), each):
+        assert f"<td class=n>{seed}</td><td class=n>{r['rank1']:.3f}</td>" in page
+    assert "Confusion matrix: summed over 5 splits (seeds 42–46)</h2>" in page
+    assert "Per-class recall: summed over 5 splits (seeds 42–46)</h2>" in page
+    assert "Chosen parameters, split 1 of 5 (seed 42)</th>" in page
+    # the recall chart: bars and the overall line from the same predictions, on one axis
+    fig = recall_figure(saved["per_class"], chart_title(saved), saved["scope"]["per_class"])
+    [ax] = fig.axes
+    bars = sorted(p.get_width() for p in ax.patches)
+    assert bars == pytest.approx(sorted(recall.values()))
+    [line] = ax.lines
+    overall = np.trace(summed) / summed.sum()  # every split has as many test images
+    assert line.get_xdata() == pytest.approx([overall, overall])
+    assert overall == pytest.approx(saved["rank1"]) and bars[0] <= overall <= bars[-1]
+    assert png_bytes(fig) == json_path.with_name(json_path.stem + "-recall.png").read_bytes()
+
+
+def test_one_split_says_which(tmp_path):
+    store = synthetic(tmp_path, "s", signal=1.0)
+    [result] = classify(config(tmp_path, "out"), store)
+    saved, page, _ = _saved(tmp_path / "out")
+    assert saved["splits"] == 1 and saved["scope"]["rank1"] == "one split (seed 42)"
+    assert [s["seed"] for s in saved["per_split"]] == [42]
+    assert saved["per_split"][0]["rank1"] == saved["rank1"]
+    assert "On one split (seed 42): 40 test images." in page
+    assert "Confusion matrix: one split (seed 42)</h2>" in page
+    assert "Each split" not in page and "±" not in page

@@ -8,9 +8,17 @@ import re
 
 import numpy as np
 import pytest
+from helpers import classify_result
 from PIL import Image
 
-from featx.report.metrics import N_EXAMPLES, TOP_PAIRS, confused_pairs, evaluate, rank_k
+from featx.report.metrics import (
+    N_EXAMPLES,
+    TOP_PAIRS,
+    confused_pairs,
+    evaluate,
+    rank_k,
+    repeat_summary,
+)
 from featx.report.results import markdown, summary_line, write_reports
 
 CLASSES3 = np.array([0, 1, 2])
@@ -116,13 +124,7 @@ def test_rank1_agrees_with_the_confusion_matrix():
 
 
 def _result():
-    r = evaluate(Y3, SCORES3, CLASSES3, ["ant", "bee", "cow"])
-    r.update({"pipeline": "tiny", "classifier": "logreg", "dataset": "animals",
-              "store": "/x/y.h5", "key": "abc123", "best_params": {"clf__C": 0.1},
-              "cv_score": 0.625, "fit_seconds": 1.25, "n_train": 12,
-              "backbone": {"backbone": "MobileNetV2", "weights": "none", "layer": "(last conv)",
-                           "pooling": "avg", "input_size": 32}})
-    return r
+    return classify_result(Y3, SCORES3, ["ant", "bee", "cow"])  # helpers.RESULT_FIELDS
 
 
 def test_summary_line():
@@ -331,3 +333,132 @@ def test_html_gallery_shows_the_worst_errors_as_thumbnails(tmp_path, image_file)
     assert "not readable:" in gallery and "and 1 more" in gallery
     assert "predicted <b>&lt;b&gt;x&lt;/b&gt; &amp; &quot;y&quot;</b>" in gallery
     assert "<b>x</b>" not in html_page
+
+
+# --- repeated splits, the recall chart and the settings in words (issue 26) -----------------
+
+# A second split of the same three classes: predicted 2, 1, 2, 0 for true 0, 1, 2, 0.
+Y3B = np.array([0, 1, 2, 0])
+SCORES3B = np.array([[0.1, 0.2, 0.7], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.5, 0.3, 0.2]])
+
+
+def _two_splits():
+    names = ["ant", "bee", "cow"]
+    a = evaluate(Y3, SCORES3, CLASSES3, names, ["a0", "a1", "a2", "a3"])
+    b = evaluate(Y3B, SCORES3B, CLASSES3, names, ["b0", "b1", "b2", "b3"])
+    a.update(best_params={"clf__C": 0.1}, cv_score=0.6)
+    b.update(best_params={"clf__C": 1.0}, cv_score=0.7)
+    return a, b
+
+
+def test_repeat_summary_sums_the_splits_by_hand():
+    a, b = _two_splits()
+    r = repeat_summary([7, 8], [a, b])
+    assert a["confusion"] == [[1, 1, 0], [0, 1, 0], [1, 0, 0]]
+    assert b["confusion"] == [[1, 0, 1], [0, 1, 0], [0, 0, 1]]
+    assert r["confusion"] == [[2, 1, 1], [0, 2, 0], [1, 0, 1]]
+    assert r["rank1"] == pytest.approx(0.625) and r["splits"] == 2
+    assert r["rank1_std"] == pytest.approx(np.std([0.5, 0.75], ddof=1))
+    pc = r["per_class"]
+    assert pc["ant"] == pytest.approx({"precision": 2 / 3, "recall": 0.5, "f1": 4 / 7,
+                                       "support": 4})
+    assert pc["bee"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8,
+                                       "support": 2})
+    assert pc["cow"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5,
+                                       "support": 2})
+    assert [(p["true"], p["predicted"], p["count"], p["examples"])
+            for p in r["confused_pairs"]] == [("ant", "bee", 1, ["a3"]),
+                                              ("ant", "cow", 1, ["b0"]),
+                                              ("cow", "ant", 1, ["a2"])]
+    assert r["per_split"] == [
+        {"split": 1, "seed": 7, "rank1": 0.5, "rank5": None, "n_test": 4,
+         "best_params": {"clf__C": 0.1}, "cv_score": 0.6},
+        {"split": 2, "seed": 8, "rank1": 0.75, "rank5": None, "n_test": 4,
+         "best_params": {"clf__C": 1.0}, "cv_score": 0.7}]
+    assert r["scope"]["rank1"] == "mean ± sd over 2 splits (seeds 7–8)"
+    assert r["scope"]["per_class"] == "summed over 2 splits (seeds 7–8)"
+    assert r["scope"]["best_params"] == r["scope"]["misclassified"] == "split 1 of 2 (seed 7)"
+    json.dumps(r)
+
+
+@pytest.mark.parametrize("summed", [False, True])
+def test_the_recall_line_is_the_overall_rank1_on_the_bars_axis(summed):
+    from featx.report.charts import recall_figure
+
+    a, b = _two_splits()
+    r = repeat_summary([7, 8], [a, b]) if summed else a
+    fig = recall_figure(r["per_class"], "t", "scope")
+    [ax] = fig.axes  # the bars and the line share one axis
+    widths = sorted(p.get_width() for p in ax.patches)
+    assert widths == pytest.approx(sorted(v["recall"] for v in r["per_class"].values()))
+    [line] = ax.lines
+    # rank-1 of one split: 0.5; of the two together: 5 right of 8 (the mean, 0.625)
+    expected = 0.625 if summed else 0.5
+    assert r["rank1"] == pytest.approx(expected)
+    assert line.get_xdata() == pytest.approx([expected, expected])
+    assert f"overall rank-1 {expected:.3f}" in ax.get_title()
+
+
+def test_the_recall_colours_are_explained_on_the_page(tmp_path):
+    from matplotlib.colors import to_hex
+
+    from featx.report.charts import RECALL_BANDS, bar_colour, recall_figure
+
+    (best, good, *_), (low, middle, *_), (_, worst, *_) = RECALL_BANDS
+    assert (best, low) == (0.9, 0.7)
+    assert [bar_colour(x) for x in (1.0, 0.9, 0.899, 0.7, 0.699, 0.0)] == [
+        good, good, middle, middle, worst, worst]
+    r = _result()
+    ax = recall_figure(r["per_class"]).axes[0]
+    assert sorted((p.get_width(), to_hex(p.get_facecolor())) for p in ax.patches) == [
+        (0.0, worst), (0.5, worst), (1.0, good)]
+    page = write_reports(r, tmp_path / "run")["html"].read_text()
+    legend = page.split("<div class=legend>", 1)[1].split("</div>", 1)[0]
+    for _, colour, _, meaning in RECALL_BANDS:
+        assert f"background:{colour}'></span>recall {meaning}</span>" in legend
+    assert "0.90 or more" in legend and "under 0.70" in legend
+    assert "overall rank-1" in legend
+    md = (tmp_path / "run.md").read_text()
+    assert "Bars: blue 0.90 or more; orange 0.70 to under 0.90; red under 0.70" in md
+
+
+SHA = "71e4c0de" + "5a" * 28
+
+
+def test_settings_in_words_and_the_raw_names_below(tmp_path):
+    r = _result()
+    r["backbone"] = {"backbone": "MobileNetV2", "weights": "file", "weights_id": f"sha256:{SHA}",
+                     "layer": "(last conv)", "pooling": "avg", "input_size": 224,
+                     "preprocess": "tf", "resize": "pil-draft+exif+rgb-on-white+bilinear-pad"}
+    r["weights_file"] = "mobilenet_v2.h5"
+    page = write_reports(r, tmp_path / "run")["html"].read_text()
+    words, raw = page.split("<details>", 1)
+    words = words.split("<h2>Settings</h2>", 1)[1]
+    for label, value in [("Backbone", "MobileNetV2"),
+                         ("Weights", "file mobilenet_v2.h5 (sha256 71e4c0de…)"),
+                         ("Layer", "the last convolutional block"),
+                         ("Pooling", "global average"), ("Input size", "224 × 224 pixels"),
+                         ("Pixel scaling", "scaled to [-1, 1]"),
+                         ("Image reading", "long side to the input size, padded to a square; "
+                                           "EXIF rotation applied, transparency on white, "
+                                           "bilinear"),
+                         ("Chosen parameters", "C=0.1")]:
+        assert f"<th>{label}</th><td>{value}</td>" in words, label
+    assert "backbone." not in words and SHA not in words and "pil-draft" not in words
+    raw = raw.split("</details>", 1)[0]
+    assert f"<th>backbone.weights_id</th><td>sha256:{SHA}</td>" in raw
+    assert "<th>backbone.resize</th><td>pil-draft+exif+rgb-on-white+bilinear-pad</td>" in raw
+    assert "<th>best_params</th><td>clf__C=0.1</td>" in raw
+
+
+def test_weights_and_reading_in_words():
+    from featx.report.results import reading, weights_text
+
+    assert weights_text({"weights": "imagenet", "weights_id": "keras-imagenet:x"}) == "imagenet"
+    assert weights_text({"weights": "none", "weights_id": "random:seed=3"}) == "random (seed 3)"
+    assert weights_text({"weights": "file", "weights_id": f"sha256:{SHA}"}) == (
+        "file (sha256 71e4c0de…)")
+    assert reading("pil-draft+exif+rgb-on-white+bilinear-crop").startswith(
+        "short side to the input size, centre cropped")
+    # a reading policy featx does not know is shown as it is, not described wrongly
+    assert reading("pil+other-squash") == "pil+other-squash"

@@ -221,7 +221,7 @@ def test_featx_cache_lists_verifies_and_removes_converted_models(tiny_store, tmp
     assert main(["cache", "ls", "--cache-dir", str(tmp_path)]) == 0
     listed = capsys.readouterr().out
     key = folder.name.rsplit("-", 1)[1]
-    line = next(row for row in listed.splitlines() if row.startswith(key[:16]))
+    line = next(row for row in listed.splitlines() if row.split()[-1] == key)
     assert "openvino model" in line and config.backbone.name in line
     assert "openvino (unfinished)" in listed and "3 entries" in listed
     # the store and the converted model (checked against its checksums), not the leftover
@@ -242,7 +242,7 @@ def test_thread_split_uses_every_core():
     assert (split.cores, split.inference_threads, split.streams, split.decode_parallel) == \
         (6, 6, 1, 6)
     assert runtime.thread_split(0).cores == runtime.usable_cores()
-    assert "OpenVINO 6 inference thread(s)" in split.describe()
+    assert "OpenVINO 6 inference threads" in split.describe()
 
 
 # --- real weights, real images -------------------------------------------------------------

@@ -4,6 +4,7 @@ layers (the end of each stage); the store's record of each layer's columns."""
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import json
 import re
@@ -134,6 +135,7 @@ def test_the_command_prints_the_table_from_the_cache(swept, tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "2 layers from one extraction pass (a cache hit)" in out
+    assert f"the page: {tmp_path / 'sweep.html'}" in out.splitlines()
     for s in result.scores:
         assert f"{s.rank1:.3f}" in next(line for line in out.splitlines()
                                         if line.startswith(s.layer + " "))
@@ -145,6 +147,109 @@ def test_the_python_function(swept, tmp_path):
     again = featx.sweep(config, layers=LAYERS, out=tmp_path)
     assert again.cache_hit and again.store == result.store
     assert [s.rank1 for s in again.scores] == [s.rank1 for s in result.scores]
+
+
+# ----------------------------------------------------------- repeated splits (--repeats R)
+
+@pytest.fixture(scope="module")
+def repeated(swept, tmp_path_factory):
+    """The sweep of ``swept`` on 3 splits (its store: a cache hit)."""
+    config = copy.deepcopy(swept[0])
+    config.classify.repeats = 3
+    return config, sweep(config, LAYERS, out=tmp_path_factory.mktemp("repeated"),
+                         progress=False)
+
+
+def test_repeats_score_each_layer_on_the_splits_of_classify_repeats(swept, repeated, tmp_path):
+    """Each layer's scores on R splits are those featx classify --repeats R gives on a store
+    of that layer alone (the same seeds, the same split function), summed up as classify
+    sums them up; the first split is the store's own, the one a sweep without repeats
+    scores."""
+    _, once, _ = swept
+    config, result = repeated
+    assert result.cache_hit and result.seeds == [42, 43, 44] and result.repeats == 3
+    for score, single in zip(result.scores, once.scores):
+        r1 = score.repeats["rank1"]
+        assert score.repeats["seeds"] == [42, 43, 44] and len(r1) == 3
+        assert score.rank1 == pytest.approx(np.mean(r1))
+        assert score.rank1_std == pytest.approx(np.std(r1, ddof=1))
+        assert r1[0] == single.rank1 and single.rank1_std is None and single.repeats is None
+        assert len(score.repeats["best_params"]) == 3
+    score = result.scores[1]
+    alone = config_for(config, score.layer, tmp_path)
+    (record,) = classify(alone, extract(alone, progress=False).path)
+    assert record["repeats"]["seeds"] == [42, 43, 44]
+    assert record["repeats"]["rank1"] == score.repeats["rank1"]
+    assert len(set(score.repeats["rank1"])) > 1  # the splits differ: the test can fail
+
+
+def test_repeats_show_mean_and_sd_in_the_table_json_chart_and_page(repeated, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from featx.inspect.sweep import sweep_png, table
+
+    _, result = repeated
+    assert "scores: mean ± sd over 3 splits (seeds 42, 43, 44)" in table(result)
+    for s, cells in zip(result.scores, rows(result)):
+        assert cells[5] == f"{s.rank1:.3f} ± {s.rank1_std:.3f}" and cells[6] == "-"
+    folder = result.files[0].parent
+    recorded = json.loads((folder / "sweep.json").read_text())
+    assert recorded["repeats"] == 3 and recorded["seeds"] == [42, 43, 44]
+    assert [row["rank1_std"] for row in recorded["layers"]] == [s.rank1_std
+                                                                 for s in result.scores]
+    assert [row["repeats"]["rank1"] for row in recorded["layers"]] == [
+        s.repeats["rank1"] for s in result.scores]
+    # the chart: each learner's means with error bars of one standard deviation
+    drawn = []
+    original = Axes.errorbar
+
+    def errorbar(self, x, y, yerr=None, **kwargs):
+        drawn.append((list(y), list(yerr)))
+        return original(self, x, y, yerr=yerr, **kwargs)
+
+    monkeypatch.setattr(Axes, "errorbar", errorbar)
+    sweep_png(result)
+    assert drawn == [([s.rank1 for s in result.scores], [s.rank1_std for s in result.scores])]
+    # the page: the chart inlined, the table, and each split's rank-1
+    assert result.page == folder / "sweep.html"
+    page = result.page.read_text()
+    (source,) = re.findall(r"""src=['"]([^'"]*)['"]""", page)
+    assert base64.b64decode(source.split(",", 1)[1]) == (folder / "sweep.png").read_bytes()
+    assert "mean ± sd over 3 splits" in page and "<h2>Rank-1 on each split</h2>" in page
+    assert "<th>seed 42</th><th>seed 43</th><th>seed 44</th>" in page
+    for s in result.scores:
+        assert f"<td class=n>{s.rank1:.3f} ± {s.rank1_std:.3f}</td>" in page
+        assert "".join(f"<td class=n>{r:.3f}</td>" for r in s.repeats["rank1"]) in page
+
+
+def test_one_split_writes_what_it_wrote_before_repeats(swept):
+    _, result, _ = swept
+    assert result.seeds == [] and result.repeats == 1
+    folder = result.files[0].parent
+    recorded = json.loads((folder / "sweep.json").read_text())
+    assert "repeats" not in recorded and "seeds" not in recorded
+    assert list(recorded["layers"][0]) == ["layer", "depth", "shape", "columns", "classifier",
+                                           "rank1", "rank5", "fit_seconds", "best_params",
+                                           "features"]
+    page = (folder / "sweep.html").read_text()
+    assert "±" not in page and "each split" not in page and "mean" not in page
+
+
+def test_the_command_takes_repeats_and_names_the_page(swept, tmp_path, capsys):
+    config, _, _ = swept
+    argv = ["sweep", "--data", config.dataset.root, "--cache-dir", config.cache_dir,
+            "--backbone", "MobileNetV2", "--weights", "none", "--input-size", "32",
+            "--classifiers", "logreg", "--layers", ",".join(LAYERS), "--out", str(tmp_path),
+            "--no-progress", "--set", "classify.n_jobs=1", "--set", "classify.cv=2",
+            "--repeats", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "mean ± sd over 2 splits (seeds 42, 43)" in out
+    for layer in LAYERS:  # its row: rank-1 as mean ± sd
+        assert re.search(r" \d\.\d{3} ± \d\.\d{3} ", next(
+            line for line in out.splitlines() if line.startswith(layer + " ")))
+    assert f"the page: {tmp_path / 'sweep.html'}" in out.splitlines()
+    assert json.loads((tmp_path / "sweep.json").read_text())["seeds"] == [42, 43]
 
 
 def test_default_layers_are_the_stage_ends():

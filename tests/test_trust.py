@@ -14,9 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from helpers import assert_close
-from test_append import _images  # small random PNGs
-from test_bad_inputs import _config  # a tiny random-weight pipeline, batches of 4
+from helpers import assert_close, random_pngs, small_config
 
 from featx.cli import main
 from featx.core.errors import StoreError
@@ -38,7 +36,7 @@ def _features(path: Path) -> dict[str, np.ndarray]:
 
 def _fresh(data: Path, cache_dir: Path) -> dict[str, np.ndarray]:
     """The features of ``data`` extracted from nothing, in a cache of their own."""
-    return _features(extract(_config(data, cache_dir), progress=False).path)
+    return _features(extract(small_config(data, cache_dir), progress=False).path)
 
 
 def _assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
@@ -69,27 +67,28 @@ class Interrupted(Exception):
 def first(tmp_path):
     """12 images and their store: (data folder, config, extraction result)."""
     data = tmp_path / "data"
-    _images(data, _names("a", 12))
-    config = _config(data, tmp_path / "cache")
+    random_pngs(data, _names("a", 12))
+    config = small_config(data, tmp_path / "cache")
     return data, config, extract(config, progress=False)
 
 
 def _copy_with_one_more(data: Path, copy: Path) -> Path:
     """A copy of the dataset with one image more: an update reuses the first store's rows."""
     shutil.copytree(data, copy)
-    _images(copy, ["cat/zz.png"], seed=5)
+    random_pngs(copy, ["cat/zz.png"], seed=5)
     return copy
 
 
 # ------------------------------------------------- 1. resume blocks are bound to their job
+# (BlockDir's own check of the job: tests/test_blocks.py)
 
 def test_resume_blocks_of_an_update_are_not_reused_by_another_job(tmp_path, monkeypatch,
                                                                    capsys):
     data = tmp_path / "data"
-    _images(data, _names("a", 12))
-    config = _config(data, tmp_path / "cache")
+    random_pngs(data, _names("a", 12))
+    config = small_config(data, tmp_path / "cache")
     old = extract(config, progress=False)
-    _images(data, _names("b", 40), seed=1)  # 40 new images: several blocks of 16
+    random_pngs(data, _names("b", 40), seed=1)  # 40 new images: several blocks of 16
     original = store_blocks.BlockDir.save
     saved = []
 
@@ -112,25 +111,16 @@ def test_resume_blocks_of_an_update_are_not_reused_by_another_job(tmp_path, monk
     _assert_same(_features(r.path), _fresh(data, tmp_path / "fresh"))
 
 
-def test_resume_blocks_hold_the_job_they_were_made_for(tmp_path):
-    """Blocks of one job, asked for by another with as many rows: discarded, never used."""
-    store = tmp_path / "x.h5"
-    blocks = store_blocks.BlockDir(store, "key", 8, block_rows=4, job="one")
-    blocks.save(0, np.ones((4, 2), np.float32), np.ones(4, bool), [""] * 4)
-    assert store_blocks.BlockDir(store, "key", 8, block_rows=4, job="one").done() == [0]
-    assert store_blocks.BlockDir(store, "key", 8, block_rows=4, job="two").done() == []
-
-
 # ------------------------------------------- 2. segments are bound to their place in a store
 
 @pytest.fixture
 def segmented(tmp_path):
     """A store updated once: seg-000 (10 images) and seg-001 (10 new ones), equal lengths."""
     data = tmp_path / "data"
-    _images(data, _names("a", 10))
-    config = _config(data, tmp_path / "cache")
+    random_pngs(data, _names("a", 10))
+    config = small_config(data, tmp_path / "cache")
     extract(config, progress=False)
-    _images(data, _names("b", 10), seed=1)
+    random_pngs(data, _names("b", 10), seed=1)
     r = extract(config, progress=False)
     with FeatureStore(r.path) as s:
         assert s.segmented and s.segment_rows == [10, 10]
@@ -202,7 +192,7 @@ def test_an_update_never_copies_a_changed_row(first, tmp_path, capsys):
     with h5py.File(first.path, "r+") as f:  # valid HDF5 and Fletcher-32: other numbers
         f["features"][0] = f["features"][0] * 3 + 1
     copy = _copy_with_one_more(data, tmp_path / "copy")
-    r = extract(_config(copy, config.cache_path), progress=False)
+    r = extract(small_config(copy, config.cache_path), progress=False)
     assert r.extracted == 13, "rows were reused from a store that fails its checksums"
     assert str(first.path) in capsys.readouterr().err
     _assert_same(_features(r.path), _fresh(copy, tmp_path / "fresh"))
@@ -218,7 +208,7 @@ def test_a_damaged_store_of_one_dataset_does_not_block_another(first, tmp_path, 
                      "--no-progress"])
         assert code == 0, capsys.readouterr().err
     assert str(first.path) in capsys.readouterr().err  # the damaged store is named
-    r = extract(_config(copy, config.cache_path), progress=False)
+    r = extract(small_config(copy, config.cache_path), progress=False)
     assert r.cache_hit
     _assert_same(_features(r.path), _fresh(copy, tmp_path / "fresh"))
 

@@ -11,11 +11,13 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from featx.core.errors import ConfigError
+from featx.core.log import plural
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,13 +37,17 @@ SHORTHANDS = {
     # on/off flags: None when absent, so that the pipeline's value stands
     "strict": "extract.strict", "quick": "classify.quick", "consolidate": "extract.consolidate",
     "mlflow": "classify.mlflow", "repeats": "classify.repeats",
+    "name": "classify.run_name",
 }
 
 # The allowed values of the text settings with a fixed set of them. Each field names its own
 # (``one_of`` below, next to the field) and is checked as it is set, so that a typo fails
 # before any image is read; the modules that act on a setting import its tuple from here.
 HASHES = ("stat", "content")
-POOLINGS = ("avg", "max", "flatten", "none")
+# avg | max | flatten | none pool a map (a CNN's, or a transformer's patch tokens laid out as
+# their grid); mean is avg (the transformers' word); cls (the class token) and cls+mean (both
+# side by side) read a KerasHub transformer's tokens (featx/features/hub.py)
+POOLINGS = ("avg", "max", "flatten", "none", "mean", "cls", "cls+mean")
 PRECISIONS = ("float32", "mixed_float16")
 # Who runs the frozen forward pass (featx/features/runtime.py): TensorFlow, OpenVINO (CPU, pip
 # install
@@ -105,18 +111,23 @@ class DatasetConfig:
     name: str = ""  # defaults to the folder (or CSV) name
     val: float = 0.0  # fraction of each class held out for validation
     test: float = 0.25  # fraction of each class held out for the final test
-    seed: int = 42
+    seed: int = 42  # seeds the split (and random weights); classify.repeats counts up from it
     # how an unchanged image is recognised: stat (size, mtime) | content (SHA-256)
     hash: str = one_of("stat", HASHES)
+    # a class left with no test (or validation) image: a warning instead of an error
+    allow_missing_test: bool = False
 
 
 @dataclass
 class BackboneConfig:
+    # the network: a keras.applications model, or hub:<preset> (featx backbones lists them)
     name: str = "MobileNetV2"
     weights: str = "imagenet"  # "imagenet", a path to a weights file, or "none" (random, seeded)
     # empty: the model's last convolutional output; several: "a,b" or a TOML list, each
     # pooled and concatenated in order (featx layers NAME lists them)
     layer: str = ""
+    # how a layer's output becomes one vector (each value: POOLINGS); none keeps the spatial
+    # map (one layer only)
     pooling: str = one_of("avg", POOLINGS)
     input_size: int = within(0, 0)  # 0: the backbone's native size (it checks its own range)
     # float32 | mixed_float16 (float16 compute, float32 weights; for GPUs with tensor cores,
@@ -136,8 +147,8 @@ class BackboneConfig:
 
 @dataclass
 class ExtractConfig:
-    batch_size: int = within(32, 1, 4096)
-    compression: str = one_of("lzf", COMPRESSIONS)
+    batch_size: int = within(32, 1, 4096)  # images per pass through the frozen backbone
+    compression: str = one_of("lzf", COMPRESSIONS)  # the store's HDF5 compression filter
     strict: bool = False  # an unreadable image is an error instead of a recorded skip
     # Variant stores (featx/features/variants.py), each its own cache entry beside the plain one:
     # K > 0: K augmented passes over the training images (own store)
@@ -159,15 +170,16 @@ class ExtractConfig:
 
 @dataclass
 class ClassifyConfig:
+    # the learners fitted and scored, each grid-searched (featx.learn.learners)
     classifiers: list[str] = field(default_factory=lambda: ["logreg", "linear_svm"],
                                    metadata={"one_of": CLASSIFIERS})
     cv: int = within(3, 2)  # folds for the grid search when there is no validation split
     n_jobs: int = -1  # grid-search processes (-1: every core)
-    seed: int = 0
+    seed: int = 0  # the folds' shuffling and the learners' own randomness
     # Where the rows come from: plain | augmented (plain + the augmented passes) | tencrop;
     # validation rows come from the test side.
     train_features: str = one_of("plain", TRAIN_FEATURES)
-    test_features: str = one_of("plain", TEST_FEATURES)
+    test_features: str = one_of("plain", TEST_FEATURES)  # the rows scored: plain | tencrop
     # "balanced": classes weighted by their inverse frequency
     class_weight: str = one_of("", CLASS_WEIGHTS)
     quick: bool = False  # a first look: each learner's reduced grid and 2 folds
@@ -183,6 +195,9 @@ class ClassifyConfig:
     # MLflow logging (featx/learn/tracking.py, pip install featx[mlflow]): "" off, "on" a local
     # store under the cache folder, or a tracking URI
     mlflow: str = ""
+    # a name for the run, recorded in its results (featx runs shows it, --compare takes it);
+    # not a setting: it leaves the run folder's settings hash as it is (featx.core.runinfo)
+    run_name: str = ""
 
 
 @dataclass
@@ -197,13 +212,13 @@ class CombineConfig:
 class FinetuneConfig:
     """``featx finetune``: a new head on the backbone, warmed up, then the top layers trained."""
     warmup_epochs: int = within(30, 0)  # phase 1: the base frozen, only the head trained
-    warmup_optimizer: str = one_of("adam", OPTIMIZERS)
-    warmup_lr: float = 1e-3
+    warmup_optimizer: str = one_of("adam", OPTIMIZERS)  # phase 1's optimizer
+    warmup_lr: float = 1e-3  # phase 1's learning rate
     epochs: int = within(20, 0)  # phase 2: the top `unfreeze` layers trained too (0: no phase 2)
     unfreeze: int = within(38, 0)  # top layers trained in phase 2 (BatchNorm stays frozen)
     lr: float = 1e-4  # phase 2: SGD with momentum 0.9
     dropout: float = 0.2  # before the dense softmax
-    batch_size: int = within(32, 1, 4096)
+    batch_size: int = within(32, 1, 4096)  # images per training step
     patience: int = within(5, 0)  # epochs without a lower validation loss before a phase stops
     augment: bool = True  # train on each training image and its mirror image
     # K > 0: also K random crops of each training image (area 50-100%, aspect 3/4-4/3,
@@ -215,6 +230,7 @@ class FinetuneConfig:
     # epochs each phase kept (no validation rows left to stop on)
     refit: bool = False
     holdout: float = 0.15  # per-class share of training rows for early stopping if dataset.val=0
+    # the head's initial weights, each epoch's row order and dropout masks, the random crops
     seed: int = 0
 
 
@@ -230,6 +246,12 @@ class Config:
     cache_dir: str = ""  # empty: $FEATX_CACHE_DIR, else data/cache
     out: str = ""  # empty: results go beside the feature store
     ray_address: str = ""  # engine = "ray": cluster address; empty: $RAY_ADDRESS or a local one
+
+    def __post_init__(self) -> None:
+        # Which fields were set, and where (a pipeline file, --set, a flag, a keyword): what
+        # the user said, told apart from defaults (featx.features.plan.settle). Not a field:
+        # it is no part of the settings a store or a result records.
+        self.given: dict[str, str] = {}
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
@@ -292,13 +314,14 @@ class Config:
         value = _coerce(value, current, dotted, source)
         _check_value(fields[name], dotted, value, source)
         setattr(target, name, value)
+        self.given[".".join(parts)] = source
 
     def members(self) -> list[Config]:
         """The member pipelines of a [combine] pipeline (featx/learn/combine.py), each with this
         pipeline's dataset, classify section and cache."""
         c = self.combine
         if len(c.pipelines) < 2:
-            raise ConfigError(f"combine.pipelines names {len(c.pipelines)} pipeline(s): "
+            raise ConfigError(f"combine.pipelines names {plural(len(c.pipelines), 'pipeline')}: "
                               "combining needs at least two")
         out = []
         for path in c.pipelines:
@@ -317,6 +340,36 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_toml(self, fields: Iterable[str]) -> str:
+        """The ``fields`` (dotted names, e.g. ``backbone.weights``) as a pipeline file that
+        :meth:`load` reads back to the same values; fields in declaration order."""
+        wanted = set(fields)
+        top, sections = [], []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not dataclasses.is_dataclass(value):
+                if f.name in wanted:
+                    top.append(f"{f.name} = {_toml_value(value)}")
+                continue
+            lines = [f"{g.name} = {_toml_value(getattr(value, g.name))}"
+                     for g in dataclasses.fields(value) if f"{f.name}.{g.name}" in wanted]
+            if lines:
+                sections.append("\n".join([f"[{f.name}]", *lines]))
+        return "\n\n".join(["\n".join(top)] * bool(top) + sections) + "\n"
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the fields set so far (:attr:`given`) as a new pipeline file ``path``
+        (``featx init``); an existing file is left as it is (ConfigError)."""
+        p = Path(path)
+        text = self.to_toml(self.given)
+        try:
+            with p.open("x", encoding="utf-8") as f:
+                f.write(text)
+        except FileExistsError:
+            raise ConfigError(f"{p} exists already: a new pipeline file never replaces one "
+                              "(choose another name, or remove it)") from None
+        return p
 
     @property
     def cache_path(self) -> Path:
@@ -348,6 +401,25 @@ def _check_value(spec: dataclasses.Field, dotted: str, value: Any, source: str) 
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f"at least {low}" if high is None else f"from {low} to {high}"
         raise ConfigError(f"{source}: {dotted} = {value} is out of range ({bounds})")
+
+
+def _toml_value(value: Any) -> str:
+    """A TOML literal of a field's value (bool, int, float, str or a list of them)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # Python's repr of a float is TOML's (inf, nan, 1e-05 included)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    # a basic string: quote, backslash and the control characters TOML forbids, escaped
+    escaped = "".join(f"\\{c}" if c in '"\\' else f"\\u{ord(c):04x}"
+                      if ord(c) < 0x20 or ord(c) == 0x7F else c for c in str(value))
+    try:
+        escaped.encode("utf-8")
+    except UnicodeEncodeError:  # an undecodable file name (surrogate escapes)
+        raise ConfigError(f"{value!r} cannot be written to a pipeline file (not UTF-8)") \
+            from None
+    return f'"{escaped}"'
 
 
 def _plain_name(text: str) -> bool:

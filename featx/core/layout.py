@@ -55,8 +55,10 @@ def safe_name(name: str) -> str:
 
 
 def store_prefix(dataset_name: str, backbone: str, pooling: str) -> str:
-    """What every version of a dataset's store with this backbone and pooling starts with."""
-    return f"{safe_name(dataset_name)}-{backbone}-{pooling}-"
+    """What every version of a dataset's store with this backbone and pooling starts with
+    (each part a plain file name: ``hub:dinov2_small`` and ``cls+mean`` are written
+    ``hub_dinov2_small`` and ``cls_mean``; keras.applications' names are that already)."""
+    return f"{safe_name(dataset_name)}-{safe_name(backbone)}-{safe_name(pooling)}-"
 
 
 def store_path(cache_dir: Path, dataset_name: str, backbone: str, pooling: str,
@@ -219,11 +221,11 @@ CHECKPOINT_SUFFIX = ".ckpt"
 
 
 def finetune_runs_dir(cache_dir: Path, dataset_name: str, backbone: str) -> Path:
-    return Path(cache_dir) / f"{safe_name(dataset_name)}-{backbone}-{FINETUNE}.runs"
+    return Path(cache_dir) / f"{safe_name(dataset_name)}-{safe_name(backbone)}-{FINETUNE}.runs"
 
 
 def checkpoint_path(cache_dir: Path, dataset_name: str, backbone: str, key: str) -> Path:
-    return Path(cache_dir) / f"{safe_name(dataset_name)}-{backbone}-{FINETUNE}-{key}" \
+    return Path(cache_dir) / f"{safe_name(dataset_name)}-{safe_name(backbone)}-{FINETUNE}-{key}" \
         f"{CHECKPOINT_SUFFIX}"
 
 

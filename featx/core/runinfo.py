@@ -24,8 +24,14 @@ DISTRIBUTIONS = {"scikit-learn": ("scikit-learn",), "numpy": ("numpy",), "skops"
                  "tensorflow": ("tensorflow", "tensorflow-cpu"), "h5py": ("h5py",)}
 
 
+# What a run is called (classify.run_name): recorded with its settings, but not one of them.
+NOT_SETTINGS = ("run_name",)
+
+
 def settings_hash(settings: dict[str, Any]) -> str:
-    """8 hex digits naming a set of settings (the same settings, the same digits)."""
+    """8 hex digits naming a set of settings (the same settings, the same digits, whatever
+    the run is called)."""
+    settings = {k: v for k, v in settings.items() if k not in NOT_SETTINGS}
     return short_hash(json.dumps(settings, sort_keys=True, default=str), 8)
 
 

@@ -19,6 +19,7 @@ from joblib import Parallel, delayed
 
 from featx.core.config import DatasetConfig
 from featx.core.errors import DatasetError
+from featx.core.log import plural
 from featx.core.memory import CHUNK, PackedStrings, Strings, Taken
 from featx.data.images import usable_cores
 
@@ -187,13 +188,94 @@ def dataset_root(config: DatasetConfig) -> Path | None:
 
 
 def load_dataset(config: DatasetConfig) -> Dataset:
-    """Read a class-per-folder dataset or a CSV manifest, as the config says."""
+    """Read a class-per-folder dataset or a CSV manifest, as the config says, and refuse one
+    that cannot be split and learned from as asked (:func:`check_classes`): every command
+    reads its dataset here, before any image is extracted."""
     if config.manifest:
-        return _from_csv(Path(config.manifest), Path(config.root) if config.root else None,
-                         config.name)
-    if not config.root:
+        dataset = _from_csv(Path(config.manifest), Path(config.root) if config.root else None,
+                            config.name)
+        where = Path(config.manifest)
+    elif not config.root:
         raise DatasetError("no dataset given: set dataset.root (DATA=... or --data PATH)")
-    return _from_folder(Path(config.root), config.name)
+    else:
+        dataset = _from_folder(Path(config.root), config.name)
+        where = Path(config.root)
+    check_classes(dataset.labels, dataset.label_names, config.val, config.test, where,
+                  allow_missing_test=config.allow_missing_test)
+    return dataset
+
+
+def check_classes(labels: np.ndarray, label_names: Sequence[str], val: float, test: float,
+                  where: str | os.PathLike, allow_missing_test: bool = False) -> None:
+    """Refuse, as one DatasetError line naming the classes and ``where`` (the dataset
+    folder or manifest), labels (int (N,), indices into ``label_names``) that
+    :func:`stratified_split` cannot split into something to learn from and test on: fewer
+    than two classes, a class of fewer than two images, or a class that gets no test image
+    (or, with ``val`` > 0, no validation image; the same for every seed). With
+    ``allow_missing_test`` (``dataset.allow_missing_test``) the last is a warning instead.
+    With ``val`` and ``test`` both 0 nothing is held out and nothing learned from the split:
+    any classes go (the features of one folder, as featx.FeatureExtractor extracts them)."""
+    _check_fractions(val, test)
+    if val == 0 and test == 0:
+        return
+    counts = np.bincount(labels, minlength=len(label_names))
+    if len(label_names) < 2:
+        unsplit = "dataset.test = 0" + (" and dataset.val = 0" if val else "")
+        raise DatasetError(f"{where}: one class ({label_names[0]!r}); classifying needs at "
+                           f"least two (to extract features without a split: {unsplit})")
+    few = np.flatnonzero(counts < 2)
+    if len(few):
+        raise DatasetError(f"{where}: {_classes(few, label_names, counts)} fewer than 2 "
+                           "images; a class needs one to train on and one to hold out: add "
+                           "images or remove the class")
+    sizes = np.array([split_sizes(int(n), val, test) for n in counts])
+    for column, fraction, what, setting in ((0, test, "test", "dataset.test"),
+                                            (1, val, "validation", "dataset.val")):
+        missing = np.flatnonzero(sizes[:, column] == 0) if fraction > 0 else []
+        if not len(missing):
+            continue
+        said = (f"{where}: {_classes(missing, label_names, counts, 'gets', 'get')} no {what} "
+                f"image with {setting} = {fraction}")
+        if not allow_missing_test:
+            raise DatasetError(f"{said}; {_remedy(what, int(counts[missing].min()), val, test)}"
+                               ", or set dataset.allow_missing_test = true to go on without")
+        log.warning("%s (dataset.allow_missing_test = true): %s", said,
+                    "its images are only trained on" if column == 0 else
+                    "the grid search is scored without it")
+
+
+def _classes(which: np.ndarray, label_names: Sequence[str], counts: np.ndarray,
+             one: str = "has", many: str = "have", shown: int = 5) -> str:
+    """'class 'b' (1 image) has' or 'classes 'a' (1 image), 'b' (1 image) have' (the first
+    ``shown`` of them, and how many more)."""
+    listed = ", ".join(f"{label_names[c]!r} ({plural(int(counts[c]), 'image')})"
+                       for c in which[:shown])
+    more = f" and {len(which) - shown} more" if len(which) > shown else ""
+    if len(which) == 1:
+        return f"class {listed} {one}"
+    return f"classes {listed}{more} {many}"
+
+
+def _remedy(what: str, smallest: int, val: float, test: float) -> str:
+    """What gives a class of ``smallest`` images an image of the split ``what``."""
+    said = f"add images (with these fractions a class needs at least {_needed(val, test)})"
+    if what == "test" and smallest >= 3:  # one to test, two left (train and cross-validate)
+        # round() halves to even: a share of exactly half an image rounds to none
+        said += f", raise dataset.test above {0.5 / smallest:.3g}"
+    elif what == "validation":
+        said += ", set dataset.val = 0 (the grid search then cross-validates on the " \
+            "training images)"
+    return said
+
+
+def _needed(val: float, test: float) -> int:
+    """The smallest class that gets a test image and, with ``val`` > 0, a validation image."""
+    n = max(2, int(0.5 / max(val, test)))  # below this not even the larger share rounds to 1
+    while True:
+        n_test, n_val = split_sizes(n, val, test)
+        if (n_test or not test) and (n_val or not val):
+            return n
+        n += 1
 
 
 def _from_folder(root: Path, name: str) -> Dataset:
@@ -309,8 +391,9 @@ def _from_csv(manifest: Path, root: Path | None, name: str) -> Dataset:
     if not rows:
         raise DatasetError(f"{manifest}: no rows")
     if repeated:
-        log.warning("%s: %d row(s) repeat an earlier row with the same label; each image is "
-                    "used once", manifest, repeated)
+        verb = "repeats" if repeated == 1 else "repeat"
+        log.warning("%s: %s %s an earlier row with the same label; each image is used once",
+                    manifest, plural(repeated, "row"), verb)
     paths = sorted(rows)
     label_names = sorted({label for label, _ in rows.values()})
     index = {n: i for i, n in enumerate(label_names)}
@@ -325,17 +408,27 @@ def stratified_split(labels: np.ndarray, val: float, test: float, seed: int) -> 
     Every class keeps at least one training image; rounding is per class so that small
     classes are split in the same proportions as large ones.
     """
-    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
-        raise DatasetError(f"split fractions val={val}, test={test} must be in [0, 1) "
-                           "and leave some data for training")
+    _check_fractions(val, test)
     rng = np.random.default_rng(seed)
     split = np.full(len(labels), TRAIN, np.int8)
     for cls in np.unique(labels):
         rows = np.flatnonzero(labels == cls)
         rows = rows[rng.permutation(len(rows))]
-        n_test = int(round(test * len(rows)))
-        n_val = int(round(val * len(rows)))
-        n_test, n_val = min(n_test, len(rows) - 1), min(n_val, max(len(rows) - 1 - n_test, 0))
+        n_test, n_val = split_sizes(len(rows), val, test)
         split[rows[:n_test]] = TEST
         split[rows[n_test:n_test + n_val]] = VAL
     return split
+
+
+def _check_fractions(val: float, test: float) -> None:
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise DatasetError(f"split fractions val={val}, test={test} must be in [0, 1) "
+                           "and leave some data for training")
+
+
+def split_sizes(n: int, val: float, test: float) -> tuple[int, int]:
+    """How many of a class's ``n`` images :func:`stratified_split` holds out: (test,
+    validation), each its fraction of ``n`` rounded (half to even, as ``round``), one image
+    always left to train on. The same for every seed."""
+    n_test, n_val = int(round(test * n)), int(round(val * n))
+    return min(n_test, n - 1), min(n_val, max(n - 1 - n_test, 0))

@@ -1,5 +1,7 @@
 """Backbones: a registry over ``keras.applications``, each entry carrying its own input size
-and preprocessing, built frozen as a feature extractor (layer + pooling)."""
+and preprocessing, built frozen as a feature extractor (layer + pooling); ``hub:<preset>``
+names a KerasHub backbone instead (featx/features/hub.py, imported only for those names).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import numpy as np
 from featx.core.config import POOLINGS, PRECISIONS, BackboneConfig, cache_path
 from featx.core.errors import BackboneError
 from featx.core.log import import_tensorflow
-from featx.features.runtime import check_runtime, resolve_runtime
+from featx.features.hub import HubModel, is_hub, parse_name
+from featx.features.runtime import check_runtime, or_tensorflow, resolve_runtime
 
 BLOCK_ENDS = r"_(add|out)$"  # MobileNetV2 block_N_add, ResNet convN_blockM_out, EfficientNet
 
@@ -77,16 +80,23 @@ MIN_INPUT_SIZE = {"inception_v3": 75, "xception": 71, "inception_resnet_v2": 75}
 # Past this the activations of one batch outgrow memory (an input of 100,000 pixels was
 # killed at 22 GB here), and ImageNet CNNs were trained at 224-600 pixels.
 MAX_INPUT_SIZE = 1024
-
+# What a CNN's map takes ("mean" is "avg": the word transformers use for the same average).
+MAP_POOLINGS = ("avg", "mean", "max", "flatten", "none")
 
 
 def get_spec(name: str) -> BackboneSpec:
+    """The registry entry of ``name``; for ``hub:<preset or folder>``, a spec carrying the
+    name as given (no file is read: the preset's size is known once a Backbone reads it)."""
+    if is_hub(name):
+        parse_name(name)  # an unknown preset or a missing folder: one line now
+        return BackboneSpec(name.strip(), "keras_hub", 0, "hub")
     if name in REGISTRY:
         return REGISTRY[name]
     folded = {k.lower(): v for k, v in REGISTRY.items()}
     if name.lower() in folded:
         return folded[name.lower()]
-    raise BackboneError(f"unknown backbone {name!r}; valid names: {', '.join(REGISTRY)}")
+    raise BackboneError(f"unknown backbone {name!r}; valid names: {', '.join(REGISTRY)}, "
+                        "or hub:<preset> (KerasHub: featx backbones lists them)")
 
 
 def keras_home() -> Path:
@@ -115,23 +125,37 @@ class Backbone:
     ``input_size``, to float32 features: preprocessing is part of the backbone, not the caller.
     ``batched`` runs it with the runtime ``config.runtime`` names (featx/features/runtime.py); an
     OpenVINO model converted from it is kept under ``cache_dir`` (default: featx's cache
-    folder, $FEATX_CACHE_DIR or data/cache).
+    folder, $FEATX_CACHE_DIR or data/cache). A ``hub:`` name is a KerasHub backbone: then
+    ``hub`` (featx.features.hub.HubModel) holds what differs, else it is None.
     """
 
     def __init__(self, config: BackboneConfig, seed: int = 0,
                  cache_dir: str | os.PathLike | None = None) -> None:
         self.config = config
         self.cache_dir = Path(cache_dir) if cache_dir else cache_path()
-        self.spec = get_spec(config.name)
+        self.seed = seed
         if config.pooling not in POOLINGS:
             raise BackboneError(f"unknown pooling {config.pooling!r}; valid: {', '.join(POOLINGS)}")
         if config.precision not in PRECISIONS:
             raise BackboneError(f"unknown precision {config.precision!r}; "
                                 f"valid: {', '.join(PRECISIONS)}")
         check_runtime(config.runtime, config.precision)
+        self.hub = HubModel(config, seed) if is_hub(config.name) else None
+        if self.hub is not None:
+            self.spec = BackboneSpec(self.hub.label, "keras_hub", self.hub.files.native_size,
+                                     "hub")
+            self.hub.check_pooling(config.pooling)
+        else:
+            self.spec = get_spec(config.name)
+            if config.pooling not in MAP_POOLINGS:
+                raise BackboneError(f"pooling {config.pooling!r} reads a transformer's class "
+                                    f"token: {self.spec.name} is a CNN "
+                                    f"({', '.join(MAP_POOLINGS)})")
         self.input_size = config.input_size or self.spec.input_size
         low = MIN_INPUT_SIZE.get(self.spec.module, 32)
-        if not low <= self.input_size <= MAX_INPUT_SIZE:
+        if self.hub is not None:
+            self.hub.check_size(self.input_size, MAX_INPUT_SIZE)
+        elif not low <= self.input_size <= MAX_INPUT_SIZE:
             raise BackboneError(f"backbone.input_size = {self.input_size}: {self.spec.name} "
                                 f"takes {low} to {MAX_INPUT_SIZE} pixels")
         self.layers = parse_layers(config.layer)
@@ -139,23 +163,30 @@ class Backbone:
             raise BackboneError(f"backbone.layer names {len(self.layers)} layers: their maps "
                                 "differ in size, so pooling \"none\" cannot join them; use "
                                 "avg, max or flatten")
-        self.seed = seed
         self.weights_path: Path | None = None
         weights = config.weights.strip()
-        if weights.lower() not in ("imagenet", "none", ""):
+        if self.hub is not None:
+            self.hub.check_layers(self.layers, config.pooling)
+            self.weights_path = self.hub.weights_path
+        elif weights.lower() not in ("imagenet", "none", ""):
             self.weights_path = Path(weights).expanduser()
             if not self.weights_path.is_file():
                 raise BackboneError(f"weights file not found: {self.weights_path}")
 
     @property
     def weights_kind(self) -> str:
+        if self.hub is not None:
+            return self.hub.weights_kind
         if self.weights_path:
             return "file"
         return "imagenet" if self.config.weights.lower() == "imagenet" else "none"
 
     @cached_property
     def weights_id(self) -> str:
-        """What identifies the numbers the weights give: a content hash for a file."""
+        """What identifies the numbers the weights give: a content hash for a file (for a
+        KerasHub preset: of its config, image converter and weight files)."""
+        if self.hub is not None:
+            return self.hub.weights_id()
         if self.weights_path:
             return f"sha256:{_file_sha256(self.weights_path)}"
         if self.weights_kind == "imagenet":
@@ -178,6 +209,8 @@ class Backbone:
             described["precision"] = self.config.precision
         if self.config.flip:
             described["flip"] = "mean of the image and its mirror"
+        if self.hub is not None:
+            described.update(self.hub.describe(self.layers))
         return described
 
     @property
@@ -192,6 +225,8 @@ class Backbone:
         import_tensorflow()
         import keras
 
+        if self.hub is not None:
+            return self.hub.base()
         app = getattr(keras.applications, self.spec.name)
         shape = (self.input_size, self.input_size, 3)
         if self.weights_kind == "none":
@@ -224,21 +259,36 @@ class Backbone:
                     f"{self.spec.name} has no layer {name!r}; "
                     f"its last layers are: {', '.join(names[-12:])} "
                     f"(all {len(names)}: featx layers {self.spec.name})")
-        outputs = [base.get_layer(name).output for name in self.layers] or [base.output]
-        pooled = []
-        for output in outputs:
-            if len(output.shape) == 4:
-                pool = {"avg": keras.layers.GlobalAveragePooling2D(),
-                        "max": keras.layers.GlobalMaxPooling2D(),
-                        "flatten": keras.layers.Flatten()}.get(self.config.pooling)
-                if pool is not None:
-                    output = pool(output)
-            pooled.append(output)
+        names = self.layers or [base.layers[-1].name]
+        pooled = [self._pool(base.get_layer(name).output, name) for name in names]
         # Several layers: each pooled, then joined in the order given.
         output = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate()(pooled)
-        model = keras.Model(base.input, output, name=f"featx_{self.spec.name}")
+        # a name scope in TensorFlow's graphs: no ":" (hub:...)
+        model = keras.Model(base.input, output,
+                            name="featx_" + re.sub(r"[^A-Za-z0-9_.]", "_", self.spec.name))
         model.trainable = False
         return model
+
+    def _pool(self, output: Any, name: str) -> Any:
+        """Layer ``name``'s output pooled as ``backbone.pooling`` says (a map: 4-D; a
+        transformer's tokens: 3-D, featx.features.hub.HubModel.pool)."""
+        import keras
+
+        if self.hub is not None and len(output.shape) == 3:
+            return self.hub.pool(output, name)
+        if len(output.shape) != 4:
+            return output
+        pool = {"avg": keras.layers.GlobalAveragePooling2D,
+                "mean": keras.layers.GlobalAveragePooling2D,
+                "max": keras.layers.GlobalMaxPooling2D,
+                "flatten": keras.layers.Flatten}.get(self.config.pooling)
+        return output if pool is None else pool()(output)
+
+    def _width(self, name: str, shape: tuple[int, ...]) -> int:
+        """The columns that layer ``name`` (output ``shape``, no batch) takes, pooled."""
+        if len(shape) == 3 and self.config.pooling in ("avg", "mean", "max"):
+            return shape[-1]
+        return int(np.prod(shape))
 
     def _weights_error(self, error: Exception) -> Exception:
         if self.weights_kind != "imagenet":
@@ -258,11 +308,12 @@ class Backbone:
         column), in the order of ``backbone.layer`` (the last layer's name for ""). The
         columns of several layers are their pooled outputs side by side; pooling "none"
         reads one layer, all of its (h, w, c) values flattened."""
+        if self.hub is not None and self.hub.files.transformer:
+            return self.hub.columns(self.layers)
         out, start = [], 0
         for name in self.layers or [self.base.layers[-1].name]:
             shape = tuple(int(d) for d in self.base.get_layer(name).output.shape[1:])
-            width = shape[-1] if len(shape) == 3 and self.config.pooling in ("avg", "max") \
-                else int(np.prod(shape))
+            width = self._width(name, shape)
             out.append((name, start, start + width))
             start += width
         return out
@@ -279,10 +330,21 @@ class Backbone:
         """The layer that ends each stage of the base, shallow to deep, and the last layer:
         the default layers of ``featx sweep``. A stage is a run of block outputs (layers
         named as ``spec.blocks`` says, e.g. MobileNetV2's ``block_N_add``) of one width; its
-        last block ends it. Without such names: the last layer at each spatial size."""
+        last block ends it. Without such names: the last layer at each spatial size. A
+        KerasHub transformer: about 12 evenly spaced blocks and ``final``."""
+        if self.hub is not None and self.hub.files.transformer:
+            return self.hub.stage_ends()
         return stage_ends([(layer.name, tuple(layer.output.shape[1:]),
                             type(layer).__name__) for layer in self.base.layers[1:]],
                           self.spec.blocks)
+
+    def listed_layers(self) -> list[tuple[str, tuple]]:
+        """(name, output shape without the batch) of each layer ``backbone.layer`` can name,
+        in order (``featx layers``; a transformer's blocks: from its config, nothing built)."""
+        if self.hub is not None and self.hub.files.transformer:
+            return self.hub.listed_layers()
+        return [(layer.name, tuple(layer.output.shape[1:])) for layer in self.base.layers
+                if hasattr(layer, "output")]
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -293,6 +355,8 @@ class Backbone:
         tf = import_tensorflow()
         import keras
 
+        if self.hub is not None:
+            return self.hub.preprocess(images)
         x = tf.cast(images, tf.float32)
         if self.spec.preprocess == "none":
             return x
@@ -344,13 +408,14 @@ class Backbone:
         ``batch_size`` images with zeros to the one traced shape, trims the output back to
         the batch and zeroes the rows of unreadable images (``ok`` False). It runs on
         ``self.runtime``."""
+        forward = None
         if self.runtime == "openvino":
-            forward = self.openvino(batch_size)
-        else:
+            forward = or_tensorflow(lambda: self.openvino(batch_size), self.spec.name)
+            if forward is None:
+                self.runtime = "tensorflow"  # what runs it, for the records
+        if forward is None:
             compiled = self.compiled(batch_size)
-
-            def forward(images):
-                return compiled(images).numpy()
+            forward = lambda images: compiled(images).numpy()  # noqa: E731
 
         def run(images: np.ndarray, ok: np.ndarray) -> np.ndarray:
             n = len(images)
@@ -386,11 +451,11 @@ def parse_layers(layer: str) -> list[str]:
 
 
 def list_layers(name: str, input_size: int = 0) -> list[tuple[str, tuple]]:
-    """(layer name, output shape) of a backbone's convolutional base, random weights."""
+    """(layer name, output shape) of a backbone's layers (a CNN's convolutional base, a
+    transformer's blocks), random weights."""
     backbone = Backbone(BackboneConfig(name=name, weights="none", pooling="none",
                                        input_size=input_size))
-    return [(layer.name, tuple(layer.output.shape[1:])) for layer in backbone.base.layers
-            if hasattr(layer, "output")]
+    return backbone.listed_layers()
 
 
 def stage_ends(layers: list[tuple[str, tuple, str]], blocks: str = BLOCK_ENDS) -> list[str]:

@@ -40,6 +40,7 @@ from featx.core.config import Config, ConfigError
 from featx.core.errors import ExtractError
 from featx.core.files import short_hash
 from featx.core.layout import shard_dir, shard_file
+from featx.core.log import plural
 from featx.core.progress import bar as progress_bar
 from featx.core.rayutil import connected
 from featx.features.plan import ExtractResult, Plan, store_attrs, store_columns
@@ -233,7 +234,8 @@ def _extract_with_retries(config: Config, p: Plan, shards: ShardDir,
     row i is image i), running again those a failed run left; return the rows extracted."""
     done = shards.done()
     if done:
-        log.info("resuming: %d of %d shards already extracted", len(done), shards.n_shards)
+        log.info("resuming: %d of %s already extracted", len(done),
+                 plural(shards.n_shards, "shard"))
     extracted = 0
     with connected(config.ray_address) as ray:
         for attempt in range(1, ATTEMPTS + 1):
@@ -246,10 +248,11 @@ def _extract_with_retries(config: Config, p: Plan, shards: ShardDir,
             except Exception as e:  # a lost node surfaces as one of many Ray error types
                 if isinstance(e, ExtractError) or attempt == ATTEMPTS:
                     raise ExtractError(f"ray extraction failed ({len(shards.done())} of "
-                                       f"{shards.n_shards} shards kept for a resume): "
+                                       f"{plural(shards.n_shards, 'shard')} kept for a "
+                                       f"resume): "
                                        f"{type(e).__name__}: {e}") from e
-                log.warning("ray run failed (%s: %s); retrying %d unfinished shard(s)",
-                            type(e).__name__, str(e)[:300], len(shards.todo()))
+                log.warning("ray run failed (%s: %s); retrying %s", type(e).__name__,
+                            str(e)[:300], plural(len(shards.todo()), "unfinished shard"))
     return extracted
 
 

@@ -20,12 +20,13 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from featx.core.config import Config
-from featx.core.errors import DamagedStoreError, ExtractError, StoreError
+from featx.core.errors import DamagedStoreError, ExtractError, FeatxError, StoreError
 from featx.core.files import short_hash
 from featx.core.layout import (
     belongings,
     lock_path,
 )
+from featx.core.log import plural
 from featx.core.memory import release_freed_memory
 from featx.core.progress import bar as progress_bar
 from featx.data.dataset import Dataset
@@ -36,8 +37,10 @@ from featx.features.plan import (
     Plan,
     _candidates,
     _split_attr,
+    job_about,
     match_rows,
     plan,
+    same_dataset,
     store_columns,
 )
 from featx.features.variants import PLAIN, Variant
@@ -84,8 +87,7 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
             # the previous version of this very dataset (folder and name: two manifests in
             # one folder are two datasets), replaced below; any other store stays as it is
             superseded = old.path if old is not None and old.path != p.path and \
-                old.file.attrs.get("root") == str(p.dataset.root) and \
-                old.file.attrs.get("dataset") == p.dataset.name else None
+                same_dataset(old.attrs, config, p) else None
             # the previous duplicates are reused where the old store's rows are its images
             before = (old.paths, old.signatures, old.duplicate_rows, p.match(old)) \
                 if old is not None and old.has_duplicates and p.one_row_per_image and \
@@ -111,6 +113,8 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
                 result = run(config, p, p.split, None, progress)
             write_duplicates(p.path, pairs)
             result.duplicate_rows, result.row_paths = pairs, p.row_paths
+            if superseded is None:  # rows of another dataset's store (or none) not taken:
+                result.dropped = 0  # no image of this dataset was dropped
             if superseded is not None:  # the previous version of this very folder's store
                 for path in belongings(superseded):
                     _delete(path)
@@ -122,7 +126,7 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
 def _finish(result: ExtractResult, config: Config, p: Plan) -> ExtractResult:
     if result.skipped and config.extract.strict:
         listing = "\n".join(f"  {path}: {reason}" for path, reason in result.skipped[:20])
-        raise ExtractError(f"{len(result.skipped)} unreadable image(s) under "
+        raise ExtractError(f"{plural(len(result.skipped), 'unreadable image')} under "
                            f"{p.dataset.root} (--strict):\n{listing}")
     return result
 
@@ -372,19 +376,25 @@ def _run(config: Config, p: Plan, split: np.ndarray, old: FeatureStore | None,
     # content key names the images of every row, so this binds the blocks to their job
     job = "all" if old_row is None else \
         short_hash(np.flatnonzero(old_row < 0).astype("<i8").tobytes())
-    blocks = BlockDir(p.path, p.key, len(todo_images), block_rows=block_rows, job=job)
+    blocks = BlockDir(p.path, p.key, len(todo_images), block_rows=block_rows, job=job,
+                      about=job_about(config, p))
     done = set(blocks.done())
     remaining = [b for b in range(blocks.n_blocks) if b not in done]
     if done:
-        log.info("resuming: %d of %d blocks already extracted", len(done), blocks.n_blocks)
+        log.info("resuming: %d of %s already extracted", len(done),
+                 plural(blocks.n_blocks, "block"))
     t0 = time.perf_counter()
     extracted, rate, device = 0, 0.0, ""
     if remaining:
         from featx.features.backbones import compute_device
 
         device = compute_device()
-        extracted, rate = _extract_blocks(config, dataset, backbone, todo_images, blocks,
-                                          remaining, progress, variant=variant)
+        try:
+            extracted, rate = _extract_blocks(config, dataset, backbone, todo_images, blocks,
+                                              remaining, progress, variant=variant)
+        except FeatxError as e:  # weights that cannot be had, --strict and a bad image: a
+            blocks.stop(str(e))  # resume meets them again, so the folder says so (find_store)
+            raise
     del todo_images
     seconds = time.perf_counter() - t0
     feature_shape = _feature_shape(blocks, old, backbone)

@@ -2,32 +2,45 @@
 
 ``plan`` reads the dataset (a walk and a stat per image, or a hash with
 ``dataset.hash = "content"``) and names the store by its content key (featx/core/layout.py);
-``find_store`` is what every command that reads a store calls, and says what changed when
-no store holds the data as it is now. Both engines (featx.features.extraction,
-featx.features.distributed)
-build on it, so neither imports the other's internals.
+``find_store`` is what every command that reads a store calls: given only the data, it reads
+the one store of it (``settle``: the settings given to ``featx extract`` are said once), and
+it says what differs (a setting and its flag, what stopped an unfinished extraction, what
+changed in the data) when no store holds the data as it is now. Both engines
+(featx.features.extraction, featx.features.distributed) build on it, so neither imports the
+other's internals.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
 from featx.core.config import Config
-from featx.core.errors import StoreError
+from featx.core.errors import FeatxError, StoreError
 from featx.core.layout import STORE_SUFFIX, partial_dirs, store_files, store_path
+from featx.core.log import plural
 from featx.core.memory import PackedStrings, Strings
 from featx.data.dataset import TRAIN, Dataset, load_dataset, manifest_digest, stratified_split
 from featx.data.images import READ_POLICY
 from featx.features.backbones import Backbone
 from featx.features.variants import PLAIN, Variant, get_variant
-from featx.store.keys import library_versions, store_key
+from featx.store.blocks import job_record
+from featx.store.cache import describe_store, recorded_pipeline, store_settings
+from featx.store.cache import find as find_entry
+from featx.store.keys import as_text, library_versions, store_key
 from featx.store.read import FeatureStore, row_pairs_to_paths
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,7 +51,9 @@ class ExtractResult:
     rows: int
     extracted: int = 0  # rows computed by this run (0 on a cache hit)
     reused: int = 0  # rows taken from an earlier store or earlier finished blocks
-    dropped: int = 0  # rows of the earlier store whose image is gone or changed
+    # rows of this dataset's previous store whose image is gone or changed (0 where rows
+    # were reused from another dataset's store: that store stays as it is)
+    dropped: int = 0
     seconds: float = 0.0  # wall time of the whole run, model building included
     images_per_second: float = 0.0  # steady state: after the first batch (graph tracing)
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -125,24 +140,41 @@ class Plan:
         return np.tile(np.arange(per), len(self.row_image) // per)
 
 
-def _settings(config: Config, variant: str = "plain"
-              ) -> tuple[Dataset, Backbone, Variant, dict]:
-    """The dataset, backbone, variant and settings (with their ``settings_key``) of a config."""
+@dataclass
+class DataNow:
+    """A dataset as it is now: its listing, each image's signature and their digest."""
+    dataset: Dataset
+    signatures: Strings
+    manifest: str  # featx.data.dataset.manifest_digest
+
+
+def data_now(config: Config) -> DataNow:
+    """Read ``config``'s dataset as it is now (a walk and a stat per image, or a hash with
+    ``dataset.hash = "content"``)."""
+    dataset = load_dataset(config.dataset)
+    signatures = dataset.signatures(content=config.dataset.hash == "content", listed=True)
+    return DataNow(dataset, signatures, manifest_digest(dataset, signatures))
+
+
+def _settings(config: Config, variant: str = "plain", now: DataNow | None = None
+              ) -> tuple[DataNow, Backbone, Variant, dict]:
+    """The dataset, backbone, variant and settings (with their ``settings_key``) of a config
+    (``now``: its dataset, already read)."""
     backbone = Backbone(config.backbone, seed=config.dataset.seed,  # settings before images
                         cache_dir=config.cache_path)
     v = get_variant(config, variant)
-    dataset = load_dataset(config.dataset)
+    now = data_now(config) if now is None else now
     settings = feature_settings(backbone, v)
-    return dataset, backbone, v, {**settings, "settings_key": store_key(settings)}
+    return now, backbone, v, {**settings, "settings_key": store_key(settings)}
 
 
-def plan(config: Config, variant: str = "plain") -> Plan:
-    """Read the dataset and work out which store this config needs (no model work);
-    ``variant`` names a variant store (featx/features/variants.py) instead of the plain one. The
-    store is named by its content key (featx/core/layout.py): what it holds, not where from."""
-    dataset, backbone, v, settings = _settings(config, variant)
-    signatures = dataset.signatures(content=config.dataset.hash == "content", listed=True)
-    manifest = manifest_digest(dataset, signatures)
+def plan(config: Config, variant: str = "plain", now: DataNow | None = None) -> Plan:
+    """Read the dataset (unless ``now`` holds it, read for this config) and work out which
+    store this config needs (no model work); ``variant`` names a variant store
+    (featx/features/variants.py) instead of the plain one. The store is named by its content
+    key (featx/core/layout.py): what it holds, not where from."""
+    now, backbone, v, settings = _settings(config, variant, now)
+    dataset, signatures, manifest = now.dataset, now.signatures, now.manifest
     content = {"settings": settings["settings_key"], "manifest": manifest,
                "hash": config.dataset.hash}
     split = stratified_split(dataset.labels, config.dataset.val, config.dataset.test,
@@ -168,14 +200,297 @@ def locate_store(config: Config) -> Path:
 
 def find_store(config: Config, variant: str = "plain") -> Plan:
     """The plan of the store that holds the data named by ``config`` as it is now, for the
-    commands that read stores; a StoreError saying what changed when there is none."""
-    p = plan(config, variant)
+    commands that read stores. With no store setting given, that of the one store of this
+    data (:func:`settle`); else the store of exactly the settings given (defaults for the
+    rest) where there is one, or else the one store of this data with the settings given,
+    the others taken from it (logged: "using the store ..."). A StoreError when there is
+    none, saying why: several stores to choose from, an unfinished extraction (and what
+    stopped it), a store of the same data with other settings (each that differs and how to
+    change it), or what changed in the data."""
+    given = settings_given(config)
+    config, now = _settle(config)
+    p = plan(config, variant, now)
     if p.path.is_file():
         return p
-    if partial_dirs(p.path.parent, p.path):
+    partial = partial_dirs(p.path.parent, p.path)
+    if given and not config.combine.pipelines:  # defaults are no one's words: a complete
+        now = DataNow(p.dataset, p.signatures, p.manifest)  # store of what was said first
+        filled = _fill(config, now)
+        if filled is not None:
+            config, p = filled, plan(filled, variant, now)
+            if p.path.is_file():
+                return p
+            partial = partial_dirs(p.path.parent, p.path)
+    where = f"{p.dataset.root} (dataset {p.dataset.name!r})"
+    other = _nearest(config, p)
+    if partial:
+        stopped = job_record(partial[0]).get("stopped")
+        why = (f"it stopped on: {stopped}; `featx extract` stops there again until that is "
+               "fixed") if stopped else "run `featx extract` to resume it"
         raise StoreError(f"the extraction of {p.dataset.root} into {p.path} is unfinished: "
-                         "run `featx extract` to resume it")
-    raise StoreError(mismatch(p.dataset, p.signatures, _candidates(p), p.path.parent))
+                         f"{why}" + (f"; {other}" if other else ""))
+    if other:
+        raise StoreError(f"no feature store for {where} with these settings in "
+                         f"{p.path.parent}; {other}")
+    raise StoreError(mismatch(p.dataset, p.signatures, _candidates(p), p.path.parent)
+                     + _unfinished_elsewhere(p))
+
+
+# The config fields that choose a store's features, each with its label in
+# featx.store.cache.store_settings and the flag that sets it ("": a pipeline field or --set).
+STORE_FIELDS = {
+    "backbone.name": ("backbone", "--backbone"),
+    "backbone.weights": ("weights", "--weights"),
+    "backbone.layer": ("layer", "--layer"),
+    "backbone.pooling": ("pooling", "--pooling"),
+    "backbone.input_size": ("input size", "--input-size"),
+    "backbone.resize": ("resize", ""),
+    "backbone.precision": ("precision", ""),
+    "backbone.flip": ("flip", ""),
+}
+# The settings (featx.features.backbones.Backbone.describe, feature_settings) of each field.
+_FIELD_OF = {"backbone": "backbone.name", "weights": "backbone.weights",
+             "weights_id": "backbone.weights", "layer": "backbone.layer",
+             "pooling": "backbone.pooling", "input_size": "backbone.input_size",
+             "resize": "backbone.resize", "precision": "backbone.precision",
+             "flip": "backbone.flip"}
+
+
+def given_fields(config: Config, ignore: Sequence[str] = ()) -> list[str]:
+    """The store settings (STORE_FIELDS but ``ignore``) that ``config`` names: set by a
+    pipeline file, a flag, ``--set`` or a keyword (``Config.given``), or set otherwise to
+    anything but the default."""
+    default = Config()
+    return [dotted for dotted in STORE_FIELDS if dotted not in ignore and
+            (dotted in config.given or _field(config, dotted) != _field(default, dotted))]
+
+
+def settings_given(config: Config, ignore: Sequence[str] = ()) -> bool:
+    """Whether ``config`` names any store setting (:func:`given_fields`)."""
+    return bool(given_fields(config, ignore))
+
+
+def settle(config: Config, ignore: Sequence[str] = ()) -> Config:
+    """``config``, or, where it names no store setting (the fields in ``ignore`` aside) and
+    the cache holds stores of its data as it is now, a copy with the settings of the one
+    such store (logged: "using the store ..."); several stores of that data: a StoreError
+    listing them by the settings that tell them apart. What ``featx classify --data D``
+    (and audit, explain, sweep: through :func:`find_store` or this) go through, so that the
+    settings given to ``featx extract`` are said once."""
+    return _settle(config, ignore)[0]
+
+
+def _settle(config: Config, ignore: Sequence[str] = ()) -> tuple[Config, DataNow | None]:
+    """:func:`settle`, and the dataset as read for it (None where it was not read)."""
+    if config.combine.pipelines or settings_given(config, ignore) or \
+            not (config.dataset.root or config.dataset.manifest):
+        return config, None
+    now = data_now(config)
+    return _fill(config, now, ignore) or config, now
+
+
+def _fill(config: Config, now: DataNow, ignore: Sequence[str] = ()) -> Config | None:
+    """A copy of ``config`` with the store settings it does not name (:func:`given_fields`)
+    taken from the one store of its data as it is now whose settings are then those of
+    the copy (``ignore``: fields left as ``config`` has them, whatever the store's); None
+    where no store is. Several such stores that differ in other fields: a StoreError
+    listing them by the settings that tell them apart."""
+    given = given_fields(config, ignore)
+    if len(given) + len(ignore) >= len(STORE_FIELDS):  # nothing left to take from a store
+        return None
+    found: dict[tuple, list[tuple[Path, dict[str, Any], Config]]] = {}
+    for path, attrs in dataset_stores(config, now):
+        try:  # a weights file that is not there (any more) names no store here, nor do
+            filled = _take(config, path, attrs, given)  # settings featx no longer takes
+            settings = feature_settings(_backbone(filled))
+        except FeatxError:
+            continue
+        if store_key(settings) == attrs.get("settings_key"):
+            chosen = tuple(_field(filled, f) for f in STORE_FIELDS if f not in ignore)
+            found.setdefault(chosen, []).append((path, attrs, filled))
+    if not found:
+        return None
+    if len(found) > 1:
+        where = f"{now.dataset.root} (dataset {now.dataset.name!r})"
+        raise StoreError(_several(where, [(path, attrs) for stores in found.values()
+                                          for path, attrs, _ in stores], ignore))
+    path, attrs, filled = next(iter(found.values()))[0]
+    for dotted in ignore:  # as config has them
+        section, name = dotted.split(".")
+        setattr(getattr(filled, section), name, _field(config, dotted))
+        filled.given.pop(dotted, None)
+        if dotted in config.given:
+            filled.given[dotted] = config.given[dotted]
+    log.info("using the store %s (%s)", path.name, describe_store(attrs))
+    return filled
+
+
+def _take(config: Config, path: Path, attrs: Mapping[str, Any], keep: Sequence[str]
+          ) -> Config:
+    """A copy of ``config`` with the store settings but ``keep`` as the store ``path``
+    (attributes ``attrs``) records them."""
+    section = recorded_pipeline(attrs).get("backbone", {})
+    taken = copy.deepcopy(config)
+    for dotted in STORE_FIELDS:
+        name = dotted.split(".")[1]
+        if dotted not in keep and name in section:
+            taken.assign(dotted, section[name], f"the store {path.name}")
+    return taken
+
+
+def _backbone(config: Config) -> Backbone:
+    return Backbone(config.backbone, seed=config.dataset.seed, cache_dir=config.cache_path)
+
+
+def dataset_stores(config: Config, now: DataNow, variant: str = "single"
+                   ) -> list[tuple[Path, dict[str, Any]]]:
+    """The complete stores in ``config``'s cache folder that hold its data as it is now
+    (recorded manifest and hash mode), plain ones or those of ``variant`` (the ``variant``
+    setting: "augmented", "tencrop"), newest first, each with its attributes (as stored:
+    JSON attributes as text)."""
+    found = []
+    for path in store_files(config.cache_path):
+        try:
+            with h5py.File(path, "r") as f:
+                attrs = {k: as_text(v) if isinstance(v, bytes | str) else
+                         v.item() if isinstance(v, np.generic) else v
+                         for k, v in f.attrs.items()}
+            mtime = path.stat().st_mtime
+        except OSError:
+            continue
+        if attrs.get("complete") and attrs.get("manifest") == now.manifest and \
+                attrs.get("hash", "stat") == config.dataset.hash and \
+                attrs.get("variant", "single") == variant:
+            found.append((-mtime, path, attrs))
+    return [(path, attrs) for _, path, attrs in sorted(found)]
+
+
+def _several(where: str, stores: list[tuple[Path, dict]], ignore: Sequence[str]) -> str:
+    """One line: several stores hold this data, by the settings that tell them apart."""
+    told = [(path, store_settings(attrs)) for path, attrs in stores]
+    differ = [(dotted, label, flag) for dotted, (label, flag) in STORE_FIELDS.items()
+              if dotted not in ignore and len({s[label] for _, s in told}) > 1]
+    listed = "; ".join(
+        f"{path.name} ({', '.join(f'{label} {s[label]}' for _, label, _ in differ)})"
+        for path, s in told)
+    how = ", ".join(f"{flag} ({dotted})" if flag else f"--set {dotted}=..."
+                    for dotted, _, flag in differ)
+    return (f"{len(stores)} stores hold {where} as it is now, told apart by their settings: "
+            f"{listed}; choose one with {how}, or --store KEY (featx cache ls)")
+
+
+def _nearest(config: Config, p: Plan) -> str:
+    """"a store of it exists ... with <each setting that differs, the value asked for and
+    how to change it>": of the store of ``p``'s data as it is now that differs from ``p``'s
+    settings in the fewest (same kind of store: plain or the same variant); "" if none."""
+    stores = dataset_stores(config, DataNow(p.dataset, p.signatures, p.manifest),
+                            p.settings.get("variant", "single"))
+    given = given_fields(config)
+    ranked = []
+    for i, (path, attrs) in enumerate(stores):
+        # the settings asked for, those not given as this store has them: what differs
+        # then is what the command said
+        try:
+            taken = _take(config, path, attrs, given)
+            asked = {**feature_settings(_backbone(taken), p.variant),
+                     "pipeline": taken.to_json()}
+        except FeatxError:  # the store's weights file is not here: compare as given
+            asked = {**p.settings, "pipeline": config.to_json()}
+        if differences := _differences(attrs, asked):
+            ranked.append((len(differences), i, path, differences))
+    ranked.sort(key=lambda t: t[:2])
+    if not ranked:
+        return ""
+    _, _, path, differences = ranked[0]
+    return (f"a store of it exists, {path.name}, with {'; '.join(differences)}: change "
+            "those settings (or --store KEY), or run `featx extract` to make this one")
+
+
+def _differences(attrs: dict[str, Any], asked: dict[str, Any]) -> list[str]:
+    """Each setting in which a store (``attrs``) differs from the settings asked for:
+    "<field>=<the store's>, this command asked for <asked> (<flag> / <field>)"."""
+    keys = [k for k in asked if k not in ("settings_key", "pipeline")] + \
+        [k for k in ("precision", "flip") if k not in asked]
+    differ = [k for k in keys if _text(attrs.get(k, "")) != _text(asked.get(k, ""))]
+    if "backbone" in differ:  # the preprocessing follows from the backbone
+        differ = [k for k in differ if k != "preprocess"]
+    store, want = store_settings(attrs), store_settings(asked)
+    out = []
+    for dotted, (label, flag) in STORE_FIELDS.items():
+        if not any(_FIELD_OF.get(k) == dotted for k in differ):
+            continue
+        had, now = store[label], want[label]
+        if had == now:  # weights told apart by their identity only (random seeds)
+            had, now = as_text(attrs.get("weights_id")), as_text(asked.get("weights_id"))
+        how = f"{flag} / {dotted}" if flag else f"--set {dotted}=..."
+        out.append(f"{dotted}={had}, this command asked for {now} ({how})")
+    out += [f"{k}={_text(attrs.get(k, ''))}, this command asked for "
+            f"{_text(asked.get(k, ''))}" for k in differ if k not in _FIELD_OF]
+    return out
+
+
+def _text(value: Any) -> str:
+    # a setting as a store's attribute holds it (featx.store.write.write_columns: JSON for
+    # anything but a number or a text)
+    return json.dumps(value) if isinstance(value, dict | list) else as_text(value)
+
+
+def _unfinished_elsewhere(p: Plan) -> str:
+    """"; an unfinished extraction of this data with other settings ...": what an unfinished
+    extraction of the same data with other settings records of itself ("" if none)."""
+    for folder in partial_dirs(p.path.parent):
+        record = job_record(folder)
+        about = record.get("about")
+        if not isinstance(about, dict) or about.get("manifest") != p.manifest or \
+                about.get("settings_key") == p.settings["settings_key"]:
+            continue
+        state = (f"it stopped on: {record['stopped']}" if record.get("stopped") else
+                 "`featx extract` with those settings resumes it")
+        return (f"; an unfinished extraction of it with other settings is in {folder.name} "
+                f"({describe_store(about)}): {state}")
+    return ""
+
+
+def store_file(given: str | os.PathLike, cache_dir: Path) -> Path:
+    """The store that ``--store`` names: a store file, or a key or file name as ``featx
+    cache ls`` lists it (a prefix of a key will do where it names one store)."""
+    path = Path(given)
+    if path.is_file():
+        return path
+    try:
+        entry = find_entry(cache_dir, str(given))
+    except StoreError as e:
+        raise StoreError(f"--store {given}: no such store file, and {e}") from None
+    if entry.kind != "store" or not entry.complete:
+        raise StoreError(f"--store {given}: {entry.path} is {entry.state}, not a complete "
+                         "feature store")
+    return entry.path
+
+
+def same_dataset(attrs: Mapping[str, Any], config: Config, p: Plan) -> bool:
+    """Whether a store's attributes say it holds an earlier version of ``p``'s dataset,
+    which an extraction then replaces: the same folder, name and manifest file name (two
+    manifests in one folder are two datasets, as are the sets of images FeatureExtractor
+    is given; a name, not a path: the recorded one may be relative to another folder)."""
+    recorded = str(recorded_pipeline(attrs).get("dataset", {}).get("manifest", ""))
+    return as_text(attrs.get("root", "")) == str(p.dataset.root) and \
+        as_text(attrs.get("dataset", "")) == p.dataset.name and \
+        Path(recorded).name == Path(config.dataset.manifest).name
+
+
+def job_about(config: Config, p: Plan) -> dict[str, Any]:
+    """What an unfinished extraction of ``p`` records of itself (featx.store.blocks.BlockDir
+    ``about``): its settings, dataset and pipeline, as the store's attributes will."""
+    return {**p.settings, "dataset": p.dataset.name, "root": str(p.dataset.root),
+            "manifest": p.manifest, "hash": config.dataset.hash,
+            "pipeline": config.to_json()}
+
+
+def _field(config: Config, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def check_store_matches(config: Config, store: Path) -> None:
@@ -212,14 +527,14 @@ def mismatch(d: Dataset, signatures: list[str], candidates: list[Path],
     for what, names in (("added", set(d.label_names) - old_classes),
                         ("removed", old_classes - set(d.label_names))):
         if names:
-            changes.append(f"{_count(len(names), 'class', 'classes')} {what} "
+            changes.append(f"{plural(len(names), 'class', 'classes')} {what} "
                            f"({', '.join(sorted(names)[:5])})")
     for what, paths in (("added", now.keys() - before.keys()),
                         ("removed", before.keys() - now.keys()),
                         ("changed", {q for q in now.keys() & before.keys()
                                      if now[q] != before[q]})):
         if paths:
-            changes.append(f"{_count(len(paths), 'image', 'images')} {what} "
+            changes.append(f"{plural(len(paths), 'image')} {what} "
                            f"(e.g. {sorted(paths)[0]})")
     if not changes:  # same files; other signature mode or split of a variant store
         changes.append("recorded with other settings")
@@ -239,10 +554,6 @@ def match_rows(old_paths: Sequence[str], old_signatures: Sequence[str], paths: S
                         for g, sig in zip(got.tolist(), signatures)), bool, len(got))
     got[~same] = -1
     return got
-
-
-def _count(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"
 
 
 def _candidates(p: Plan) -> list[Path]:

@@ -15,6 +15,10 @@ runtime serves both. Every converted model is checked against the SHA-256 of its
 to itself, OpenVINO computes in bfloat16 on such a CPU (2.4x TensorFlow's speed, but features
 off by 7% of their largest value): featx asks for float32 explicitly.
 
+A backbone OpenVINO cannot convert runs with TensorFlow after one warning line naming it
+(:func:`or_tensorflow`). Every family of KerasHub backbones featx reads (featx/features/hub.py)
+converted in its tests; the fallback is for those that will not.
+
 ``openvino`` is imported only here and only when used: it is an optional dependency.
 """
 
@@ -37,6 +41,7 @@ from featx.core.config import RUNTIMES
 from featx.core.errors import BackboneError
 from featx.core.files import checksum_problems, installed_version, short_hash, write_checksums
 from featx.core.layout import converted_model_checksums, converted_model_dir, converted_model_file
+from featx.core.log import plural
 from featx.data.images import usable_cores
 
 log = logging.getLogger(__name__)
@@ -97,8 +102,9 @@ class ThreadSplit:
     pinning: bool = False  # OpenVINO ENABLE_CPU_PINNING
 
     def describe(self) -> str:
-        return (f"{self.cores} usable cores: OpenVINO {self.inference_threads} inference "
-                f"thread(s), {self.streams} stream, {'pinned' if self.pinning else 'unpinned'}; "
+        return (f"{plural(self.cores, 'usable core')}: OpenVINO "
+                f"{plural(self.inference_threads, 'inference thread')}, "
+                f"{plural(self.streams, 'stream')}, {'pinned' if self.pinning else 'unpinned'}; "
                 f"decoding {self.decode_parallel} in parallel")
 
 
@@ -170,6 +176,21 @@ def load_or_convert(make_function: Callable[[], Any], cache_dir: Path, name: str
         log.warning("cannot keep the converted model in %s (%s): it is converted again on "
                     "every run", folder.parent, e.strerror or e)
     return model
+
+
+def or_tensorflow(convert_model: Callable[[], Any], name: str) -> Any:
+    """``convert_model()`` (a converted backbone's forward pass), or None where OpenVINO cannot
+    convert or compile it, after one warning line naming the backbone: the caller then runs
+    it with TensorFlow. A KerasHub transformer may hold an op OpenVINO's TensorFlow frontend
+    does not know (featx/features/hub.py); featx's own errors (BackboneError) pass."""
+    try:
+        return convert_model()
+    except BackboneError:
+        raise
+    except Exception as e:  # the converter raises its own kinds (OpConversionFailure, ...)
+        reason = " ".join(str(e).split())[:160] or type(e).__name__
+        log.warning("OpenVINO cannot convert %s (%s): running it with TensorFlow", name, reason)
+        return None
 
 
 class OpenVINOForward:

@@ -29,6 +29,7 @@ from featx.core.config import Config
 from featx.core.errors import DatasetError
 from featx.core.files import short_hash
 from featx.core.layout import transform_manifest
+from featx.core.log import plural
 
 LABEL = "unlabelled"  # the one class of the stores this transformer writes
 
@@ -61,6 +62,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         A progress bar while files go through the backbone (``featx.core.progress``: a widget in
         a notebook); False: none.
 
+    Notes
+    -----
     The model is built on first use and never pickled or cloned: a clone or an unpickled
     copy builds its own.
     """
@@ -203,14 +206,18 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                 csv.writer(f).writerows([("path", "label"), *((p, LABEL) for p in missing)])
             config.dataset.manifest = str(manifest)
             config.dataset.root = os.path.commonpath([os.path.dirname(p) for p in missing])
-            config.dataset.name = f"transform-{digest}"
+            # a name to read in `featx cache ls`: the images' common folder (their manifest
+            # tells this set of images from another of that folder: plan.same_dataset)
+            config.dataset.name = os.path.basename(config.dataset.root) or \
+                f"images-{len(missing)}"
             result = extract(config, progress=self.progress)
             if result.skipped:
                 _unreadable(result.skipped)
             found = _read_cached(paths, Path(config.cache_path), settings_key)
         if len(found) < len(paths):
-            raise DatasetError(f"{len(paths) - len(found)} image(s) changed while being "
-                               "extracted; run again")
+            changed = len(paths) - len(found)
+            raise DatasetError(f"{plural(changed, 'image')} changed while being extracted; "
+                               "run again")
         return np.stack([found[i] for i in range(len(paths))])
 
 
@@ -263,7 +270,8 @@ def _signature(path: str) -> str:
 
 def _unreadable(skipped: list[tuple[str, str]]) -> None:
     first, reason = skipped[0]
-    raise DatasetError(f"{len(skipped)} image(s) could not be read, e.g. {first}: {reason}")
+    raise DatasetError(f"{plural(len(skipped), 'image')} could not be read, e.g. {first}: "
+                       f"{reason}")
 
 
 def pixel_features(backbone: Any, items: list, batch_size: int,
@@ -344,8 +352,9 @@ def _pixels(x: Any, where: str, ndims: tuple[int, ...] = (3,)) -> np.ndarray:
     if x.dtype.kind not in "uif":
         raise DatasetError(f"{where} holds {x.dtype}: pass uint8 or float pixel values 0..255")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise DatasetError(f"{where} holds {int((~np.isfinite(x)).sum())} non-finite "
-                           "value(s) (NaN or inf): pass pixel values 0..255")
+        bad = int((~np.isfinite(x)).sum())
+        raise DatasetError(f"{where} holds {plural(bad, 'non-finite value')} (NaN or inf): "
+                           "pass pixel values 0..255")
     low, high = x.min(), x.max()
     span = "..".join(np.format_float_positional(v, trim="-") for v in (low, high))
     if low < 0 or high > 255:

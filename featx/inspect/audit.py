@@ -31,6 +31,7 @@ from featx.core.errors import DatasetError, UsageError
 from featx.core.escape import spreadsheet_cell
 from featx.core.files import write_atomic
 from featx.core.layout import audit_dir
+from featx.core.log import plural
 from featx.data.dataset import SPLIT_NAMES, Dataset, dataset_root
 from featx.report.pages import picture, render
 
@@ -43,6 +44,10 @@ BLOCK_ELEMENTS = 1 << 25  # similarities held at once by the exact search (128 M
 FOLDS = 5  # cross-validation folds for the out-of-fold probabilities
 PCA_DIMS = 128  # principal components the out-of-fold logistic regression reads
 OUTLIER_Z = -3.0  # robust z-score below which an image is an outlier of its class
+# Out-of-fold accuracy below which the label-error list comes with a caveat: a model wrong
+# on more than 1 image in 10 flags about that share of the images by its own mistakes (an
+# image predicted as another class is listed), so most of its list is not wrong labels.
+TRUSTED_ACCURACY = 0.9
 TOP = 100  # rows per section of the HTML page
 CSV_HEADER = ("section", "rank", "path", "label", "split", "other_path", "other_label",
               "other_split", "score", "note")
@@ -61,6 +66,8 @@ class Audit:
     outliers : list of (i, z-score, similarity to its class), most isolated first
     seconds : dict of step -> seconds
     method : how the neighbours were searched
+    accuracy : out-of-fold accuracy of the model the label errors rest on (the share of
+        rows whose out-of-fold prediction is their label); nan before it is computed
     """
 
     exact: list[tuple[int, int]] = field(default_factory=list)
@@ -69,6 +76,17 @@ class Audit:
     outliers: list[tuple[int, float, float]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     method: str = ""
+    accuracy: float = float("nan")
+
+    @property
+    def caveat(self) -> str:
+        """Why the label errors may be the model's mistakes ("" when its accuracy is at or
+        above TRUSTED_ACCURACY)."""
+        if not self.accuracy < TRUSTED_ACCURACY:
+            return ""
+        return (f"the label errors rest on a model right on {self.accuracy:.0%} of the "
+                f"images (out of fold, below {TRUSTED_ACCURACY:.0%}): many are its own "
+                "mistakes, not wrong labels")
 
 
 # --- nearest neighbours -----------------------------------------------------------------------
@@ -256,6 +274,7 @@ def audit_arrays(x: np.ndarray, y: np.ndarray, threshold: float = THRESHOLD,
     a = Audit()
     t0 = time.perf_counter()
     proba = out_of_fold_probabilities(x, y, folds, seed)
+    a.accuracy = float(np.mean(np.unique(y)[np.argmax(proba, axis=1)] == y))
     a.seconds["out-of-fold probabilities"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     a.label_issues = label_issues(y, proba)
@@ -296,7 +315,8 @@ def audit_store(store_path: Path, threshold: float = THRESHOLD, k: int = NEIGHBO
     with FeatureStore(store_path) as store:
         rows = np.flatnonzero(store.ok)
         if len(rows) < 3:
-            raise DatasetError(f"{store_path}: {len(rows)} readable images; an audit needs 3")
+            raise DatasetError(f"{store_path}: {plural(len(rows), 'readable image')}; an "
+                               "audit needs 3")
         root_attr = str(root or store.attrs.get("root", ""))
         root = Path(root_attr)
         all_paths, names = store.paths, store.label_names
@@ -399,8 +419,12 @@ def html_page(a: Audit, rows: Rows, store: Path, top: int = TOP) -> str:
     cells = {i: {"picture": picture(rows.paths[i]), "label": rows.label_names[rows.labels[i]],
                  "split": SPLIT_NAMES[rows.split[i]], "relative": rows.relative[i]}
              for i in shown}
-    return render("audit.html", title="featx audit", store=store.name, a=a, top=top,
-                  n_images=len(rows.paths), n_classes=len(rows.label_names), leaks=leaks,
+    counts = {"images": plural(len(rows.paths), "image"),
+              "classes": plural(len(rows.label_names), "class", "classes"),
+              "leaks": f"{plural(leaks, 'pair')} {'crosses' if leaks == 1 else 'cross'} "
+                       "the split"}
+    return render("audit.html", title=f"featx audit: {store.name}", store=store.name, a=a,
+                  top=top, counts=counts, trusted=TRUSTED_ACCURACY,
                   names=rows.label_names, cells=cells, outlier_z=OUTLIER_Z,
                   exact=section("Exact duplicates (same bytes)", a.exact, "exact duplicates"),
                   near=section("Near duplicates (cross-split and different labels first)",
@@ -427,7 +451,12 @@ def run_audit(config: Config, store: Path | None = None, out: str | Path | None 
     page, table = folder / "audit.html", folder / "audit.csv"
     write_csv(table_rows(a, rows), table)
     write_atomic(page, html_page(a, rows, store, top))
-    log.info("audit of %d images: %d exact and %d near duplicates, %d likely label errors, "
-             "%d outliers", len(rows.paths), len(a.exact), len(a.near), len(a.label_issues),
-             len(a.outliers))
+    caveat = f", below {TRUSTED_ACCURACY:.2f}: many are the model's own mistakes, not wrong " \
+        "labels" if a.caveat else ""
+    errors = f"{plural(len(a.label_issues), 'likely label error')} (out-of-fold accuracy " \
+        f"{a.accuracy:.3f}{caveat})"
+    # a caveat on the result: a warning, shown with -q too
+    log.log(logging.WARNING if a.caveat else logging.INFO, "audit of %s: %s, %s, %s, %s",
+            plural(len(rows.paths), "image"), plural(len(a.exact), "exact duplicate"),
+            plural(len(a.near), "near duplicate"), errors, plural(len(a.outliers), "outlier"))
     return [page, table]

@@ -1,6 +1,6 @@
-"""Explain a prediction: per image a PNG (and one HTML page gathering them) with the image,
-its top-k classes, a class activation map, an occlusion-sensitivity map and its nearest
-training images in the feature store.
+"""Explain a prediction: per image a PNG of the image, a class activation map and an
+occlusion-sensitivity map (each with a colour bar), and one HTML page gathering them with
+each image's top-k classes and its nearest training images in the feature store.
 
 Class activation map: with average pooling the pooled feature of channel c is the mean of
 its spatial map A[i, j, c]. A linear classifier (logreg, linear_svm, sgd: a StandardScaler,
@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +30,9 @@ from featx.core.errors import UsageError
 from featx.core.escape import chart_text
 from featx.core.files import write_atomic
 from featx.core.layout import safe_name
+from featx.core.log import plural
 from featx.inspect.visualize import MAPS_TOP, feature_maps, maps_png
-from featx.report.pages import THUMB, picture, png_uri, render, thumbnail
+from featx.report.pages import picture, png_uri, render
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,8 @@ def activation_maps(predictor: Any, image: np.ndarray, feature: np.ndarray,
         return {}, "no CAM: the model predicts on the mean of 10 crops (occlusion only)"
     spatial = spatial_model(backbone)
     if spatial is None:
-        return {}, (f"no CAM: pooling {pooling!r} with layer(s) {backbone.layers or 'last'} "
+        layers = ", ".join(map(str, backbone.layers)) or "the last layer"
+        return {}, (f"no CAM: pooling {pooling!r} of {layers} "
                     "(a CAM needs one layer, average or max pooled; occlusion only)")
     a = np.asarray(spatial(backbone.preprocess(image[None]), training=False), np.float64)[0]
     columns = [predictor.classes.index(c) for c in classes]
@@ -366,7 +369,7 @@ def explain(model: str | Path, images: Sequence[str | Path], out: str | Path,
     -------
     list of Path: the PNGs, then the HTML page
     """
-    from featx.learn.predict import Predictor, image_files, model_file
+    from featx.learn.predict import Predictor, image_files
 
     if top < 1:
         raise UsageError(f"--top must be at least 1, not {top}")
@@ -386,12 +389,18 @@ def explain(model: str | Path, images: Sequence[str | Path], out: str | Path,
     store_path = Path(store) if store else None
     if store_path is not None and not store_path.is_file():
         raise UsageError(f"--store {store_path}: no such file")
+    missing = ""  # why the page shows no nearest training images, where it has none
     if neighbours and store_path is None:
         from featx.learn import modelfile
 
-        source = model_file(model)
-        store_path = store_for(source, modelfile.load(source, trust=trust)["pipeline"])
+        source = Path(predictor.source)  # the file Predictor.load chose (and said so, once)
+        with warnings.catch_warnings():  # its version warnings were shown as it loaded
+            warnings.simplefilter("ignore")
+            bundle = modelfile.load(source, trust=trust)
+        store_path = store_for(source, bundle["pipeline"])
         if store_path is None:
+            missing = (f"No nearest training images: no feature store found for {source.name} "
+                       "(give --store).")
             log.warning("no feature store found for %s: no nearest training images (give "
                         "--store)", source)
     results = [explain_image(predictor, p, top, classes, patch, stride) for p in paths]
@@ -412,70 +421,69 @@ def explain(model: str | Path, images: Sequence[str | Path], out: str | Path,
             write_atomic(drawn[-1], maps_png(r.image, a, maps, maps_top,
                                            f"{chart_text(Path(r.path).name)}: "))
     page = out / "index.html"
-    write_atomic(page, html_page(results, written, predictor, drawn))
+    write_atomic(page, html_page(results, written, predictor, drawn, missing))
     written += drawn
-    log.info("explained %d image(s) in %s", len(results), out)
+    log.info("explained %s in %s", plural(len(results), "image"), out)
     return written + [page]
 
 
-def figure_png(r: Explanation, calibration: str = "probabilities") -> bytes:
-    """One explanation as a PNG: image with the top-k, the activation map(s), the occlusion
-    map, and the nearest training images below."""
-    from matplotlib.figure import Figure
-    from PIL import Image
+# The page shows the figure at its own size (narrower than its 1168 px of content at a
+# desktop's width, scrolled sideways on a phone): text of FONT points at DPI is 14 px there,
+# as the page's own text.
+FONT = 10
+DPI = 100
+PANEL = 3.3  # inches per panel, its colour bar included
+COLUMNS = 3  # panels per row: 3 x 3.3 in at 100 dpi = 990 px, narrower than the page
 
-    panels = 2 + max(1, len(r.cams))
-    n_nb = len(r.neighbours)
-    cols = max(panels, n_nb)
-    fig = Figure(figsize=(2.6 * cols, 3.2 + (2.3 if n_nb else 0)), layout="constrained")
-    grid = fig.add_gridspec(2 if n_nb else 1, cols, height_ratios=[3.2, 2.3] if n_nb else [1])
-    ax = fig.add_subplot(grid[0, 0])
-    ax.imshow(r.image)
-    ax.set_title("\n".join(f"{chart_text(c[:22])} {p:.3f}" for c, p in r.top), fontsize=8,
-                 loc="left")
-    ax.axis("off")
-    at = 1
-    if r.cams:
-        for name, cam in r.cams.items():
-            ax = fig.add_subplot(grid[0, at])
-            ax.imshow(r.image)
-            ax.imshow(cam, cmap="jet", alpha=0.45)
-            ax.set_title(f"CAM: {chart_text(name[:24])}", fontsize=8)
-            ax.axis("off")
-            at += 1
-    else:
-        ax = fig.add_subplot(grid[0, at])
-        ax.imshow(r.image)
-        ax.set_title("no CAM", fontsize=8)
+
+def figure_png(r: Explanation, calibration: str = "probabilities") -> bytes:
+    """One explanation as a PNG: the image as the backbone reads it, the activation map of
+    each mapped class and the occlusion map, each map with a colour bar saying what its
+    colours mean. The top-k and the nearest training images are the page's (html_page), as
+    text and thumbnails, not drawn here as well; a map that cannot be made is left out (the
+    page says why)."""
+    from matplotlib.figure import Figure
+
+    score = "probability" if calibration == "probabilities" else "score"
+    panels = 2 + len(r.cams)
+    cols = min(panels, COLUMNS)
+    rows = -(-panels // cols)
+    fig = Figure(figsize=(PANEL * cols, 3.1 * rows), layout="constrained")
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for ax in axes:
         ax.axis("off")
-        at += 1
-    ax = fig.add_subplot(grid[0, at])
+    axes[0].imshow(r.image)
+    axes[0].set_title("the image as read", fontsize=FONT)
+    for ax, (name, cam) in zip(axes[1:], r.cams.items()):
+        ax.imshow(r.image)
+        peak = float(cam.max()) or 1.0
+        shown = ax.imshow(cam / peak, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        ax.set_title(f"CAM: {chart_text(name[:24])}", fontsize=FONT)
+        bar = fig.colorbar(shown, ax=ax, shrink=0.8, ticks=[0, 1])
+        bar.ax.set_yticklabels(["none", "peak"], fontsize=FONT)
+        bar.set_label("evidence for the class", fontsize=FONT)
+    ax = axes[1 + len(r.cams)]
     ax.imshow(r.image)
     top = float(np.abs(r.occlusion).max()) or 1.0
-    ax.imshow(r.occlusion, cmap="RdBu_r", vmin=-top, vmax=top, alpha=0.55)
-    ax.set_title(f"occlusion: drop of {chart_text(r.predicted[:20])}\n(max {top:.3f})", fontsize=8)
-    ax.axis("off")
-    for j, (path, label, sim) in enumerate(r.neighbours):
-        ax = fig.add_subplot(grid[1, j])
-        jpeg = thumbnail(path, THUMB)
-        if jpeg is not None:
-            ax.imshow(np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")))
-        else:
-            ax.text(0.5, 0.5, "not readable", ha="center", va="center", fontsize=8)
-        ax.set_title(f"{chart_text(label[:22])}\ncos {sim:.3f}", fontsize=8)
-        ax.axis("off")
-    fig.suptitle(f"{chart_text(Path(r.path).name)} -> {chart_text(r.predicted)}  ({r.cam_method}; "
-                 f"scores: {calibration[:40]})", fontsize=8)
+    shown = ax.imshow(r.occlusion, cmap="RdBu_r", vmin=-top, vmax=top, alpha=0.55)
+    ax.set_title(f"occlusion: {chart_text(r.predicted[:24])}", fontsize=FONT)
+    bar = fig.colorbar(shown, ax=ax, shrink=0.8)
+    bar.ax.tick_params(labelsize=FONT)
+    # red: covering the region lowers the class's score (it is evidence for the class)
+    bar.set_label(f"{score} lost when covered\n(red: for, blue: against)", fontsize=FONT)
+    for extra in axes[panels:]:  # a last row with fewer panels: no empty boxes
+        fig.delaxes(extra)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
+    fig.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
 
 
 def html_page(results: Sequence[Explanation], pngs: Sequence[Path], predictor: Any,
-              maps: Sequence[Path] = ()) -> str:
-    """One self-contained page: per image its PNG (embedded), the top-k as text, its
+              maps: Sequence[Path] = (), missing: str = "") -> str:
+    """One self-contained page (templates/explain.html): per image, under its file name
+    (the full path in a details block), its top-k as a table, its PNG (embedded), its
     feature-map PNG (``maps``, one per image, if drawn) and the nearest training images as
-    linked thumbnails (templates/explain.html)."""
+    linked thumbnails, or ``missing``: why there are none."""
     images = []
     for i, (r, png) in enumerate(zip(results, pngs)):
         name = Path(r.path).name
@@ -486,6 +494,9 @@ def html_page(results: Sequence[Explanation], pngs: Sequence[Path], predictor: A
             "maps": png_uri(maps[i].read_bytes()) if maps else None,
             "maps_alt": f"feature maps of {name}",
             "neighbours": [(picture(p), label, sim) for p, label, sim in r.neighbours]})
-    return render("explain.html", title="featx explain", source=predictor.source,
+    score = "probability" if predictor.calibration == "probabilities" else "score"
+    return render("explain.html", title=f"featx explain: {Path(predictor.source).name}",
+                  source=predictor.source, source_name=Path(predictor.source).name,
                   classifier=predictor.classifier, backbone=predictor.backbone.spec.name,
-                  calibration=predictor.calibration, images=images)
+                  calibration=predictor.calibration, score=score, images=images,
+                  missing=missing)

@@ -1,4 +1,4 @@
-"""Drawing what a CNN computes (README: Looking inside): the filters of its first
+"""Drawing what a CNN computes (docs: how-to/explain-and-audit.md): the filters of its first
 convolution, the feature maps of one layer for an image, and feature visualisation, an input
 grown by gradient ascent until one channel of a layer responds strongly to it.
 
@@ -27,7 +27,7 @@ import numpy as np
 from featx.core.config import BackboneConfig
 from featx.core.errors import UsageError
 from featx.core.files import write_atomic
-from featx.core.log import import_tensorflow
+from featx.core.log import import_tensorflow, plural
 from featx.features.backbones import Backbone, BackboneError, get_spec
 from featx.report.charts import png_bytes
 
@@ -150,24 +150,32 @@ def maps_png(image: np.ndarray, maps: np.ndarray, layer: str, k: int = MAPS_TOP,
              title: str = "") -> bytes:
     """The image, then its ``k`` most active channels of ``layer`` (``maps``: (h, w, c)),
     each labelled with its channel number and mean, on its own colour scale."""
+    import textwrap
+
     from matplotlib.figure import Figure
 
     channels = top_channels(maps, k)
     cols = min(len(channels) + 1, 6)
     rows = -(-(len(channels) + 1) // cols)
-    fig = Figure(figsize=(1.7 * cols, 1.8 * rows + 0.5), layout="constrained")
+    # shown on the explain page at its own size: 10 pt at 100 dpi, the page's 14 px
+    fig = Figure(figsize=(1.8 * max(cols, 2), 1.9 * rows + 0.7), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     axes.flat[0].imshow(image)
-    axes.flat[0].set_title("input", fontsize=8)
+    axes.flat[0].set_title("input", fontsize=10)
     for ax, c in zip(axes.flat[1:], channels):
         ax.imshow(maps[:, :, c], cmap="viridis", interpolation="nearest")
-        ax.set_title(f"ch {c}  mean {maps[:, :, c].mean():.2g}", fontsize=7)
+        ax.set_title(f"ch {c}  mean {maps[:, :, c].mean():.2g}", fontsize=10)
+    for ax in axes.flat[len(channels) + 1:]:
+        fig.delaxes(ax)
     h, w, n = maps.shape
-    fig.suptitle(f"{title}{layer} ({h}x{w}x{n}): the {len(channels)} most active channels "
-                 "(each on its own colour scale)", fontsize=8)
-    return png_bytes(fig, dpi=80)
+    most = "most active channel" if len(channels) == 1 else \
+        f"{len(channels)} most active channels"
+    text = f"{title}{layer} ({h}x{w}x{n}): the {most} (each on its own colour scale)"
+    # wrapped to the figure's width (about 7.5 px a character at 10 pt, 100 dpi)
+    fig.suptitle(textwrap.fill(text, int(fig.get_figwidth() * 100 / 7.5)), fontsize=10)
+    return png_bytes(fig, dpi=100)
 
 
 # --- feature visualisation ----------------------------------------------------------------
@@ -265,8 +273,9 @@ def gradient_ascent(backbone: Backbone, layer: str, channels: list[int], steps: 
             x = _blur(x, kernel)
     final = activation(x).numpy()
     seconds = time.perf_counter() - t0
-    log.info("%s: %d channels, %d steps in %.1fs; mean activation %.3g -> %.3g", layer,
-             len(channels), steps, seconds, float(start.mean()), float(final.mean()))
+    log.info("%s: %s, %s in %.1fs; mean activation %.3g -> %.3g", layer,
+             plural(len(channels), "channel"), plural(steps, "step"), seconds,
+             float(start.mean()), float(final.mean()))
     return Visualization(layer, list(channels), x.numpy(), start, final, seconds)
 
 
@@ -336,5 +345,6 @@ def draw_channels(backbone: Backbone, target: str, folder: str | Path = ".",
     v = gradient_ascent(backbone, layer, channels, steps=steps, seed=seed)
     path = Path(folder) / f"visualize-{backbone.spec.name}-{layer}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, visualization_png(v, f"{_describe(backbone)}{steps} steps, seed {seed}, "))
+    write_atomic(path, visualization_png(v, f"{_describe(backbone)}{plural(steps, 'step')}, "
+                                            f"seed {seed}, "))
     return path, v

@@ -22,12 +22,12 @@ import numpy as np
 from featx.core.config import Config, ConfigError
 from featx.core.errors import StoreError
 from featx.core.layout import runs_dir
-from featx.core.log import RESULTS
+from featx.core.log import RESULTS, plural, said_once
 from featx.core.runinfo import Run
 from featx.data.dataset import TEST, TRAIN, VAL, dataset_root, stratified_split
 from featx.learn import learners, modelfile
 from featx.learn.tracking import ARTIFACTS, ON, log_results, require, tracking_uri
-from featx.report.metrics import evaluate, repeat_summary
+from featx.report.metrics import evaluate, one_split, repeat_summary
 from featx.report.results import report_paths, summary_line, write_reports
 from featx.store.read import FeatureStore
 
@@ -58,6 +58,7 @@ class Splits:
     y: dict[int, np.ndarray]
     paths: dict[int, list[str]]
     rows: dict[int, np.ndarray] = field(default_factory=dict)  # row numbers in the store
+    seed: int | None = None  # the split's seed (None: the pipeline's dataset.seed)
 
     @property
     def backbone(self) -> dict[str, Any]:
@@ -127,6 +128,14 @@ def _index(store: FeatureStore, config: Config) -> Splits:
     if len(names) < 2:
         raise StoreError(f"{store.path}: the dataset has one class ({names[0]!r}); "
                          "classifying needs at least two class folders")
+    untested = np.flatnonzero(np.bincount(labels[rows[TEST]], minlength=len(names)) == 0)
+    if len(untested):  # a store given by path was never checked as its dataset was read
+        said = (f"{store.path}: {plural(len(untested), 'class', 'classes')} with no readable "
+                f"test image in this split ({', '.join(repr(names[c]) for c in untested)})")
+        if not config.dataset.allow_missing_test:
+            raise StoreError(f"{said}: its rank-1 would say nothing about them; add images, or "
+                             "set dataset.allow_missing_test = true to go on without")
+        log.warning("%s (dataset.allow_missing_test = true)", said)
     if not len(rows[VAL]):  # the grid search cross-validates on the training rows
         counts = np.bincount(labels[rows[TRAIN]], minlength=len(names))
         few = [f"{names[c]!r} ({counts[c]})" for c in np.flatnonzero(counts < 2)]
@@ -136,7 +145,8 @@ def _index(store: FeatureStore, config: Config) -> Splits:
                              "or lower dataset.test)")
     return Splits(store.path, store.attrs, store.label_names, {},
                   {s: labels[r] for s, r in rows.items()},
-                  {s: [all_paths[i] for i in r] for s, r in rows.items()}, rows)
+                  {s: [all_paths[i] for i in r] for s, r in rows.items()}, rows,
+                  config.dataset.seed)
 
 
 def read_splits(config: Config, store_path: Path) -> Splits:
@@ -203,7 +213,7 @@ def make_result(config: Config, data: Splits, fitted: learners.FitResult,
     # The dataset folder the report shows images from: the one the user names now (checked
     # against the store), never the store's recorded one, which may since hold other images.
     root = dataset_root(config.dataset)
-    return {
+    result = {
         "pipeline": config.name, "classifier": fitted.name, "dataset": data.attrs["dataset"],
         "store": str(data.store), "key": data.attrs["key"], "backbone": data.backbone,
         "root": str(root) if root else None,
@@ -213,6 +223,25 @@ def make_result(config: Config, data: Splits, fitted: learners.FitResult,
         **evaluate(data.y[TEST], scores, fitted.model.classes_, data.label_names,
                    paths=data.paths[TEST]),
     }
+    weights = weights_file(data.attrs)
+    if weights:
+        result["weights_file"] = weights
+    seed = config.dataset.seed if data.seed is None else data.seed
+    return {**result, **one_split(result, seed)}
+
+
+def weights_file(attrs: dict[str, Any]) -> str | None:
+    """The name of the weights file a store's features were extracted with (its pipeline,
+    recorded in the store), or None (ImageNet or random weights, or not recorded)."""
+    if attrs.get("weights") != "file":
+        return None
+    pipeline = attrs.get("pipeline") or {}
+    try:  # FeatureStore.attrs gives it parsed; a raw attribute is its JSON text
+        weights = (json.loads(pipeline) if isinstance(pipeline, str) else pipeline
+                   )["backbone"]["weights"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return Path(weights).name if weights else None
 
 
 def average(name: str, fitted: list[learners.FitResult], probabilities: list[np.ndarray],
@@ -283,14 +312,16 @@ def classify(config: Config, store_path: Path | None = None) -> list[dict[str, A
 
 
 def track(config: Config, results: list[dict[str, Any]]) -> None:
-    """With ``classify.mlflow``: one MLflow run per result (featx.learn.tracking)."""
+    """With ``classify.mlflow``: one MLflow run per result, nested under one for the command
+    (featx.learn.tracking)."""
     uri = tracking_uri(config.classify.mlflow, config.cache_path)
     if uri is None:
         return
     local = config.classify.mlflow.strip().lower() in ON  # the default store: artifacts beside
     ids = log_results(uri, config.name, results,
                       config.cache_path / ARTIFACTS if local else None)
-    log.info("%d MLflow runs in %s (experiment %r)", len(ids), uri, config.name)
+    log.info("%s (one per classifier, nested in one for the command) in %s (experiment %r)",
+             plural(len(ids), "MLflow run"), uri, config.name)
 
 
 def fit_and_score(config: Config, data: Splits
@@ -339,24 +370,28 @@ def resplit(data: Splits, config: Config, seed: int, labels: np.ndarray, ok: np.
     return Splits(data.store, data.attrs, data.label_names,
                   {s: features[r] for s, r in rows.items()} if features is not None else {},
                   {s: labels[r] for s, r in rows.items()},
-                  {s: [paths[i] for i in r] for s, r in rows.items()}, rows)
+                  {s: [paths[i] for i in r] for s, r in rows.items()}, rows, seed)
 
 
 def repeat_and_report(config: Config, data: Splits, run: Run) -> list[dict[str, Any]]:
     """``classify.repeats`` splits of the same features, the grid search re-run on each. Each
-    classifier's result is its first split's (reports, charts and model: seed dataset.seed),
-    with rank-1 and rank-5 the mean over the splits, their standard deviations, and every
-    split's seed and scores under ``repeats`` (``featx runs --compare`` pairs them)."""
+    classifier's result merges :func:`featx.report.metrics.repeat_summary` over its first
+    split's: rank-1 and rank-5 the mean ± sd over the splits, the confusion matrix and
+    per-class scores summed over them, every split's seed, scores and chosen parameters
+    (``per_split``; ``repeats`` for ``featx runs --compare``); the model, its parameters and
+    the misclassified images are the first split's (seed dataset.seed). ``scope`` says which
+    key shows what."""
     with FeatureStore(data.store) as store:
         labels, ok, paths = store.labels, store.ok, store.paths
         features = store.features() if data.x else None  # in memory, as read_splits chose
     seeds = split_seeds(config)
     first = resplit(data, config, seeds[0], labels, ok, paths, features)
-    kept = list(fit_and_score(config, first))  # reported, with their models
-    scored = [[result for _, _, result in kept]]
-    for seed in seeds[1:]:  # only the scores of the other splits are kept
-        part = resplit(data, config, seed, labels, ok, paths, features)
-        scored.append([result for _, _, result in fit_and_score(config, part)])
+    with said_once(logging.getLogger(learners.__name__)):  # a grid's edge: once, not R times
+        kept = list(fit_and_score(config, first))  # reported, with their models
+        scored = [[result for _, _, result in kept]]
+        for seed in seeds[1:]:  # only the scores of the other splits are kept
+            part = resplit(data, config, seed, labels, ok, paths, features)
+            scored.append([result for _, _, result in fit_and_score(config, part)])
     return [report({**result, **repeat_summary(seeds, [s[i] for s in scored])}, fitted,
                    first, config, run, name)
             for i, (name, fitted, result) in enumerate(kept)]

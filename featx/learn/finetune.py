@@ -35,14 +35,14 @@ from featx.core.config import OPTIMIZERS, BackboneConfig, Config, FinetuneConfig
 from featx.core.errors import ConfigError, DatasetError
 from featx.core.files import write_atomic
 from featx.core.layout import checkpoint_path, finetune_runs_dir
-from featx.core.log import RESULTS, import_tensorflow
+from featx.core.log import RESULTS, import_tensorflow, plural
 from featx.core.progress import bar as progress_bar
 from featx.core.runinfo import Run
 from featx.data.dataset import TEST, TRAIN, VAL, load_dataset, manifest_digest, stratified_split
 from featx.data.images import READ_POLICY, ReadErrors, read_batches
 from featx.features.backbones import Backbone
 from featx.report.charts import monitor_png
-from featx.report.metrics import evaluate, repeat_summary
+from featx.report.metrics import evaluate, one_split, repeat_summary
 from featx.report.results import beside, report_paths, summary_line, write_reports
 from featx.store.keys import store_key
 
@@ -87,9 +87,10 @@ def load_image_splits(config: Config) -> ImageSplits:
     if errors.reasons:
         listing = "; ".join(f"{dataset.paths[i]}: {r}" for i, r in sorted(errors.reasons.items()))
         if config.extract.strict:
-            raise DatasetError(f"{len(errors.reasons)} unreadable image(s) under "
+            raise DatasetError(f"{plural(len(errors.reasons), 'unreadable image')} under "
                                 f"{dataset.root} (--strict): {listing[:2000]}")
-        log.warning("skipped %d unreadable image(s): %s", len(errors.reasons), listing[:500])
+        log.warning("skipped %s: %s", plural(len(errors.reasons), "unreadable image"),
+                    listing[:500])
     rows = {s: np.flatnonzero((split == s) & ok) for s in (TRAIN, VAL, TEST)}
     if not len(rows[TEST]):
         raise ConfigError(f"{dataset.root}: the split has no test rows (dataset.test = 0?)")
@@ -257,7 +258,7 @@ class FineTuner:
             self.resumed_from = {"phase": PHASES[min(at, len(PHASES) - 1)],
                                  "epoch": state["epoch"], "done": at >= len(PHASES)}
             self.log(f"resuming from {checkpoint.path} ({self.resumed_from['phase']}, "
-                     f"{state['epoch']} epoch(s) done)")
+                     f"{plural(state['epoch'], 'epoch')} done)")
 
         def pooled(v: np.ndarray) -> np.ndarray:
             return self.pooled.predict(v, batch_size=self.batch_size, verbose=0)
@@ -517,6 +518,8 @@ def finetune(config: Config, progress: bool = True) -> dict[str, Any]:
     result, model, run, _ = runs[0]
     if len(seeds) > 1:
         result = {**result, **repeat_summary(seeds, [r for r, _, _, _ in runs])}
+    else:  # what a classify result of one split says of itself (splits, per_split, scope)
+        result = {**result, **one_split(result, seeds[0])}
     stem = _stem(run, config)
     keras_file = model.save(beside(stem, ".keras"))
     result = run.record(result, [*report_paths(stem, monitor=True).values(), keras_file])
@@ -567,6 +570,7 @@ def _finetune_once(config: Config, progress: bool, backbone_seed: int, run: Run 
         "pipeline": config.name, "classifier": "finetune", "dataset": data.dataset,
         "store": "none (fine-tuned on decoded images; no feature store)", "key": key,
         "backbone": backbone, "best_params": settings, "cv_score": model.val_accuracy,
+        "cv_score_name": "validation accuracy",  # of the early stopping's rows, not of folds
         "fit_seconds": fit_seconds,
         "n_train": int(len(data.labels[TRAIN]) + len(data.labels[VAL])),
         "root": data.root,

@@ -9,6 +9,7 @@ a store larger than memory can be trained on.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from featx.core.config import Config
 from featx.core.errors import ClassifierError
 from featx.store.read import FeatureStore
+
+log = logging.getLogger(__name__)
 
 # sgd holds at most this many bytes of features at a time (or one store chunk, if larger),
 # as float64, the dtype SGDClassifier computes in.
@@ -288,8 +291,69 @@ def fit(name: str, x_train: np.ndarray, y_train: np.ndarray,
                           n_jobs=n_jobs, scoring="accuracy", refit=True, error_score="raise")
     t0 = time.perf_counter()
     search.fit(x, y, groups=groups if not isinstance(folds, PredefinedSplit) else None)
+    warn_at_edges(name, grid, search.cv_results_["params"],
+                  search.cv_results_["mean_test_score"], quick)
     return FitResult(name, search.best_estimator_, dict(search.best_params_),
                      float(search.best_score_), time.perf_counter() - t0)
+
+
+def warn_at_edges(name: str, grid: dict[str, list[Any]], params: list[dict[str, Any]],
+                  scores: np.ndarray, quick: bool = False) -> list[str]:
+    """Log (and return) a warning for each numeric parameter of ``grid`` (two values or
+    more) whose best-scoring candidates all lie at one end of it: the best value may lie
+    beyond what was tried. ``params`` and ``scores`` (one mean score each, (n,)): every
+    candidate of the grid search. Not where a candidate inside the grid scores as well: on
+    small data ties are common, and they go to the first, often the smallest, value."""
+    scores = np.asarray(scores, np.float64)
+    top = [p for p, s in zip(params, scores) if np.isclose(s, scores.max(), rtol=1e-9, atol=0)]
+    said = []
+    for key, values in grid.items():
+        if len(values) < 2 or not all(_number(v) for v in values):
+            continue
+        ordered, chosen, short = sorted(values), {p[key] for p in top}, key.split("__")[-1]
+        for at, end, up in ((0, "smallest", False), (-1, "largest", True)):
+            edge = ordered[at]
+            if chosen != {edge}:
+                continue
+            line = (f"{name}: {short}={_shown(edge)} is the {end} value tried "
+                    f"({', '.join(map(_shown, ordered))}); ")
+            full = sorted(get_learner(name).grid.get(key.removeprefix("model__"), [edge]))
+            beyond = _beyond(ordered, up)
+            if quick and (full[-1] > edge if up else full[0] < edge):
+                line += (f"the full grid (classify.quick = false) tries {short} "
+                         f"{'up' if up else 'down'} to {_shown(full[at])}")
+            elif beyond:
+                line += (f"try {short} in {', '.join(map(_shown, beyond))}: no setting "
+                         "changes the grid, edit LEARNERS in featx/learn/learners.py")
+            else:  # nothing valid lies past it (1 neighbour)
+                continue
+            log.warning("%s", line)
+            said.append(line)
+    return said
+
+
+def _shown(value: float) -> str:
+    """A grid value to 3 significant digits, as a person would write it (1000, 0.0111)."""
+    return f"{float(f'{value:.3g}'):g}"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+def _beyond(ordered: list[Any], up: bool) -> list[Any]:
+    """Three values from a grid's largest (``up``) or smallest value outwards, that value
+    among them, by the grid's own step there (a ratio where the values are positive), in
+    ascending order; of an integer grid, whole numbers of at least 1. Empty where fewer
+    than two are left."""
+    a, b = (ordered[-2], ordered[-1]) if up else (ordered[1], ordered[0])
+    if a > 0 and b > 0:
+        values = [b * (b / a) ** i for i in range(3)]
+    else:
+        values = [b + (b - a) * i for i in range(3)]
+    if all(isinstance(v, (int, np.integer)) for v in ordered):
+        values = list(dict.fromkeys(int(round(v)) for v in values if round(v) >= 1))
+    return sorted(values) if len(values) > 1 else []
 
 
 # ------------------------------------------------------------------------- out of core
@@ -389,6 +453,7 @@ def fit_store(name: str, store_path: str | Path, train_rows: np.ndarray,
         for params in candidates for fit_rows, held in folds)
     means = np.asarray(scores).reshape(len(candidates), len(folds)).mean(axis=1)
     best = int(np.argmax(means))  # first of equals, as GridSearchCV
+    warn_at_edges(name, learner.quick_grid if quick else learner.grid, candidates, means, quick)
     model = _fit_stream(name, store_path, labels, all_rows, candidates[best], seed, cw)
     return FitResult(name, model, dict(candidates[best]), float(means[best]),
                      time.perf_counter() - t0)

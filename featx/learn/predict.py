@@ -24,6 +24,7 @@ import numpy as np
 from featx.core.config import BackboneConfig
 from featx.core.errors import DatasetError, ModelFileError, UsageError
 from featx.core.escape import spreadsheet_cell, terminal
+from featx.core.log import plural
 from featx.data.dataset import IMAGE_EXTENSIONS
 from featx.data.images import ReadErrors, Views, read_batches
 from featx.features.backbones import Backbone, BackboneError, keras_home
@@ -116,8 +117,9 @@ class Predictor:
             # OpenVINO predicts with TensorFlow where OpenVINO is not installed
             config = dataclasses.replace(config, runtime="tensorflow")
         recorded = config.weights.strip()
-        if weights is None and recorded.lower() not in ("imagenet", "none", "") \
-                and not Path(recorded).expanduser().is_file():
+        # a file, or a KerasHub preset folder (featx/features/hub.py)
+        if weights is None and recorded.lower() not in ("imagenet", "pretrained", "none", "") \
+                and not Path(recorded).expanduser().exists():
             raise ModelFileError(f"{path}: the weights file it was trained with is not at "
                                f"{recorded}; give --weights PATH (the same file)")
         try:
@@ -305,5 +307,5 @@ def run(model: str, inputs: Sequence[str], out: TextIO, top: int = 5,
                 write_csv(predictions, f)
     bad = sum(bool(p.error) for p in predictions)
     if bad:
-        log.warning("%d of %d images unreadable", bad, len(predictions))
+        log.warning("%d of %s unreadable", bad, plural(len(predictions), "image"))
     return 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
+from sklearn.metrics import confusion_matrix, top_k_accuracy_score
 
 TOP_PAIRS = 10  # most-confused pairs shown in the reports
 
@@ -35,10 +35,7 @@ def evaluate(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray,
     """Rank-1, rank-5, per-class precision/recall/F1, the confusion matrix and the
     most-confused pairs; with ``paths`` (one per test row) a few example images per pair."""
     predicted = classes[np.argmax(scores, axis=1)]
-    labels = np.arange(len(label_names))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, predicted, labels=labels, zero_division=0)
-    confusion = confusion_matrix(y_true, predicted, labels=labels)
+    confusion = confusion_matrix(y_true, predicted, labels=np.arange(len(label_names)))
     pairs = confused_pairs(confusion, label_names)
     if paths is not None:
         if len(paths) != len(y_true):
@@ -51,13 +48,27 @@ def evaluate(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray,
         "rank1": rank_k(y_true, scores, classes, 1),
         "rank5": rank_k(y_true, scores, classes, 5),
         "n_test": int(len(y_true)),
-        "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f),
-                             "support": int(s)}
-                      for name, p, r, f, s in zip(label_names, precision, recall, f1, support)},
+        "per_class": class_scores(confusion, label_names),
         "confusion": confusion.tolist(),
         "confused_pairs": pairs,
         **errors,
     }
+
+
+def class_scores(confusion: Any, label_names: list[str]) -> dict[str, dict[str, Any]]:
+    """Per class (rows of ``confusion``, shape (C, C), true x predicted): precision, recall,
+    F1 (0 where undefined) and support (its test images)."""
+    m = np.asarray(confusion, dtype=np.int64)
+    tp, support, predicted = np.diag(m), m.sum(axis=1), m.sum(axis=0)
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.divide(a, b, out=np.zeros(len(a)), where=b > 0)
+
+    precision, recall = ratio(tp, predicted), ratio(tp, support)
+    f1 = ratio(2 * tp, support + predicted)  # 2tp / (2tp + fp + fn)
+    return {name: {"precision": float(p), "recall": float(r), "f1": float(f),
+                   "support": int(s)}
+            for name, p, r, f, s in zip(label_names, precision, recall, f1, support)}
 
 
 def misclassified(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray,
@@ -111,11 +122,63 @@ def confused_pairs(confusion: Any, label_names: list[str],
              "true_index": t, "predicted_index": p} for n, t, p in off[:top]]
 
 
+SCORES = ("rank1", "rank5")  # a mean over repeated splits, with its sd
+CLASSES = ("confusion", "per_class", "confused_pairs")  # summed over repeated splits
+FIRST = ("best_params", "cv_score", "fit_seconds", "misclassified", "model")  # split 1's
+
+
+def seeds_text(seeds: list[int]) -> str:
+    """``seeds`` for a label: "seed 42", "seeds 42-46" (consecutive), "seeds 3, 9, 4"."""
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    if list(seeds) == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"seeds {seeds[0]}–{seeds[-1]}"
+    return "seeds " + ", ".join(map(str, seeds))
+
+
+def scope(seeds: list[int]) -> dict[str, str]:
+    """What each part of a result shows, by its key: the one split, the mean ± sd over the
+    splits, the sum over them, or the first split (whose model is the one saved)."""
+    if len(seeds) == 1:
+        one = f"one split ({seeds_text(seeds)})"
+        return {k: one for k in (*SCORES, *CLASSES, *FIRST)} | {"n_test": one}
+    r, over = len(seeds), f"{len(seeds)} splits ({seeds_text(seeds)})"
+    first = f"split 1 of {r} ({seeds_text(seeds[:1])})"
+    return ({k: f"mean ± sd over {over}" for k in SCORES}
+            | {k: f"summed over {over}" for k in CLASSES}
+            | {k: first for k in FIRST} | {"n_test": f"each of the {r} splits"})
+
+
+def one_split(result: dict[str, Any], seed: int) -> dict[str, Any]:
+    """What a result of one split adds to say so: ``splits`` 1, ``per_split`` (its one
+    row, as :func:`repeat_summary` gives one per split) and ``scope``."""
+    return {"splits": 1, "per_split": [_split_row(1, seed, result)], "scope": scope([seed])}
+
+
+def _split_row(i: int, seed: int, r: dict[str, Any]) -> dict[str, Any]:
+    return {"split": i, "seed": seed, "rank1": r["rank1"], "rank5": r["rank5"],
+            "n_test": r["n_test"], "best_params": r.get("best_params"),
+            "cv_score": r.get("cv_score")}
+
+
 def repeat_summary(seeds: list[int], results: list[dict[str, Any]]) -> dict[str, Any]:
-    """rank-1/rank-5 of repeated splits (``classify.repeats``) as the mean and standard
-    deviation (ddof 1) over the splits, and each split's seed and scores under ``repeats``."""
+    """What R repeated splits (``classify.repeats``; ``results`` in ``seeds`` order, each
+    :func:`evaluate`'s keys and best_params/cv_score) say together, to merge over the first
+    split's result.
+
+    Returns
+    -------
+    dict
+        ``rank1``/``rank5``: the mean over the splits, ``rank1_std``/``rank5_std`` their
+        standard deviation (ddof 1; None where rank-5 does not apply); ``repeats``: the
+        seeds and each split's rank-1/rank-5 lists (as before); ``splits``: R;
+        ``per_split``: one row per split (split, seed, rank1, rank5, n_test, best_params,
+        cv_score); ``confusion`` (C, C) summed over the splits and ``per_class`` and
+        ``confused_pairs`` from that sum (examples: each split's own, first split first);
+        ``scope``: what each key shows (:func:`scope`).
+    """
     out: dict[str, Any] = {"repeats": {"seeds": list(seeds)}}
-    for k in ("rank1", "rank5"):
+    for k in SCORES:
         values = [r[k] for r in results]
         out["repeats"][k] = values
         if any(v is None for v in values):
@@ -123,4 +186,18 @@ def repeat_summary(seeds: list[int], results: list[dict[str, Any]]) -> dict[str,
         else:
             out[k] = float(np.mean(values))
             out[f"{k}_std"] = float(np.std(values, ddof=1))
-    return out
+    names = list(results[0]["per_class"])
+    confusion = np.sum([np.asarray(r["confusion"], dtype=np.int64) for r in results], axis=0)
+    pairs = confused_pairs(confusion, names)
+    for pair in pairs:
+        cell = (pair["true_index"], pair["predicted_index"])
+        found = [e for r in results for p in r.get("confused_pairs", [])
+                 if (p["true_index"], p["predicted_index"]) == cell
+                 for e in p.get("examples", [])]
+        if found:
+            pair["examples"] = list(dict.fromkeys(found))[:N_EXAMPLES]
+    return {**out, "splits": len(seeds),
+            "per_split": [_split_row(i, s, r)
+                          for i, (s, r) in enumerate(zip(seeds, results), start=1)],
+            "confusion": confusion.tolist(), "per_class": class_scores(confusion, names),
+            "confused_pairs": pairs, "scope": scope(seeds)}

@@ -1,7 +1,8 @@
 """``featx runs``: one table of every classification result (the ``*.json`` that
 ``write_reports`` writes, one run folder per ``featx classify``), to compare backbones,
 layers, poolings, classifiers and classify settings; the best rank-1 of each dataset
-marked."""
+marked. A run is named by its folder (its id: start time and settings hash), by the name
+given to ``featx classify --name``, or as ``latest``, ``latest~1``, ...: see :func:`resolve`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import csv
 import io
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import numpy as np
 
 from featx.core.errors import ResultsError, UsageError
 from featx.core.escape import spreadsheet_cell, terminal
+from featx.core.log import plural
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +44,22 @@ COLUMNS = {
     # classify.repeats: the standard deviation of rank-1 and its value on each split
     "rank1_std": ("rank-1 sd", ("rank1_std",)),
     "splits": ("rank-1 by split", ("repeats", "rank1")),
+    # which run: the name given to it (featx classify --name) and its folder's name
+    "name": ("name", ("classify", "run_name")),
+    "run": ("run", ("run",)),
 }
 NUMERIC = {"rank1", "rank5", "fit_seconds", "cv"}
 # "best first": higher accuracy, shorter fit, newest, names alphabetically
 DESCENDING = {"rank1", "rank5", "started"}
 REQUIRED = ("classifier", "rank1")  # a JSON without these is not a run result
-
+# `featx runs` without --wide: what tells runs apart and compares them, in WIDTH columns
+BRIEF = {"started": "when", "run": "run", "dataset": "dataset", "backbone": "backbone",
+         "classifier": "classifier", "rank1": "rank-1", "fit_seconds": "fit s"}
+WIDTH = 100
+# a run folder's name: <UTC start>-<settings hash>[-<n>]; the part after the start is its
+# short id
+RUN_ID = re.compile(r"\d{8}-\d{6}-(?P<short>.+)")
+LATEST = re.compile(r"latest(?:~(?P<back>\d+))?")
 
 
 def find_results(cache_dir: Path, dirs: Iterable[str | Path] = ()) -> list[Path]:
@@ -90,6 +103,8 @@ def load_runs(paths: Iterable[Path],
             for k in keys:
                 value = value.get(k) if isinstance(value, dict) else None
             if column in NUMERIC and not isinstance(value, (int, float)):
+                value = None
+            if column == "name" and not value:  # "": no name given
                 value = None
             row[column] = value
         rows.append(row)
@@ -186,6 +201,137 @@ def table(rows: list[dict[str, Any]]) -> str:
                          for c, v, w in zip(columns, values, widths)).rstrip()
 
     return "\n".join([line(headers)] + [line(row) for row in cells])
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters, cut in the middle (``resnet…_out``): the
+    start and the end of a name are what tell names apart."""
+    if len(text) <= width:
+        return text
+    if width < 3:
+        return text[:width]
+    head = width // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+def short_id(run: str | None) -> str | None:
+    """The short id of a run folder's name: its settings hash (and ``-<n>``), the part
+    after the start time (which the ``when`` column shows)."""
+    if not run:
+        return None
+    m = RUN_ID.fullmatch(run)
+    return m["short"] if m else run
+
+
+def brief_cells(row: dict[str, Any]) -> dict[str, str]:
+    """A row's cells in the columns of :data:`BRIEF` (and ``best``), unshortened: start time
+    to the minute, the run's name or else its short id, rank-1 with its standard deviation
+    over repeated splits where there is one."""
+    rank1 = _cell("rank1", row["rank1"])
+    if row.get("rank1_std") is not None:
+        rank1 += f" ± {row['rank1_std']:.3f}"
+    return {"started": _cell("started", row["started"])[:16], "run":
+            row.get("name") or short_id(row.get("run")) or "-",
+            **{c: _cell(c, row[c]) for c in ("dataset", "backbone", "classifier")},
+            "rank1": rank1, "fit_seconds": _cell("fit_seconds", row["fit_seconds"]),
+            "best": "best" if row.get("best") else ""}
+
+
+def brief_table(rows: list[dict[str, Any]], width: int = WIDTH) -> str:
+    """The table ``featx runs`` prints: the columns of :data:`BRIEF` and ``best``, in at most
+    ``width`` characters a line. Names too long for it are cut in the middle (the longest
+    first); numbers never are."""
+    columns = [*BRIEF, "best"]
+    headers = [*BRIEF.values(), "best"]
+    cells = [[terminal(c) for c in brief_cells(r).values()] for r in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    texts = [i for i, c in enumerate(columns) if c in ("run", "dataset", "backbone",
+                                                        "classifier")]
+    while sum(widths) + 2 * (len(widths) - 1) > width:
+        i = max(texts, key=lambda i: widths[i])
+        if widths[i] <= max(len(headers[i]), 5):
+            break
+        widths[i] -= 1
+    right = {"rank1", "fit_seconds"}
+
+    def line(values: list[str]) -> str:
+        return "  ".join(shorten(v, w).rjust(w) if c in right else shorten(v, w).ljust(w)
+                         for c, v, w in zip(columns, values, widths)).rstrip()
+
+    return "\n".join([line(headers)] + [line(row) for row in cells])
+
+
+def collect(cache_dir: str | Path, dirs: Iterable[str | Path] = (), dataset: str | None = None,
+            where: Iterable[str] = (), newest: bool = False,
+            sort: str = "rank1") -> list[dict[str, Any]]:
+    """What ``featx runs`` lists: the results found (:func:`find_results`), those of
+    ``dataset`` matching ``where`` (:func:`filter_runs`), with ``newest`` those of the newest
+    run only, the best of each dataset marked, sorted by ``sort``."""
+    rows = filter_runs(load_runs(find_results(Path(cache_dir), dirs)), dataset, where)
+    if newest:
+        rows = latest(rows)
+    return sort_runs(mark_best(rows), sort)
+
+
+def _run_key(row: dict[str, Any]) -> str:
+    # a run: its folder; a result written flat (before featx 0.2.0, no run recorded): itself
+    return str(Path(row["path"]).parent) if row.get("run") else row["path"]
+
+
+def count_runs(rows: list[dict[str, Any]]) -> int:
+    """How many runs ``rows`` (results) come from."""
+    return len({_run_key(r) for r in rows})
+
+
+def run_folders(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of ``rows`` that recorded their folder, newest first: for each, ``id`` (its
+    folder's name), ``name`` (or None), ``started``, ``dataset`` and ``folder`` (Path)."""
+    found: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.get("run"):
+            found.setdefault(_run_key(r), {"id": r["run"], "name": r.get("name"),
+                                           "started": r["started"], "dataset": r["dataset"],
+                                           "folder": Path(r["path"]).parent})
+    return sorted(found.values(), key=lambda f: str(f["started"] or ""), reverse=True)
+
+
+def _listed(found: list[dict[str, Any]], most: int = 6) -> str:
+    """Runs as one line: ``name (id)`` or ``id``, newest first, at most ``most`` of them."""
+    names = [terminal(f"{f['name']} ({f['id']})" if f["name"] else f["id"])
+             for f in found[:most]]
+    more = f" and {len(found) - most} more" if len(found) > most else ""
+    return (", ".join(names) or "none") + more
+
+
+def resolve(reference: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """The run folder (or result file) that ``reference`` names, looked for in this order: a
+    folder or file that exists; ``latest`` (the newest run of ``rows``) or ``latest~N`` (the
+    N-th before it); the name of one run (``featx classify --name``); a unique prefix of a
+    run's id (its folder's name) or of its short id (:func:`short_id`). Anything else, or a
+    name or prefix that several runs share, is a UsageError listing the candidates."""
+    text = str(reference)
+    if not text.strip():
+        raise UsageError("an empty run reference: give a run folder, a name, an id, or latest")
+    if Path(text).exists():
+        return Path(text)
+    found = run_folders(rows)
+    m = LATEST.fullmatch(text)
+    if m:
+        back = int(m["back"] or 0)
+        dated = [f for f in found if f["started"]]
+        if back >= len(dated):
+            raise UsageError(f"no run {text}: {plural(len(dated), 'run')} listed "
+                             f"({_listed(dated)})")
+        return dated[back]["folder"]
+    matches = [f for f in found if f["name"] == text] or [
+        f for f in found if f["id"].startswith(text) or short_id(f["id"]).startswith(text)]
+    if len(matches) == 1:
+        return matches[0]["folder"]
+    if matches:
+        raise UsageError(f"run {terminal(text)!r} is ambiguous: {plural(len(matches), 'run')} "
+                         f"match ({_listed(matches)}); give more of the id")
+    raise UsageError(f"no run {terminal(text)!r} (no such folder or file, run name or id); "
+                     f"runs listed: {_listed(found)}")
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:

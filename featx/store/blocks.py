@@ -19,6 +19,7 @@ from featx.core.layout import (
     job_meta,
     partial_dir,
 )
+from featx.core.log import plural
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +33,30 @@ class BlockDir:
     not match its checksum is discarded with a warning and extracted again. The folder is
     named by the content key and ``meta.json`` records the ``job`` (which rows of the store
     the blocks hold: an update extracts only some) and the row count: blocks of any other
-    job are discarded, never resumed from.
+    job are discarded, never resumed from. It also records ``about`` (the dataset and
+    settings the job extracts, as the store's attributes will: what ``featx cache ls`` and
+    the commands that find no store say of it) and, when the job stopped on an error that a
+    resume would meet again, ``stopped`` (:meth:`stop`); a folder of featx 0.4 has neither.
     """
 
     def __init__(self, store: Path, content_key: str, rows: int, block_rows: int,
-                 job: str = "all") -> None:
+                 job: str = "all", about: dict[str, Any] | None = None) -> None:
         self.dir = partial_dir(store, content_key)
         self.rows = rows
         self.block_rows = resume_unit(self.dir, {"key": content_key, "job": job, "rows": rows},
-                                      "block_rows", max(1, block_rows))
+                                      "block_rows", max(1, block_rows), about)
         self._cache: tuple[int, dict[str, np.ndarray]] | None = None
         self._checked: set[int] = set()
+
+    def stop(self, reason: str) -> None:
+        """Record why the job stopped (one line: the error a resume would meet again, such
+        as weights that cannot be downloaded offline); the next start clears it."""
+        meta = job_record(self.dir)
+        meta["stopped"] = reason.strip().splitlines()[0] if reason.strip() else "an error"
+        try:
+            write_atomic(job_meta(self.dir), json.dumps(meta).encode())
+        except OSError as e:  # the error being reported matters more than its record
+            warn(f"cannot record why {self.dir} stopped: {e.strerror or e}")
 
     @property
     def n_blocks(self) -> int:
@@ -88,7 +102,7 @@ class BlockDir:
         except Exception as e:  # any damage numpy's reader trips on
             return f"unreadable: {type(e).__name__}"
         if n != ok or n != len(self.rows_of(index)):
-            return f"holds {n} rows, expected {len(self.rows_of(index))}"
+            return f"holds {plural(n, 'row')}, expected {len(self.rows_of(index))}"
         return ""
 
     def rows_of(self, index: int) -> range:
@@ -122,11 +136,24 @@ def warn(message: str) -> None:
     log.warning("%s", message)
 
 
-def resume_unit(folder: Path, job: dict[str, Any], unit: str, size: int) -> int:
+def job_record(folder: Path) -> dict[str, Any]:
+    """What an unfinished extraction's ``meta.json`` records (empty where it is missing or
+    unreadable): ``key``, ``job``, ``rows``, the block or shard size, and where recorded
+    ``about`` and ``stopped`` (:class:`BlockDir`)."""
+    try:
+        meta = json.loads(job_meta(folder).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def resume_unit(folder: Path, job: dict[str, Any], unit: str, size: int,
+                about: dict[str, Any] | None = None) -> int:
     """The block (or shard) size of the extraction job resumed in ``folder``: the one
     recorded in its ``meta.json`` when that records this very ``job`` (key, rows and which
     rows), else ``size``, the folder emptied first (what it holds was made for another
-    job, or cannot be told apart). Records the job and its size."""
+    job, or cannot be told apart). Records the job and its size, and ``about`` (not part
+    of the job: a folder recording none resumes as well); a new start clears ``stopped``."""
     meta_path = job_meta(folder)
     if meta_path.exists():
         try:
@@ -141,5 +168,6 @@ def resume_unit(folder: Path, job: dict[str, Any], unit: str, size: int) -> int:
             warn(f"{meta_path}: unreadable; what it holds is extracted again")
             shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(meta_path, json.dumps({**job, unit: size}).encode())
+    record = {**job, unit: size, **({"about": about} if about else {})}
+    write_atomic(meta_path, json.dumps(record).encode())
     return size

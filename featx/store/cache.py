@@ -8,8 +8,10 @@ import hashlib
 import json
 import shutil
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -36,6 +38,7 @@ from featx.core.layout import (
     shard_files,
     store_files,
 )
+from featx.store.keys import as_text
 from featx.store.read import FeatureStore
 
 
@@ -51,6 +54,12 @@ class Entry:
     # store | partial (an unfinished extraction) | checkpoint (fine-tuning) | openvino (a
     # converted backbone; rows: its batch size)
     kind: str = "store"
+    # what tells a dataset's stores apart ("" where not recorded: a checkpoint, a partial
+    # folder of featx 0.4)
+    layer: str = ""
+    pooling: str = ""
+    input_size: int = 0
+    weights: str = ""  # weights_label
 
     @property
     def state(self) -> str:
@@ -76,20 +85,25 @@ def entries(cache_dir: Path) -> list[Entry]:
                 out.append(Entry(path, key, str(a.get("dataset", name.dataset)),
                                  str(a.get("backbone", name.backbone)),
                                  int(f["labels"].shape[0]), size,
-                                 bool(a.get("complete", False))))
+                                 bool(a.get("complete", False)),
+                                 **_told_apart(store_settings(a), name.pooling)))
         except (OSError, KeyError):
             out.append(Entry(path, name.key, name.dataset, name.backbone, 0,
-                             path.stat().st_size, False))
+                             path.stat().st_size, False, pooling=name.pooling))
     for partial in partial_dirs(cache_dir):
         blocks = block_files(partial)
+        meta = {}
         try:
             meta = json.loads(job_meta(partial).read_text())
             rows = min(len(blocks) * int(meta["block_rows"]), int(meta["rows"]))
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             rows = 0
         name = parse_store_name(partial.name)
+        about = meta.get("about") if isinstance(meta, dict) else None
+        told = _told_apart(store_settings(about), name.pooling) if isinstance(about, dict) \
+            else {"pooling": name.pooling}  # featx 0.4 recorded no settings
         out.append(Entry(partial, partial_key(partial), name.dataset, name.backbone, rows,
-                         sum(b.stat().st_size for b in blocks), False, "partial"))
+                         sum(b.stat().st_size for b in blocks), False, "partial", **told))
     for checkpoint in checkpoint_files(cache_dir):
         name = parse_checkpoint_name(checkpoint.name)
         try:  # rows: the epochs it has finished
@@ -105,6 +119,64 @@ def entries(cache_dir: Path) -> list[Entry]:
         out.append(Entry(folder, key, "", backbone, batch, sum(f.stat().st_size for f in files),
                          batch > 0 and converted_model_file(folder).is_file(), "openvino"))
     return out
+
+
+def weights_label(kind: str, weights_id: str = "", file: str = "") -> str:
+    """Weights in a few characters: ``imagenet``, ``none``, or ``file:<name> sha256:<8 hex>``
+    (``weights_id`` as featx.features.backbones.Backbone.weights_id gives it, ``file``: the
+    weights path as given)."""
+    if kind != "file":
+        return kind or "?"
+    return f"file:{Path(file).name} {weights_id[:15]}" if file else weights_id[:15]
+
+
+def recorded_pipeline(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The pipeline a store (or an unfinished extraction) was made with, as a dict of
+    sections (empty where none is recorded): its ``pipeline`` attribute, raw (JSON text) or
+    as FeatureStore.attrs decodes it."""
+    pipeline = attrs.get("pipeline", {})
+    if not isinstance(pipeline, Mapping):
+        try:
+            pipeline = json.loads(as_text(pipeline))
+        except ValueError:
+            return {}
+    return {k: v for k, v in pipeline.items() if isinstance(v, Mapping)} \
+        if isinstance(pipeline, Mapping) else {}
+
+
+def store_settings(attrs: Mapping[str, Any]) -> dict[str, str]:
+    """What a store's attributes (or an unfinished extraction's ``about``) record of the
+    settings that choose its features, as short labels, in the order they are shown:
+    backbone, weights, layer, pooling, input size, then resize, precision and flip."""
+    file = str(recorded_pipeline(attrs).get("backbone", {}).get("weights", ""))
+    text = {k: as_text(attrs.get(k, "")) for k in
+            ("backbone", "weights", "weights_id", "layer", "pooling", "input_size", "resize",
+             "precision", "flip")}
+    return {"backbone": text["backbone"],
+            "weights": weights_label(text["weights"], text["weights_id"], file),
+            "layer": text["layer"], "pooling": text["pooling"],
+            "input size": text["input_size"],
+            "resize": text["resize"].rsplit("-", 1)[-1],  # "<read policy>-<resize>"
+            "precision": text["precision"] or "float32",  # recorded where not float32
+            "flip": "mirror averaged" if text["flip"] else "no"}
+
+
+def describe_store(attrs: Mapping[str, Any]) -> str:
+    """One line of a store's settings: "MobileNetV2, layer (last conv), avg pooling, weights
+    file:w.h5 sha256:71e4abcd, 224 px" (resize, precision and flip where not the defaults)."""
+    s = store_settings(attrs)
+    more = [f"{k} {s[k]}" for k, default in (("resize", "squash"), ("precision", "float32"),
+                                             ("flip", "no")) if s[k] not in (default, "")]
+    return ", ".join([s["backbone"], f"layer {s['layer']}", f"{s['pooling']} pooling",
+                      f"weights {s['weights']}", f"{s['input size']} px", *more])
+
+
+def _told_apart(settings: dict[str, str], pooling: str) -> dict[str, Any]:
+    """An Entry's layer, pooling, input_size and weights, from :func:`store_settings`."""
+    size = settings["input size"]
+    return {"layer": settings["layer"], "pooling": settings["pooling"] or pooling,
+            "input_size": int(size) if size.isdigit() else 0,
+            "weights": settings["weights"] if settings["backbone"] else ""}
 
 
 def find(cache_dir: Path, key: str, exact: bool = False) -> Entry:

@@ -22,6 +22,7 @@ from featx.core.layout import (
     segments_dir,
     verified_stamp,
 )
+from featx.core.log import plural
 from featx.store.keys import as_text, columns_digest, segment_digest
 
 BLOCK_CACHE = 8  # checked physical blocks a segmented store keeps (a read mixes ~2-3)
@@ -106,7 +107,8 @@ class FeatureStore:
             else:
                 missing = missing_sources(self.path, self.file["features"])
                 if missing:  # a virtual store (featx.features.distributed) would read fill values
-                    raise StoreError(f"{self.path}: {len(missing)} shard file(s) missing, "
+                    raise StoreError(f"{self.path}: {plural(len(missing), 'shard file')} "
+                                     "missing, "
                                      f"e.g. {missing[0]} (run `featx extract` again)")
             self._check_columns()
         except StoreError:
