@@ -7,7 +7,16 @@ command line always showed it; ``progress=False`` (``featx --no-progress``) hide
 
 from __future__ import annotations
 
-from tqdm.auto import tqdm
+import warnings
+
+from tqdm import TqdmWarning
+
+# In a notebook without ipywidgets (pip install featx[notebook]) tqdm.auto falls back to the
+# text bar, which a notebook shows as well, after a TqdmWarning of its own at import: the
+# fallback is fine, the warning is noise in the user's cell.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
+    from tqdm.auto import tqdm
 
 
 def bar(total: int, desc: str, unit: str, progress: bool = True, initial: int = 0,
