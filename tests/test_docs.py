@@ -6,11 +6,13 @@
 - The reference pages docs/hooks.py generates name every command, flag and pipeline field,
   each field with its meaning; the site builds with ``mkdocs build --strict``.
 
-What the tests change between a page and what they run, and nothing else (SUBSTITUTIONS,
-TEST_FLAGS, PYTHON_KEYWORDS): the pages name a folder ``flowers/`` of real photographs and
-the default cache ``data/cache/``; the tests give ``<tmp>/flowers/``, 17 classes named as
-Flowers-17's of 6 generated JPEGs each (and every image the page names), and a cache in
-``<tmp>/cache/`` ($FEATX_CACHE_DIR), and ask for random weights at 32 px (no download).
+What the tests change between a page and what they run, and nothing else (substitute,
+TEST_FLAGS, PYTHON_KEYWORDS): the pages name a folder ``flowers/`` of real photographs, the
+default cache ``data/cache/`` and the pipeline file ``flowers.toml`` that ``featx init
+flowers/`` writes into the current folder; the tests give ``<tmp>/flowers/``, 17 classes
+named as Flowers-17's of 6 generated JPEGs each (and every image the page names), a cache in
+``<tmp>/cache/`` ($FEATX_CACHE_DIR) and ``<tmp>/flowers.toml``, and ask for random weights at
+32 px (no download).
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ from helpers import REPO, featx_here
 # Flags appended to the commands that build a backbone: random weights at 32 px, a low layer
 # (24 features: logistic regression on the 1,280 of the last layer, random and separable on
 # ~70 images, takes minutes to converge), small batches (so that the rate is timed), one
-# grid-search process, no progress bar.
+# grid-search process, no progress bar. featx init writes where the page's command would,
+# in the tests' folder instead of the repository (the commands run from the repository root).
 BACKBONE = ["--weights", "none", "--input-size", "32", "--layer", "block_2_add"]
 TEST_FLAGS = {
     "extract": [*BACKBONE, "--batch-size", "8", "--no-progress"],
     "classify": [*BACKBONE, "--n-jobs", "1", "--no-progress"],
+    "init": ["-o", "flowers.toml"],
 }
 # The same for the Python API: keyword arguments put first in these calls.
 PYTHON_KEYWORDS = 'weights="none", input_size=32, layer="block_2_add", batch_size=8, n_jobs=1, '
@@ -105,8 +109,9 @@ def steps_of(text: str, where: str) -> list[Step]:
 
 def substitute(text: str, tmp: Path) -> str:
     """The tests' folders for the page's: data/cache/ -> <tmp>/cache/, flowers/ ->
-    <tmp>/flowers/."""
+    <tmp>/flowers/, flowers.toml (featx init's file) -> <tmp>/flowers.toml."""
     text = text.replace("data/cache/", f"{tmp}/cache/")
+    text = re.sub(r"(?<![\w/.-])flowers\.toml\b", f"{tmp}/flowers.toml", text)
     return re.sub(r"(?<![\w/.-])flowers/", f"{tmp}/flowers/", text)
 
 
@@ -156,7 +161,7 @@ def run_command(step: Step, tmp: Path, seen: dict[str, str]) -> None:
     argv = [substitute(a, tmp) for a in shlex.split(step.text, comments=True)[1:]]
     for name, value in seen.items():
         argv = [a.replace(f"<{name}>", value) for a in argv]
-    argv += TEST_FLAGS.get(argv[0], [])
+    argv += [substitute(a, tmp) for a in TEST_FLAGS.get(argv[0], [])]
     done = featx_here(*argv)
     assert done.returncode == 0, f"{step.where}\nfeatx {shlex.join(argv)}\n{done.stderr}"
     check_output(step, done.stdout + "\n" + done.stderr, tmp, seen)
@@ -225,8 +230,12 @@ def test_tutorial_runs_as_written(flowers, image_file):
     text = (REPO / "docs" / "tutorial.md").read_text()
     add_named_images(text, flowers, image_file)
     steps = run_page(text, "docs/tutorial.md", flowers.parent)
-    # extract twice, classify, predict, runs, classify -p; one python block
-    assert [s.kind for s in steps].count("command") >= 6, [s.text for s in steps]
+    # extract twice, classify, predict, runs, init, classify -p; one python block
+    assert [s.kind for s in steps].count("command") >= 7, [s.text for s in steps]
+    assert "featx init flowers/" in [s.text for s in steps]
+    # featx init's file, in the tests' folder (not the repository), read back by classify -p
+    assert "root = " in (flowers.parent / "flowers.toml").read_text()
+    assert not (REPO / "flowers.toml").exists()
     assert [s.kind for s in steps].count("python") >= 1
     assert sum(len(s.expected) for s in steps) >= 10  # the output it shows was checked
 
@@ -259,6 +268,9 @@ def test_page_runner_checks_the_form_of_the_output(tmp_path):
     with pytest.raises(AssertionError, match="no line of the form"):
         check_output(Step("command", "", ["logreg  rank-1 0.947"], "here"),
                      "logreg  rank-1 n/a", tmp_path, {})
+    # featx init's file goes where the tests' folders are; other pipeline files stay
+    assert substitute("featx classify -p flowers.toml -p pipelines/flowers17.toml", tmp_path) \
+        == f"featx classify -p {tmp_path}/flowers.toml -p pipelines/flowers17.toml"
     found = steps_of("```console\n$ featx a \\\n  --b c\nout 1\n$ ls\nx\n```\n"
                      "```python\nprint(1)\n```\n```text\n1\n```\n", "p")
     assert [(s.kind, s.text, s.expected) for s in found] == [
