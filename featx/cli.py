@@ -346,9 +346,9 @@ def _add_export_model(sub: _Subcommands) -> None:
                  "openvino and int8.")
     p.add_argument("model", help="a run folder (its best rank-1 model) or a model file: "
                    "<run folder>/<pipeline>-<classifier>.skops")
-    # featx.learn.deploy.FORMATS (not imported here: --help must not load scikit-learn)
+    # checked by featx.learn.deploy (FORMATS), which --help must not import (scikit-learn)
     p.add_argument("--format", required=True,
-                   choices=("keras", "savedmodel", "onnx", "openvino", "litert"))
+                   help="keras, savedmodel, onnx, openvino or litert")
     p.add_argument("--out", required=True, metavar="PATH",
                    help="the file to write (.keras, .onnx, .xml with its .bin, .tflite) or "
                    "a new folder (savedmodel)")

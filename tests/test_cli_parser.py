@@ -19,6 +19,7 @@ from featx.core.config import DEFAULT_CACHE_DIR, EXPORT_FORMATS, SHORTHANDS, Con
 # must be here, so a new one is tested too.
 MINIMAL_ARGS = {
     "init": ["data"], "extract": [], "classify": [], "finetune": [], "backbones": [],
+    "export-model": ["model", "--format", "onnx", "--out", "m.onnx"],
     "layers": ["MobileNetV2"],
     "cache ls": [], "cache info": ["abc"], "cache verify": [], "cache rm": ["abc"],
     "cache export": ["abc", "--format", "npy", "--out", "x"], "predict": ["model", "a.png"],

@@ -354,6 +354,12 @@ def test_extract_classify_sweep_from_a_local_preset(presets, colours, tmp_path):
     done = featx_here("predict", str(saved.with_suffix(".skops")), str(image))
     assert done.returncode == 0, done.stderr
     assert image.name in done.stdout and "cat" in done.stdout
+    # and explains it: an occlusion map for any backbone; no CAM from a mean of tokens
+    done = featx_here("explain", str(saved.with_suffix(".skops")), str(image), "--out",
+                      str(tmp_path / "explain"))
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "explain").glob("*.png"))) == 1
+    assert "occlusion" in (tmp_path / "explain" / "index.html").read_text()
     assert featx_here("extract", *args).stdout.count("cache hit") == 1
 
     with result_lines() as lines:
@@ -515,3 +521,17 @@ def test_a_cache_hit_imports_neither_tensorflow_nor_keras_hub(presets, colours, 
     assert done.returncode == 0, done.stderr[-2000:]
     assert "cache hit" in done.stdout
     assert done.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.mark.slow
+def test_finetune_a_hub_transformer(presets, colours, tmp_path):
+    """`featx finetune` trains a new head on a KerasHub backbone, then its top blocks: the
+    same command as for keras.applications, from a preset folder (avg pooling: the mean of
+    the patch tokens, as a map)."""
+    tiny = {"warmup_epochs": 1, "warmup_lr": 1e-2, "epochs": 1, "unfreeze": 4, "lr": 1e-3,
+            "batch_size": 8, "patience": 5, "augment": False, "holdout": 0.15, "seed": 0}
+    done = featx_here("finetune", *hub_args(colours, tmp_path / "cache", presets["vit"],
+                                            "--pooling", "avg"),
+                      *[f"--set=finetune.{k}={json.dumps(v)}" for k, v in tiny.items()])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("finetune") and "rank-1" in done.stdout

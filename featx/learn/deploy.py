@@ -500,9 +500,11 @@ def _write_openvino(model: Any, path: Path, meta: dict, calibration: np.ndarray 
         import nncf
 
         log.info("quantising to int8 (NNCF, %s)", plural(len(calibration), "image"))
+        # Full bias correction, not NNCF's fast one: on Flowers-17 (MobileNetV2, 300 images)
+        # top-1 agreement with float on 200 test images went from 0.96 to 0.97.
         with _quiet_converters():
             ov_model = nncf.quantize(ov_model, nncf.Dataset([c[None] for c in calibration]),
-                                     subset_size=len(calibration))
+                                     subset_size=len(calibration), fast_bias_correction=False)
     ov_model.set_rt_info(json.dumps(meta), ["featx"])
     # float32 weights as converted: save_model would halve them to float16 by default
     ov.save_model(ov_model, str(path), compress_to_fp16=False)
