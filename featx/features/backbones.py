@@ -5,7 +5,6 @@ names a KerasHub backbone instead (featx/features/hub.py, imported only for thos
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
 import re
@@ -18,6 +17,7 @@ import numpy as np
 
 from featx.core.config import POOLINGS, PRECISIONS, BackboneConfig, cache_path
 from featx.core.errors import BackboneError
+from featx.core.files import file_sha256
 from featx.core.log import import_tensorflow
 from featx.features.hub import HubModel, is_hub, parse_name
 from featx.features.runtime import check_runtime, or_tensorflow, resolve_runtime
@@ -110,14 +110,6 @@ def keras_home() -> Path:
         return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class Backbone:
     """A frozen ImageNet CNN read at one layer, with one pooling.
 
@@ -188,7 +180,7 @@ class Backbone:
         if self.hub is not None:
             return self.hub.weights_id()
         if self.weights_path:
-            return f"sha256:{_file_sha256(self.weights_path)}"
+            return f"sha256:{file_sha256(self.weights_path)}"
         if self.weights_kind == "imagenet":
             # The package metadata, not `import keras`: a cache hit must not load TensorFlow.
             return f"keras-imagenet:{self.spec.name}:keras-{importlib.metadata.version('keras')}"

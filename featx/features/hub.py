@@ -76,7 +76,7 @@ from typing import Any
 
 from featx.core.config import BackboneConfig
 from featx.core.errors import BackboneError
-from featx.core.files import short_hash
+from featx.core.files import file_sha256, short_hash
 
 log = logging.getLogger(__name__)
 
@@ -288,24 +288,16 @@ class PresetFiles:
         return (per_channel(self.converter.get("scale"), 1.0),
                 per_channel(self.converter.get("offset"), 0.0))
 
-    def weights_sha256(self) -> dict[str, str]:
+    def weightsfile_sha256(self) -> dict[str, str]:
         files = _weight_files(self.folder)
         if not files:
             raise BackboneError(f"{self.folder} holds no weights (model.weights.h5)")
-        return {f.name: _sha256(f) for f in files}
+        return {f.name: file_sha256(f) for f in files}
 
     def describe_config(self) -> str:
         """A hash of the config as parsed (its "name" left out: a label)."""
         body = {k: v for k, v in self.config.get("config", {}).items() if k != "name"}
         return short_hash(json.dumps({"class": self.family, "config": body}, sort_keys=True))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- names --------------------------------------------------------------------------------
@@ -475,7 +467,7 @@ class HubModel:
             return f"random:seed={self.seed}"
         scale, offset = self.files.scale_offset()
         body = {"config": self.files.describe_config(), "scale": scale, "offset": offset,
-                "weights": self.files.weights_sha256()}
+                "weights": self.files.weightsfile_sha256()}
         return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
     def describe(self, layers: list[str]) -> dict[str, Any]:

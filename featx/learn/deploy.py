@@ -380,6 +380,12 @@ def export_model(model: str | os.PathLike, fmt: str, out: str | os.PathLike, *,
     if predictor.backbone.config.precision != "float32":
         raise UsageError(f"{source}: its backbone ran in {predictor.backbone.config.precision}: "
                          "exported models are float32 (export a model of float32 features)")
+    if predictor.backbone.spec.name.startswith("hub:"):
+        # Measured: a .keras file of a KerasHub ViT is written but does not load again
+        # (keras_hub 0.32's ViTPatchingAndEmbedding refuses its own saved arguments).
+        raise UsageError(f"{source}: its backbone is a KerasHub one "
+                         f"({predictor.backbone.spec.name}): featx export-model exports "
+                         "keras.applications backbones only, for now")
     calibration = _calibration(predictor, trust) if int8 else None
     log.info("building %s on %s (%s)", predictor.classifier, predictor.backbone.spec.name,
              plural(len(predictor.classes), "class", "classes"))
@@ -699,7 +705,8 @@ def _time_int8(fmt: str, path: Path) -> float | None:
     import subprocess
     import sys
 
-    code = "import sys; from featx.learn.deploy import time_here; print(time_here(*sys.argv[1:]))"
+    code = ("import sys; from featx.learn.deploy import time_here; "
+            "sys.stdout.write(f'{time_here(*sys.argv[1:])}\\n')")
     done = subprocess.run([sys.executable, "-c", code, str(path), fmt], capture_output=True,
                           text=True)
     try:
