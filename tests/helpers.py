@@ -320,3 +320,19 @@ def write_synthetic_store(path: Path, features: np.ndarray, labels: np.ndarray,
         if chunk_rows is not None:
             store_write.CHUNK_BYTES = old
     return path
+
+
+def saved_figures(monkeypatch) -> list:
+    """The matplotlib figures saved from now on (``Figure.savefig`` spied on), as a list
+    filled as each is saved: what a chart drew, read from the figure itself."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    save = Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        figures.append(self)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures

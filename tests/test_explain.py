@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from helpers import featx_here
+from helpers import featx_here, saved_figures
 from PIL import Image
 from realdata import FLOWERS17, WEIGHTS
 
@@ -163,17 +163,7 @@ def test_unreadable_image_and_unknown_class_are_one_line_errors(tmp_path):
 
 def _drawn(monkeypatch):
     """The figures saved inside the block, as a list filled when each is saved."""
-    from matplotlib.figure import Figure
-
-    figures = []
-    save = Figure.savefig
-
-    def keep(self, *args, **kwargs):
-        figures.append(self)
-        return save(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
-    return figures
+    return saved_figures(monkeypatch)
 
 
 def _texts(fig) -> list[str]:

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import one_error_line
+from helpers import one_error_line, saved_figures
 
 from featx.cli import main
 from featx.core.config import FinetuneConfig
@@ -283,18 +283,10 @@ def test_finetune_repeats_over_seeded_splits(tiny_store, make_config, tmp_path, 
 def test_the_monitor_legend_covers_no_line_and_no_phase_name(monkeypatch):
     """The legend sits below the axes: it overlaps neither plot (its lines, stars and shaded
     phases) nor the phase names, which sit above the axes."""
-    from matplotlib.figure import Figure
 
     from featx.report.charts import monitor_png
 
-    figures = []
-    save = Figure.savefig
-
-    def keep(self, *args, **kwargs):
-        figures.append(self)
-        return save(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
+    figures = saved_figures(monkeypatch)
     history = [{"phase": phase, "loss": 1.0 / e, "accuracy": 0.5 + e / 10,
                 "val_loss": 1.2 / e, "val_accuracy": 0.4 + e / 10}
                for phase in ("warmup", "finetune") for e in (1, 2, 3)]

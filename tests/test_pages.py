@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import classify_result
+from helpers import classify_result, saved_figures
 from PIL import Image
 
 EVIL = '<b>x</b> & "y"'
@@ -357,17 +357,9 @@ DOLLAR = "<b>$x$</b>"  # mathtext to matplotlib, markup to a browser: must show 
 def test_a_name_with_mathtext_and_markup_shows_as_it_is(make, tmp_path, image_file,
                                                         monkeypatch):
     """In the page (escaped HTML) and in every chart label (no text parsed as mathtext)."""
-    from matplotlib.figure import Figure
     from matplotlib.text import Text
 
-    figures = []
-    save = Figure.savefig
-
-    def keep(self, *args, **kwargs):
-        figures.append(self)
-        return save(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", keep)
+    figures = saved_figures(monkeypatch)
     page = make(tmp_path, image_file, DOLLAR).read_text()
     assert "&lt;b&gt;$x$&lt;/b&gt;" in page and DOLLAR not in page
     shown = []
