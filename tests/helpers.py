@@ -336,3 +336,31 @@ def saved_figures(monkeypatch) -> list:
 
     monkeypatch.setattr(Figure, "savefig", keep)
     return figures
+
+
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+def extract_killed_after_first_block(config, monkeypatch) -> list[int]:
+    """Run ``featx.features.extraction.extract(config)`` as a process killed right after its
+    first resume block is saved (the block kept, nothing after it); returns the indices of
+    the blocks saved (``[0]``)."""
+    import pytest
+
+    from featx.features.extraction import extract
+    from featx.store import blocks as store_blocks
+
+    saved: list[int] = []
+    original = store_blocks.BlockDir.save
+
+    def save_then_die(self, index, *args, **kwargs):
+        original(self, index, *args, **kwargs)
+        saved.append(index)
+        raise Killed
+
+    monkeypatch.setattr(store_blocks.BlockDir, "save", save_then_die)
+    with pytest.raises(Killed):
+        extract(config, progress=False)
+    monkeypatch.undo()
+    return saved

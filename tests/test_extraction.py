@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, extract_killed_after_first_block
 
 from featx.core.config import ConfigError
 from featx.core.errors import StoreError
@@ -20,7 +20,6 @@ from featx.data.images import load_image
 from featx.features.backbones import Backbone
 from featx.features.extraction import ExtractError, extract
 from featx.features.plan import locate_store, plan
-from featx.store import blocks as store_blocks
 from featx.store.read import FeatureStore
 
 LEFTOVER_SUFFIXES = (".partial", ".assembling", ".tmp")
@@ -278,26 +277,11 @@ def test_strict_mode_raises_even_when_the_store_is_cached(broken_data, broken_st
 
 # ---------------------------------------------------------------------------------- resume
 
-class Killed(Exception):
-    """Stands for the process being killed."""
-
-
 def test_interrupted_extraction_resumes_from_finished_blocks(tiny_store, make_config, tmp_path,
                                                              monkeypatch, expected_features):
     # batches of 2 rows: blocks of a few rows, so 18 images make several blocks
     config = make_config(tiny_store.root, tmp_path / "cache", extract={"batch_size": 2})
-    saved = []
-    original = store_blocks.BlockDir.save
-
-    def save_then_die(self, index, *args, **kwargs):
-        original(self, index, *args, **kwargs)
-        saved.append(index)
-        raise Killed
-
-    monkeypatch.setattr(store_blocks.BlockDir, "save", save_then_die)
-    with pytest.raises(Killed):
-        extract(config, progress=False)
-    monkeypatch.undo()
+    saved = extract_killed_after_first_block(config, monkeypatch)
     path = locate_store(config)
     assert not path.exists() and saved == [0]
     with pytest.raises(StoreError, match="unfinished"):

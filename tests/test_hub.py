@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, assert_close, featx_here, one_error_line, result_lines
+from helpers import (
+    REPO,
+    assert_close,
+    extract_killed_after_first_block,
+    featx_here,
+    one_error_line,
+    result_lines,
+)
 
 from featx.core.config import BackboneConfig
 from featx.core.errors import BackboneError
@@ -382,15 +389,10 @@ def test_extract_classify_sweep_from_a_local_preset(presets, colours, tmp_path):
     assert all(s["features"] == 2 * WIDTH for s in sweep_json["layers"])
 
 
-class Killed(Exception):
-    """Stands for the process being killed."""
-
-
 @pytest.mark.slow
 def test_resume_and_update_of_a_hub_store(presets, colours, tmp_path, make_config, monkeypatch,
                                           image_file):
     from featx.features.extraction import extract
-    from featx.store import blocks as store_blocks
     from featx.store.read import FeatureStore
 
     root = tmp_path / "data"
@@ -398,16 +400,7 @@ def test_resume_and_update_of_a_hub_store(presets, colours, tmp_path, make_confi
     config = make_config(root, tmp_path / "cache", extract={"batch_size": 2},  # small blocks
                          backbone={"name": f"hub:{presets['clip']}", "weights": "pretrained",
                                    "pooling": "cls", "input_size": 0})
-    original = store_blocks.BlockDir.save
-
-    def save_then_die(self, index, *args, **kwargs):
-        original(self, index, *args, **kwargs)
-        raise Killed
-
-    monkeypatch.setattr(store_blocks.BlockDir, "save", save_then_die)
-    with pytest.raises(Killed):
-        extract(config, progress=False)
-    monkeypatch.undo()
+    extract_killed_after_first_block(config, monkeypatch)
     resumed = extract(config, progress=False)
     assert 0 < resumed.extracted < 60 and resumed.extracted + resumed.reused == 60
     with FeatureStore(resumed.path) as s:

@@ -17,7 +17,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from helpers import copy_of_store, featx_here, one_error_line, tiny_args
+from helpers import (
+    copy_of_store,
+    extract_killed_after_first_block,
+    featx_here,
+    one_error_line,
+    tiny_args,
+)
 
 from featx.cli import main
 from featx.core.errors import StoreError
@@ -181,25 +187,12 @@ def test_a_cache_hit_verifies_once_per_file_version(own_store, monkeypatch):
 @pytest.mark.parametrize("damage", ["flipped bytes", "other numbers"])
 def test_a_damaged_resume_block_is_recomputed_with_a_warning(tiny_store, make_config, tmp_path,
                                                              monkeypatch, capsys, damage):
-    from featx.store import blocks as store_blocks
 
     config = make_config(tiny_store.root, tmp_path / "cache")
     with FeatureStore(tiny_store.path) as store:
         expected = store.features()
 
-    class Killed(Exception):
-        pass
-
-    original = store_blocks.BlockDir.save
-
-    def save_then_die(self, index, *args, **kwargs):
-        original(self, index, *args, **kwargs)
-        raise Killed
-
-    monkeypatch.setattr(store_blocks.BlockDir, "save", save_then_die)
-    with pytest.raises(Killed):
-        extract(config, progress=False)
-    monkeypatch.undo()
+    extract_killed_after_first_block(config, monkeypatch)
     block = next(tmp_path.glob("cache/*.partial/block-000000.npz"))
     if damage == "flipped bytes":
         data = bytearray(block.read_bytes())
