@@ -18,7 +18,7 @@ from featx.core import log as _log  # noqa: F401  (featx's messages: warnings to
 # effect if featx is imported before TensorFlow; a user's own setting wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
-__version__ = "0.6.0"  # also the first heading of CHANGELOG.md
+__version__ = "0.7.0"  # also the first heading of CHANGELOG.md
 
 # The public API (docs: how-to/python.md). Loaded on first use, so that `import featx` (and the
 # command line) imports neither scikit-learn nor TensorFlow.
