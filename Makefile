@@ -10,7 +10,7 @@ WEIGHTS ?=
 DEMO_WEIGHTS ?= $(or $(WEIGHTS),$(wildcard ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5))
 FLAGS = $(if $(DATA),--data $(DATA)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(ARGS)
 
-.PHONY: install demo features classify finetune test test-fast test-tf-count lint docs clean-cache bench bench-integrity bench-scale bench-export compare
+.PHONY: install demo features classify finetune test test-fast test-tf-count lint docs clean-cache bench bench-integrity bench-scale bench-export bench-groups compare
 
 $(BIN)/featx: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -79,6 +79,11 @@ bench-export: install
 # what the store's checksums cost on a 50k-row store (checked vs unchecked reads)
 bench-integrity: install
 	$(BIN)/python benchmarks/integrity.py
+
+# what grouping duplicates for the split costs next to extraction: Flowers-17 (extracted
+# here, needs ../shared) and 100k / 50k synthetic rows with planted copies (~10 min)
+bench-groups: install
+	$(BIN)/python benchmarks/groups.py $(ARGS)
 
 # cost against the size of the data: 10k, 100k and 1M synthetic images (~30 min; ARGS=--quick
 # stops at 100k, ARGS=--extract-1m extracts the 1M store instead of assembling it)

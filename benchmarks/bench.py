@@ -41,6 +41,16 @@ symlinks
   backbone's feature width (``backbone.pooling`` avg: the mean of the patch tokens).
 * memory: peak resident memory (VmHWM) of a featx extraction of N and of 4N images
   (MobileNetV2, flowers17; 4N = the same files under 4x distinct names), each in a fresh process.
+* int8 (when OpenVINO and NNCF are installed; ``--only int8`` runs this part alone, about 10
+  minutes): ``backbone.precision = "int8"`` beside float32 OpenVINO and TensorFlow, MobileNetV2
+  and ResNet50 on flowers17. Speed: the three bounds sampled side by side (the int8 model
+  quantised once before, on the subset's own images, as featx does), then featx end to end
+  with each runtime, each run against the TensorFlow bound samples around it; and what
+  decoding alone reads (featx's reader over the same files on every core, no model) with
+  what its share of the cores predicts for int8 end to end. Accuracy: all of Flowers-17 with
+  the real MobileNetV2 weights (../shared/weights), 224 px, extracted with float32 OpenVINO
+  and with int8, then ``classify.repeats = 5`` (logistic regression) on each store and
+  ``featx runs --compare`` (int8 - float32 rank-1 over the 5 splits, paired).
 
 The machine may be shared: read ratios and medians, and the "bg" column (cores busy outside
 this process during the row, from /proc/stat). Missing a target is reported, never an error;
@@ -80,6 +90,8 @@ TARGET_MEMORY = 1.15  # peak RSS at 4N / at N
 # featx end to end with OpenVINO / TensorFlow's compute-only bound, on flowers17 (issue 15)
 TARGET_OV_OVER_TF = {"MobileNetV2": 1.5, "ResNet50": 1.15}
 TARGET_OV_OWN = {"MobileNetV2": 0.85}  # featx end to end with OpenVINO / OpenVINO's bound
+# The real MobileNetV2 weights under ../shared (the int8 accuracy row)
+WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 # KerasHub backbones at their published configurations (random weights), images per row
 HUB_MODELS = ("ViT-B/16", "DINOv2-S/14", "CLIP-B/32")
 HUB_IMAGES = 64
@@ -200,19 +212,21 @@ def featx_config(model: str, root: Path, cache: Path, runtime: str = "tensorflow
     return config
 
 
-def run_featx(model: str, root: Path, work: Path, runtime: str = "tensorflow"
-              ) -> tuple[int, float, float, float]:
+def run_featx(model: str, root: Path, work: Path, runtime: str = "tensorflow",
+              precision: str = "float32") -> tuple[int, float, float, float]:
     """(rows, steady img/s, wall img/s, background cores) of one featx extraction. OpenVINO's
-    converted model is taken from ``work``, where the OpenVINO bound made it: the conversion
-    is paid once per cache folder, not per extraction."""
+    converted (or int8) model is taken from ``work``, where the OpenVINO (int8) bound made
+    it: the conversion is paid once per cache folder, not per extraction."""
     from featx.core.layout import OPENVINO_DIR
     from featx.features.extraction import extract
 
     cache = Path(tempfile.mkdtemp(prefix="cache-", dir=work))
     if runtime == "openvino":
         (cache / OPENVINO_DIR).symlink_to(OVBound.cache(work) / OPENVINO_DIR)
+    config = featx_config(model, root, cache, runtime)
+    config.backbone.precision = precision
     with Meter() as m:
-        result = extract(featx_config(model, root, cache, runtime), progress=False)
+        result = extract(config, progress=False)
     if result.cache_hit or not result.extracted:
         raise RuntimeError(f"featx extraction of {root} was a cache hit: nothing measured")
     wall = result.extracted / m.seconds
@@ -569,6 +583,263 @@ bound: the backbone alone over an in-memory batch (median of the samples around 
 featx / featx-ov: one end-to-end extraction each, with TensorFlow / OpenVINO.""")
 
 
+# --------------------------------------------------------------------------- int8
+
+# featx end to end with backbone.precision = "int8" / TensorFlow's compute bound (issue 30)
+TARGET_INT8_OVER_TF = {"MobileNetV2": 2.5}
+TARGET_INT8_RANK1 = 0.005  # int8 rank-1 - float32's, mean over the splits: at least -this
+INT8_SPLITS = 5
+INT8_DEFAULT_REPEATS = 2  # featx runs per runtime and model in the int8 rows
+
+
+def int8_installed() -> bool:
+    return openvino_installed() and importlib.util.find_spec("nncf") is not None
+
+
+class Int8Bound(OVBound):
+    """The int8 model's compute-only bound: featx's own (``Backbone.openvino`` with
+    precision int8, calibrated on ``root``'s images as an extraction of ``root`` is), over the
+    same in-memory batch; quantised here once, kept where featx's int8 runs find it."""
+
+    def __init__(self, model: str, root: Path, work: Path) -> None:
+        from featx.features.plan import plan
+
+        config = featx_config(model, root, self.cache(work), "openvino")
+        config.backbone.precision = "int8"
+        backbone = plan(config).backbone  # calibrated on root's images, as extract() is
+        t0 = time.perf_counter()
+        self.forward = backbone.openvino(BATCH)
+        self.seconds = time.perf_counter() - t0  # conversion and quantisation
+        self.calibration = len(backbone.calibration.files)
+        self.batches = 3 * max(1, BOUND_BATCHES.get(model, 1))  # fast: more batches a sample
+
+
+def decode_rate(files: list[Path]) -> float:
+    """img/s of featx's reader alone (read_batches: every core, decode and resize, no model)
+    over ``files``, the best of two passes."""
+    from featx.data.images import ReadErrors, read_batches
+
+    best = 0.0
+    for _ in range(2):
+        t0 = time.perf_counter()
+        for _ in read_batches([str(f) for f in files], SIZE, BATCH, ReadErrors()):
+            pass
+        best = max(best, len(files) / (time.perf_counter() - t0))
+    return best
+
+
+@dataclass
+class Int8Row:
+    """One model on flowers17: the three bounds sampled side by side, featx end to end with
+    each runtime against the TensorFlow bound samples around each run, decoding alone."""
+
+    model: str
+    rows: int = 0
+    bound: list[float] = field(default_factory=list)
+    ov_bound: list[float] = field(default_factory=list)
+    int8_bound: list[float] = field(default_factory=list)
+    int8_bound_rel: list[float] = field(default_factory=list)  # int8 / TF bound, same time
+    int8_over_ov: list[float] = field(default_factory=list)  # int8 / float32 OV bound
+    steady: dict[str, list[float]] = field(default_factory=dict)  # runtime -> img/s
+    wall: dict[str, list[float]] = field(default_factory=dict)
+    rel_tf: dict[str, list[float]] = field(default_factory=dict)  # / TF bound around it
+    int8_rel_own: list[float] = field(default_factory=list)  # int8 end to end / int8 bound
+    background: list[float] = field(default_factory=list)
+    decode_ms: float = float("nan")  # one thread, a file
+    decode_rate: float = float("nan")  # featx's reader alone, every core
+    quantise_s: float = float("nan")
+    calibration: int = 0
+
+    def median(self, name: str, runtime: str = "") -> float:
+        values = getattr(self, name)
+        values = values.get(runtime, []) if isinstance(values, dict) else values
+        return statistics.median(values) if values else float("nan")
+
+
+INT8_RUNS = (("tensorflow", "tensorflow", "float32"), ("openvino", "openvino", "float32"),
+             ("int8", "openvino", "int8"))  # (label, runtime, precision)
+
+
+def measure_int8_row(model: str, files: list[Path], work: Path, repeats: int) -> Int8Row:
+    """bounds, then per repeat: featx TF, bounds, featx OV float32, bounds, featx int8,
+    bounds."""
+    row = Int8Row(model)
+    root = link_subset(files, work / f"int8-{model}" / "flowers17")
+    bound, ov = Bound(model), OVBound(model, work)
+    bound.load(files)
+    ov.load(bound.images)
+    log(f"{model}: quantising to int8 on the subset's own images (once)")
+    q8 = Int8Bound(model, root, work)
+    q8.load(bound.images)
+    row.quantise_s, row.calibration = q8.seconds, q8.calibration
+    row.decode_ms, row.decode_rate = decode_ms(files), decode_rate(files)
+    before: list[tuple[float, float]] = []
+
+    def sample() -> tuple[float, float]:
+        tf_rate, bg = bound.sample()
+        ov_rate, bg2 = ov.sample()
+        q_rate, bg3 = q8.sample()
+        row.bound.append(tf_rate)
+        row.ov_bound.append(ov_rate)
+        row.int8_bound.append(q_rate)
+        row.int8_bound_rel.append(q_rate / tf_rate)
+        row.int8_over_ov.append(q_rate / ov_rate)
+        row.background += [bg, bg2, bg3]
+        before.append((tf_rate, q_rate))
+        return tf_rate, q_rate
+
+    sample()
+    for _ in range(max(1, repeats)):
+        for label, runtime, precision in INT8_RUNS:
+            tf_before, q_before = before[-1]
+            row.rows, steady, wall, bg = run_featx(model, root, work, runtime, precision)
+            row.background.append(bg)
+            tf_after, q_after = sample()
+            row.steady.setdefault(label, []).append(steady)
+            row.wall.setdefault(label, []).append(wall)
+            row.rel_tf.setdefault(label, []).append(steady / ((tf_before + tf_after) / 2))
+            if label == "int8":
+                row.int8_rel_own.append(steady / ((q_before + q_after) / 2))
+    log(f"{model:<11} flowers17 bounds: tf {row.median('bound'):.1f}, openvino "
+        f"{row.median('ov_bound'):.1f}, int8 {row.median('int8_bound'):.1f} | featx "
+        + ", ".join(f"{label} {row.median('steady', label):.1f}" for label, *_ in INT8_RUNS)
+        + f" | decoding alone {row.decode_rate:.0f} img/s")
+    return row
+
+
+def measure_int8_accuracy(flowers17: Path, weights: Path, work: Path) -> dict:
+    """All of Flowers-17 with the real MobileNetV2 weights, 224 px, batch 32: extracted with
+    float32 OpenVINO and with int8 (calibration: the default sample), classified with
+    classify.repeats = INT8_SPLITS (logistic regression, its full grid; stratified splits,
+    not grouped by near-duplicates) on each store, and compared as ``featx runs --compare``
+    compares (int8 - float32 over the shared splits)."""
+    import numpy as np
+
+    from featx.core.config import Config
+    from featx.features.extraction import extract
+    from featx.learn.classification import classify
+    from featx.report import runs
+    from featx.store.read import FeatureStore
+
+    out: dict = {"seconds": {}, "features": {}}
+    for precision in ("float32", "int8"):
+        config = Config()
+        config.dataset.root = str(flowers17)
+        config.backbone.weights = str(weights)
+        config.backbone.runtime = "openvino"
+        config.backbone.precision = precision
+        config.extract.batch_size = BATCH
+        config.cache_dir = str(work / "accuracy-cache")
+        config.out = str(work / f"accuracy-runs-{precision}")
+        config.classify.classifiers = ["logreg"]
+        config.classify.repeats = INT8_SPLITS
+        # the same 5 splits for both: grouped splits follow each store's own near-duplicate
+        # groups, and int8's features make 1 of Flowers-17's 66 near-duplicate pairs another
+        config.dataset.group_duplicates = False
+        log(f"accuracy: Flowers-17 extracted with {precision} OpenVINO")
+        t0 = time.perf_counter()
+        result = extract(config, progress=False)
+        out["seconds"][precision] = time.perf_counter() - t0
+        out["rows"] = result.rows
+        with FeatureStore(result.path) as store:
+            out["features"][precision] = store.features()
+            out["calibration"] = store.attrs.get("calibration", out.get("calibration"))
+        log(f"accuracy: classify.repeats = {INT8_SPLITS} on the {precision} store")
+        classify(config)
+    x, y = out["features"]["float32"], out["features"]["int8"]
+    scale = float(np.abs(x).max())
+    out["max_diff"] = float(np.abs(y - x).max()) / scale
+    out["mean_diff"] = float(np.abs(y - x).mean()) / scale
+    [out["compare"]] = runs.compare(work / "accuracy-runs-int8", work / "accuracy-runs-float32")
+    del out["features"]
+    return out
+
+
+def report_int8(rows: list[Int8Row], accuracy: dict | None) -> None:
+    print()
+    if not rows and not accuracy:
+        print("int8: OpenVINO and NNCF not installed (pip install 'featx[openvino]'): no int8 "
+              "rows")
+        return
+    import nncf
+    import openvino
+
+    from featx.features.runtime import thread_split
+
+    cores = thread_split().cores
+    print(f"int8 (backbone.precision = \"int8\": OpenVINO {openvino.__version__}, NNCF "
+          f"{nncf.__version__}), float32 OpenVINO and TensorFlow side by side, flowers17, "
+          f"224 px, batch {BATCH}, random weights; {thread_split().describe()}")
+    if rows:
+        header = (f"{'model':<11} {'n':>4} {'runs':>4} {'tf bound':>8} {'ov bound':>8} "
+                  f"{'int8 bound':>10} {'featx-tf':>8} {'featx-ov':>8} {'featx-int8':>10} "
+                  f"{'int8/tf bound':>13} {'wall':>6} {'decode':>6} {'bg':>4}")
+        print(header)
+        print("-" * len(header))
+        for r in rows:
+            bg = statistics.mean(r.background) if r.background else float("nan")
+            print(f"{r.model:<11} {r.rows:>4} {len(r.rel_tf.get('int8', [])):>4} "
+                  f"{r.median('bound'):8.1f} {r.median('ov_bound'):8.1f} "
+                  f"{r.median('int8_bound'):10.1f} {r.median('steady', 'tensorflow'):8.1f} "
+                  f"{r.median('steady', 'openvino'):8.1f} {r.median('steady', 'int8'):10.1f} "
+                  f"{fmt_ratio(r.median('rel_tf', 'int8')):>13} "
+                  f"{r.median('wall', 'int8'):6.1f} {r.decode_rate:6.0f} {bg:4.1f}")
+        print("""bounds: each model alone over one in-memory batch (TensorFlow, OpenVINO float32,
+OpenVINO int8), sampled side by side before and after every featx run. featx-*: featx end
+to end (decode, model, store; steady state) with TensorFlow, float32 OpenVINO and int8.
+int8/tf bound: featx-int8 over the TensorFlow bound samples around each run (median).
+wall: featx-int8's whole extract() call (dataset scan, model read back, store assembly).
+decode: featx's reader alone (decode + resize on every core, no model), img/s.""")
+        for r in rows:
+            share = decode_share(r.decode_ms, r.median("int8_bound"), cores)
+            print(f"  {r.model}: int8 bound {fmt_ratio(r.median('int8_bound_rel')).strip()} x "
+                  f"TensorFlow's, {fmt_ratio(r.median('int8_over_ov')).strip()} x float32 "
+                  f"OpenVINO's; featx-int8 reaches {fmt_ratio(r.median('int8_rel_own')).strip()}"
+                  f" of its own bound, decoding's share of the cores predicts {share:.2f} "
+                  f"({r.decode_ms:.2f} ms a file on one of {cores} cores; decoding alone "
+                  f"{r.decode_rate:.0f} img/s); quantised once in {r.quantise_s:.0f} s on "
+                  f"{r.calibration} images")
+    if accuracy:
+        c = accuracy["compare"]
+        print(f"accuracy: Flowers-17 (all {accuracy['rows']} images), MobileNetV2 ImageNet "
+              f"weights, 224 px; calibration {accuracy.get('calibration')}; logreg, "
+              f"{c['splits']} splits (classify.repeats), paired as featx runs --compare "
+              "pairs them:")
+        print(f"  rank-1 float32 {c['b']:.4f}, int8 {c['a']:.4f}, int8 - float32 "
+              f"{c['difference']:+.4f} (s.e. {c['standard_error']:.4f}); features differ by "
+              f"at most {accuracy['max_diff']:.3f} (mean {accuracy['mean_diff']:.4f}) of the "
+              f"largest float32 one; extraction {accuracy['seconds']['float32']:.0f} s "
+              f"float32, {accuracy['seconds']['int8']:.0f} s int8 (quantising included)")
+    print("targets (int8):")
+    by = {r.model: r for r in rows}
+    for model, target in TARGET_INT8_OVER_TF.items():
+        r = by.get(model)
+        if r:
+            ratio = r.median("rel_tf", "int8")
+            print(f"  {'PASS' if ratio >= target else 'FAIL'}  featx-int8 >= {target} x "
+                  f"TensorFlow's bound, {model} flowers17: {ratio:.2f} (wall incl. start-up: "
+                  f"{r.median('wall', 'int8') / r.median('bound'):.2f})")
+    if accuracy:
+        d = accuracy["compare"]["difference"]
+        print(f"  {'PASS' if d >= -TARGET_INT8_RANK1 else 'FAIL'}  int8 rank-1 within "
+              f"{TARGET_INT8_RANK1 * 100:g} points of float32's on average, MobileNetV2 "
+              f"Flowers-17: {d * 100:+.2f} points over {accuracy['compare']['splits']} splits")
+
+
+def measure_int8(models: list[str], files: list[Path], shared: Path, work: Path,
+                 images: int, repeats: int) -> tuple[list[Int8Row], dict | None]:
+    if not int8_installed():
+        log("OpenVINO or NNCF not installed (pip install 'featx[openvino]'): no int8 rows")
+        return [], None
+    rows = [measure_int8_row(model, pick(files, images or DEFAULT_IMAGES.get(model, 256)),
+                             work, repeats or INT8_DEFAULT_REPEATS) for model in models]
+    weights = shared / "weights" / WEIGHTS_FILE
+    if not weights.is_file():
+        log(f"no {weights}: no int8 accuracy row")
+        return rows, None
+    return rows, measure_int8_accuracy(shared / "datasets" / "flowers17", weights, work)
+
+
 # --------------------------------------------------------------------------- memory
 
 def memory_child(root: str, cache: str) -> None:
@@ -770,6 +1041,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run (~1.5 min): MobileNetV2 only, 128 images, one featx "
                         "run per row, memory N=128")
+    parser.add_argument("--only", choices=("int8",),
+                        help="run one part alone: int8 (its speed rows and Flowers-17 "
+                        "accuracy, about 10 minutes)")
     parser.add_argument("--shared", type=Path, default=None,
                         help="folder holding datasets/ (default: ../shared beside the repo)")
     parser.add_argument("--memory-child", nargs=2, metavar=("ROOT", "CACHE"),
@@ -815,6 +1089,14 @@ def main(argv: list[str] | None = None) -> int:
     naive_setup: dict = {}
     with tempfile.TemporaryDirectory(prefix="featx-bench-") as tmp:
         work = Path(tmp)
+        flowers17 = files.get("flowers17") or list_images(roots["flowers17"])
+        if args.only == "int8":
+            int8_rows, accuracy = measure_int8(models, flowers17, shared, work, args.images,
+                                               args.repeats)
+            report_int8(int8_rows, accuracy)
+            print(f"(benchmark took {(time.perf_counter() - t0) / 60:.1f} min; targets missed "
+                  "are reported, not errors)")
+            return 0
         for model in models:
             log(f"{model}: building the bound and the naive models")
             bound, naive = Bound(model), Naive(model, user_env)
@@ -833,10 +1115,13 @@ def main(argv: list[str] | None = None) -> int:
                                or list_images(roots["flowers17"]), work) if hub_labels else []
         memory: dict[int, dict] = {}
         if args.memory_images > 0:
-            flowers17 = files.get("flowers17") or list_images(roots["flowers17"])
             memory = measure_memory(pick(flowers17, args.memory_images), work, user_env)
+        int8_rows, accuracy = ([], None) if args.quick else \
+            measure_int8(models, flowers17, shared, work, args.images, args.repeats)
     report(rows, memory, args.memory_images, time.perf_counter() - t0, naive_setup)
     report_hub(hub_rows, HUB_IMAGES)
+    if not args.quick:
+        report_int8(int8_rows, accuracy)
     return 0
 
 

@@ -4,8 +4,9 @@
 
 Flowers-17 (../shared) is extracted with the real MobileNetV2 weights file (a cache hit after
 the first run) and a logistic regression fitted on its 75/25 split (pipelines/flowers17.toml);
-the model is exported to every format and to int8 LiteRT and OpenVINO, and each artifact is
-loaded back in its own runtime (featx.learn.deploy.runner). Measured for each, in rounds that
+the model is exported to every format and to int8 LiteRT and OpenVINO (the table says how
+each int8 is made: featx.learn.deploy.INT8_METHOD), and each artifact is loaded back in its
+own runtime (featx.learn.deploy.runner). Measured for each, in rounds that
 visit every artifact in turn (the machine may be shared; medians over the rounds): file size,
 single-image latency and batch-32 throughput on in-memory images, and the agreement with
 `featx predict` on 200 test images (top-1 and the largest probability difference) and rank-1
@@ -149,7 +150,8 @@ def main() -> int:
     for (fmt, int8), m in rows_out.items():
         m["ms"] = 1000 * statistics.median(m["single"])
         m["ips"] = BATCH / statistics.median(m["batch"])
-        print(f"| {fmt} | {'int8' if int8 else 'float32'} | {m['bytes'] / 1e6:.1f} | "
+        weights = f"int8 ({deploy.INT8_METHOD[fmt]})" if int8 else "float32"
+        print(f"| {fmt} | {weights} | {m['bytes'] / 1e6:.1f} | "
               f"{m['ms']:.1f} | {m['ips']:.1f} | {m['top1']:.3f} | {m['diff']:.1e} | "
               f"{m['rank1']:.3f} | {m['export_s']:.0f} |")
     print()

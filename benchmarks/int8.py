@@ -1,117 +1,139 @@
-"""What an int8 MobileNetV2 (OpenVINO post-training quantisation, NNCF) would give featx.
+"""What caps int8 extraction, and what would lift it: decoding the JPEGs.
 
-    .venv/bin/python benchmarks/int8.py      # needs openvino and nncf, and ../shared
+    .venv/bin/python benchmarks/int8.py [--images N]   # needs openvino, nncf and ../shared
+    # the candidate decoder, where installed: pip install simplejpeg
 
-One run, side by side: featx's float32 OpenVINO model of MobileNetV2 (ImageNet weights,
-224 px, batch 32, backbone.runtime = "openvino") and the same model quantised to int8 by
-``nncf.quantize`` (default preset, calibrated on 320 training images of Flowers-17 only).
-It prints the speed of both over in-memory batches (alternating samples, medians; the machine
-may be shared), how far the int8 features are from the float32 ones, and the rank-1 of
-featx's logistic regression (quick grid) on Flowers-17's 75/25 split for seeds 42-44 with
-each, paired. featx does not ship this option: see README "A faster runtime".
+With ``backbone.precision = "int8"`` MobileNetV2 computes several times faster than float32,
+so the reader's share of the cores (decode + resize, one core's time a file) becomes what
+limits featx end to end (``make bench ARGS="--only int8"`` prints it). One run, on N
+Flowers-17 JPEGs (~500 px), side by side:
+
+* featx's int8 MobileNetV2 bound (random weights, 224 px, batch 32, calibrated on the same
+  files, as featx does), over one in-memory batch;
+* one thread's time a file of featx's reader (``load_image``: Pillow, JPEG DCT-domain
+  downscaling by ``draft``, EXIF, bilinear resize), and of its parts (decode, resize);
+* the candidate: libjpeg-turbo's scaled decode through ``simplejpeg`` (the same DCT
+  downscaling, no Pillow decoder object), then the same Pillow resize; whether every
+  file gives featx's pixels exactly (a reader that changes a pixel changes every store's
+  key), and its time a file;
+* what each predicts for featx end to end at that bound: cores / (cores / bound + decode).
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-FLOWERS17 = SHARED / "datasets" / "flowers17"
-WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-BATCH, SAMPLES, SEEDS, CALIBRATION = 32, 7, (42, 43, 44), 320
+FLOWERS17 = REPO.parent / "shared" / "datasets" / "flowers17"
+BATCH, SIZE = 32, 224
 
 
-def log(message: str) -> None:
-    print(f"[int8 {time.strftime('%H:%M:%S')}] {message}", flush=True)
+def per_file_ms(function, items: list, rounds: int = 3) -> float:
+    """One thread's time an item, ms: the best of ``rounds`` passes."""
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for item in items:
+            function(item)
+        best = min(best, (time.perf_counter() - t0) * 1000 / len(items))
+    return best
+
+
+def int8_bound(files: list[Path]) -> float:
+    """img/s of featx's int8 MobileNetV2 over one in-memory batch (median of 5 samples),
+    calibrated on ``files`` as an extraction of them is."""
+    from featx.core.config import Config
+    from featx.data.images import load_image
+    from featx.features.plan import plan
+
+    with tempfile.TemporaryDirectory(prefix="featx-int8-") as tmp:
+        root = Path(tmp) / "flowers17"
+        for f in files:
+            (root / f.parent.name).mkdir(parents=True, exist_ok=True)
+            (root / f.parent.name / f.name).symlink_to(f)
+        config = Config()
+        config.dataset.root = str(root)
+        config.backbone.weights = "none"
+        config.backbone.runtime = "openvino"
+        config.backbone.precision = "int8"
+        config.cache_dir = str(Path(tmp) / "cache")
+        forward = plan(config).backbone.openvino(BATCH)
+        images = np.stack([load_image(str(f), SIZE) for f in (files * BATCH)[:BATCH]])
+        forward(images)
+        rates = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            forward(images)
+            forward(images)
+            rates.append(2 * BATCH / (time.perf_counter() - t0))
+    return statistics.median(rates)
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=256, help="Flowers-17 files (default "
+                        "%(default)s, spread over every class)")
+    args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import nncf
-    import openvino as ov
+    from PIL import Image
 
-    from featx.core.config import BackboneConfig, DatasetConfig
-    from featx.data.dataset import TRAIN, load_dataset, stratified_split
-    from featx.data.images import ReadErrors, read_batches
-    from featx.features.backbones import Backbone
-    from featx.features.runtime import OpenVINOForward, load_or_convert, model_key, thread_split
-    from featx.learn.learners import fit
+    from featx.data.images import load_image, usable_cores
 
-    if not (FLOWERS17.is_dir() and WEIGHTS.is_file()):
-        print(f"int8: needs {FLOWERS17} and {WEIGHTS}", file=sys.stderr)
+    every = sorted(FLOWERS17.glob("*/*.jpg"))
+    if not every:
+        print(f"int8: needs {FLOWERS17}", file=sys.stderr)
         return 2
-    t0 = time.perf_counter()
-    data = load_dataset(DatasetConfig(root=str(FLOWERS17)))
-    files = [data.absolute(i) for i in range(len(data))]
-    log(f"decoding {len(files)} images")
-    images = np.concatenate([b for _, b, _ in read_batches(files, 224, BATCH, ReadErrors())])
-    backbone = Backbone(BackboneConfig(name="MobileNetV2", weights=str(WEIGHTS),
-                                       runtime="openvino"),
-                        cache_dir=Path(os.environ.get("TMPDIR", "/tmp")) / "featx-int8")
-    model = load_or_convert(lambda: backbone.compiled(BATCH), backbone.cache_dir,
-                            backbone.spec.name, BATCH,
-                            model_key(backbone.describe(), BATCH))
-    train = np.flatnonzero(stratified_split(data.labels, 0.0, 0.25, SEEDS[0]) == TRAIN)
-    calib = images[np.random.default_rng(0).choice(train, CALIBRATION, replace=False)]
-    log(f"quantising (nncf {nncf.__version__}, {CALIBRATION} training images)")
-    tq = time.perf_counter()
-    int8 = nncf.quantize(model, nncf.Dataset([calib[i:i + BATCH]
-                                              for i in range(0, CALIBRATION, BATCH)]),
-                         subset_size=CALIBRATION)
-    tq = time.perf_counter() - tq
-    split = thread_split()
-    runs = {"float32": OpenVINOForward(model, split), "int8": OpenVINOForward(int8, split)}
+    files = [every[i * len(every) // args.images] for i in range(min(args.images, len(every)))]
+    cores = usable_cores()
 
-    def features(run: OpenVINOForward) -> np.ndarray:
-        out = []
-        for i in range(0, len(images), BATCH):
-            x = images[i:i + BATCH]
-            pad = np.zeros((BATCH - len(x), *x.shape[1:]), np.uint8)
-            out.append(run(np.concatenate([x, pad]))[:len(x)])
-        return np.concatenate(out)
+    def draft_decode(f: Path) -> Image.Image:
+        with Image.open(f) as img:
+            img.draft("RGB", (SIZE, SIZE))
+            img.load()
+            return img.copy()
 
-    log("features of every image, both models")
-    feats = {name: features(run) for name, run in runs.items()}
-    x = images[:BATCH]
-    speed: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(SAMPLES):  # alternating: the machine's load drifts alike for both
-        for name, run in runs.items():
-            run(x)
-            t = time.perf_counter()
-            run(x), run(x)
-            speed[name].append(2 * BATCH / (time.perf_counter() - t))
-    ratio = statistics.median(a / b for a, b in zip(speed["int8"], speed["float32"]))
-    scale = np.abs(feats["float32"]).max()
-    diff = np.abs(feats["int8"] - feats["float32"])
-    rank1: dict[str, list[float]] = {name: [] for name in feats}
-    for seed in SEEDS:
-        s = stratified_split(data.labels, 0.0, 0.25, seed)
-        for name, f in feats.items():
-            result = fit("logreg", f[s == TRAIN], data.labels[s == TRAIN], quick=True, seed=0)
-            rank1[name].append(float((result.model.predict(f[s != TRAIN])
-                                      == data.labels[s != TRAIN]).mean()))
-    delta = [a - b for a, b in zip(rank1["int8"], rank1["float32"])]
+    decoded = [draft_decode(f) for f in files]
+    rows = {"featx (load_image)": per_file_ms(lambda f: load_image(str(f), SIZE), files),
+            "  its decode (Pillow draft)": per_file_ms(draft_decode, files),
+            "  its resize (Pillow bilinear)": per_file_ms(
+                lambda im: im.resize((SIZE, SIZE), Image.BILINEAR), decoded)}
+    same = None
+    if importlib.util.find_spec("simplejpeg") is not None:
+        import simplejpeg
+
+        def candidate(f: Path) -> np.ndarray:
+            # the smallest libjpeg-turbo scale still >= SIZE on both sides, as draft picks
+            pixels = simplejpeg.decode_jpeg(f.read_bytes(), colorspace="RGB",
+                                            min_height=SIZE, min_width=SIZE)
+            return np.asarray(Image.fromarray(pixels).resize((SIZE, SIZE), Image.BILINEAR))
+
+        rows["simplejpeg + the same resize"] = per_file_ms(candidate, files)
+        same = sum(np.array_equal(candidate(f), load_image(str(f), SIZE)) for f in files)
+    print(f"quantising featx's int8 MobileNetV2 on the {len(files)} files", flush=True)
+    bound = int8_bound(files)
     print()
-    print(f"int8 vs float32, MobileNetV2 ImageNet, 224 px, batch {BATCH}, OpenVINO "
-          f"{ov.__version__}, {split.describe()}")
-    for name in runs:
-        each = ", ".join(f"{r:.3f}" for r in rank1[name])
-        print(f"  {name:<8} {statistics.median(speed[name]):6.1f} img/s (median of {SAMPLES})"
-              f"   rank-1 {np.mean(rank1[name]):.3f} ({each})")
-    print(f"  int8 / float32 speed: {ratio:.2f}x (median of paired samples); quantisation "
-          f"took {tq:.0f} s")
-    print(f"  feature difference: max {diff.max() / scale:.3f}, mean {diff.mean() / scale:.4f} "
-          f"of the largest float32 feature")
-    print(f"  rank-1 change (int8 - float32), logreg quick, seeds {SEEDS}: "
-          f"{np.mean(delta):+.3f} ({', '.join(f'{d:+.3f}' for d in delta)})")
-    print(f"(took {(time.perf_counter() - t0) / 60:.1f} min)")
+    print(f"decoding {len(files)} Flowers-17 JPEGs to {SIZE} px, one thread (best of 3), and "
+          f"what it predicts for int8 end to end at its bound ({bound:.0f} img/s, {cores} "
+          "cores):")
+    for name, ms in rows.items():
+        predicted = cores / (cores / bound + ms / 1000)
+        whole = not name.startswith("  ")
+        print(f"  {name:<31} {ms:5.2f} ms a file" + (
+            f"  -> {predicted:5.0f} img/s end to end ({predicted / bound:.2f} of the bound)"
+            if whole else ""))
+    if same is None:
+        print("  simplejpeg not installed (pip install simplejpeg): no candidate row")
+    else:
+        print(f"  simplejpeg's pixels equal featx's in {same} of {len(files)} files")
     return 0
 
 

@@ -1,6 +1,7 @@
 """featx cost against the size of the data: `make bench-scale` (``--quick``: up to 100k).
 
     .venv/bin/python benchmarks/scale.py [--quick] [--extract-1m] [--work DIR]
+    .venv/bin/python benchmarks/scale.py --updates [--sizes 10000,1000000]   # ~10 min
 
 For N = 10k, 100k and 1M synthetic images (benchmarks/synthetic.py: hard links to 300 small
 JPEGs, 10 class folders, 1,000 files a sub-folder; MobileNetV2, random weights, 32 px,
@@ -21,6 +22,13 @@ peak RSS, VmHWM, is the operation's own):
 
 Targets: hit at 1M <= 30 s; add <= 3x empty; peak RSS of extract and of sgd at the largest N
 within 1.2x of 10k. The machine may be shared: read the ratios. Writes docs/scale.png.
+
+``--updates`` measures updates only (no hit, remove or sgd; no plot): at each N (10k and
+1M), the store (extracted at 10k, assembled at 1M), then 0.1% added and ``extract()`` run
+again, once at 10k and SEGMENTS_MAX + 2 times at 1M (so that its small segments are merged
+past the limit), each in a fresh process, against ``empty`` (the same number of images
+into an empty cache). Targets: the peak RSS of every update of the 1M store <= 1.2x that
+of the update of the 10k store; every update of the 1M store <= 3x empty.
 """
 
 from __future__ import annotations
@@ -71,18 +79,49 @@ def child(op: str, root: str, cache: str, extra: str) -> dict:
     c = config(Path(root), Path(cache))
     t0 = time.perf_counter()
     if op in ("extract", "hit", "update"):
+        written = when_written(t0)
         r = extract(c, progress=False)
         out = {"cache_hit": r.cache_hit, "extracted": r.extracted, "rows": r.rows,
-               "rate": r.images_per_second, "path": str(r.path)}
+               "rate": r.images_per_second, "path": str(r.path),
+               "seconds": time.perf_counter() - t0, "rss_mb": peak_rss_mb(), **written}
+        out["segments"] = segment_rows(r.path)  # after the measures: h5py reads the attribute
     elif op == "assemble":
         out = assemble(c, Path(extra))
     elif op == "sgd":
         out = sgd(Path(extra))
     else:
         raise SystemExit(f"unknown op {op}")
-    out["seconds"] = time.perf_counter() - t0
-    out["rss_mb"] = peak_rss_mb()
+    out.setdefault("seconds", time.perf_counter() - t0)
+    out.setdefault("rss_mb", peak_rss_mb())
     return out
+
+
+def when_written(t0: float) -> dict:
+    """Filled in when extraction has written the store (``write_update`` returns): seconds
+    since ``t0`` and peak RSS so far, ``written_s`` and ``written_rss_mb``. What follows
+    (the duplicate groups and the split by them) is counted in ``seconds`` only."""
+    import featx.features.extraction as extraction
+
+    written: dict = {}
+    original = extraction.write_update
+
+    def timed(*args, **kwargs):
+        skipped = original(*args, **kwargs)
+        written.update(written_s=time.perf_counter() - t0, written_rss_mb=peak_rss_mb())
+        return skipped
+
+    extraction.write_update = timed
+    return written
+
+
+def segment_rows(path: Path) -> list[int]:
+    """The rows of each segment of a store (one: a store written whole)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if "segments" not in f.attrs:
+            return [int(f["labels"].shape[0])]
+        return [int(s["rows"]) for s in json.loads(f.attrs["segments"])]
 
 
 def assemble(c, small: Path) -> dict:
@@ -106,7 +145,7 @@ def assemble(c, small: Path) -> dict:
                               for rel in p.dataset.paths], np.int64)
         d = p.dataset
         write_store(p.path, feature_shape=s.feature_shape,
-                    source=RowSource(old_row, np.full(len(old_row), -1)), old=s, blocks=None,
+                    source=RowSource(old_row), old=s, blocks=None,
                     paths=d.paths, signatures=p.signatures, labels=d.labels,
                     label_names=d.label_names, split=p.split,
                     attrs={**store_attrs(c, p), "feature_shape": list(s.feature_shape)})
@@ -173,17 +212,11 @@ def measure(n: int, work: Path, small_store: Path | None, extract_big: bool) -> 
     assert all(h["cache_hit"] for h in hits)
     row["hit_s"] = min(h["seconds"] for h in hits)
     k = max(1, n // 1000)
-    src = synthetic.sources(root)
-    for i in range(k):  # new files, in the folders they would arrive in
-        dest = synthetic.image_path(root, i * (n // k), 10).with_name(f"new{i:07d}.jpg")
-        os.link(src[i % len(src)], dest)
+    add_images(root, n, k)
     got = run_child("update", root, cache)
     assert got["extracted"] == k, got
     row["add_s"] = got["seconds"]
-    empty_root, empty_cache = work / f"empty{k}", work / f"emptycache{k}"
-    shutil.rmtree(empty_cache, ignore_errors=True)
-    synthetic.make(empty_root, k)
-    row["empty_s"] = run_child("extract", empty_root, empty_cache)["seconds"]
+    row["empty_s"] = into_empty(work, k)["seconds"]
     for i in range(k):  # 0.1% of the original images
         synthetic.image_path(root, i * (n // k) + 1, 10).unlink()
     got = run_child("update", root, cache)
@@ -197,6 +230,97 @@ def measure(n: int, work: Path, small_store: Path | None, extract_big: bool) -> 
         extra.unlink()
     synthetic.make(root, n)
     return row
+
+
+def add_images(root: Path, n: int, k: int, tag: str = "") -> None:
+    """``k`` new files (hard links to the sources) in the folders they would arrive in,
+    spread over the dataset of ``n`` images; ``tag`` tells one update's from another's."""
+    src = synthetic.sources(root)
+    for i in range(k):
+        dest = synthetic.image_path(root, i * (n // k), 10).with_name(f"new{tag}{i:07d}.jpg")
+        os.link(src[i % len(src)], dest)
+
+
+def into_empty(work: Path, k: int) -> dict:
+    """``k`` images extracted into an empty cache (a fresh process): its measures; 10
+    classes, or fewer of 5 images each (a class needs an image to train on and one to test
+    on)."""
+    empty_root, empty_cache = work / f"empty{k}", work / f"emptycache{k}"
+    shutil.rmtree(empty_cache, ignore_errors=True)
+    shutil.rmtree(empty_root, ignore_errors=True)
+    synthetic.make(empty_root, k, classes=max(1, min(10, k // 5)))
+    return run_child("extract", empty_root, empty_cache)
+
+
+def measure_updates(work: Path, sizes: list[int]) -> list[dict]:
+    """Per N: the store, then 0.1% added and updated, once (the smallest N) or past the
+    segment limit (SEGMENTS_MAX + 2 times: the others), each update in a fresh process;
+    and the same number of images into an empty cache."""
+    from featx.store.write import SEGMENTS_MAX
+
+    rows, small = [], None
+    for n in sizes:
+        root, cache = work / f"d{n}", work / f"updates{n}"
+        made = synthetic.make(root, n)
+        for extra in root.glob("class-*/d*/new*.jpg"):  # what an earlier run added
+            extra.unlink()
+        log(f"N={n}: dataset ready ({made} new links)")
+        shutil.rmtree(cache, ignore_errors=True)
+        got = run_child("extract", root, cache) if small is None else \
+            run_child("assemble", root, cache, str(small))
+        log(f"N={n}: store in {got['seconds']:.0f} s")
+        k = max(1, n // 1000)
+        row: dict = {"n": n, "k": k, "updates": []}
+        for u in range(1 if small is None else SEGMENTS_MAX + 2):
+            add_images(root, n, k, f"{u:02d}")
+            got = run_child("update", root, cache)
+            assert got["extracted"] == k, got
+            row["updates"].append(got)
+            log(f"N={n}: update {u + 1}: store written in {got['written_s']:.1f} s "
+                f"({got['written_rss_mb']:.0f} MiB), all {got['seconds']:.1f} s "
+                f"({got['rss_mb']:.0f} MiB), segments {got['segments']}")
+        row["empty"] = into_empty(work, k)
+        rows.append(row)
+        small = small or Path(got["path"])
+    for n in sizes:  # back to the datasets as generated, for a later run
+        for extra in (work / f"d{n}").glob("class-*/d*/new*.jpg"):
+            extra.unlink()
+    return rows
+
+
+def report_updates(rows: list[dict]) -> None:
+    """The table of ``measure_updates``, and PASS/FAIL per target: counted up to the store
+    written, and for the whole ``extract()`` call (duplicate groups and split included)."""
+    print()
+    print(f"{'N':>9} {'update':>6} | {'written s':>9} {'x empty':>7} {'RSS MiB':>7} | "
+          f"{'all s':>6} {'x empty':>7} {'RSS MiB':>7} | segments after (rows)")
+    for r in rows:
+        e = r["empty"]
+        print(f"{r['n']:>9} {'empty':>6} | {e['written_s']:>9.1f} {1:>7.2f} "
+              f"{e['written_rss_mb']:>7.0f} | {e['seconds']:>6.1f} {1:>7.2f} "
+              f"{e['rss_mb']:>7.0f} | ({r['k']} images into an empty cache)")
+        for u, got in enumerate(r["updates"], 1):
+            shown = got["segments"] if len(got["segments"]) <= 4 else \
+                f"{got['segments'][:2]} ... ({len(got['segments'])})"
+            print(f"{r['n']:>9} {u:>6} | {got['written_s']:>9.1f} "
+                  f"{got['written_s'] / e['written_s']:>7.2f} {got['written_rss_mb']:>7.0f} | "
+                  f"{got['seconds']:>6.1f} {got['seconds'] / e['seconds']:>7.2f} "
+                  f"{got['rss_mb']:>7.0f} | {shown}")
+    print()
+    base, big = rows[0], rows[-1]
+    for what, seconds, rss in (("until the store is written", "written_s", "written_rss_mb"),
+                               ("the whole extract() call", "seconds", "rss_mb")):
+        ratio = max(got[rss] for got in big["updates"]) / base["updates"][0][rss]
+        worst = max(range(len(big["updates"])), key=lambda u: big["updates"][u][seconds])
+        slow = big["updates"][worst][seconds] / big["empty"][seconds]
+        for name, ok, got in (
+                (f"peak RSS of adding 0.1% to the {big['n']} store <= {TARGET_RSS}x "
+                 f"{base['n']}, {what} (the highest of {len(big['updates'])} updates)",
+                 ratio <= TARGET_RSS, f"{ratio:.2f}x"),
+                (f"every update of the {big['n']} store <= {TARGET_ADD:.0f}x an update into "
+                 f"an empty store, {what}", slow <= TARGET_ADD,
+                 f"worst {slow:.2f}x (update {worst + 1})")):
+            print(f"  {'PASS' if ok else 'FAIL'}  {name}: {got}")
 
 
 def plot(rows: list[dict], out: Path) -> None:
@@ -243,7 +367,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/featx-scale"))
     ap.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=None)
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "scale.png")
+    ap.add_argument("--updates", action="store_true",
+                    help="only updates: 0.1%% added at 10k, and at 1M past the segment limit")
     args = ap.parse_args(argv)
+    if args.updates:
+        args.work.mkdir(parents=True, exist_ok=True)
+        report_updates(measure_updates(args.work, args.sizes or [10_000, 1_000_000]))
+        return 0
     sizes = args.sizes or ([10_000, 100_000] if args.quick else [10_000, 100_000, 1_000_000])
     args.work.mkdir(parents=True, exist_ok=True)
     rows, small = [], None

@@ -31,6 +31,7 @@ from featx.core.config import Config
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FLOWERS17 = SHARED / "datasets" / "flowers17"
+FLOWERS5 = SHARED / "datasets" / "flowers5"
 WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 WEIGHTS = SHARED / "weights" / WEIGHTS_FILE
 PIPELINE = REPO / "pipelines" / "flowers17.toml"
@@ -281,3 +282,16 @@ def _plant(base: Path) -> dict:
     model = base / "out" / results[0]["run"] / "planted-logreg.skops"
     return {k: str(v) if isinstance(v, Path) else v
             for k, v in dataclasses.asdict(Planted(root, store, model, moved, copies)).items()}
+
+
+def flowers5_subset(root: Path, per_class: int) -> Path:
+    """``root``: ``per_class`` flowers5 photographs of each of its 5 classes, evenly spaced
+    in name order, as links (nothing copied out of ../shared); skipped without it."""
+    if not FLOWERS5.is_dir():
+        unavailable(f"needs {FLOWERS5}")
+    for folder in sorted(FLOWERS5.iterdir()):
+        files = sorted(folder.iterdir())
+        (root / folder.name).mkdir(parents=True)
+        for f in files[::len(files) // per_class][:per_class]:
+            (root / folder.name / f.name).symlink_to(f)
+    return root

@@ -12,13 +12,8 @@ from helpers import featx_here
 from realdata import SHARED
 
 from featx.core.errors import UsageError
-from featx.inspect.audit import (
-    audit_arrays,
-    class_outliers,
-    near_pairs,
-    neighbours,
-    unit_rows,
-)
+from featx.data.groups import unit_rows
+from featx.inspect.audit import audit_arrays, class_outliers
 
 FLOWERS5 = SHARED / "datasets" / "flowers5"
 
@@ -28,36 +23,6 @@ def _clusters(n: int, d: int = 32, classes: int = 4, seed: int = 0):
     centres = rng.normal(size=(classes, d)) * 3
     y = rng.integers(0, classes, n)
     return (centres[y] + rng.normal(size=(n, d))).astype(np.float32), y
-
-
-def test_exact_neighbours_by_hand():
-    x = unit_rows(np.array([[1, 0], [0.99, 0.1], [0, 1], [-1, 0]], np.float32))
-    sims, index, method = neighbours(x, 2)
-    assert method.startswith("exact")
-    assert index[:, 0].tolist() == [1, 0, 1, 2]  # never itself
-    assert np.all(np.diff(sims, axis=1) <= 0)
-    assert sims[0, 0] == pytest.approx(float(x[0] @ x[1]))
-
-
-def test_faiss_finds_what_the_exact_search_finds():
-    pytest.importorskip("faiss")
-    x, _ = _clusters(3000, d=64)
-    x = unit_rows(x)
-    exact_s, exact_i, _ = neighbours(x, 5)
-    approx_s, approx_i, method = neighbours(x, 5, exact_max=1000)
-    assert method.startswith("faiss")
-    assert not (approx_i == np.arange(3000)[:, None]).any()
-    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(exact_i, approx_i)])
-    assert recall > 0.9, recall
-    np.testing.assert_allclose(approx_s[:, 0][approx_i[:, 0] == exact_i[:, 0]],
-                               exact_s[:, 0][approx_i[:, 0] == exact_i[:, 0]], atol=1e-4)
-
-
-def test_near_pairs_each_once_most_similar_first():
-    sims = np.array([[0.99, 0.5], [0.99, 0.97], [0.97, 0.1]], np.float32)
-    index = np.array([[1, 2], [0, 2], [1, 0]])
-    assert near_pairs(sims, index, 0.95) == [(0, 1, pytest.approx(0.99)),
-                                             (1, 2, pytest.approx(0.97))]
 
 
 def test_planted_outlier_and_label_errors_on_synthetic_clusters():
@@ -163,8 +128,9 @@ def _csv(path):
 def test_audit_finds_the_planted_faults(planted_flowers, tmp_path, capsys):
     """10 images moved into wrong classes: at least 8 among the first 15 suspected label
     errors (of about 30), ranked by label quality; 5 resized, re-compressed copies of
-    training images in the test split: all 5 listed as cross-split near duplicates of their
-    originals."""
+    training images, placed where the plain stratified split tests them: all 5 listed as
+    near duplicates of their originals, on the same side (the split keeps them together),
+    and no near duplicate crosses the split (there were 5 and more before featx 0.7)."""
     pytest.importorskip("cleanlab")
     out = tmp_path / "audit"
     done = featx_here("audit", "--store", planted_flowers.store, "--out", out)
@@ -184,10 +150,10 @@ def test_audit_finds_the_planted_faults(planted_flowers, tmp_path, capsys):
     for copy, original in planted_flowers.copies.items():
         pair = near.get(frozenset((copy, original)))
         assert pair is not None, f"{copy} (copy of {original}) not found"
-        assert "cross-split" in pair["note"] and {pair["split"], pair["other_split"]} == {
-            "train", "test"}
+        assert "cross-split" not in pair["note"] and pair["split"] == pair["other_split"]
+    assert not [r for r in rows if "cross-split" in r["note"]]
     page = (out / "audit.html").read_text()
-    assert "pairs cross the split" in page
+    assert "0 pairs cross the split" in page
     assert len(re.findall(r"src='data:image/jpeg;base64,", page)) > 50
 
 
@@ -195,7 +161,7 @@ def test_audit_finds_the_planted_faults(planted_flowers, tmp_path, capsys):
 @pytest.mark.shared
 def test_audit_finds_the_six_byte_duplicates_of_flowers5(tmp_path):
     """flowers5 holds 6 files whose bytes repeat another's (random weights at 32x32: the
-    features do not matter for this)."""
+    features do not matter for this); the split keeps each beside its original."""
     pytest.importorskip("cleanlab")
     if not FLOWERS5.is_dir():
         pytest.skip(f"needs {FLOWERS5}")
@@ -214,6 +180,7 @@ def test_audit_finds_the_six_byte_duplicates_of_flowers5(tmp_path):
     page, table = run_audit(config, out=tmp_path / "audit")
     exact = [r for r in _csv(table) if r["section"] == "exact duplicate"]
     assert len(exact) == 6
+    assert not [r for r in exact if r["split"] != r["other_split"]]  # grouped: one side
     for r in exact:
         a, b = (FLOWERS5 / r["path"]).read_bytes(), (FLOWERS5 / r["other_path"]).read_bytes()
         assert r["path"] != r["other_path"] and hashlib.sha256(a).digest() == hashlib.sha256(

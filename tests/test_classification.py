@@ -127,6 +127,50 @@ def test_classify_refuses_a_store_split_with_another_seed(tiny_store, make_confi
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_classify_refuses_a_store_grouped_otherwise(tiny_store, make_config, tmp_path):
+    """dataset.group_duplicates and its threshold are part of the split: a store split with
+    another is refused, naming the settings, and nothing is written."""
+    for dataset, said in (({"duplicate_threshold": 0.9}, "dataset.duplicate_threshold = 0.9)"),
+                          ({"group_duplicates": False}, "dataset.group_duplicates = false")):
+        config = make_config(tiny_store.root, tiny_store.config.cache_dir,
+                             out=str(tmp_path), dataset=dataset)
+        with pytest.raises(StoreError, match="split keeps duplicates together") as e:
+            classify(config, tiny_store.path)
+        assert f"the pipeline's {'does not ' if 'false' in said else ''}keep" in str(e.value)
+        assert said in str(e.value) and "featx extract" in str(e.value)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_store_made_before_grouping_classifies_with_its_split_said_ungrouped(
+        tiny_store, make_config, tmp_path, caplog):
+    """A store that records no grouping (featx 0.6 wrote none) is read as it is: its split
+    is recorded as not grouped, the pairs crossing it as unknown, and said so."""
+    import logging
+    import shutil
+
+    import h5py
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    old = cache / tiny_store.path.name
+    shutil.copy2(tiny_store.path, old)
+    with h5py.File(old, "r+") as f:
+        for name in ("groups", "near_pairs", "near_similarity"):
+            del f[name]
+        for name in ("groups", "groups_sha256", "grouping"):
+            del f.attrs[name]
+    config = make_config(tiny_store.root, cache, out=str(tmp_path / "out"),
+                         classify={"classifiers": ["logreg"]})
+    with caplog.at_level(logging.INFO, logger="featx"):
+        (result,) = classify(config, old)
+    record = result["duplicates"]
+    assert not record["grouped"] and record["crossing_pairs"] is None
+    assert record["groups"] is None and set(record["per_class"]) == set(tiny_store.written)
+    assert "made before featx 0.7" in caplog.text
+    page = (tmp_path / "out" / result["run"] / "tiny-logreg.html").read_text()
+    assert "near duplicates not searched" in page
+
+
 def test_the_weights_file_is_named_from_the_store_that_used_it():
     from featx.learn.classification import weights_file
 

@@ -282,12 +282,13 @@ def test_a_typo_fails_in_under_a_second_before_reading_images(tmp_path):
 # Every int and float field of every section: its bounds (inclusive; None: open), or
 # UNBOUNDED where any number is taken here (checked where it is used, or truly free).
 BOUNDS = {
-    "backbone.input_size": (0, None), "extract.batch_size": (1, 4096),
+    "backbone.input_size": (0, None), "backbone.calibration_images": (1, 100000),
+    "extract.batch_size": (1, 4096),
     "extract.augment": (0, 1000), "extract.shard_rows": (1, None), "classify.cv": (2, None),
     "classify.repeats": (1, 100), "finetune.warmup_epochs": (0, None),
     "finetune.epochs": (0, None), "finetune.unfreeze": (0, None),
     "finetune.batch_size": (1, 4096), "finetune.patience": (0, None),
-    "finetune.crops": (0, 32),
+    "finetune.crops": (0, 32), "dataset.duplicate_threshold": (0.5, 1.0),
 }
 UNBOUNDED = {
     "dataset.val", "dataset.test", "dataset.seed", "extract.augment_seed",

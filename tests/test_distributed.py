@@ -9,6 +9,7 @@ Ray is not installed (a failure under FEATX_REQUIRE_SHARED=1, see realdata.py).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ from realdata import (
     needs_shared,
     seeded_keras_home,
     store_of,
+    unavailable,
 )
 
 import_or_unavailable("ray")
@@ -267,8 +269,9 @@ def assert_same_store(local: Path, distributed: Path, atol: float = 1e-5) -> flo
         assert len(a) == len(b)
         assert a.paths == b.paths and a.signatures == b.signatures
         assert a.label_names == b.label_names and a.skipped == b.skipped
-        for name in ("labels", "split", "ok"):
-            np.testing.assert_array_equal(a.file[name][:], b.file[name][:], err_msg=name)
+        for name in ("labels", "split", "ok", "groups", "near_pairs"):
+            if name in a.file or name in b.file:
+                np.testing.assert_array_equal(a.file[name][:], b.file[name][:], err_msg=name)
         assert sorted(a.file) == sorted(b.file)
         for name in set(a.file) - {"block_sha256"}:  # its blocks follow the read size
             assert a.file[name].shape == b.file[name].shape, name
@@ -277,13 +280,23 @@ def assert_same_store(local: Path, distributed: Path, atol: float = 1e-5) -> flo
         assert set(attrs_a) == set(attrs_b)
         differ = {k for k in attrs_a if attrs_a[k] != attrs_b[k]}
         # the pipeline records the engine; the checksum follows the (within atol) features;
-        # checksum blocks are a read each: whole chunks locally, 4096 rows of a virtual store
-        assert differ <= {"pipeline", "features_sha256", "check_rows"}, differ
+        # checksum blocks are a read each: whole chunks locally, 4096 rows of a virtual store;
+        # the duplicate groups' record holds the seconds their search took (its checksum too)
+        timed = {"groups", "groups_sha256"} \
+            if _untimed(attrs_a.get("groups")) == _untimed(attrs_b.get("groups")) else set()
+        assert differ <= {"pipeline", "features_sha256", "check_rows"} | timed, differ
         assert attrs_b["pipeline"]["extract"]["engine"] == "ray"
         fa, fb = a.features(), b.features()
     # Random-weight features are ~1e-12: equal relative to their scale.
     assert_close(fb, fa, rtol=atol)
     return float(np.abs(fa - fb).max())
+
+
+def _untimed(groups: str | dict | None) -> dict:
+    """A store's record of its duplicate groups (JSON text or parsed), its seconds left out."""
+    info = json.loads(groups) if isinstance(groups, str) else dict(groups or {})
+    info.pop("seconds", None)
+    return info
 
 
 # --- tiny data, random weights: fast ------------------------------------------------------------
@@ -496,6 +509,43 @@ def test_search_on_ray_ran_on_the_cluster(cluster, tiny_store, tmp_path, monkeyp
 
 
 # --- Flowers-17, real weights, a worker killed mid-run -------------------------------------------
+
+@pytest.mark.shared
+def test_int8_on_the_cluster_equals_the_local_int8_store(cluster, make_config, tmp_path,
+                                                       monkeypatch):
+    """backbone.precision = "int8" (25 flowers5 photographs, ImageNet MobileNetV2 at 96 px:
+    random weights quantise to zeros): the driver quantises the model once, the actors get
+    the calibration sample with their config and run that model; the store equals the local
+    engine's int8 store row for row."""
+    from realdata import flowers5_subset
+
+    import featx.features.runtime as runtime
+
+    if not WEIGHTS.is_file():
+        unavailable(f"needs {WEIGHTS}")
+    root = flowers5_subset(tmp_path / "flowers5", 5)
+    config = make_config(root, tmp_path / "local", extract={"batch_size": 4},
+                         backbone={"weights": str(WEIGHTS), "input_size": 96,
+                                   "runtime": "openvino", "precision": "int8",
+                                   "calibration_images": 8})
+    local = extract(config, progress=False)
+    calls, real = [], runtime.quantize
+
+    def spy(model, batches):
+        calls.append(sum(len(b) for b in batches))
+        return real(model, batches)
+
+    monkeypatch.setattr(runtime, "quantize", spy)
+    distributed = extract(ray_config(config, tmp_path / "ray", cluster.address,
+                                     shard_rows=10), progress=False)
+    assert not distributed.cache_hit and distributed.rows == 25
+    assert distributed.path.name == local.path.name  # the int8 store's key, calibration in
+    assert calls == [8], "the driver quantises once, before the shards go out"
+    with FeatureStore(distributed.path) as store:
+        assert store.attrs["precision"] == "int8"
+        assert store.attrs["pipeline"]["extract"]["engine"] == "ray"
+    assert_same_store(local.path, distributed.path)
+
 
 @pytest.mark.shared
 @needs_shared

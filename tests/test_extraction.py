@@ -3,24 +3,31 @@ split changes, unreadable images, strict mode, resume and incremental updates.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from helpers import assert_close, extract_killed_after_first_block
+from helpers import FIRST, assert_close, extract_killed_after_first_block, random_pngs, small_config
 
 from featx.core.config import ConfigError
 from featx.core.errors import StoreError
-from featx.data.dataset import load_dataset, stratified_split
+from featx.core.layout import segments_dir
+from featx.core.memory import PackedStrings
+from featx.data.dataset import StatSignatures, load_dataset, stratified_split
 from featx.data.images import load_image
 from featx.features.backbones import Backbone
 from featx.features.extraction import ExtractError, extract
-from featx.features.plan import locate_store, plan
-from featx.store.read import FeatureStore
+from featx.features.plan import locate_store, match_rows, plan
+from featx.store import write as store_write
+from featx.store.keys import columns_digest
+from featx.store.read import FeatureStore, packed_column
+from featx.store.write import write_strings
 
 LEFTOVER_SUFFIXES = (".partial", ".assembling", ".tmp")
 
@@ -332,6 +339,177 @@ def test_changed_dataset_is_updated_incrementally(tiny_store, make_config, tmp_p
     assert leftovers(path.parent) == []
 
 
+def test_updates_past_the_segment_limit_equal_a_fresh_extraction(tmp_path, monkeypatch):
+    """Images added, removed, changed, unreadable and copied, update after update, past
+    SEGMENTS_MAX (3 here), so that small segments are merged again and again: each update
+    extracts only its new images and never writes the first store's file, and the last
+    store holds exactly what a fresh extraction of the same images does (features, labels,
+    paths, split, ok, skips, duplicates and their checksums)."""
+    monkeypatch.setattr(store_write, "SEGMENTS_MAX", 3)
+    data = tmp_path / "data"
+    random_pngs(data, FIRST)
+    config = small_config(data, tmp_path / "cache")
+    first = os.stat(extract(config, progress=False).path)
+
+    def changed(name: str) -> None:  # other pixels, and a signature that says so
+        random_pngs(data, [name], seed=44)
+        os.utime(data / name, (first.st_mtime + 100, first.st_mtime + 100))
+
+    steps = [  # (images added, what else happens, images it extracts)
+        (["cat/cat01.png", "dog/dog01.png"], None, 2),
+        ([], lambda: (data / "cat/cat03.png").write_bytes(b"not an image"), 1),
+        ([], lambda: shutil.copyfile(data / "cat/cat00.png", data / "cat/cat99.png"), 1),
+        (["dog/dog03.png", "dog/dog05.png"], lambda: (data / "cat/cat01.png").unlink(), 2),
+        (["cat/cat07.png"], lambda: changed("dog/dog04.png"), 2),
+        (["dog/dog07.png", "cat/cat09.png"], None, 2),
+        (["dog/dog09.png"], lambda: (data / "cat/cat02.png").unlink(), 1),
+    ]
+    shapes = []
+    for i, (added, then, extracted) in enumerate(steps):
+        random_pngs(data, added, seed=i + 1)
+        if then is not None:
+            then()
+        r = extract(config, progress=False)
+        assert r.extracted == extracted
+        with FeatureStore(r.path) as s:
+            shapes.append(s.segment_rows)
+            kept = os.stat(s.segment_files[0])
+            assert (kept.st_ino, kept.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    assert max(map(len, shapes)) == 3 and any(len(b) < len(a) for a, b in
+                                             zip(shapes, shapes[1:])), shapes  # merged
+    fresh = extract(small_config(data, tmp_path / "fresh"), progress=False)
+    assert fresh.key == r.key and fresh.duplicate_rows.tolist() == r.duplicate_rows.tolist()
+    with FeatureStore(r.path) as got, FeatureStore(fresh.path) as want:
+        assert got.segmented and not want.segmented
+        for column in ("paths", "signatures", "label_names", "skipped"):
+            assert getattr(got, column) == getattr(want, column), column
+        for column in ("labels", "split", "ok", "duplicate_rows"):
+            np.testing.assert_array_equal(getattr(got, column), getattr(want, column))
+        assert len(got.skipped) == 1 and len(got.duplicate_rows) == 1
+        features = got.features()
+        np.testing.assert_array_equal(features, want.features())
+        assert hashlib.sha256(features.tobytes()).hexdigest() == \
+            want.attrs["features_sha256"]
+        assert columns_digest(labels=got.labels, paths=got.paths, split=got.split,
+                              ok=got.ok, label_names=got.label_names) == \
+            want.attrs["columns_sha256"]
+        got.verify()
+
+
+def test_a_merge_killed_midway_leaves_the_previous_store_whole(tmp_path, monkeypatch):
+    """A store of two segments, and one more image with at most 2 segments: its last segment
+    and the new row are merged. Dying while the merged segment is half written leaves the
+    previous store as it was, and nothing half-written; the next run completes the update
+    without extracting again."""
+    monkeypatch.setattr(store_write, "SEGMENTS_MAX", 2)
+    data = tmp_path / "data"
+    random_pngs(data, FIRST)
+    config = small_config(data, tmp_path / "cache")
+    first = os.stat(extract(config, progress=False).path)
+    random_pngs(data, ["cat/cat01.png"], seed=1)
+    previous = extract(config, progress=False).path
+    files = [previous, *sorted(segments_dir(previous).iterdir())]
+    before = {f: f.read_bytes() for f in files}
+    with FeatureStore(previous) as s:
+        old_rows = dict(zip(s.paths, s.features()))
+    random_pngs(data, ["dog/dog01.png"], seed=2)
+    original = store_write._write_segment
+
+    def dies_midway(tmp, segment, copy, rows, *args):
+        def copy_then_die(some):
+            copy(some)  # the old rows read, the file open ...
+            raise RuntimeError("killed")
+        return original(tmp, segment, copy_then_die, rows, *args)
+
+    monkeypatch.setattr(store_write, "_write_segment", dies_midway)
+    with pytest.raises(RuntimeError, match="killed"):
+        extract(config, progress=False)
+    assert sorted(Path(config.cache_dir).glob("*.h5")) == [previous]
+    assert {f: f.read_bytes() for f in files} == before
+    # no half-written store, segment folder or segment (the finished blocks are kept)
+    assert list(Path(config.cache_dir).glob("*.segments")) == [segments_dir(previous)]
+    assert [p for p in leftovers(Path(config.cache_dir)) if not p.endswith(".partial")] == []
+    with FeatureStore(previous) as s:
+        s.verify()
+        assert dict(zip(s.paths, s.features())).keys() == old_rows.keys()
+    monkeypatch.setattr(store_write, "_write_segment", original)
+    r = extract(config, progress=False)
+    assert r.extracted == 0  # from the blocks the killed run finished
+    with FeatureStore(r.path) as s:
+        assert s.segment_rows == [len(FIRST), 2]
+        kept = os.stat(s.segment_files[0])
+        assert (kept.st_ino, kept.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+        for path, row in zip(s.paths, s.features()):
+            if path in old_rows:
+                np.testing.assert_array_equal(row, old_rows[path])
+        s.verify()
+
+
+def reference_match(old_paths, old_signatures, paths, signatures) -> list[int]:
+    """match_rows as a dict of paths does it."""
+    index = dict(zip(old_paths, range(len(old_paths))))
+    return [index[p] if p in index and old_signatures[index[p]] == s else -1
+            for p, s in zip(paths, signatures)]
+
+
+@pytest.mark.parametrize("keys", ["hashes", "colliding"])
+def test_rows_match_by_path_and_signature_whatever_their_keys(keys, monkeypatch):
+    """Every (path, signature) pair finds its old row, or none, also where the 64-bit keys
+    collide (here: keys made to collide for most pairs)."""
+    if keys == "colliding":
+        from featx.features import plan as plan_module
+
+        monkeypatch.setattr(plan_module, "_pair_keys", lambda paths, signatures: np.fromiter(
+            (len(p) % 3 for p in paths), np.int64, len(paths)))
+    rng = np.random.default_rng(5)
+    old_paths = [f"c{i % 4}/img{i}.png" for i in range(300)]
+    old_signatures = [f"{100 + i % 7}:{i % 11}" for i in range(300)]
+    paths, signatures = [], []
+    for i in rng.permutation(320):  # any order; 20 new, some changed
+        paths.append(f"c{i % 4}/img{i}.png")
+        signatures.append(f"{100 + i % 7}:{i % 11}" if i % 13 else "999:1")
+    got = match_rows(PackedStrings(old_paths), PackedStrings(old_signatures),
+                     PackedStrings(paths), signatures)
+    expected = reference_match(old_paths, old_signatures, paths, signatures)
+    assert got.tolist() == expected and 0 < expected.count(-1) < 100
+    assert match_rows(old_paths, old_signatures, ["x/new.png"], ["1:1"]).tolist() == [-1]
+    assert match_rows([], [], paths[:2], signatures[:2]).tolist() == [-1, -1]
+    assert match_rows(old_paths, old_signatures, [], []).tolist() == []
+
+
+def test_matching_holds_the_paths_packed_not_a_dict_or_lists_of_them(tmp_path):
+    """The rows of an update of a 200k-row store found with at most three times the packed
+    size of the old paths and signatures (those, the new signatures packed, slices) and 6
+    int64 a row (keys, their order, the result ...): a dict of the paths or lists of them
+    would not fit (lists and a dict: 275 B a row, 52 MiB; this, 164 B)."""
+    n = 200_000
+    paths = PackedStrings(f"class-{i % 10:02d}/d{i // 10_000:04d}/img{i:07d}.jpg"
+                          for i in range(n))
+    signatures = StatSignatures(1000 + np.arange(n) % 300, np.full(n, 1_700_000_000))
+    with h5py.File(tmp_path / "columns.h5", "w") as f:
+        write_strings(f, "paths", paths)
+        write_strings(f, "signatures", signatures)
+    keep = np.flatnonzero(np.arange(n) % 1000 != 7)  # 200 removed ...
+    now = PackedStrings([*paths.take(keep), *(f"new/{i}.jpg" for i in range(200))])
+    sizes = np.concatenate([signatures.size[keep], np.full(200, 5)])
+    sizes[10] += 1  # ... 200 added, one changed
+    now_signatures = StatSignatures(sizes, np.full(len(now), 1_700_000_000))
+    with h5py.File(tmp_path / "columns.h5", "r") as f:
+        tracemalloc.start()
+        try:
+            old_paths, old_signatures = packed_column(f["paths"]), packed_column(
+                f["signatures"])
+            got = match_rows(old_paths, old_signatures, now, now_signatures)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    expected = np.concatenate([keep, np.full(200, -1)])
+    expected[10] = -1
+    np.testing.assert_array_equal(got, expected)
+    packed = sum(len(s.buffer) + s.ends.nbytes for s in (old_paths, old_signatures))
+    assert peak <= 3 * packed + 6 * 8 * n, (peak, packed)
+
+
 def test_unknown_hash_mode_is_an_error(tiny_store, make_config):
     with pytest.raises(ConfigError, match="dataset.hash = 'md5' is not one of 'stat', 'content'"):
         make_config(tiny_store.root, tiny_store.config.cache_dir, dataset={"hash": "md5"})
@@ -350,3 +528,90 @@ def test_mixed_precision_store_holds_float32(tiny_store, make_config, tmp_path):
         assert store.file["features"].dtype == np.float32
         assert store.attrs["precision"] == "mixed_float16"
         assert store.features().shape == (tiny_store.rows, 1280)
+
+
+# ---------------------------------------------------------------------- duplicate groups
+
+def _with_copies(tmp_path: Path) -> tuple[object, list[tuple[str, str]]]:
+    """small_config's data (2 classes x 10 random PNGs) with 3 byte copies: (config, pairs)."""
+    data = tmp_path / "data"
+    random_pngs(data, n_per_class=10)
+    pairs = [("cat/cat1_copy.png", "cat/cat1.png"), ("cat/cat7_copy.png", "cat/cat7.png"),
+             ("dog/dog3_copy.png", "dog/dog3.png")]
+    for copy, original in pairs:
+        shutil.copyfile(data / original, data / copy)
+    return small_config(data, tmp_path / "cache"), pairs
+
+
+def _apart(store: FeatureStore, pairs: list[tuple[str, str]]) -> int:
+    index = {p: i for i, p in enumerate(store.paths)}
+    split = store.split
+    return sum(split[index[a]] != split[index[b]] for a, b in pairs)
+
+
+def test_the_store_records_its_groups_and_a_grouped_split(tmp_path):
+    config, pairs = _with_copies(tmp_path)
+    result = extract(config, progress=False)
+    with FeatureStore(result.path) as store:
+        found = store.groups
+        assert store.grouping == {"duplicates": True, "threshold": 0.95}
+        assert found.info["exact_pairs"] == 3 and found.info["groups"] == 3
+        assert found.groups.dtype == np.int32 and len(found.groups) == len(store)
+        assert _apart(store, pairs) == 0
+        ungrouped = stratified_split(store.labels, 0.0, 0.3, 42)
+        index = {p: i for i, p in enumerate(store.paths)}
+    assert any(ungrouped[index[a]] != ungrouped[index[b]] for a, b in pairs)
+    # the groups are covered by a checksum: a changed group is a damaged store
+    with h5py.File(result.path, "r+") as f:
+        f["groups"][0] = 5
+    with FeatureStore(result.path) as store, pytest.raises(StoreError, match="duplicate groups"):
+        _ = store.groups
+
+
+def test_switching_the_grouping_rewrites_the_split_without_model_work(tmp_path, monkeypatch):
+    """dataset.group_duplicates and its threshold are part of the split's identity: each
+    switch re-splits the store in place (no features again), and is recorded."""
+    config, pairs = _with_copies(tmp_path)
+    path = extract(config, progress=False).path
+    with FeatureStore(path) as store:
+        features = store.features()
+    forbid_model_work(monkeypatch)
+    config.dataset.group_duplicates = False
+    assert extract(config, progress=False).cache_hit
+    with FeatureStore(path) as store:
+        assert store.grouping == {"duplicates": False}
+        assert np.array_equal(store.split, stratified_split(store.labels, 0.0, 0.3, 42))
+        assert _apart(store, pairs) > 0
+        assert store.groups is not None  # still recorded: classify counts what crosses
+    config.dataset.group_duplicates = True
+    config.dataset.duplicate_threshold = 0.99  # another threshold: the groups found again
+    assert extract(config, progress=False).cache_hit
+    with FeatureStore(path) as store:
+        assert store.grouping == {"duplicates": True, "threshold": 0.99}
+        assert store.groups.threshold == 0.99 and _apart(store, pairs) == 0
+        np.testing.assert_array_equal(store.features(), features)
+
+
+def test_a_store_made_before_grouping_reads_as_ungrouped_and_is_grouped_in_place(
+        tmp_path, monkeypatch):
+    """A store as featx 0.6 wrote it (no groups, no grouping attribute, the plain split)
+    reads, its split ungrouped; `featx extract` then finds its groups and re-splits it,
+    without model work."""
+    config, pairs = _with_copies(tmp_path)
+    path = extract(config, progress=False).path
+    with FeatureStore(path) as store:
+        plain = stratified_split(store.labels, 0.0, 0.3, 42)
+    store_write.rewrite_split(path, plain, '{"val": 0.0, "test": 0.3, "seed": 42}')
+    with h5py.File(path, "r+") as f:  # what featx 0.6 wrote
+        for name in ("groups", "near_pairs", "near_similarity"):
+            del f[name]
+        for name in ("groups", "groups_sha256", "grouping"):
+            del f.attrs[name]
+    with FeatureStore(path) as store:
+        assert store.groups is None and store.grouping == {"duplicates": False}
+        assert _apart(store, pairs) > 0
+    forbid_model_work(monkeypatch)
+    assert extract(config, progress=False).cache_hit
+    with FeatureStore(path) as store:
+        assert store.groups is not None and store.grouping["duplicates"]
+        assert _apart(store, pairs) == 0

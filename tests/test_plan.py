@@ -212,3 +212,43 @@ def test_an_unfinished_extraction_of_other_settings_is_named(made, tmp_path, mon
     assert "no feature store for" in line and "an unfinished extraction of it with other " \
         "settings" in line and f"weights file:{made.weights.name}" in line
     assert "it stopped on: could not load MobileNetV2 weights: truncated file" in line
+
+
+def test_a_variant_store_follows_the_grouped_split_of_the_plain_one(tmp_path):
+    """The augmented store holds the training images of the plain store's grouped split
+    (byte copies kept with their originals), and the grouping is part of its key: switching
+    dataset.group_duplicates names another augmented store."""
+    import numpy as np
+    from helpers import random_pngs, small_config
+
+    from featx.data.dataset import TRAIN
+    from featx.features.extraction import extract
+    from featx.features.plan import plan
+    from featx.store.read import FeatureStore
+
+    data = tmp_path / "data"
+    random_pngs(data, n_per_class=10)
+    pairs = [("cat/cat2_copy.png", "cat/cat2.png"), ("dog/dog6_copy.png", "dog/dog6.png"),
+             ("dog/dog8_copy.png", "dog/dog8.png")]
+    for copy, original in pairs:
+        shutil.copyfile(data / original, data / copy)
+    config = small_config(data, tmp_path / "cache")
+    config.extract.augment = 2
+    augmented = extract(config, progress=False, variant="augmented")  # the plain one first
+    with FeatureStore(plan(config).path) as plain:
+        train = {p for p, s in zip(plain.paths, plain.split) if s == TRAIN}
+        side = dict(zip(plain.paths, plain.split))
+        grouping = plain.grouping
+    assert grouping == {"duplicates": True, "threshold": 0.95}
+    assert all(side[a] == side[b] for a, b in pairs)
+    with FeatureStore(augmented.path) as store:
+        assert set(store.paths) == train and store.grouping == grouping
+    off = small_config(data, tmp_path / "cache")
+    off.extract.augment = 2
+    off.dataset.group_duplicates = False
+    ungrouped = plan(off, "augmented")
+    assert ungrouped.key != plan(config, "augmented").key
+    held = {data_path for data_path, s in zip(ungrouped.dataset.paths, ungrouped.split)
+            if s == TRAIN}
+    assert held != train and ungrouped.images is not None
+    assert np.array_equal(ungrouped.images, np.flatnonzero(ungrouped.split == TRAIN))

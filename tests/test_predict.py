@@ -10,8 +10,16 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
-from helpers import featx_here, one_error_line
-from realdata import FLOWERS17, keras_home_of, keras_home_set, needs_shared, store_of
+from helpers import assert_close, featx_here, one_error_line
+from realdata import (
+    FLOWERS17,
+    WEIGHTS,
+    keras_home_of,
+    keras_home_set,
+    needs_shared,
+    store_of,
+    unavailable,
+)
 
 from featx.cli import main
 from featx.core.config import BackboneConfig
@@ -303,3 +311,138 @@ def test_real_flowers_held_out_images_are_labelled(flowers17, flowers17_logreg):
     assert accuracy >= 0.88, accuracy
     assert in_top3 >= 0.95, in_top3
     assert agree == 1.0, agree
+
+
+# --- a model trained on int8 features (backbone.precision = "int8") -------------------------
+
+@pytest.fixture(scope="module")
+def int8_bundle(tmp_path_factory, make_config):
+    """Logistic regression on the int8 store of 40 flowers5 photographs (8 a class; ImageNet
+    MobileNetV2 at 96 px, batches of 8, calibrated on 16 of them): (config, model file, the
+    store's test rows as (paths copied out of the dataset, stored features)). The tests
+    below remove its cache and dataset in turn: the first puts back what it moved."""
+    from realdata import flowers5_subset
+
+    from featx.features.extraction import extract
+
+    if not WEIGHTS.is_file():
+        unavailable(f"needs {WEIGHTS}")
+    base = tmp_path_factory.mktemp("int8-predict")
+    root = flowers5_subset(base / "flowers5", 8)
+    config = make_config(root, base / "cache", out=str(base / "runs"),
+                         extract={"batch_size": 8}, classify={"classifiers": ["logreg"]},
+                         backbone={"weights": str(WEIGHTS), "input_size": 96,
+                                   "runtime": "openvino", "precision": "int8",
+                                   "calibration_images": 16})
+    store = extract(config, progress=False).path
+    (result,) = classify(config, store)
+    with FeatureStore(store) as s:
+        assert s.attrs["precision"] == "int8"
+        rows = np.flatnonzero((s.split == TEST) & s.ok)
+        stored = s.features(rows)
+        held_out = base / "held-out"  # copies: they outlive the dataset
+        held_out.mkdir()
+        paths = [str(shutil.copy(root / s.paths[i], held_out / f"{n:02d}.jpg"))
+                 for n, i in enumerate(rows)]
+    return config, Path(config.out) / result["run"] / result["model"], paths, stored
+
+
+@pytest.fixture
+def quantisations(monkeypatch):
+    """Every call of featx.features.runtime.quantize, counted (it still quantises)."""
+    import featx.features.runtime as runtime
+
+    calls, real = [], runtime.quantize
+
+    def spy(model, batches):
+        calls.append(sum(len(b) for b in batches))
+        return real(model, batches)
+
+    monkeypatch.setattr(runtime, "quantize", spy)
+    return calls
+
+
+def int8_folders(config) -> list[Path]:
+    return sorted((config.cache_path / "openvino").glob("MobileNetV2-int8-*"))
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_an_int8_model_predicts_with_its_cached_int8_model_without_its_dataset(
+        int8_bundle, quantisations, tmp_path):
+    """With the dataset gone, featx predict, featx explain and the Python API read the int8
+    model the classifier was trained on from the cache folder (found by the calibration it
+    records) and give the stored rows back; nothing is quantised, nothing runs in float32.
+    featx export-model refuses the model in one line."""
+    from featx import api
+
+    config, model, paths, stored = int8_bundle
+    root = Path(config.dataset.root)
+    [folder] = int8_folders(config)
+    assert folder.name.startswith("MobileNetV2-int8-b8-")
+    root.rename(root.with_name("away"))
+    try:
+        predictor = Predictor.load(model)
+        assert predictor.backbone.int8_batch == 8
+        for batch in (3, 32):  # fewer, then more images a call than the model's batch of 8
+            x, ok, _ = predictor.features(paths, batch_size=batch)
+            assert ok.all()
+            assert_close(x, stored, rtol=1e-4)  # float32's differ by > 1e-3 of the largest
+        expected = [predictor.classes[i] for i in predictor.predict_proba(stored).argmax(1)]
+        done = featx_here("predict", model, *paths, "--top", "1", "--csv")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert [r["label"] for r in csv.DictReader(io.StringIO(done.stdout))] == expected
+        assert api.load_model(model).predict(paths) == expected
+        done = featx_here("explain", model, paths[0], "--out", tmp_path / "explained",
+                          "--neighbours", "0")
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert (tmp_path / "explained" / "index.html").is_file()
+        assert quantisations == [] and int8_folders(config) == [folder]
+        done = featx_here("export-model", model, "--format", "keras",
+                          "--out", tmp_path / "m.keras")
+        assert done.returncode != 0 and "int8" in one_error_line(done.stderr, model)
+        print("export-model ->", done.stderr.strip())
+        assert not (tmp_path / "m.keras").exists()
+    finally:
+        root.with_name("away").rename(root)
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_an_int8_model_without_its_cached_int8_model(int8_bundle, quantisations):
+    """Its int8 model gone from the cache: quantised again from the dataset the store was
+    extracted from, where that gives the same calibration sample (the stored rows back);
+    else one line saying what is missing, for predict, explain and export-model alike."""
+    from featx.features.plan import plan
+
+    config, model, paths, stored = int8_bundle
+    root = Path(config.dataset.root)
+    sampled = Path(plan(config).backbone.calibration.files[0])
+    shutil.rmtree(config.cache_path / "openvino")
+    x, ok, _ = Predictor.load(model).features(paths)
+    assert ok.all() and quantisations == [16]
+    assert_close(x, stored, rtol=1e-4)
+    assert len(int8_folders(config)) == 1
+
+    shutil.rmtree(config.cache_path / "openvino")
+    # a sampled image changed: another sample, another int8 model than the classifier's
+    target = sampled.resolve()
+    sampled.unlink()
+    sampled.write_bytes(target.read_bytes() + b"\0")
+    done = featx_here("predict", model, paths[0])
+    assert done.returncode != 0
+    line = one_error_line(done.stderr, model)
+    assert "int8 model" in line and "gives another sample" in line, line
+    shutil.rmtree(root)  # and now no dataset at all
+    for command in (("predict", model, paths[0]),
+                    ("explain", model, paths[0], "--out", root.with_name("explained")),
+                    ("export-model", model, "--format", "keras",
+                     "--out", root.with_name("m.keras"))):
+        done = featx_here(*command)
+        assert done.returncode != 0, command
+        line = one_error_line(done.stderr, model)
+        assert f"sample of {root} (seed 42)" in line and "that dataset cannot be read" in line \
+            and "restore the dataset" in line, line
+        print(command[0], "->", line)
+    assert quantisations == [16] and not int8_folders(config)
+    assert not root.with_name("m.keras").exists()

@@ -13,7 +13,9 @@ from helpers import blobs, copy_of_store, store_then_update, write_synthetic_sto
 
 from featx.core.errors import DamagedStoreError, StoreError
 from featx.core.layout import partial_dir, segments_dir, verified_stamp
+from featx.core.memory import PackedStrings
 from featx.features.extraction import extract
+from featx.store import read as store_read
 from featx.store.read import FeatureStore, checked_rows, file_version, row_pairs_to_paths
 
 
@@ -140,6 +142,24 @@ def test_the_columns_and_attributes_read_back(synthetic):
         assert s.attrs["split"] == {"val": 0.0, "test": 0.25, "seed": 42}
         assert s.rows_per_read == 64  # whole chunks of 16, at least 64 rows
         assert not s.has_duplicates and s.duplicates == []
+
+
+def test_string_columns_read_packed_a_slice_at_a_time(tmp_path, monkeypatch):
+    """``strings`` (what an update matches rows with) reads a column into one buffer, in
+    slices of CHUNK rows, and gives "" for each row of a store without signatures."""
+    monkeypatch.setattr(store_read, "CHUNK", 3)
+    x, y = blobs(2, n=8, d=2, dtype=np.float32)
+    paths = [f"c{c}/{i}-é.png" if i % 3 else f"c{c}/{i}.png" for i, c in enumerate(y)]
+    path = write_synthetic_store(tmp_path / "s.h5", x, y, paths, np.zeros(8, np.int8),
+                                 ["a", "b"])
+    with FeatureStore(path) as s:
+        packed = s.strings("paths")
+        assert isinstance(packed, PackedStrings) and packed == paths and list(packed) == paths
+        assert s.strings("signatures") == [""] * 8
+    with h5py.File(path, "r+") as f:
+        del f["signatures"]  # a store of an older featx
+    with FeatureStore(path) as s:
+        assert s.strings("signatures") == [""] * 8 and len(s.strings("signatures")) == 8
 
 
 # ----------------------------------------------------------------------------------- reads

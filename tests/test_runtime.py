@@ -2,17 +2,27 @@
 
 Fast tests use random-weight MobileNetV2 at 32-64 px (a conversion takes about a second);
 the slow one compares both runtimes on the ImageNet weights and real Flowers-17 images.
+precision int8 (NNCF's quantisation): fast tests of its calibration sample and store key
+(no model work), one slow test of the whole path on 400 real flowers5 photographs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_close
-from realdata import FLOWERS17, WEIGHTS, assert_pretrained, needs_shared, unavailable
+from helpers import assert_close, extract_killed_after_first_block
+from realdata import (
+    FLOWERS17,
+    WEIGHTS,
+    assert_pretrained,
+    flowers5_subset,
+    needs_shared,
+    unavailable,
+)
 
 import featx.features.runtime as runtime
 from featx.core.config import BackboneConfig, Config, ConfigError
@@ -142,6 +152,7 @@ def test_auto_chooses_openvino_only_when_installed_on_a_cpu(monkeypatch):
     assert runtime.resolve_runtime("auto", "mixed_float16", gpu=lambda: False) == "tensorflow"
     assert runtime.resolve_runtime("tensorflow", "float32", gpu=lambda: False) == "tensorflow"
     assert runtime.resolve_runtime("openvino", "float32", gpu=lambda: True) == "openvino"
+    assert runtime.resolve_runtime("auto", "int8", gpu=lambda: True) == "openvino"  # only it
     monkeypatch.setattr(runtime, "openvino_version", lambda: None)
     assert runtime.resolve_runtime("auto", "float32", gpu=lambda: False) == "tensorflow"
 
@@ -271,3 +282,204 @@ def test_openvino_equals_tensorflow_on_imagenet_weights_and_flowers17(tmp_path, 
         scale = np.abs(out["tensorflow"]).max()
         assert np.abs(out["openvino"] - out["tensorflow"]).max() <= 1e-4 * scale, fields
         assert_close(out["openvino"], out["tensorflow"], rtol=1e-4)
+
+
+# --- precision int8: the calibration sample and the store key (no model work) --------------
+
+def int8_config(make_config, root, cache, **backbone):
+    return make_config(root, cache, backbone={"runtime": "openvino", "precision": "int8",
+                                              "calibration_images": 5, **backbone})
+
+
+def sample(root, size=5, seed=42):
+    from featx.core.config import DatasetConfig
+    from featx.data.dataset import load_dataset
+
+    data = load_dataset(DatasetConfig(root=str(root)))
+    return runtime.calibration_sample(data, data.signatures(), size, seed)
+
+
+def test_the_calibration_sample_is_seeded_and_moves_only_where_an_image_ranks(tmp_path):
+    from conftest import make_image_folder, write_image
+
+    root = tmp_path / "data"
+    written = make_image_folder(root, per_class=6, junk=False)
+    first = sample(root)
+    assert first == sample(root) and len(first.files) == 5 and len(set(first.files)) == 5
+    every = {str(root / rel) for rels in written.values() for rel in rels}
+    assert set(first.files) <= every
+    assert sample(root, seed=43).files != first.files  # 5 of 18: another seed, another five
+    assert sample(root, seed=43).digest != first.digest
+    assert sorted(sample(root, size=100).files) == sorted(every)  # fewer images: all of them
+    # an added image takes a place in the sample only where it ranks among the first five
+    for i in range(8):
+        added = write_image(root / "cat" / f"new{i}.png", seed=900 + i)
+        now = sample(root)
+        kept = [f for f in now.files if f != str(added)]
+        assert kept == [f for f in first.files if f in kept], i
+        assert (str(added) in now.files) == (now.files != first.files), i
+        first = now
+    # a sampled image changed (another signature): another identity, the same files
+    changed = Path(first.files[0])
+    changed.write_bytes(changed.read_bytes() + b"\0")
+    again = sample(root)
+    assert again.files == first.files and again.digest != first.digest
+
+
+def test_an_int8_store_has_its_own_key_holding_its_calibration(tmp_path, make_config):
+    """Precision and calibration identity are in the settings key: a float32 store never
+    serves int8, nor the reverse; another sample size or seed, or a sampled image changed,
+    is another int8 store; an image added outside the sample leaves the settings key as it
+    is (its rows are reused, the new one extracted with the same int8 model)."""
+    from conftest import make_image_folder, write_image
+
+    from featx.features.plan import plan
+
+    root = tmp_path / "data"
+    make_image_folder(root, per_class=6, junk=False)
+    float32 = plan(make_config(root, tmp_path))
+    int8 = plan(int8_config(make_config, root, tmp_path))
+    assert int8.key != float32.key and int8.path != float32.path
+    assert int8.settings["precision"] == "int8" and "precision" not in float32.settings
+    assert int8.settings["calibration"].startswith("5 images, seed 42, ")
+    assert int8.settings["settings_key"] != float32.settings["settings_key"]
+    keys = {int8.settings["settings_key"]}
+    for other in (int8_config(make_config, root, tmp_path, calibration_images=6),
+                  make_config(root, tmp_path, dataset={"seed": 7},
+                              backbone={"runtime": "auto", "precision": "int8",
+                                        "calibration_images": 5})):
+        keys.add(plan(other).settings["settings_key"])
+    assert len(keys) == 3
+    # a float32 plan with the same sample size named is float32's store (the size is unused)
+    assert plan(make_config(root, tmp_path, backbone={"calibration_images": 5})).key == \
+        float32.key
+    before = int8.settings["settings_key"]
+    for i in range(20):  # until an added image falls outside the sample
+        added = write_image(root / "dog" / f"more{i}.png", seed=700 + i)
+        now = plan(int8_config(make_config, root, tmp_path))
+        if str(added) not in now.backbone.calibration.files:
+            assert now.settings["settings_key"] == before and now.key != int8.key
+            break
+        before = now.settings["settings_key"]
+    else:
+        pytest.fail("every added image ranked into a sample of 5")
+
+
+def test_int8_is_refused_where_it_cannot_run(tmp_path, monkeypatch):
+    with pytest.raises(BackboneError, match="runtime"):
+        backbone(tmp_path, "tensorflow", precision="int8")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "nncf" else real(name, *a))
+    with pytest.raises(BackboneError, match=r"nncf.*featx\[openvino\]"):
+        backbone(tmp_path, "openvino", precision="int8")
+    monkeypatch.undo()
+    # a backbone that read no dataset has no calibration: one line, no store key, no model
+    from featx.features.plan import feature_settings
+
+    lonely = backbone(tmp_path, "openvino", precision="int8")
+    for act in (lambda: feature_settings(lonely), lambda: lonely.batched(4)):
+        with pytest.raises(BackboneError, match="calibrated on a sample") as e:
+            act()
+        assert "\n" not in str(e.value)
+
+
+# --- precision int8 on real photographs ----------------------------------------------------
+
+INT8_SIZE, INT8_PER_CLASS, INT8_CALIBRATION = 96, 80, 100
+
+
+@pytest.fixture
+def quantisations(monkeypatch):
+    """Every call of featx.features.runtime.quantize, counted (it still quantises)."""
+    calls = []
+    real = runtime.quantize
+
+    def spy(model, batches):
+        calls.append(sum(len(b) for b in batches))
+        return real(model, batches)
+
+    monkeypatch.setattr(runtime, "quantize", spy)
+    return calls
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+@needs_shared
+def test_int8_on_real_photographs(tmp_path, make_config, openvino, quantisations, capsys):
+    """400 flowers5 photographs (80 a class), MobileNetV2 with the ImageNet weights at 96 px,
+    batches of 16 (4 resume blocks): the int8 store is not float32's (neither is a cache hit
+    for the other), a killed int8 extraction resumes with the model quantised before, the
+    model is quantised once and read back after, a damaged one is made again, and rank-1
+    (logistic regression, 3 splits) stays within 3 points of float32's."""
+    from featx.core.layout import OPENVINO_DIR
+    from featx.data.dataset import TRAIN, stratified_split
+    from featx.features.extraction import extract
+    from featx.learn.learners import fit
+    from featx.store.cache import entries
+    from featx.store.read import FeatureStore
+
+    root = flowers5_subset(tmp_path / "flowers5", INT8_PER_CLASS)
+    cache = tmp_path / "cache"
+    common = {"weights": str(WEIGHTS), "input_size": INT8_SIZE}
+    float32 = make_config(root, cache, backbone=common, extract={"batch_size": 16})
+    int8 = make_config(root, cache, extract={"batch_size": 16},
+                       backbone={**common, "runtime": "openvino", "precision": "int8",
+                                 "calibration_images": INT8_CALIBRATION})
+
+    plain = extract(float32, progress=False)
+    assert not plain.cache_hit and plain.rows == 5 * INT8_PER_CLASS
+    with pytest.MonkeyPatch.context() as patch:  # it undoes its patches: not the spy's
+        saved = extract_killed_after_first_block(int8, patch)
+    assert saved == [0] and quantisations == [112]  # 100 images in 7 full batches of 16
+    resumed = extract(int8, progress=False)
+    assert not resumed.cache_hit and resumed.key != plain.key and resumed.path != plain.path
+    assert resumed.extracted == plain.rows - 16 * 8, "the int8 extraction did not resume"
+    assert quantisations == [112], "quantised again although the cache holds the model"
+    assert extract(float32, progress=False).cache_hit  # neither serves the other
+    assert extract(int8, progress=False).cache_hit
+    with FeatureStore(plain.path) as f, FeatureStore(resumed.path) as q:
+        x, y, labels = f.features(), q.features(), f.labels
+        assert q.attrs["precision"] == "int8" and q.paths == f.paths
+        assert q.attrs["calibration"].startswith(f"{INT8_CALIBRATION} images, seed 42, ")
+        calibration = q.attrs["calibration"]
+    assert_pretrained(x)
+    scale = np.abs(x).max()
+    # int8, not float32 relabelled: its features differ, but not by much on the whole
+    assert np.abs(y - x).max() > 1e-3 * scale and np.abs(y - x).mean() < 0.05 * scale
+    [model] = [e for e in entries(cache) if e.kind == "openvino" and "int8" in e.backbone]
+    assert model.backbone == "MobileNetV2-int8" and model.rows == 16 and model.complete
+    # it records its calibration: featx predict finds a saved model's int8 model by it
+    assert runtime.cached_int8_models(cache, "MobileNetV2") == [
+        (cache / OPENVINO_DIR / model.path.name, 16, calibration)]
+
+    # every row, before and after the kill, is the cached model's: recomputed now, equal
+    from featx.data.images import ReadErrors, read_batches
+    from featx.features.plan import plan
+
+    p = plan(int8)
+    forward = p.backbone.batched(16)
+    files = [str(root / path) for path in p.dataset.paths]
+    again = np.concatenate([forward(b, ok) for _, b, ok in
+                            read_batches(files, INT8_SIZE, 16, ReadErrors())])
+    assert_close(again, y, rtol=1e-4)
+    assert quantisations == [112]
+
+    # a damaged int8 model is quantised again (and the store made with it is unchanged)
+    folder = cache / OPENVINO_DIR / model.path.name
+    (folder / "model.bin").write_bytes(b"damaged")
+    resumed.path.unlink()
+    capsys.readouterr()
+    remade = extract(int8, progress=False)
+    assert quantisations == [112, 112] and "quantising again" in capsys.readouterr().err
+    with FeatureStore(remade.path) as q:
+        assert_close(q.features(), y, rtol=1e-4)
+
+    rank1 = {"float32": [], "int8": []}
+    for seed in (42, 43, 44):
+        split = stratified_split(labels, 0.0, 0.25, seed) == TRAIN
+        for name, features in (("float32", x), ("int8", y)):
+            model = fit("logreg", features[split], labels[split], quick=True, seed=0).model
+            rank1[name].append(float((model.predict(features[~split]) == labels[~split]).mean()))
+    assert np.mean(rank1["float32"]) > 0.5, rank1  # real features: far above chance (0.2)
+    assert abs(np.mean(rank1["int8"]) - np.mean(rank1["float32"])) <= 0.03, rank1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -14,31 +15,26 @@ from helpers import (
     blobs,
     random_pngs,
     small_config,
-    store_then_update,
     write_synthetic_store,
 )
 
 from featx.core.errors import StoreError
 from featx.core.layout import assembling_path, segments_dir
 from featx.features.extraction import extract
+from featx.features.plan import match_rows
 from featx.store import write as store_write
 from featx.store.blocks import BlockDir
 from featx.store.read import FeatureStore
 from featx.store.write import (
     RowSource,
-    can_append,
     feature_runs,
     rewrite_split,
+    segments_kept,
     write_duplicates,
     write_store,
     write_strings,
+    write_update,
 )
-
-
-@pytest.fixture
-def updated(tmp_path):
-    """A store of helpers.FIRST, then the same folder with ADDED and one image removed."""
-    return store_then_update(tmp_path)
 
 
 @pytest.fixture
@@ -53,18 +49,73 @@ def synthetic(tmp_path):
 
 # ------------------------------------------------------------------------ updates: segments
 
-def test_many_updates_compact_into_one_file(updated, monkeypatch):
-    config, data, _, _, _ = updated
+def synthetic_update(old_path: Path, new_path: Path, rows: dict[str, np.ndarray]) -> None:
+    """Update the store ``old_path`` in place into ``new_path``, holding ``rows`` (path ->
+    features; an old path keeps its old row, features given or not), as extraction does."""
+    paths = sorted(rows)
+    with FeatureStore(old_path) as old:
+        old_row = match_rows(old.strings("paths"), old.strings("signatures"), paths,
+                             [""] * len(paths))
+        new = [rows[q] for q, r in zip(paths, old_row) if r < 0]
+        blocks = BlockDir(new_path, "k", rows=len(new), block_rows=3)
+        for b in range(blocks.n_blocks):
+            got = np.asarray(new[b * 3:b * 3 + 3], np.float32).reshape(-1, 6)
+            blocks.save(b, got, np.ones(len(got), bool), [""] * len(got))
+        write_update(new_path, in_place=True, source=RowSource(old_row), old=old,
+                     blocks=blocks, feature_shape=(6,), paths=paths,
+                     signatures=[""] * len(paths), labels=np.arange(len(paths)) % 3,
+                     label_names=["a", "b", "c"], split=np.zeros(len(paths), np.int8),
+                     attrs={"key": new_path.stem, "split": "{}"})
+        blocks.remove()
+
+
+def test_past_the_segment_limit_the_small_segments_merge_and_the_first_stays(
+        synthetic, tmp_path, monkeypatch):
+    """Four rows added at a time with at most 3 segments: appended while they fit; past
+    that the last segments merge with the new rows into one, as long as the segment kept
+    before them is at least as large; the first segment, the original store, is never
+    written (same inode and mtime) until the small ones outgrow it. Every version reads the
+    rows by path, checked and as plain h5py reads them."""
+    monkeypatch.setattr(store_write, "SEGMENTS_MAX", 3)
+    path, x = synthetic
+    rows = {f"{i:02d}.png": x[i] for i in range(40)}
+    first = os.stat(path)
+    shapes = []
+    for update in range(15):
+        for j in range(4):
+            rows[f"{j:02d}.png.{update:02d}"] = np.full(6, 100 * update + j, np.float32)
+        new_path = tmp_path / f"v{update}.h5"
+        synthetic_update(path, new_path, rows)
+        with FeatureStore(new_path) as s:
+            shapes.append(s.segment_rows if s.segmented else len(s))
+            np.testing.assert_array_equal(s.features(), [rows[q] for q in sorted(rows)])
+            assert s.paths == sorted(rows)
+        with h5py.File(new_path, "r") as f:  # a plain HDF5 reader: the virtual dataset
+            np.testing.assert_array_equal(f["features"][:], [rows[q] for q in sorted(rows)])
+        if segments_dir(new_path).exists():
+            kept = os.stat(segments_dir(new_path) / "seg-000.h5")
+            assert (kept.st_ino, kept.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+        path = new_path
+    assert shapes == [[40, 4], [40, 4, 4], [40, 12], [40, 12, 4], [40, 12, 8], [40, 12, 12],
+                      [40, 28], [40, 28, 4], [40, 28, 8], [40, 28, 12], [40, 28, 16],
+                      [40, 28, 20], [40, 28, 24], [40, 28, 28],
+                      100]  # neither [40, 28, 32] nor [40, 60] would do: rewritten whole
+    assert not segments_dir(path).exists()
+
+
+def test_a_merge_drops_the_unused_rows_of_the_segments_it_merges(synthetic, tmp_path,
+                                                                 monkeypatch):
     monkeypatch.setattr(store_write, "SEGMENTS_MAX", 2)
-    r = extract(config, progress=False)
-    with FeatureStore(r.path) as s:
-        assert len(s.segment_files) == 2
-    random_pngs(data, ["dog/dog50.png"], seed=3)
-    r = extract(config, progress=False)  # a third segment: rewritten whole
-    with FeatureStore(r.path) as s:
-        assert not s.segmented and len(s) == len(FIRST) + 3
-        s.verify()
-    assert not segments_dir(r.path).exists()
+    path, x = synthetic
+    rows = {f"{i:02d}.png": x[i] for i in range(40)}
+    rows.update({f"new{j}": np.full(6, j, np.float32) for j in range(6)})
+    synthetic_update(path, tmp_path / "a.h5", rows)  # [40, 6]
+    del rows["new1"], rows["new4"]  # two rows of the second segment unused ...
+    rows["new9"] = np.full(6, 9, np.float32)
+    synthetic_update(tmp_path / "a.h5", tmp_path / "b.h5", rows)  # ... and not copied
+    with FeatureStore(tmp_path / "b.h5") as s:
+        assert s.segment_rows == [40, 5] and s.physical_rows == len(s) == 45
+        np.testing.assert_array_equal(s.features(), [rows[q] for q in sorted(rows)])
 
 
 def test_a_new_split_never_writes_a_file_another_store_links_to(tmp_path):
@@ -138,15 +189,17 @@ def test_a_failed_write_raises_naming_the_file_and_leaves_no_store(synthetic, tm
 
 def test_row_source_numbers_the_new_rows_in_order():
     source = RowSource(np.array([-1, 3, -1, 0, -1]))
-    np.testing.assert_array_equal(source.new_row, [0, -1, 1, -1, 2])
-    assert [source.new(i) for i in (0, 2, 4)] == [0, 1, 2]
-    np.testing.assert_array_equal(source.old_rows(1, 4), [3, -1, 0])
+    np.testing.assert_array_equal(source.new_rows, [0, 2, 4])
+    np.testing.assert_array_equal(source.new(np.array([0, 2, 4])), [0, 1, 2])
+    np.testing.assert_array_equal(source.old_rows(np.arange(1, 4)), [3, -1, 0])
     every_row_new = RowSource()
-    assert every_row_new.new(7) == 7
-    np.testing.assert_array_equal(every_row_new.old_rows(2, 5), [-1, -1, -1])
+    np.testing.assert_array_equal(every_row_new.new(np.array([7])), [7])
+    np.testing.assert_array_equal(every_row_new.old_rows(np.arange(2, 5)), [-1, -1, -1])
 
 
-def test_feature_runs_are_the_consecutive_rows_of_one_segment():
+@pytest.mark.parametrize("chunk", [65536, 2])  # found a slice of rows at a time
+def test_feature_runs_are_the_consecutive_rows_of_one_segment(chunk, monkeypatch):
+    monkeypatch.setattr(store_write, "CHUNK", chunk)
     # segments of 4 and 3 physical rows; dataset rows read 0 1 2 | 5 6 | 3
     first, end, seg, local = feature_runs(np.array([0, 1, 2, 5, 6, 3]), [4, 3])
     assert (first.tolist(), end.tolist(), seg.tolist(), local.tolist()) == \
@@ -160,15 +213,19 @@ def test_feature_runs_are_the_consecutive_rows_of_one_segment():
 def test_an_update_appends_unless_too_many_segments_or_dead_rows(synthetic, monkeypatch):
     path, _ = synthetic
     with FeatureStore(path) as old:  # 40 rows, one file
-        assert can_append(old, live_rows=43, new_rows=3)
-        assert can_append(old, live_rows=39, new_rows=3)  # 4 of 43 rows dead: 9%
-        assert not can_append(old, live_rows=38, new_rows=3)  # 5 of 43: over 10%
+
+        def kept(old_rows: list[int], new_rows: int) -> int | None:
+            return segments_kept(old, np.asarray([*old_rows, *[-1] * new_rows]), new_rows)
+
+        assert kept(list(range(40)), 3) == 1  # the old file kept, a segment appended
+        assert kept(list(range(36)), 3) == 1  # 4 of 43 rows dead: 9%
+        assert kept(list(range(35)), 3) is None  # 5 of 43: over 10%, rewritten whole
         monkeypatch.setattr(store_write, "SEGMENTS_MAX", 1)
-        assert not can_append(old, live_rows=43, new_rows=3)  # would make 2 segments
+        assert kept(list(range(40)), 3) is None  # would make 2 segments
 
 
 def test_strings_are_written_a_slice_at_a_time_and_all_kept(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_write, "CHUNK", 3)
+    monkeypatch.setattr(store_write, "STRINGS_AT_ONCE", 3)
     texts = [f"dir/ünï {i}.png" for i in range(10)]
     with h5py.File(tmp_path / "s.h5", "w") as f:
         write_strings(f, "paths", texts)

@@ -48,7 +48,7 @@ HASHES = ("stat", "content")
 # their grid); mean is avg (the transformers' word); cls (the class token) and cls+mean (both
 # side by side) read a KerasHub transformer's tokens (featx/features/hub.py)
 POOLINGS = ("avg", "max", "flatten", "none", "mean", "cls", "cls+mean")
-PRECISIONS = ("float32", "mixed_float16")
+PRECISIONS = ("float32", "mixed_float16", "int8")
 # Who runs the frozen forward pass (featx/features/runtime.py): TensorFlow, OpenVINO (CPU, pip
 # install
 # featx[openvino]) or auto (OpenVINO when it is installed and no GPU is in use).
@@ -116,6 +116,12 @@ class DatasetConfig:
     hash: str = one_of("stat", HASHES)
     # a class left with no test (or validation) image: a warning instead of an error
     allow_missing_test: bool = False
+    # keep copies on one side of the split (featx/data/groups.py): images with the same bytes,
+    # and images whose features have a cosine similarity >= duplicate_threshold, go to train,
+    # val or test together (false: the split of featx <= 0.6, duplicates anywhere)
+    group_duplicates: bool = True
+    # the cosine similarity from which two images are near duplicates (featx audit's default)
+    duplicate_threshold: float = within(0.95, 0.5, 1.0)
 
 
 @dataclass
@@ -131,8 +137,13 @@ class BackboneConfig:
     pooling: str = one_of("avg", POOLINGS)
     input_size: int = within(0, 0)  # 0: the backbone's native size (it checks its own range)
     # float32 | mixed_float16 (float16 compute, float32 weights; for GPUs with tensor cores,
-    # slower on CPUs). Features are stored as float32 either way.
+    # slower on CPUs) | int8 (OpenVINO's model quantised by NNCF, calibrated on a sample of the
+    # dataset's images; runtime openvino or auto, CPU; its own store). Features are stored as
+    # float32 either way.
     precision: str = one_of("float32", PRECISIONS)
+    # precision int8: how many of the dataset's images calibrate the model (a sample seeded
+    # by dataset.seed; all of them where the dataset has fewer)
+    calibration_images: int = within(300, 1, 100000)
     # How an image becomes input_size x input_size (featx.data.images.fit_image): squash (resize,
     # ignoring the aspect ratio) | crop (short side to input_size, centre crop) | pad (long
     # side to input_size, padded with ImageNet's mean colour)
@@ -141,7 +152,8 @@ class BackboneConfig:
     flip: bool = False
     # tensorflow | openvino (the same TensorFlow model converted once and run by OpenVINO's CPU
     # plugin, float32: features equal TensorFlow's within 1e-4 relative, so the store's key
-    # leaves it out) | auto (openvino when installed and TensorFlow sees no GPU)
+    # leaves it out; precision int8 runs it quantised) | auto (openvino when installed and
+    # TensorFlow sees no GPU, or when precision is int8)
     runtime: str = one_of("tensorflow", RUNTIMES)
 
 

@@ -33,6 +33,7 @@ store made with it (key: backbone, weights identity, layers, pooling, input size
 library versions)::
 
     openvino/<backbone>-b<batch>-<key>/model.xml, model.bin, sha256.json
+    openvino/<backbone>-int8-b<batch>-<key>/...  (backbone.precision = "int8")
 
 Fine-tuning trains on decoded images, not on a store::
 
@@ -184,9 +185,12 @@ def belongings(store: Path) -> list[Path]:
 OPENVINO_DIR = "openvino"
 
 
-def converted_model_dir(cache_dir: Path, backbone: str, batch_size: int, key: str) -> Path:
-    """The folder holding one converted backbone (written whole, then renamed into place)."""
-    return Path(cache_dir) / OPENVINO_DIR / f"{safe_name(backbone)}-b{batch_size}-{key}"
+def converted_model_dir(cache_dir: Path, backbone: str, batch_size: int, key: str,
+                        precision: str = "float32") -> Path:
+    """The folder holding one converted backbone (written whole, then renamed into place);
+    an int8 one is ``<backbone>-int8-b<batch>-<key>`` (featx cache ls shows it so)."""
+    name = safe_name(backbone) + ("-int8" if precision == "int8" else "")
+    return Path(cache_dir) / OPENVINO_DIR / f"{name}-b{batch_size}-{key}"
 
 
 def converted_model_file(folder: Path) -> Path:

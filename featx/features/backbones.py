@@ -5,6 +5,7 @@ names a KerasHub backbone instead (featx/features/hub.py, imported only for thos
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import os
 import re
@@ -20,7 +21,7 @@ from featx.core.errors import BackboneError
 from featx.core.files import file_sha256
 from featx.core.log import import_tensorflow
 from featx.features.hub import HubModel, is_hub, parse_name
-from featx.features.runtime import check_runtime, or_tensorflow, resolve_runtime
+from featx.features.runtime import Calibration, check_runtime, or_tensorflow, resolve_runtime
 
 BLOCK_ENDS = r"_(add|out)$"  # MobileNetV2 block_N_add, ResNet convN_blockM_out, EfficientNet
 
@@ -132,7 +133,14 @@ class Backbone:
             raise BackboneError(f"unknown precision {config.precision!r}; "
                                 f"valid: {', '.join(PRECISIONS)}")
         check_runtime(config.runtime, config.precision)
-        self.hub = HubModel(config, seed) if is_hub(config.name) else None
+        # precision int8: the images its model is calibrated on, a sample of the dataset's
+        # (featx.features.plan attaches it: the store's key holds its identity)
+        self.calibration: Calibration | None = None
+        # precision int8 for a saved model (featx.learn.predict): the batch size of the cached
+        # int8 model its head was trained on, the one model batched() then runs
+        self.int8_batch: int | None = None
+        # int8 is OpenVINO's quantisation of the float32 model: Keras builds that one
+        self.hub = HubModel(self._built_config, seed) if is_hub(config.name) else None
         if self.hub is not None:
             self.spec = BackboneSpec(self.hub.label, "keras_hub", self.hub.files.native_size,
                                      "hub")
@@ -164,6 +172,26 @@ class Backbone:
             self.weights_path = Path(weights).expanduser()
             if not self.weights_path.is_file():
                 raise BackboneError(f"weights file not found: {self.weights_path}")
+
+    @property
+    def _built_config(self) -> BackboneConfig:
+        """The config Keras builds the model with (int8: the float32 model OpenVINO
+        quantises)."""
+        if self.config.precision != "int8":
+            return self.config
+        return dataclasses.replace(self.config, precision="float32")
+
+    @property
+    def calibration_identity(self) -> str:
+        """precision int8: the identity of the images its model is calibrated on (part of
+        the store's key); a BackboneError where no dataset was read to take them from."""
+        if self.calibration is None:
+            raise BackboneError(
+                f"backbone.precision = \"int8\": {self.spec.name}'s int8 model is calibrated "
+                "on a sample of the dataset's images, and none was taken here (`featx "
+                "extract` and the commands reading its store take it from the dataset, "
+                "featx predict and explain from a saved model's cached int8 model)")
+        return self.calibration.identity
 
     @property
     def weights_kind(self) -> str:
@@ -229,7 +257,7 @@ class Backbone:
         # Layers take the global dtype policy when they are built: set it only around the
         # build, so that other models in the process keep theirs.
         policy = keras.config.dtype_policy()
-        keras.config.set_dtype_policy(self.config.precision)
+        keras.config.set_dtype_policy(self._built_config.precision)
         try:
             base = app(include_top=False, weights=weights, input_shape=shape)
         except Exception as e:  # keras raises plain Exception on a failed download
@@ -388,11 +416,31 @@ class Backbone:
         """``compiled(batch_size)`` converted to OpenVINO (once per cache folder: a later
         call reads the converted model back without building the Keras model), as a
         callable (batch_size, S, S, 3) uint8 -> float32 features (batch_size, ...)."""
-        from featx.features.runtime import OpenVINOForward, load_or_convert, model_key, thread_split
+        from featx.features.runtime import (
+            OpenVINOForward,
+            calibration_batches,
+            load_or_convert,
+            load_or_quantize,
+            model_key,
+            thread_split,
+        )
 
-        key = model_key(self.describe(), batch_size)
-        model = load_or_convert(lambda: self.compiled(batch_size), self.cache_dir,
-                                self.spec.name, batch_size, key)
+        # the float32 model (precision int8: the one it quantises, shared with float32 runs)
+        described = {k: v for k, v in self.describe().items() if k != "precision"}
+
+        def converted():
+            return load_or_convert(lambda: self.compiled(batch_size), self.cache_dir,
+                                   self.spec.name, batch_size, model_key(described, batch_size))
+
+        if self.config.precision != "int8":
+            return OpenVINOForward(converted(), thread_split())
+        identity = self.calibration_identity
+        calibration = self.calibration
+        model = load_or_quantize(
+            converted, lambda: calibration_batches(calibration, self.input_size, self.resize,
+                                                   batch_size),
+            self.cache_dir, self.spec.name, batch_size,
+            model_key(self.describe(), batch_size, identity), identity)
         return OpenVINOForward(model, thread_split())
 
     def batched(self, batch_size: int):
@@ -401,7 +449,10 @@ class Backbone:
         the batch and zeroes the rows of unreadable images (``ok`` False). It runs on
         ``self.runtime``."""
         forward = None
-        if self.runtime == "openvino":
+        if self.config.precision == "int8":  # OpenVINO's or none (runtime.load_or_quantize)
+            batch_size = self.int8_batch or batch_size
+            forward = self.openvino(batch_size)
+        elif self.runtime == "openvino":
             forward = or_tensorflow(lambda: self.openvino(batch_size), self.spec.name)
             if forward is None:
                 self.runtime = "tensorflow"  # what runs it, for the records
@@ -411,6 +462,9 @@ class Backbone:
 
         def run(images: np.ndarray, ok: np.ndarray) -> np.ndarray:
             n = len(images)
+            if n > batch_size:  # more than the int8 model's batch (int8_batch): in turns
+                return np.concatenate([run(images[i:i + batch_size], ok[i:i + batch_size])
+                                       for i in range(0, n, batch_size)])
             if n < batch_size:
                 images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]),
                                                           images.dtype)])

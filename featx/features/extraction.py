@@ -30,6 +30,15 @@ from featx.core.log import plural
 from featx.core.memory import release_freed_memory
 from featx.core.progress import bar as progress_bar
 from featx.data.dataset import Dataset
+from featx.data.groups import (
+    NEIGHBOURS,
+    group_sizes,
+    grouped_split,
+    grouping_identity,
+    near_duplicates,
+    union_groups,
+    unit_rows,
+)
 from featx.data.images import ReadErrors, read_batches
 from featx.features.backbones import Backbone
 from featx.features.plan import (
@@ -46,7 +55,13 @@ from featx.features.plan import (
 from featx.features.variants import PLAIN, Variant
 from featx.store.blocks import BlockDir
 from featx.store.read import FeatureStore, row_pairs_to_paths
-from featx.store.write import RowSource, rewrite_split, write_duplicates, write_update
+from featx.store.write import (
+    RowSource,
+    rewrite_split,
+    write_duplicates,
+    write_groups,
+    write_update,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +80,8 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
             raise ExtractError(f"the ray engine extracts plain stores (one row per image), "
                                f"not the {variant!r} store: use extract.engine = \"local\"")
         run = run_on_ray
+    if variant != "plain" and config.dataset.group_duplicates:
+        extract(config, progress)  # a variant follows the plain store's grouped split
     p = plan(config, variant)
     lock = FileLock(str(lock_path(p.path)))
     try:
@@ -88,10 +105,13 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
             # one folder are two datasets), replaced below; any other store stays as it is
             superseded = old.path if old is not None and old.path != p.path and \
                 same_dataset(old.attrs, config, p) else None
-            # the previous duplicates are reused where the old store's rows are its images
-            before = (old.paths, old.signatures, old.duplicate_rows, p.match(old)) \
+            # the previous duplicates are reused where the old store's rows are its images;
+            # its paths and signatures packed (1M: ~55 MiB; as lists of str they took 170)
+            before = (old.strings("paths"), old.strings("signatures"), old.duplicate_rows) \
                 if old is not None and old.has_duplicates and p.one_row_per_image and \
                 "view" not in old.file else None
+            if before is not None:  # rows matched once, with the columns just read
+                before += (p.match(old, *before[:2]),)
             # found once per store version (a cache hit reads them back from the store),
             # before the model is built: at 1M images their arrays took 70-100 MiB a moment
             pairs = p.store_rows(duplicate_rows(p.dataset, p.signatures, before))
@@ -112,6 +132,8 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
                 old.close()
                 result = run(config, p, p.split, None, progress)
             write_duplicates(p.path, pairs)
+            if p.variant is PLAIN:  # this version's duplicate groups, and its split by them
+                _regroup(p, config, find_groups(p, config))
             result.duplicate_rows, result.row_paths = pairs, p.row_paths
             if superseded is None:  # rows of another dataset's store (or none) not taken:
                 result.dropped = 0  # no image of this dataset was dropped
@@ -146,7 +168,14 @@ def _cache_hit(p: Plan, config: Config) -> ExtractResult | None:
     except StoreError as e:
         log.warning("%s; extracting afresh", e)
         return None
-    _update_split(p.path, p.split[p.row_image], config)
+    if p.variant is PLAIN and p.groups is None:  # made before featx 0.7, or another threshold
+        try:
+            _regroup(p, config, find_groups(p, config))
+        except OSError as e:  # a read-only cache folder: the store is served as it is
+            log.warning("%s: cannot record its duplicate groups (%s); its split stays as it "
+                        "was made", p.path, e.strerror or e)
+    else:
+        _update_split(p.path, p.split[p.row_image], config, p.grouping)
     rows = len(p.row_image)
     return ExtractResult(p.path, p.key, cache_hit=True, rows=rows, reused=rows,
                          skipped=sorted(set(skipped)), duplicate_rows=duplicates, row_paths=paths)
@@ -328,13 +357,62 @@ def _open_old(p: Plan) -> FeatureStore | None:
     return None
 
 
-def _update_split(path: Path, split: np.ndarray, config: Config) -> None:
-    """A split change needs no new features: rewrite the split in the complete store."""
+def find_groups(p: Plan, config: Config) -> np.ndarray:
+    """Find and record the duplicate groups of the plain store ``p`` (featx/data/groups.py):
+    its exact duplicates (same bytes, found at extraction) joined with the pairs of its
+    readable rows whose features have a cosine similarity of ``dataset.duplicate_threshold``
+    or more among each row's NEIGHBOURS nearest (the very search ``featx audit`` makes, so
+    that no pair it reports at that threshold crosses a grouped split). Random weights give
+    no near duplicates: their features are alike whatever the image (a median cosine of 0.9
+    between unrelated test images here; ImageNet weights give 0.47 on Flowers-17), so
+    only exact copies are grouped. Returns the groups: int32 (N,)."""
+    t0 = time.perf_counter()
+    threshold = float(config.dataset.duplicate_threshold)
+    with FeatureStore(p.path) as store:
+        exact, rows, n = store.duplicate_rows, np.flatnonzero(store.ok), len(store)
+        pairs, similarity = np.empty((0, 2), np.int64), np.empty(0, np.float32)
+        if p.settings.get("weights") == "none":
+            method = "none: random weights (exact copies only)"
+        elif len(rows) < 2:
+            method = "none: fewer than 2 readable rows"
+        else:
+            found, similarity, method = near_duplicates(unit_rows(store.features(rows)),
+                                                        threshold)
+            pairs = rows[found].reshape(-1, 2)
+    groups = union_groups(n, exact, pairs)
+    counted, images = group_sizes(groups)
+    seconds = time.perf_counter() - t0
+    write_groups(p.path, groups, pairs, similarity, {
+        "threshold": threshold, "neighbours": NEIGHBOURS, "method": method,
+        "exact_pairs": len(exact), "near_pairs": len(pairs), "groups": counted,
+        "images": images, "seconds": round(seconds, 3)})
+    with FeatureStore(p.path) as store:  # its features were verified just before
+        store.mark_verified()
+    log.info("%s (%s) of copies: the same bytes or features at cosine >= %s (%s, %.2f s)",
+             plural(counted, "duplicate group"), plural(images, "image"), threshold, method,
+             seconds)
+    return groups
+
+
+def _regroup(p: Plan, config: Config, groups: np.ndarray) -> None:
+    """``p``'s split made again from the plain store's new ``groups`` (grouped with
+    ``dataset.group_duplicates``) and written where it differs."""
+    d = config.dataset
+    p.groups = groups
+    if d.group_duplicates:
+        p.split = grouped_split(p.dataset.labels, groups, d.val, d.test, d.seed)
+        p.grouping = grouping_identity(d)
+    _update_split(p.path, p.split[p.row_image], config, p.grouping)
+
+
+def _update_split(path: Path, split: np.ndarray, config: Config, grouping: dict) -> None:
+    """A split change needs no new features: rewrite the split in the complete store
+    (``grouping``: how the split treats duplicates, recorded with it)."""
     with FeatureStore(path) as store:
         same = np.array_equal(store.split, split) and \
-            store.file.attrs["split"] == _split_attr(config)
+            store.file.attrs["split"] == _split_attr(config) and store.grouping == grouping
     if not same:
-        rewrite_split(path, split, _split_attr(config))
+        rewrite_split(path, split, _split_attr(config), grouping)
         with FeatureStore(path) as store:  # its features were verified just before
             store.mark_verified()
 
@@ -342,13 +420,15 @@ def _update_split(path: Path, split: np.ndarray, config: Config) -> None:
 def _reuse(p: Plan, old: FeatureStore | None) -> tuple[np.ndarray, int]:
     """For each row (image, or image and view), the row of the old store holding its
     features (-1: extract it), and how many old rows are dropped (image removed or changed)."""
-    row_image, row_view = p.row_image, p.row_view
-    old_row = np.full(len(row_image), -1, np.int64)
+    row_image = p.row_image
     if old is None:
-        return old_row, 0
+        return np.full(len(row_image), -1, np.int64), 0
     if "view" not in old.file and p.variant.rows_per_image == 1:  # one row per image
-        old_row = p.match(old)[row_image]
+        # the rows are the images: the match itself, not a copy of its 8 MB a million rows
+        # (nor p.row_view: 8 MB more, held by the plan through the model's work)
+        old_row = p.match(old) if p.one_row_per_image else p.match(old)[row_image]
         return old_row, len(old) - int((old_row >= 0).sum())
+    old_row, row_view = np.full(len(row_image), -1, np.int64), p.row_view
     old_view = old.file["view"][:] if "view" in old.file else np.zeros(len(old), np.int64)
     index = {(path, sig, int(view)): i for i, (path, sig, view)
              in enumerate(zip(old.paths, old.signatures, old_view))}

@@ -29,16 +29,18 @@ from featx.core.config import Config
 from featx.core.errors import FeatxError, StoreError
 from featx.core.layout import STORE_SUFFIX, partial_dirs, store_files, store_path
 from featx.core.log import plural
-from featx.core.memory import PackedStrings, Strings
+from featx.core.memory import CHUNK, PackedStrings, Strings
 from featx.data.dataset import TRAIN, Dataset, load_dataset, manifest_digest, stratified_split
+from featx.data.groups import UNGROUPED, grouped_split, grouping_identity
 from featx.data.images import READ_POLICY
 from featx.features.backbones import Backbone
+from featx.features.runtime import calibration_sample
 from featx.features.variants import PLAIN, Variant, get_variant
 from featx.store.blocks import job_record
 from featx.store.cache import describe_store, recorded_pipeline, store_settings
 from featx.store.cache import find as find_entry
 from featx.store.keys import as_text, library_versions, store_key
-from featx.store.read import FeatureStore, row_pairs_to_paths
+from featx.store.read import FeatureStore, row_pairs_to_paths, stored_groups
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +73,14 @@ class ExtractResult:
 
 
 def feature_settings(backbone: Backbone, variant: Variant = PLAIN) -> dict:
-    """Everything but the images that the features depend on (the settings key)."""
+    """Everything but the images that the features depend on (the settings key); precision
+    int8 also the identity of the images its model is calibrated on (a sample of the
+    dataset's: :func:`_backbone` attaches it), so that a store is only ever updated with rows
+    of the same int8 model."""
+    int8 = {"calibration": backbone.calibration_identity} \
+        if backbone.config.precision == "int8" else {}
     return {**backbone.describe(), "resize": f"{READ_POLICY}-{backbone.resize}", "dtype": "float32",
-            **variant.settings}
+            **int8, **variant.settings}
 
 
 @dataclass
@@ -88,6 +95,11 @@ class Plan:
     images: np.ndarray | None = None  # the dataset rows the store covers (None: all)
     split: np.ndarray | None = None  # the split of every dataset image
     manifest: str = ""  # featx.data.dataset.manifest_digest of the dataset as it is now
+    # how ``split`` treats duplicates (featx.data.groups.grouping_identity): grouped only once
+    # the plain store records its groups (they come from its features)
+    grouping: dict = field(default_factory=lambda: dict(UNGROUPED))
+    # the plain store's duplicate groups at the pipeline's threshold (None: not found yet)
+    groups: np.ndarray | None = field(default=None, repr=False, compare=False)
     _matched: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -118,13 +130,17 @@ class Plan:
         got = first[pairs]
         return got[(got >= 0).all(axis=1)]
 
-    def match(self, old: FeatureStore) -> np.ndarray:
+    def match(self, old: FeatureStore, paths: PackedStrings | None = None,
+              signatures: PackedStrings | None = None) -> np.ndarray:
         """For each dataset image, the row of ``old`` with its path and signature, or -1
         (:func:`match_rows`; computed once per store: both the row reuse and the duplicate
-        check need it)."""
+        check need it). ``paths``, ``signatures``: ``old``'s, where the caller has read them
+        (``FeatureStore.strings``); else read here, packed, and let go after."""
         if old.path not in self._matched:
-            self._matched[old.path] = match_rows(old.paths, old.signatures,
-                                                 self.dataset.paths, self.signatures)
+            self._matched[old.path] = match_rows(
+                old.strings("paths") if paths is None else paths,
+                old.strings("signatures") if signatures is None else signatures,
+                self.dataset.paths, self.signatures)
         return self._matched[old.path]
 
     @cached_property
@@ -160,10 +176,10 @@ def _settings(config: Config, variant: str = "plain", now: DataNow | None = None
               ) -> tuple[DataNow, Backbone, Variant, dict]:
     """The dataset, backbone, variant and settings (with their ``settings_key``) of a config
     (``now``: its dataset, already read)."""
-    backbone = Backbone(config.backbone, seed=config.dataset.seed,  # settings before images
-                        cache_dir=config.cache_path)
+    backbone = _backbone(config)  # settings before images
     v = get_variant(config, variant)
     now = data_now(config) if now is None else now
+    calibrate(backbone, config, now)
     settings = feature_settings(backbone, v)
     return now, backbone, v, {**settings, "settings_key": store_key(settings)}
 
@@ -177,12 +193,16 @@ def plan(config: Config, variant: str = "plain", now: DataNow | None = None) -> 
     dataset, signatures, manifest = now.dataset, now.signatures, now.manifest
     content = {"settings": settings["settings_key"], "manifest": manifest,
                "hash": config.dataset.hash}
-    split = stratified_split(dataset.labels, config.dataset.val, config.dataset.test,
-                             config.dataset.seed)
+    split, grouping, groups = None, dict(UNGROUPED), None
+    if v is not PLAIN:  # a variant store follows the plain store's split, grouped or not
+        plain = plan(config, "plain", now)
+        split, grouping = plain.split, plain.grouping
     images = None
     if v.train_only:  # which images it holds depends on the split: part of its content
         images = np.flatnonzero(split == TRAIN)
         content["split"] = _split_attr(config)
+        if grouping["duplicates"]:
+            content["grouping"] = grouping
     key = store_key(content)
     path = store_path(config.cache_path, dataset.name + v.suffix, backbone.spec.name,
                       config.backbone.pooling, key)
@@ -190,7 +210,33 @@ def plan(config: Config, variant: str = "plain", now: DataNow | None = None) -> 
     same = [q for q in config.cache_path.glob(f"*-{key}{STORE_SUFFIX}") if q != path]
     if same and not path.exists():
         path = same[0]
-    return Plan(dataset, backbone, path, settings, key, signatures, v, images, split, manifest)
+    if split is None:
+        split, grouping, groups = plain_split(config, path, key, dataset.labels)
+    return Plan(dataset, backbone, path, settings, key, signatures, v, images, split, manifest,
+                grouping=grouping, groups=groups)
+
+
+def plain_split(config: Config, path: Path, key: str, labels: np.ndarray
+                ) -> tuple[np.ndarray, dict, np.ndarray | None]:
+    """The split of the plain store ``path`` (content key ``key``; ``labels``: int (N,), one
+    per dataset image), how it treats duplicates, and the store's duplicate groups at the
+    pipeline's threshold (None where it records none: not extracted yet, made before featx
+    0.7 or at another threshold; the extraction then finds them). Grouped
+    (featx.data.groups.grouped_split) with ``dataset.group_duplicates`` and groups found."""
+    d = config.dataset
+    found = None
+    if path.is_file():
+        try:
+            with h5py.File(path, "r") as f:
+                if as_text(f.attrs.get("key", "")) == key and f.attrs.get("complete", False):
+                    found = stored_groups(f, path)
+        except (OSError, StoreError):  # unreadable or damaged: the extraction finds them again
+            found = None
+    groups = found.groups if found is not None and \
+        found.threshold == float(d.duplicate_threshold) else None
+    if groups is None or not d.group_duplicates:
+        return stratified_split(labels, d.val, d.test, d.seed), dict(UNGROUPED), groups
+    return grouped_split(labels, groups, d.val, d.test, d.seed), grouping_identity(d), groups
 
 
 def locate_store(config: Config) -> Path:
@@ -246,6 +292,7 @@ STORE_FIELDS = {
     "backbone.input_size": ("input size", "--input-size"),
     "backbone.resize": ("resize", ""),
     "backbone.precision": ("precision", ""),
+    "backbone.calibration_images": ("calibration images", ""),
     "backbone.flip": ("flip", ""),
 }
 # The settings (featx.features.backbones.Backbone.describe, feature_settings) of each field.
@@ -302,7 +349,7 @@ def _fill(config: Config, now: DataNow, ignore: Sequence[str] = ()) -> Config | 
     for path, attrs in dataset_stores(config, now):
         try:  # a weights file that is not there (any more) names no store here, nor do
             filled = _take(config, path, attrs, given)  # settings featx no longer takes
-            settings = feature_settings(_backbone(filled))
+            settings = feature_settings(_backbone(filled, now))
         except FeatxError:
             continue
         if store_key(settings) == attrs.get("settings_key"):
@@ -338,8 +385,21 @@ def _take(config: Config, path: Path, attrs: Mapping[str, Any], keep: Sequence[s
     return taken
 
 
-def _backbone(config: Config) -> Backbone:
-    return Backbone(config.backbone, seed=config.dataset.seed, cache_dir=config.cache_path)
+def _backbone(config: Config, now: DataNow | None = None) -> Backbone:
+    """``config``'s backbone; with ``now`` (its dataset as it is now), calibrated on it."""
+    backbone = Backbone(config.backbone, seed=config.dataset.seed, cache_dir=config.cache_path)
+    if now is not None:
+        calibrate(backbone, config, now)
+    return backbone
+
+
+def calibrate(backbone: Backbone, config: Config, now: DataNow) -> None:
+    """precision int8: attach the images its model is calibrated on, a sample of the
+    dataset's seeded by dataset.seed (featx.features.runtime.calibration_sample)."""
+    if backbone.config.precision == "int8":
+        backbone.calibration = calibration_sample(now.dataset, now.signatures,
+                                                  config.backbone.calibration_images,
+                                                  config.dataset.seed)
 
 
 def dataset_stores(config: Config, now: DataNow, variant: str = "single"
@@ -369,7 +429,7 @@ def _several(where: str, stores: list[tuple[Path, dict]], ignore: Sequence[str])
     """One line: several stores hold this data, by the settings that tell them apart."""
     told = [(path, store_settings(attrs)) for path, attrs in stores]
     differ = [(dotted, label, flag) for dotted, (label, flag) in STORE_FIELDS.items()
-              if dotted not in ignore and len({s[label] for _, s in told}) > 1]
+              if dotted not in ignore and len({s.get(label, "") for _, s in told}) > 1]
     listed = "; ".join(
         f"{path.name} ({', '.join(f'{label} {s[label]}' for _, label, _ in differ)})"
         for path, s in told)
@@ -383,8 +443,8 @@ def _nearest(config: Config, p: Plan) -> str:
     """"a store of it exists ... with <each setting that differs, the value asked for and
     how to change it>": of the store of ``p``'s data as it is now that differs from ``p``'s
     settings in the fewest (same kind of store: plain or the same variant); "" if none."""
-    stores = dataset_stores(config, DataNow(p.dataset, p.signatures, p.manifest),
-                            p.settings.get("variant", "single"))
+    now = DataNow(p.dataset, p.signatures, p.manifest)
+    stores = dataset_stores(config, now, p.settings.get("variant", "single"))
     given = given_fields(config)
     ranked = []
     for i, (path, attrs) in enumerate(stores):
@@ -392,7 +452,7 @@ def _nearest(config: Config, p: Plan) -> str:
         # then is what the command said
         try:
             taken = _take(config, path, attrs, given)
-            asked = {**feature_settings(_backbone(taken), p.variant),
+            asked = {**feature_settings(_backbone(taken, now), p.variant),
                      "pipeline": taken.to_json()}
         except FeatxError:  # the store's weights file is not here: compare as given
             asked = {**p.settings, "pipeline": config.to_json()}
@@ -545,15 +605,82 @@ def mismatch(d: Dataset, signatures: list[str], candidates: list[Path],
 def match_rows(old_paths: Sequence[str], old_signatures: Sequence[str], paths: Sequence[str],
                signatures: Sequence[str]) -> np.ndarray:
     """For each (path, signature), the index of the same pair among the old ones, or -1
-    (int64 (len(paths),)); each old path once. A dict of the old paths, then the signatures
-    compared in order (1M rows: 0.5 s)."""
-    index = dict(zip(old_paths, range(len(old_paths))))
-    got = np.fromiter((index.get(q, -1) for q in paths), np.int64, len(paths))
-    del index
-    same = np.fromiter((g < 0 or old_signatures[g] == sig
-                        for g, sig in zip(got.tolist(), signatures)), bool, len(got))
-    got[~same] = -1
+    (int64 (len(paths),)). No dict or list of N str: each pair is hashed to 64 bits a slice
+    at a time, the old keys sorted and looked up with np.searchsorted, and every match then
+    compared byte for byte (:func:`_same_strings`), so that keys that collide never match
+    two different pairs. The old columns are best packed (``FeatureStore.strings``), and the
+    new signatures are packed here: no str is held. Done before the model is built, so its
+    ~130 MiB a moment at 1M rows (~55 of them the old columns; with a dict of the paths and
+    lists of str it took ~225) are given back before the peak of an update."""
+    got = np.full(len(paths), -1, np.int64)
+    if not len(old_paths) or not len(paths):
+        return got
+    # packed once: the signatures are hashed, then compared (StatSignatures makes each str)
+    signatures = signatures if isinstance(signatures, PackedStrings) else \
+        PackedStrings(signatures)
+    keys = _pair_keys(old_paths, old_signatures)
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    wanted = _pair_keys(paths, signatures)
+    at = np.empty(len(wanted), np.int64)
+    by_key = np.argsort(wanted)  # sorted needles: np.searchsorted runs ~2x faster
+    at[by_key] = np.searchsorted(keys, wanted[by_key])
+    del by_key
+    np.minimum(at, len(keys) - 1, out=at)
+    found = np.flatnonzero(keys[at] == wanted)
+    got[found] = order[at[found]]
+    del at
+    same = _same_strings(old_paths, got[found], paths, found) & \
+        _same_strings(old_signatures, got[found], signatures, found)
+    for row in found[~same].tolist():  # one key, other strings: any old pair with that key
+        lo, hi = np.searchsorted(keys, wanted[row], "left"), np.searchsorted(
+            keys, wanted[row], "right")
+        got[row] = next((int(i) for i in order[lo:hi] if old_paths[i] == paths[row] and
+                         old_signatures[i] == signatures[row]), -1)
     return got
+
+
+_STEP = CHUNK // 4  # strings hashed or compared at a time: their bytes objects are transient
+
+
+def _pair_keys(paths: Sequence[str], signatures: Sequence[str]) -> np.ndarray:
+    """A 64-bit hash of each (path, signature) pair (int64 (N,)), _STEP pairs at a time:
+    Python's hash of the two strings' bytes (SipHash; seeded per process, so keys are only
+    compared within one)."""
+    out = np.empty(len(paths), np.int64)
+    for a in range(0, len(paths), _STEP):
+        b = min(a + _STEP, len(paths))
+        pairs = zip(bytes(_joined(paths, a, b)).split(b"\0"),
+                    bytes(_joined(signatures, a, b)).split(b"\0"))
+        out[a:b] = np.fromiter(map(hash, pairs), np.int64, b - a)
+    return out
+
+
+def _joined(texts: Sequence[str], a: int, b: int) -> bytes | memoryview:
+    """Strings ``a`` to ``b - 1`` as their UTF-8 bytes joined by NUL (none after the last):
+    of packed strings, a view of their buffer."""
+    if isinstance(texts, PackedStrings):
+        start = int(texts.ends[a - 1]) + 1 if a else 0
+        return memoryview(texts.buffer)[start:int(texts.ends[b - 1])]
+    return "\0".join(texts[a:b]).encode()
+
+
+def _same_strings(a: Sequence[str], rows_a: np.ndarray, b: Sequence[str],
+                  rows_b: np.ndarray) -> np.ndarray:
+    """Whether ``a[rows_a[k]] == b[rows_b[k]]``, for each k (bool (K,)): one comparison of
+    bytes per run of up to _STEP rows consecutive on both sides (an update's matches are a
+    few long runs), string by string only within a run that differs."""
+    same = np.ones(len(rows_a), bool)
+    if not len(rows_a):
+        return same
+    breaks = np.flatnonzero((np.diff(rows_a) != 1) | (np.diff(rows_b) != 1)) + 1
+    first = np.union1d(np.concatenate([[0], breaks]), np.arange(0, len(rows_a), _STEP))
+    for f, g in zip(first.tolist(), [*first[1:].tolist(), len(rows_a)]):
+        i, j = int(rows_a[f]), int(rows_b[f])
+        if _joined(a, i, i + g - f) != _joined(b, j, j + g - f):
+            same[f:g] = [a[x] == b[y] for x, y in zip(rows_a[f:g].tolist(),
+                                                       rows_b[f:g].tolist())]
+    return same
 
 
 def _candidates(p: Plan) -> list[Path]:
@@ -591,7 +718,7 @@ def store_attrs(config: Config, p: Plan) -> dict:
     settings, so they are no part of the key."""
     attrs = {**p.settings, "key": p.key, "dataset": p.dataset.name,
              "root": str(p.dataset.root), "manifest": p.manifest,
-             "split": _split_attr(config), "hash": config.dataset.hash,
+             "split": _split_attr(config), "grouping": p.grouping, "hash": config.dataset.hash,
              "pipeline": config.to_json(), "versions": library_versions()}
     if len(p.backbone.layers) > 1:  # the model is built by then, unless no image needed it
         attrs["layer_columns"] = [list(c) for c in p.backbone.layer_columns()]

@@ -11,7 +11,9 @@ label errors and outliers, written as an HTML gallery (thumbnails) and a CSV.
   other images of the class, in robust z-scores within the class).
 
 Nearest neighbours are exact (blocks of matrix products, no N x N matrix in memory) up to
-``EXACT_MAX`` rows and approximate beyond, with faiss (an inverted-file index).
+``EXACT_MAX`` rows and approximate beyond, with faiss (an inverted-file index): the search
+of featx/data/groups.py, whose near duplicates the split keeps together
+(``dataset.group_duplicates``).
 """
 
 from __future__ import annotations
@@ -33,14 +35,17 @@ from featx.core.files import write_atomic
 from featx.core.layout import audit_dir
 from featx.core.log import plural
 from featx.data.dataset import SPLIT_NAMES, Dataset, dataset_root
+from featx.data.groups import (  # the search the split's duplicate groups come from
+    EXACT_MAX,
+    NEIGHBOURS,
+    THRESHOLD,
+    near_duplicates,
+    unit_rows,
+)
 from featx.report.pages import picture, render
 
 log = logging.getLogger(__name__)
 
-THRESHOLD = 0.95  # cosine similarity from which two images count as near duplicates
-NEIGHBOURS = 10  # neighbours searched per image
-EXACT_MAX = 50_000  # rows up to which the neighbour search is exact
-BLOCK_ELEMENTS = 1 << 25  # similarities held at once by the exact search (128 MiB)
 FOLDS = 5  # cross-validation folds for the out-of-fold probabilities
 PCA_DIMS = 128  # principal components the out-of-fold logistic regression reads
 OUTLIER_Z = -3.0  # robust z-score below which an image is an outlier of its class
@@ -89,94 +94,7 @@ class Audit:
                 "mistakes, not wrong labels")
 
 
-# --- nearest neighbours -----------------------------------------------------------------------
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length, in place where ``x`` is float32 (zero rows stay zero)."""
-    x = np.asarray(x, np.float32)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return x
-
-
-def neighbours(x: np.ndarray, k: int = NEIGHBOURS, exact_max: int = EXACT_MAX
-               ) -> tuple[np.ndarray, np.ndarray, str]:
-    """The ``k`` most cosine-similar other rows of every row.
-
-    Parameters
-    ----------
-    x : ndarray of shape (n, d), unit rows (:func:`unit_rows`)
-    k : int
-    exact_max : int, rows up to which the search is exact; faiss beyond
-
-    Returns
-    -------
-    similarity : ndarray of shape (n, k), float32, most similar first
-    index : ndarray of shape (n, k), int64 (-1 where fewer than k were found)
-    method : str
-    """
-    n = len(x)
-    k = max(0, min(k, n - 1))
-    if n <= exact_max:
-        return (*_exact_neighbours(x, k), "exact (blocked matrix products)")
-    return _faiss_neighbours(x, k)
-
-
-def _exact_neighbours(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    n = len(x)
-    sims = np.empty((n, k), np.float32)
-    index = np.empty((n, k), np.int64)
-    step = max(1, BLOCK_ELEMENTS // max(n, 1))
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        s = x[start:stop] @ x.T
-        s[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # not itself
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k] if k else np.zeros((len(s), 0), int)
-        ps = np.take_along_axis(s, part, 1)
-        order = np.argsort(-ps, axis=1, kind="stable")
-        sims[start:stop] = np.take_along_axis(ps, order, 1)
-        index[start:stop] = np.take_along_axis(part, order, 1)
-    return sims, index
-
-
-def _faiss_neighbours(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, str]:
-    try:
-        import faiss
-    except ImportError:
-        raise UsageError(f"{len(x)} rows: the neighbour search beyond {EXACT_MAX} rows needs "
-                         "faiss (pip install 'featx[audit]')") from None
-    n, d = x.shape
-    nlist = int(max(16, min(4 * np.sqrt(n), n // 39)))
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(0)
-    sample = x[np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))]
-    index.train(np.ascontiguousarray(sample))
-    index.add(np.ascontiguousarray(x))
-    index.nprobe = 16
-    sims, found = index.search(np.ascontiguousarray(x), k + 1)
-    # drop each row itself (or, among exact copies, one equal row) from its own list
-    own = found == np.arange(n)[:, None]
-    drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
-    keep = np.ones_like(found, bool)
-    keep[np.arange(n), drop] = False
-    sims = sims[keep].reshape(n, k)
-    found = found[keep].reshape(n, k)
-    return sims, found, f"faiss IVF (nlist {nlist}, nprobe 16; approximate)"
-
-
 # --- the four checks --------------------------------------------------------------------------
-
-def near_pairs(sims: np.ndarray, index: np.ndarray, threshold: float
-               ) -> list[tuple[int, int, float]]:
-    """(i, j, similarity) with i < j for every neighbour at or above ``threshold``, most
-    similar first (each pair once)."""
-    rows, cols = np.nonzero((sims >= threshold) & (index >= 0))
-    pairs = {}
-    for r, c in zip(rows, cols):
-        i, j = sorted((int(r), int(index[r, c])))
-        pairs[(i, j)] = max(pairs.get((i, j), -1.0), float(sims[r, c]))
-    return sorted(((i, j, s) for (i, j), s in pairs.items()), key=lambda p: (-p[2], p[0], p[1]))
-
 
 def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, folds: int = FOLDS,
                               seed: int = 0) -> np.ndarray:
@@ -281,8 +199,8 @@ def audit_arrays(x: np.ndarray, y: np.ndarray, threshold: float = THRESHOLD,
     a.seconds["confident learning"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     x = unit_rows(x)
-    sims, index, a.method = neighbours(x, k, exact_max)
-    a.near = near_pairs(sims, index, threshold)
+    pairs, similarity, a.method = near_duplicates(x, threshold, k, exact_max)
+    a.near = [(int(i), int(j), float(s)) for (i, j), s in zip(pairs, similarity)]
     a.seconds["neighbours"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     a.outliers = class_outliers(x, y)

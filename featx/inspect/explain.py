@@ -115,13 +115,21 @@ def numerical_gradient(proba: Any, x: np.ndarray, columns: Sequence[int],
     return ((up - down)[:, list(columns)] / (2 * eps)).T
 
 
+def cam_pooling(backbone: Any) -> str:
+    """The backbone's pooling as the CAM reads it: a KerasHub backbone's ``mean`` is ``avg``
+    (featx.features.hub: the patch tokens laid out as their grid, average-pooled)."""
+    pooling = backbone.config.pooling
+    return "avg" if pooling == "mean" and getattr(backbone, "hub", None) is not None else pooling
+
+
 def spatial_model(backbone: Any) -> Any:
-    """The keras model giving the backbone's map before pooling, (1, h, w, channels)."""
+    """The keras model giving the backbone's map before pooling, (1, h, w, channels): a
+    CNN's last map, or a KerasHub transformer's patch tokens as their (h, w) grid."""
     import keras
 
     model = backbone.model
     pool = model.layers[-1]
-    if len(backbone.layers) > 1 or backbone.config.pooling not in ("avg", "max"):
+    if len(backbone.layers) > 1 or cam_pooling(backbone) not in ("avg", "max"):
         return None
     return keras.Model(model.input, pool.input)
 
@@ -144,13 +152,13 @@ def activation_maps(predictor: Any, image: np.ndarray, feature: np.ndarray,
     method : str
     """
     backbone = predictor.backbone
-    pooling = backbone.config.pooling
+    pooling = cam_pooling(backbone)
     if predictor.tencrop:
         return {}, "no CAM: the model predicts on the mean of 10 crops (occlusion only)"
     spatial = spatial_model(backbone)
     if spatial is None:
         layers = ", ".join(map(str, backbone.layers)) or "the last layer"
-        return {}, (f"no CAM: pooling {pooling!r} of {layers} "
+        return {}, (f"no CAM: pooling {backbone.config.pooling!r} of {layers} "
                     "(a CAM needs one layer, average or max pooled; occlusion only)")
     a = np.asarray(spatial(backbone.preprocess(image[None]), training=False), np.float64)[0]
     columns = [predictor.classes.index(c) for c in classes]

@@ -24,12 +24,13 @@ from featx.core.errors import StoreError
 from featx.core.layout import runs_dir
 from featx.core.log import RESULTS, plural, said_once
 from featx.core.runinfo import Run
-from featx.data.dataset import TEST, TRAIN, VAL, dataset_root, stratified_split
+from featx.data.dataset import TEST, TRAIN, VAL, dataset_root
+from featx.data.groups import grouped_split, grouping_identity, split_record
 from featx.learn import learners, modelfile
 from featx.learn.tracking import ARTIFACTS, ON, log_results, require, tracking_uri
 from featx.report.metrics import evaluate, one_split, repeat_summary
 from featx.report.results import report_paths, summary_line, write_reports
-from featx.store.read import FeatureStore
+from featx.store.read import FeatureStore, StoredGroups
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,13 @@ class Splits:
     paths: dict[int, list[str]]
     rows: dict[int, np.ndarray] = field(default_factory=dict)  # row numbers in the store
     seed: int | None = None  # the split's seed (None: the pipeline's dataset.seed)
+    # the store's duplicate groups (None: it records none), its exact duplicate rows, whether
+    # its splits keep the groups together, and what this split does with them
+    # (:func:`duplicates_record`)
+    groups: StoredGroups | None = field(default=None, repr=False)
+    exact: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64), repr=False)
+    grouped: bool = False
+    duplicates: dict[str, Any] | None = None
 
     @property
     def backbone(self) -> dict[str, Any]:
@@ -143,10 +151,28 @@ def _index(store: FeatureStore, config: Config) -> Splits:
             raise StoreError(f"{store.path}: class {', '.join(few)} has fewer than 2 readable "
                              "training images; cross-validation needs 2 per class (add images "
                              "or lower dataset.test)")
+    found, exact, grouped = store.groups, store.duplicate_rows, store.grouping["duplicates"]
     return Splits(store.path, store.attrs, store.label_names, {},
                   {s: labels[r] for s, r in rows.items()},
                   {s: [all_paths[i] for i in r] for s, r in rows.items()}, rows,
-                  config.dataset.seed)
+                  config.dataset.seed, found, exact, grouped,
+                  duplicates_record(config, split, labels, names, found, exact, grouped))
+
+
+def duplicates_record(config: Config, split: np.ndarray, labels: np.ndarray,
+                      label_names: list[str], found: StoredGroups | None, exact: np.ndarray,
+                      grouped: bool) -> dict[str, Any]:
+    """What a split (int (N,) of every store row; ``labels`` int (N,)) does with the
+    store's duplicates (featx.data.groups.split_record): whether it keeps them together
+    (``grouped``), the groups ``found`` and the pairs of them (``exact`` duplicate rows and
+    near duplicates at the threshold) that cross it; those None where the store records
+    no groups (made before featx 0.7)."""
+    d = config.dataset
+    if found is None:
+        return split_record(labels, split, label_names, d.val, d.test, grouped)
+    return split_record(labels, split, label_names, d.val, d.test, grouped, found.groups,
+                        np.concatenate([exact, found.pairs]), found.threshold,
+                        found.info.get("method"))
 
 
 def read_splits(config: Config, store_path: Path) -> Splits:
@@ -226,6 +252,8 @@ def make_result(config: Config, data: Splits, fitted: learners.FitResult,
     weights = weights_file(data.attrs)
     if weights:
         result["weights_file"] = weights
+    if data.duplicates is not None:
+        result["duplicates"] = data.duplicates
     seed = config.dataset.seed if data.seed is None else data.seed
     return {**result, **one_split(result, seed)}
 
@@ -301,6 +329,7 @@ def classify(config: Config, store_path: Path | None = None) -> list[dict[str, A
         raise ConfigError("classify.repeats re-splits plain features: set train_features and "
                           "test_features to \"plain\" (variant stores follow one split)")
     data = read_splits(config, store_path)
+    say_duplicates(data.duplicates)
     run = open_run(config, store_path)
     if c.repeats > 1:
         results = repeat_and_report(config, data, run)
@@ -362,15 +391,21 @@ def split_seeds(config: Config) -> list[int]:
 def resplit(data: Splits, config: Config, seed: int, labels: np.ndarray, ok: np.ndarray,
             paths: list[str], features: np.ndarray | None) -> Splits:
     """``data`` (a plain store's) split again, as ``featx extract`` would with ``seed``:
-    the same stratified split of every store row (``labels``), its readable (``ok``) rows
-    kept. ``features``: every store row's (None: the learners stream them)."""
+    the same stratified split of every store row (``labels``), each of the store's duplicate
+    groups on one side where its split keeps them together (featx.data.groups.grouped_split),
+    its readable (``ok``) rows kept. ``features``: every store row's (None: the learners
+    stream them)."""
     d = config.dataset
-    split = stratified_split(labels, d.val, d.test, seed)
+    groups = data.groups.groups if data.grouped and data.groups is not None else None
+    split = grouped_split(labels, groups, d.val, d.test, seed)  # no groups: stratified_split
     rows = {s: np.flatnonzero((split == s) & ok) for s in (TRAIN, VAL, TEST)}
     return Splits(data.store, data.attrs, data.label_names,
                   {s: features[r] for s, r in rows.items()} if features is not None else {},
                   {s: labels[r] for s, r in rows.items()},
-                  {s: [paths[i] for i in r] for s, r in rows.items()}, rows, seed)
+                  {s: [paths[i] for i in r] for s, r in rows.items()}, rows, seed,
+                  data.groups, data.exact, data.grouped,
+                  duplicates_record(config, split, labels, data.label_names, data.groups,
+                                    data.exact, data.grouped))
 
 
 def repeat_and_report(config: Config, data: Splits, run: Run) -> list[dict[str, Any]]:
@@ -448,3 +483,48 @@ def _check_split(store: FeatureStore, config: Config) -> None:
         raise StoreError(f"{store.path}: split {recorded} differs from the pipeline's {asked}; "
                          "run `featx extract` (make features) again to re-split "
                          "(no features are recomputed)")
+    grouping, wanted = store.grouping, grouping_identity(d)
+    # A store that records no grouping (made before featx 0.7, or by other code) is read as it
+    # is, its split ungrouped, and said to be (say_duplicates); one that records the other
+    # grouping is refused: never the other split, silently.
+    if "grouping" in store.file.attrs and grouping != wanted:
+        raise StoreError(f"{store.path}: its split {_grouping_words(grouping)}, the "
+                         f"pipeline's {_grouping_words(wanted)}: run `featx extract` again to "
+                         "re-split (no features are recomputed)")
+
+
+def _grouping_words(grouping: dict[str, Any]) -> str:
+    if grouping["duplicates"]:
+        return ("keeps duplicates together (dataset.duplicate_threshold = "
+                f"{grouping['threshold']})")
+    return "does not keep duplicates together (dataset.group_duplicates = false)"
+
+
+def say_duplicates(record: dict[str, Any] | None) -> None:
+    """Log what the split does with the store's duplicates (:func:`duplicates_record`): the
+    groups kept together, or, where it does not group them, a warning of the pairs that cross
+    it (a test image whose copy is trained on inflates the score)."""
+    if record is None:
+        return
+    most_off = record["most_off"]
+    shares = "every class's test and validation images as stratified" if not most_off else \
+        f"a class's test or validation images at most {plural(most_off, 'image')} off its share"
+    if record["grouped"] and record["groups"] == 0:
+        log.info("no copies among the images (the same bytes, or features at cosine >= %s): "
+                 "the split is the plain stratified one", record["threshold"])
+    elif record["grouped"] and record["groups"] is not None:
+        log.info("the split keeps %s (%s) together: the same bytes, or features at cosine >= "
+                 "%s (dataset.group_duplicates); %s", plural(record["groups"], "duplicate group"),
+                 plural(record["images"], "image"), record["threshold"], shares)
+    elif record["crossing_pairs"] is None:
+        log.info("the split does not keep duplicates together and the store records none "
+                 "(made before featx 0.7): `featx extract` finds them and re-splits (no "
+                 "features are recomputed), `featx audit` lists them")
+    elif record["crossing_pairs"]:
+        log.warning("%s %s the split (dataset.group_duplicates = false): a test image whose "
+                    "copy is trained on inflates the scores; `featx audit` lists them",
+                    plural(record["crossing_pairs"], "duplicate pair"),
+                    "crosses" if record["crossing_pairs"] == 1 else "cross")
+    else:
+        log.info("no duplicate pair crosses the split (same bytes, or features at cosine >= %s)",
+                 record["threshold"])

@@ -24,7 +24,7 @@ import json
 import logging
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,16 @@ from featx.core.layout import checkpoint_path, finetune_runs_dir
 from featx.core.log import RESULTS, import_tensorflow, plural
 from featx.core.progress import bar as progress_bar
 from featx.core.runinfo import Run
-from featx.data.dataset import TEST, TRAIN, VAL, load_dataset, manifest_digest, stratified_split
+from featx.data.dataset import (
+    TEST,
+    TRAIN,
+    VAL,
+    Dataset,
+    load_dataset,
+    manifest_digest,
+    stratified_split,
+)
+from featx.data.groups import grouped_split, split_record, union_groups
 from featx.data.images import READ_POLICY, ReadErrors, read_batches
 from featx.features.backbones import Backbone
 from featx.report.charts import monitor_png
@@ -68,13 +77,16 @@ class ImageSplits:
     dataset: str
     key: str  # the images: path, label and signature of every one
     root: str = ""  # the dataset folder (the report's gallery shows its images)
+    # what the split does with duplicates (featx.data.groups.split_record), as classify's
+    duplicates: dict | None = None
 
 
 def load_image_splits(config: Config) -> ImageSplits:
     """Decode every image of the dataset once (featx's reader) and split it."""
     dataset = load_dataset(config.dataset)
     d = config.dataset
-    split = stratified_split(dataset.labels, d.val, d.test, d.seed)
+    signatures = dataset.signatures(content=d.hash == "content", listed=True)
+    split, groups, duplicates = _split(config, dataset, signatures)
     size = Backbone(config.backbone).input_size
     errors = ReadErrors()
     images = np.empty((len(dataset), size, size, 3), np.uint8)
@@ -99,14 +111,48 @@ def load_image_splits(config: Config) -> ImageSplits:
         if not 0 < holdout < 1:
             raise ConfigError("fine-tuning stops early on a validation split: set "
                                 "dataset.val > 0 or finetune.holdout in (0, 1)")
-        sub = stratified_split(dataset.labels[rows[TRAIN]], holdout, 0.0, d.seed)
+        sub = grouped_split(dataset.labels[rows[TRAIN]],  # copies on one side here too
+                            None if groups is None else groups[rows[TRAIN]], holdout, 0.0,
+                            d.seed)
         rows[VAL], rows[TRAIN] = rows[TRAIN][sub == VAL], rows[TRAIN][sub == TRAIN]
-    signatures = dataset.signatures(content=d.hash == "content")
     return ImageSplits(
         dataset.label_names, {s: images[r] for s, r in rows.items()},
         {s: dataset.labels[r] for s, r in rows.items()},
         {s: [dataset.paths[i] for i in r] for s, r in rows.items()}, dataset.name,
-        manifest_digest(dataset, signatures), str(dataset.root))
+        manifest_digest(dataset, signatures), str(dataset.root), duplicates)
+
+
+def _split(config: Config, dataset: Dataset, signatures: Sequence[str]
+           ) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """The split of feature extraction (the same test rows as `featx classify`), the
+    duplicate groups it keeps together (int (N,); None: not grouped) and its record
+    (featx.data.groups.split_record). With
+    ``dataset.group_duplicates``: the groups the plain store of this data records (they
+    come from its features); without such a store, the images with the same bytes only,
+    with a warning where near duplicates would be searched (pretrained weights)."""
+    from featx.features.extraction import duplicate_rows
+    from featx.features.plan import DataNow, plan
+
+    d = config.dataset
+    labels, names = dataset.labels, dataset.label_names
+    if not d.group_duplicates:
+        split = stratified_split(labels, d.val, d.test, d.seed)
+        return split, None, split_record(labels, split, names, d.val, d.test, False)
+    p = plan(config, now=DataNow(dataset, signatures, manifest_digest(dataset, signatures)))
+    threshold = float(d.duplicate_threshold)
+    if p.groups is not None:
+        return p.split, p.groups, split_record(labels, p.split, names, d.val, d.test, True,
+                                               p.groups, None, threshold,
+                                               "the feature store's groups")
+    if p.settings.get("weights") != "none":  # random weights group exact copies only
+        log.warning("no feature store of %s records its duplicate groups: only images with "
+                    "the same bytes are kept on one side of the split; `featx extract` first "
+                    "keeps near duplicates together too, as `featx classify` does", dataset.root)
+    exact = duplicate_rows(dataset, signatures)
+    groups = union_groups(len(dataset), exact)
+    split = grouped_split(labels, groups, d.val, d.test, d.seed)
+    return split, groups, split_record(labels, split, names, d.val, d.test, True, groups,
+                                       exact, threshold, "exact copies only (no feature store)")
 
 
 def _crossing(layers: list, k: int, output) -> list:
@@ -584,6 +630,7 @@ def _finetune_once(config: Config, progress: bool, backbone_seed: int, run: Run 
         "history": model.history,
         "kept_epochs": model.kept,
         "resumed_from": model.resumed_from,
+        "duplicates": data.duplicates,
     }
     return result, model, run, checkpoint
 

@@ -21,14 +21,15 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from featx.core.config import BackboneConfig
-from featx.core.errors import DatasetError, ModelFileError, UsageError
+from featx.core.config import BackboneConfig, Config, cache_path
+from featx.core.errors import DatasetError, FeatxError, ModelFileError, UsageError
 from featx.core.escape import spreadsheet_cell, terminal
+from featx.core.layout import OPENVINO_DIR, converted_model_dir
 from featx.core.log import plural
 from featx.data.dataset import IMAGE_EXTENSIONS
 from featx.data.images import ReadErrors, Views, read_batches
 from featx.features.backbones import Backbone, BackboneError, keras_home
-from featx.features.runtime import openvino_version
+from featx.features.runtime import Calibration, cached_int8_models, model_key, openvino_version
 from featx.features.variants import Variant
 from featx.learn import modelfile
 from featx.learn.learners import class_scores
@@ -112,9 +113,11 @@ class Predictor:
             section["weights"] = str(weights)
         known = {f.name for f in dataclasses.fields(BackboneConfig)}
         config = BackboneConfig(**{k: v for k, v in section.items() if k in known})
-        if config.runtime == "openvino" and openvino_version() is None:
+        int8 = config.precision == "int8"
+        if config.runtime == "openvino" and openvino_version() is None and not int8:
             # the runtime changes no feature beyond 1e-4 relative: a model extracted with
-            # OpenVINO predicts with TensorFlow where OpenVINO is not installed
+            # OpenVINO predicts with TensorFlow where OpenVINO is not installed (int8: only
+            # OpenVINO runs it, and the Backbone says what to install)
             config = dataclasses.replace(config, runtime="tensorflow")
         recorded = config.weights.strip()
         # a file, or a KerasHub preset folder (featx/features/hub.py)
@@ -124,7 +127,12 @@ class Predictor:
                                f"{recorded}; give --weights PATH (the same file)")
         try:
             # Extraction seeds random weights with the dataset seed: the same seed, the same net.
-            backbone = Backbone(config, seed=int(pipeline.get("dataset", {}).get("seed", 0)))
+            # An int8 model is in the extraction's cache folder.
+            backbone = Backbone(config, seed=int(pipeline.get("dataset", {}).get("seed", 0)),
+                                cache_dir=cache_path(str(pipeline.get("cache_dir") or ""))
+                                if int8 else None)
+            if int8:
+                int8_model(backbone, bundle, pipeline, path)
         except BackboneError as e:
             raise ModelFileError(f"{path}: {e}") from None
         return cls(bundle, backbone, source=str(path))
@@ -230,6 +238,58 @@ def model_file(path: str | Path) -> Path:
         log.info("%s: %d models; using %s (best rank-1 %.3f); give a model file to use "
                  "another", path, len(candidates), best.name, rank1)
     return best
+
+
+def int8_model(backbone: Backbone, bundle: dict[str, Any], pipeline: dict[str, Any],
+               source: Path) -> None:
+    """precision int8: attach to ``backbone`` the calibration of the int8 model that the
+    classifier of ``bundle`` was trained on, and pin that model's batch size (its one input
+    shape; ``int8_batch``): its features come from that very model, never from float32 nor
+    from another calibration (the bundle's settings key holds the calibration's identity).
+
+    That model is the cache folder's where it keeps it (found by the calibration it records;
+    no dataset read), else it is quantised again on the sample of the dataset ``pipeline``
+    (the extraction's) names, where that dataset gives the same sample; else a one-line
+    ModelFileError saying what is missing and how to get it."""
+    from featx.features.plan import calibrate, data_now, feature_settings
+
+    want = bundle.get("settings_key")
+    batch = int((pipeline.get("extract") or {}).get("batch_size") or 0)
+    name, cache = backbone.spec.name, backbone.cache_dir
+
+    def trained_on(calibration: Calibration) -> bool:  # the features the classifier knows?
+        backbone.calibration = calibration
+        return store_key(feature_settings(backbone)) == want
+
+    # the extraction's batch size first: the very model its rows came from
+    for folder, size, identity in sorted(cached_int8_models(cache, name),
+                                         key=lambda found: found[1] != batch):
+        key = model_key(backbone.describe(), size, identity)
+        if trained_on(Calibration((), backbone.seed, "", recorded=identity)) and \
+                folder == converted_model_dir(cache, name, size, key, precision="int8"):
+            backbone.int8_batch = size
+            log.debug("%s: its int8 model is %s", source, folder)
+            return
+    data = pipeline.get("dataset") or {}
+    root = data.get("root") or "its dataset"
+    try:
+        config = Config.from_dict(pipeline, source=str(source))
+        calibrate(backbone, config, data_now(config))
+        why = "" if trained_on(backbone.calibration) else \
+            "gives another sample now (images were added, removed or changed)"
+    except (FeatxError, OSError) as e:  # no dataset here, or not the pipeline of this featx
+        why = f"cannot be read ({' '.join(str(e).split())})"
+    if not why:
+        backbone.int8_batch = batch or None
+        log.info("%s: its int8 model is not in %s: quantising it again on the sample of %s "
+                 "it was calibrated on", source, cache, root)
+        return
+    backbone.calibration = None
+    raise ModelFileError(
+        f"{source}: it was trained on features of {name}'s int8 model calibrated on a "
+        f"sample of {root} (seed {data.get('seed', '?')}), but {cache / OPENVINO_DIR} keeps "
+        f"no such model and that dataset {why}: restore the dataset (predict then quantises "
+        "the model again) or the cache folder, or train the model on float32 features")
 
 
 def _check_settings(bundle: dict[str, Any], backbone: Backbone, source: str) -> None:

@@ -201,6 +201,8 @@ def settings(r: dict[str, Any]) -> list[tuple[str, str]]:
     rows: list[tuple[str, Any]] = [
         ("Pipeline", r.get("pipeline")), ("Classifier", r.get("classifier")),
         ("Dataset", f"{r.get('dataset')} ({r.get('n_train')} train, {n_test})")]
+    if r.get("duplicates"):
+        rows.append(("Duplicates" + first, duplicates_text(r["duplicates"])))
     words: dict[str, tuple[str, Any]] = {
         "backbone": ("Backbone", b.get("backbone")),
         "weights": ("Weights", weights_text(b, r.get("weights_file"))),
@@ -221,6 +223,28 @@ def settings(r: dict[str, Any]) -> list[tuple[str, str]]:
     return [(k, "" if v is None else str(v)) for k, v in rows]
 
 
+def duplicates_text(d: dict[str, Any]) -> str:
+    """What the split does with the store's duplicates (a result's ``duplicates``,
+    featx.learn.classification.duplicates_record) in words."""
+    off = d.get("most_off", 0)
+    shares = "every class split as asked" if not off else \
+        f"a class's test or validation share at most {off} image{'s' if off != 1 else ''} off"
+    if d.get("grouped") and d.get("groups") == 0:
+        return (f"none found (the same bytes, or features at cosine ≥ {d.get('threshold')}): "
+                "the plain stratified split")
+    if d.get("grouped"):
+        return (f"kept together: {d.get('groups')} groups of copies ({d.get('images')} images: "
+                f"the same bytes, or features at cosine ≥ {d.get('threshold')}) each on one "
+                f"side of the split; {shares}")
+    if d.get("crossing_pairs") is None:
+        return "not grouped; near duplicates not searched (a store made before featx 0.7)"
+    n = d["crossing_pairs"]
+    return (f"not grouped (dataset.group_duplicates = false): {n} pair{'s' if n != 1 else ''} "
+            f"of copies (the same bytes, or features at cosine ≥ {d.get('threshold')}) "
+            f"{'cross' if n != 1 else 'crosses'} the split" + ("; featx audit lists them" if n
+                                                               else ""))
+
+
 def raw_settings(r: dict[str, Any]) -> list[tuple[str, str]]:
     """The settings as the result records them: raw names and full values."""
     rows = [("pipeline", r.get("pipeline")), ("classifier", r.get("classifier")),
@@ -233,6 +257,8 @@ def raw_settings(r: dict[str, Any]) -> list[tuple[str, str]]:
              ("best_params", ", ".join(f"{k}={v}"
                                        for k, v in (r.get("best_params") or {}).items())),
              ("cv_score", r.get("cv_score")), ("fit_seconds", r.get("fit_seconds"))]
+    rows += [(f"duplicates.{k}", v) for k, v in (r.get("duplicates") or {}).items()
+             if k != "per_class"]  # per_class: the JSON
     return [(k, "" if v is None else str(v)) for k, v in rows]
 
 

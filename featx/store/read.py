@@ -23,6 +23,7 @@ from featx.core.layout import (
     verified_stamp,
 )
 from featx.core.log import plural
+from featx.core.memory import CHUNK, PackedStrings
 from featx.store.keys import as_text, columns_digest, segment_digest
 
 BLOCK_CACHE = 8  # checked physical blocks a segmented store keeps (a read mixes ~2-3)
@@ -73,6 +74,50 @@ def checked_rows(features: Any, start: int, stop: int, digests: list[str], block
                                 "the checksum recorded when they were written; run `featx "
                                 "extract` to rebuild the store", str(path))
     return rows
+
+
+def groups_digest(key: str, groups: np.ndarray, pairs: np.ndarray, similarity: np.ndarray,
+                  info: str) -> str:
+    """One SHA-256 of a store's duplicate groups (featx.store.write.write_groups): the
+    groups, the near-duplicate pairs and their similarities, how they were found (``info``,
+    JSON), bound to the store's content key."""
+    h = hashlib.sha256(f"{key}\0{info}\0".encode())
+    h.update(np.ascontiguousarray(groups, "<i4").tobytes() + b"\x1e")
+    h.update(np.ascontiguousarray(pairs, "<i8").tobytes() + b"\x1e")
+    h.update(np.ascontiguousarray(similarity, "<f4").tobytes())
+    return h.hexdigest()
+
+
+class StoredGroups:
+    """The duplicate groups a store records: ``groups`` int32 (N,) (each row's group, named by
+    its smallest row), ``pairs`` int64 (k, 2) and ``similarity`` float32 (k,) (the
+    near-duplicate pairs found, i < j, most similar first), ``info`` (threshold, neighbours,
+    method, counts, seconds)."""
+
+    def __init__(self, groups: np.ndarray, pairs: np.ndarray, similarity: np.ndarray,
+                 info: dict[str, Any]) -> None:
+        self.groups, self.pairs, self.similarity, self.info = groups, pairs, similarity, info
+
+    @property
+    def threshold(self) -> float:
+        return float(self.info["threshold"])
+
+
+def stored_groups(f: h5py.File, path: str | os.PathLike = "") -> StoredGroups | None:
+    """The duplicate groups recorded in an open store file, or None where it records none
+    (made before featx 0.7, or a variant store: those follow the plain store's split); a
+    StoreError when they do not match their checksum."""
+    if "groups" not in f or "groups_sha256" not in f.attrs:
+        return None
+    info_text = as_text(f.attrs["groups"])
+    groups, pairs = f["groups"][:], f["near_pairs"][:].reshape(-1, 2)
+    similarity = f["near_similarity"][:]
+    if groups_digest(as_text(f.attrs.get("key", "")), groups, pairs, similarity, info_text) \
+            != as_text(f.attrs["groups_sha256"]) or len(groups) != f["labels"].shape[0]:
+        raise StoreError(f"{path or f.filename}: its duplicate groups do not match the checksum "
+                         "recorded with them; run `featx extract` to find them again")
+    return StoredGroups(groups.astype(np.int32), pairs.astype(np.int64),
+                        similarity.astype(np.float32), json.loads(info_text))
 
 
 class FeatureStore:
@@ -139,11 +184,12 @@ class FeatureStore:
                                  "store was written with (its block checksums differ); run "
                                  "`featx extract` to rebuild the store")
             start += int(entry["rows"])
-        self._feature_row = self.file["feature_row"][:]
-        if len(self._feature_row) and (self._feature_row.min() < 0 or
-                                       self._feature_row.max() >= start):
+        rows = self.file["feature_row"][:]
+        if len(rows) and (rows.min() < 0 or rows.max() >= start):
             raise StoreError(f"{self.path}: feature_row points outside its {start} feature "
                              "rows; run `featx extract` to rebuild the store")
+        # int32 while it can: an update holds it while the model works (1M rows: 4 MB less)
+        self._feature_row = rows.astype(np.int32) if start < 2**31 else rows
 
     def _check_columns(self) -> None:
         recorded = self.file.attrs.get("columns_sha256")
@@ -178,9 +224,11 @@ class FeatureStore:
         self.close()
 
     def close(self) -> None:
+        """Close its files and let go of the blocks it keeps (a merge's: up to 16 MiB)."""
         for segment in self._segments:
             segment.file.close()
         self.file.close()
+        self._cache.clear()
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -230,8 +278,18 @@ class FeatureStore:
 
     @property
     def feature_rows(self) -> np.ndarray:
-        """The physical feature row of every row (int64 (N,))."""
+        """The physical feature row of every row (int (N,): int32 under 2**31 rows)."""
         return self._feature_row if self._feature_row is not None else np.arange(len(self))
+
+    def feature_rows_of(self, rows: np.ndarray) -> np.ndarray:
+        """The physical feature row of each of ``rows`` (a new int64 (k,); -1 stays -1),
+        a slice at a time: an update maps a million rows with no array of N beside them."""
+        out = np.array(rows, np.int64)
+        if self._feature_row is not None:
+            for a in range(0, len(out), CHUNK):
+                some = out[a:a + CHUNK]  # a view: mapped in place
+                some[some >= 0] = self._feature_row[some[some >= 0]]
+        return out
 
     @property
     def labels(self) -> np.ndarray:
@@ -260,6 +318,14 @@ class FeatureStore:
             self._paths = self.file["paths"].asstr()[:].tolist()
         return self._paths
 
+    def strings(self, name: str) -> PackedStrings:
+        """The string column ``name`` (``paths``, ``signatures``: (N,)) packed, read a slice
+        at a time (:func:`packed_column`), and not kept: what an update matches rows with. A
+        store without signatures has "" for each."""
+        if name not in self.file:
+            return PackedStrings([""] * len(self))
+        return packed_column(self.file[name])
+
     @property
     def label_names(self) -> list[str]:
         return [p.decode() if isinstance(p, bytes) else p for p in self.file["label_names"][:]]
@@ -270,6 +336,19 @@ class FeatureStore:
             return []
         return [tuple(x.decode() if isinstance(x, bytes) else x for x in row)
                 for row in self.file["skipped"][:]]
+
+    @property
+    def groups(self) -> StoredGroups | None:
+        """The duplicate groups found after extraction (featx/data/groups.py), or None
+        (a store made before featx 0.7, or a variant store)."""
+        return stored_groups(self.file, self.path)
+
+    @property
+    def grouping(self) -> dict[str, Any]:
+        """How the recorded split treats duplicates (featx.data.groups.grouping_identity):
+        ``{"duplicates": false}`` for a store made before featx 0.7."""
+        recorded = self.attrs.get("grouping")
+        return recorded if isinstance(recorded, dict) else {"duplicates": False}
 
     @property
     def has_duplicates(self) -> bool:
@@ -415,6 +494,22 @@ class FeatureStore:
             out[at:at + len(sel)] = block.reshape(len(sel), -1)
             at += len(sel)
         return out
+
+
+def packed_column(ds: h5py.Dataset) -> PackedStrings:
+    """A utf-8 string dataset (N,) as :class:`~featx.core.memory.PackedStrings`, read CHUNK
+    rows at a time: their bytes go into one buffer and no str is made (1M paths: ~37 MB,
+    where a list of str took ~80 MB and reading it whole as one ~160 MB more)."""
+    buffer, ends = bytearray(), []
+    for start in range(0, ds.shape[0], CHUNK):
+        part = ds[start:start + CHUNK].tolist()  # bytes: h5py decodes only with asstr()
+        sizes = np.fromiter(map(len, part), np.int64, len(part)) + 1  # each with its NUL
+        ends.append(len(buffer) + np.cumsum(sizes) - 1)
+        buffer += b"\0".join(part)
+        buffer += b"\0"
+    ends = np.concatenate(ends) if ends else np.zeros(0, np.int64)
+    return PackedStrings._of(buffer, ends.astype(np.int32) if len(ends) and
+                             ends[-1] < 2**31 - 1 else ends)
 
 
 def file_version(files: list[Path], key: str) -> str:
