@@ -210,6 +210,18 @@ def test_a_variant_store_names_its_duplicate_files_by_their_own_rows(tmp_path, i
         assert store.duplicates == expected
 
 
+def test_one_augmentation_pass_gives_one_row_an_image(tiny_root, make_config, tmp_path):
+    """extract.augment = 1: one augmented view a training image (it crashed: the view kept its
+    pass axis, (batch, 1, S, S, 3) into the backbone)."""
+    root, _ = tiny_root
+    config = make_config(root, tmp_path / "cache", extract={"augment": 1, "augment_seed": 3})
+    result = extract(config, progress=False, variant="augmented")
+    with h5py.File(result.path) as f:
+        assert (f["split"][:] == TRAIN).all()
+        assert result.rows == len(f["paths"]) == int((f["split"][:] == TRAIN).sum()) > 0
+        assert np.isfinite(f["features"][:]).all()
+
+
 def test_augmented_store_holds_training_images_only(variant_cache):
     config, results = variant_cache
     with FeatureStore(results["plain"].path) as plain:

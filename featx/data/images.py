@@ -205,7 +205,9 @@ def read_batches(
         image.set_shape(shape)
         ok.set_shape(())
         if views.augment is not None:
-            image = views.augment(image, tf.gather(seeds, index))
+            image = views.augment(image, tf.gather(seeds, index))  # (passes, S, S, 3)
+            if views.count == 1:  # one pass: one row, as a plain read gives
+                image = image[0]
         if views.count > 1:  # one row per view
             return image, tf.fill([views.count], ok)
         return image, ok

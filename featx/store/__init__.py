@@ -41,4 +41,11 @@ recorded; features are checked block by block against ``block_sha256`` as they a
 by every reader (an update copying rows and an export included), and HDF5's Fletcher-32
 catches damage below that. A block that fails removes the store's ``.verified`` stamp, so
 the next ``featx extract`` checks it whole and rebuilds it.
+
+Duplicates (featx/data/groups.py), found right after each extraction or update: ``groups``
+(int32 (N,): rows with one id are byte copies or near duplicates, kept on one side of every
+split), ``near_pairs`` (int64 (K, 2)) and ``near_similarity`` (float32 (K,)): the near-duplicate
+pairs and their cosine similarity; attrs ``groups`` (JSON: how they were found),
+``groups_sha256`` (their checksum, bound to the store's key) and ``grouping`` (JSON: how the
+stored split treats them; absent in stores of featx < 0.7, whose split is ungrouped).
 """
