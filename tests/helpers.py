@@ -103,10 +103,12 @@ def tiny_args(root: str | os.PathLike, cache: str | os.PathLike, *more: str) -> 
 # ------------------------------------------------------------------------ images and pipelines
 
 def random_pngs(root: Path, names: Sequence[str] | None = None, seed: int = 0, *,
-                n_per_class: int = 5, classes: Sequence[str] = ("cat", "dog")) -> list[str]:
+                n_per_class: int = 5, classes: Sequence[str] = ("cat", "dog"),
+                copies: Sequence[tuple[str, str]] = ()) -> list[str]:
     """Random-noise 44x36 PNGs written under ``root``: one per name of ``names``, or without
     names ``n_per_class`` of each class, ``<class>/<class><i>.png``. The same seed and names,
-    the same pixels. Returns the names written."""
+    the same pixels. ``copies``: (copy, original) pairs written as byte copies after them.
+    Returns the names written (not the copies)."""
     if names is None:
         names = [f"{c}/{c}{i}.png" for c in classes for i in range(n_per_class)]
     rng = np.random.default_rng(seed)
@@ -114,6 +116,8 @@ def random_pngs(root: Path, names: Sequence[str] | None = None, seed: int = 0, *
         path = Path(root) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 255, (36, 44, 3), dtype=np.uint8)).save(path)
+    for copy_name, original in copies:
+        shutil.copyfile(Path(root) / original, Path(root) / copy_name)
     return list(names)
 
 

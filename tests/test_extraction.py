@@ -535,11 +535,9 @@ def test_mixed_precision_store_holds_float32(tiny_store, make_config, tmp_path):
 def _with_copies(tmp_path: Path) -> tuple[object, list[tuple[str, str]]]:
     """small_config's data (2 classes x 10 random PNGs) with 3 byte copies: (config, pairs)."""
     data = tmp_path / "data"
-    random_pngs(data, n_per_class=10)
     pairs = [("cat/cat1_copy.png", "cat/cat1.png"), ("cat/cat7_copy.png", "cat/cat7.png"),
              ("dog/dog3_copy.png", "dog/dog3.png")]
-    for copy, original in pairs:
-        shutil.copyfile(data / original, data / copy)
+    random_pngs(data, n_per_class=10, copies=pairs)
     return small_config(data, tmp_path / "cache"), pairs
 
 

@@ -227,11 +227,9 @@ def test_a_variant_store_follows_the_grouped_split_of_the_plain_one(tmp_path):
     from featx.store.read import FeatureStore
 
     data = tmp_path / "data"
-    random_pngs(data, n_per_class=10)
     pairs = [("cat/cat2_copy.png", "cat/cat2.png"), ("dog/dog6_copy.png", "dog/dog6.png"),
              ("dog/dog8_copy.png", "dog/dog8.png")]
-    for copy, original in pairs:
-        shutil.copyfile(data / original, data / copy)
+    random_pngs(data, n_per_class=10, copies=pairs)
     config = small_config(data, tmp_path / "cache")
     config.extract.augment = 2
     augmented = extract(config, progress=False, variant="augmented")  # the plain one first
