@@ -103,6 +103,28 @@ def test_past_the_segment_limit_the_small_segments_merge_and_the_first_stays(
     assert not segments_dir(path).exists()
 
 
+def test_a_merge_writes_its_rows_in_dataset_order(synthetic, tmp_path, monkeypatch):
+    """Two segments whose rows interleave in dataset order, merged with new rows added at
+    the same places: the merged segment holds its rows in dataset order, so that the rows
+    added at one place are one run of the virtual dataset, not one per segment they came
+    from (too many runs and the store is rewritten whole: VIRTUAL_RUNS_MAX)."""
+    monkeypatch.setattr(store_write, "SEGMENTS_MAX", 3)
+    path, x = synthetic
+    rows = {f"{i:02d}.png": x[i] for i in range(40)}
+    for update in range(3):  # [40, 6], [40, 6, 6], then merged: [40, 18]
+        rows.update({f"{i:02d}.png.{update}": np.full(6, 10 * update + i, np.float32)
+                     for i in range(3, 40, 7)})
+        synthetic_update(path, tmp_path / f"v{update}.h5", rows)
+        path = tmp_path / f"v{update}.h5"
+    with FeatureStore(path) as s:
+        assert s.segment_rows == [40, 18]
+        np.testing.assert_array_equal(s.features(), [rows[q] for q in sorted(rows)])
+        merged = s.feature_rows[s.feature_rows >= 40]
+        np.testing.assert_array_equal(merged, np.arange(40, 58))  # in dataset order
+        first, *_ = feature_runs(s.feature_rows, s.segment_rows)
+    assert len(first) == 1 + 2 * 6  # old rows, 3 added, old rows, ... : 6 places
+
+
 def test_a_merge_drops_the_unused_rows_of_the_segments_it_merges(synthetic, tmp_path,
                                                                  monkeypatch):
     monkeypatch.setattr(store_write, "SEGMENTS_MAX", 2)

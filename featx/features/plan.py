@@ -605,14 +605,15 @@ def mismatch(d: Dataset, signatures: list[str], candidates: list[Path],
 def match_rows(old_paths: Sequence[str], old_signatures: Sequence[str], paths: Sequence[str],
                signatures: Sequence[str]) -> np.ndarray:
     """For each (path, signature), the index of the same pair among the old ones, or -1
-    (int64 (len(paths),)). No dict or list of N str: each pair is hashed to 64 bits a slice
+    (int32 (len(paths),); int64 past 2**31 old rows: an update holds it while the model
+    works). No dict or list of N str: each pair is hashed to 64 bits a slice
     at a time, the old keys sorted and looked up with np.searchsorted, and every match then
     compared byte for byte (:func:`_same_strings`), so that keys that collide never match
     two different pairs. The old columns are best packed (``FeatureStore.strings``), and the
     new signatures are packed here: no str is held. Done before the model is built, so its
     ~130 MiB a moment at 1M rows (~55 of them the old columns; with a dict of the paths and
     lists of str it took ~225) are given back before the peak of an update."""
-    got = np.full(len(paths), -1, np.int64)
+    got = np.full(len(paths), -1, np.int32 if len(old_paths) < 2**31 else np.int64)
     if not len(old_paths) or not len(paths):
         return got
     # packed once: the signatures are hashed, then compared (StatSignatures makes each str)

@@ -73,7 +73,7 @@ class RowSource:
     old_row: np.ndarray | None = None
 
     def old_rows(self, rows: np.ndarray) -> np.ndarray:
-        """The old row of each of ``rows`` (store rows, int64 (k,)), -1 where new."""
+        """The old row of each of ``rows`` (store rows (k,)), -1 where new (int (k,))."""
         if self.old_row is None:
             return np.full(len(rows), -1, np.int64)
         return self.old_row[rows]
@@ -186,8 +186,8 @@ def segments_kept(old: FeatureStore, old_row: np.ndarray, new_rows: int) -> int 
     hard-linked; the rows it still uses of the others are merged with the new rows into one
     new segment. All of them where that makes at most SEGMENTS_MAX segments (an append);
     else the most, k, that leave at most SEGMENTS_MAX and whose last holds at least as many
-    rows as the merged segment will: segments then shrink from the first to the last, so a
-    row is rewritten about log2(N) times over any number of updates, never the whole store
+    rows as the merged segment will: segments then shrink from the first to the last, a row
+    is rewritten as the segment holding it grows, and no update rewrites the whole store
     for having been updated often. None (rewrite whole, compacted) where no k >= 1 does, or
     where more than DEAD_MAX of the feature rows kept would be unused. A virtual store
     (featx.features.distributed) never is a segment: it names its shards relative to its own
@@ -237,7 +237,9 @@ def append_store(path: Path, *, source: RowSource, old: FeatureStore, blocks: Bl
     keep = len(old.segment_rows) if keep is None else keep
     kept_rows = sum(old.segment_rows[:keep])
     feature_row = old.feature_rows_of(source.old_row)  # -1: new
-    # the rows the new segment holds: new ones, and those of the segments merged into it
+    # the rows the new segment holds, in dataset order: new ones, and those of the segments
+    # merged into it (in dataset order, rows added together stay one run of the virtual
+    # dataset, however many segments they came from)
     moved = (feature_row < 0) | (feature_row >= kept_rows)
     written = np.flatnonzero(moved)
     feature_row[written] = kept_rows + np.arange(len(written))
