@@ -116,6 +116,13 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
             # before the model is built: at 1M images their arrays took 70-100 MiB a moment
             pairs = p.store_rows(duplicate_rows(p.dataset, p.signatures, before))
             del before
+            # groups that need no features (exact copies only) are found now, at a fraction
+            # of the model's memory, and the store is written with the split they make:
+            # after the model, at 1M images, they raised the peak by ~60 MiB
+            groups = None
+            if p.variant is PLAIN and not _searches_near(p):
+                groups = union_groups(len(p.row_image), pairs)
+                _split_by_groups(p, config, groups)
             # devices and inodes were for that (16 MiB at 1M); sizes and mtimes live on in
             # the signatures
             p.dataset = replace(p.dataset, stats=None)
@@ -133,7 +140,10 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
                 result = run(config, p, p.split, None, progress)
             write_duplicates(p.path, pairs)
             if p.variant is PLAIN:  # this version's duplicate groups, and its split by them
-                _regroup(p, config, find_groups(p, config))
+                found = find_groups(p, config, groups)
+                if found is not groups:  # near duplicates joined some: split again
+                    _split_by_groups(p, config, found)
+                _update_split(p.path, p.split[p.row_image], config, p.grouping)
             result.duplicate_rows, result.row_paths = pairs, p.row_paths
             if superseded is None:  # rows of another dataset's store (or none) not taken:
                 result.dropped = 0  # no image of this dataset was dropped
@@ -357,34 +367,47 @@ def _open_old(p: Plan) -> FeatureStore | None:
     return None
 
 
-def find_groups(p: Plan, config: Config) -> np.ndarray:
+def _searches_near(p: Plan) -> bool:
+    """Whether ``p``'s groups join near duplicates, found from the features: not with
+    random weights, whose features are alike whatever the image (a median cosine of 0.9
+    between unrelated test images here; ImageNet weights give 0.47 on Flowers-17), so that
+    only exact copies are grouped."""
+    return p.settings.get("weights") != "none"
+
+
+def find_groups(p: Plan, config: Config, exact_groups: np.ndarray | None = None
+                ) -> np.ndarray:
     """Find and record the duplicate groups of the plain store ``p`` (featx/data/groups.py):
     its exact duplicates (same bytes, found at extraction) joined with the pairs of its
     readable rows whose features have a cosine similarity of ``dataset.duplicate_threshold``
     or more among each row's NEIGHBOURS nearest (the very search ``featx audit`` makes, so
-    that no pair it reports at that threshold crosses a grouped split). Random weights give
-    no near duplicates: their features are alike whatever the image (a median cosine of 0.9
-    between unrelated test images here; ImageNet weights give 0.47 on Flowers-17), so
-    only exact copies are grouped. Returns the groups: int32 (N,)."""
+    that no pair it reports at that threshold crosses a grouped split), where
+    :func:`_searches_near`. ``exact_groups``: the groups of the exact duplicates alone,
+    found already (int (N,)), where no near duplicates are searched. Returns the groups:
+    int32 (N,)."""
     t0 = time.perf_counter()
     threshold = float(config.dataset.duplicate_threshold)
+    pairs, similarity = np.empty((0, 2), np.int64), np.empty(0, np.float32)
     with FeatureStore(p.path) as store:
-        exact, rows, n = store.duplicate_rows, np.flatnonzero(store.ok), len(store)
-        pairs, similarity = np.empty((0, 2), np.int64), np.empty(0, np.float32)
-        if p.settings.get("weights") == "none":
+        n_exact = len(store.file["duplicate_rows"]) if "duplicate_rows" in store.file else 0
+        if not _searches_near(p):
             method = "none: random weights (exact copies only)"
-        elif len(rows) < 2:
-            method = "none: fewer than 2 readable rows"
+            groups = exact_groups if exact_groups is not None else \
+                union_groups(len(store), store.duplicate_rows)
         else:
-            found, similarity, method = near_duplicates(unit_rows(store.features(rows)),
-                                                        threshold)
-            pairs = rows[found].reshape(-1, 2)
-    groups = union_groups(n, exact, pairs)
+            exact, rows = store.duplicate_rows, np.flatnonzero(store.ok)
+            if len(rows) < 2:
+                method = "none: fewer than 2 readable rows"
+            else:
+                found, similarity, method = near_duplicates(unit_rows(store.features(rows)),
+                                                            threshold)
+                pairs = rows[found].reshape(-1, 2)
+            groups = union_groups(len(store), exact, pairs)
     counted, images = group_sizes(groups)
     seconds = time.perf_counter() - t0
     write_groups(p.path, groups, pairs, similarity, {
         "threshold": threshold, "neighbours": NEIGHBOURS, "method": method,
-        "exact_pairs": len(exact), "near_pairs": len(pairs), "groups": counted,
+        "exact_pairs": n_exact, "near_pairs": len(pairs), "groups": counted,
         "images": images, "seconds": round(seconds, 3)})
     with FeatureStore(p.path) as store:  # its features were verified just before
         store.mark_verified()
@@ -394,14 +417,20 @@ def find_groups(p: Plan, config: Config) -> np.ndarray:
     return groups
 
 
-def _regroup(p: Plan, config: Config, groups: np.ndarray) -> None:
-    """``p``'s split made again from the plain store's new ``groups`` (grouped with
-    ``dataset.group_duplicates``) and written where it differs."""
+def _split_by_groups(p: Plan, config: Config, groups: np.ndarray) -> None:
+    """``p``'s split made again from the plain store's ``groups`` (grouped with
+    ``dataset.group_duplicates``)."""
     d = config.dataset
     p.groups = groups
     if d.group_duplicates:
         p.split = grouped_split(p.dataset.labels, groups, d.val, d.test, d.seed)
         p.grouping = grouping_identity(d)
+
+
+def _regroup(p: Plan, config: Config, groups: np.ndarray) -> None:
+    """``p``'s split made again from the plain store's new ``groups`` (grouped with
+    ``dataset.group_duplicates``) and written where it differs."""
+    _split_by_groups(p, config, groups)
     _update_split(p.path, p.split[p.row_image], config, p.grouping)
 
 

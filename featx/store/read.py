@@ -198,7 +198,7 @@ class FeatureStore:
             raise StoreError(f"{self.path}: a store without checksums (written by an older "
                              "featx); run `featx extract` to rebuild it")
         try:
-            now = columns_digest(labels=self.labels, paths=self._iter_paths(),
+            now = columns_digest(labels=self.labels, paths=column_bytes(self.file["paths"]),
                                  split=self.split, ok=self.ok, label_names=self.label_names,
                                  feature_row=self._feature_row,
                                  segments=as_text(self.file.attrs["segments"])
@@ -210,13 +210,6 @@ class FeatureStore:
             raise StoreError(f"{self.path}: labels, split, paths or ok do not match the "
                              "checksum recorded when the store was written; run `featx "
                              "extract` to rebuild it")
-
-    def _iter_paths(self, step: int = 65536) -> Iterator[str]:
-        """The paths, read a slice at a time: the column check of a 1M-row store holds
-        no list of a million strings (~70 MB) that nothing else asked for."""
-        ds = self.file["paths"]
-        for start in range(0, ds.shape[0], step):
-            yield from (as_text(p) for p in ds[start:start + step])
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -495,6 +488,14 @@ class FeatureStore:
             out[at:at + len(sel)] = block.reshape(len(sel), -1)
             at += len(sel)
         return out
+
+
+def column_bytes(ds: h5py.Dataset, step: int = 65536) -> Iterator[bytes]:
+    """A string dataset's values as it holds them (UTF-8 bytes), read a slice at a time:
+    what its checksum is taken from, with no list of N strings (1M paths: ~70 MB) and no
+    str made (a column check of a 1M-row store took 1.25 s with them, 0.3 without)."""
+    for start in range(0, ds.shape[0], step):
+        yield from ds[start:start + step].tolist()
 
 
 def packed_column(ds: h5py.Dataset) -> PackedStrings:

@@ -37,7 +37,7 @@ from featx.store.keys import (
     read_rows_for,
     segment_digest,
 )
-from featx.store.read import FeatureStore, file_version, groups_digest
+from featx.store.read import FeatureStore, column_bytes, file_version, groups_digest
 
 log = logging.getLogger(__name__)
 
@@ -491,7 +491,7 @@ def _write_split(path: Path, split: np.ndarray, split_attr: str,
         if grouping is not None:
             f.attrs["grouping"] = json.dumps(grouping)
         f.attrs["columns_sha256"] = columns_digest(
-            labels=f["labels"][:], paths=f["paths"].asstr()[:], split=split, ok=f["ok"][:],
+            labels=f["labels"][:], paths=column_bytes(f["paths"]), split=split, ok=f["ok"][:],
             label_names=f["label_names"].asstr()[:],
             feature_row=f["feature_row"][:] if "feature_row" in f else None,
             segments=as_text(f.attrs["segments"]) if "segments" in f.attrs else None)
