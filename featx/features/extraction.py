@@ -116,6 +116,8 @@ def extract(config: Config, progress: bool = True, variant: str = "plain") -> Ex
             # before the model is built: at 1M images their arrays took 70-100 MiB a moment
             pairs = p.store_rows(duplicate_rows(p.dataset, p.signatures, before))
             del before
+            if len(p.row_image) < 2**31:  # held while the model works: 1M copies, 8 MB less
+                pairs = pairs.astype(np.int32)
             # groups that need no features (exact copies only) are found now, at a fraction
             # of the model's memory, and the store is written with the split they make:
             # after the model, at 1M images, they raised the peak by ~60 MiB

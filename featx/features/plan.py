@@ -147,7 +147,9 @@ class Plan:
     def row_image(self) -> np.ndarray:
         """For each store row, its image (a variant may store several rows per image)."""
         images = np.arange(len(self.dataset)) if self.images is None else self.images
-        return np.repeat(images, self.variant.rows_per_image)
+        # int32 while it can: held while the model works (1M rows: 4 MB less)
+        return np.repeat(np.asarray(images, np.int32 if len(self.dataset) < 2**31 else
+                                    np.int64), self.variant.rows_per_image)
 
     @cached_property
     def row_view(self) -> np.ndarray:

@@ -505,7 +505,8 @@ def write_duplicates(path: Path, pairs: np.ndarray) -> None:
         for name in ("duplicates", "duplicate_rows"):
             if name in f:
                 del f[name]
-        f.create_dataset("duplicate_rows", data=np.asarray(pairs, np.int64).reshape(-1, 2))
+        # int64 in the file; HDF5 converts int32 pairs as it writes (no copy of them here)
+        f.create_dataset("duplicate_rows", data=np.asarray(pairs).reshape(-1, 2), dtype=np.int64)
         key = as_text(f.attrs["key"])
         segments = json.loads(as_text(f.attrs["segments"])) if "segments" in f.attrs else []
     files = [Path(path), *(segments_dir(path) / s["file"] for s in segments)]
