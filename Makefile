@@ -69,7 +69,7 @@ docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 bench: install
-	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 # featx export-model's formats on Flowers-17: size, latency, throughput, float and int8 side by
 # side, and their agreement with featx predict (needs ../shared and pip install 'featx[export]')

@@ -407,3 +407,18 @@ def test_docs_site_builds_strict_with_the_generated_reference(tmp_path):  # 5-10
         fetched = re.findall(r'<(?:script|link|img)[^>]*(?:src|href)="(https?://[^"]*)"',
                              page.read_text())
         assert not fetched, (page.relative_to(site), fetched)
+
+
+def test_every_make_target_the_docs_give_args_passes_them_on():
+    """`make X ARGS="..."` in the README, the docs, the benchmarks or the Makefile's own
+    comments: target X's recipe hands $(ARGS) to its command (`make bench` dropped them,
+    so `make bench ARGS="--only int8"` ran the whole benchmark)."""
+    makefile = (REPO / "Makefile").read_text()
+    recipes = dict(re.findall(r"^([a-z][\w-]*):[^\n=]*\n((?:\t[^\n]*\n)+)", makefile, re.M))
+    texts = [REPO / "README.md", REPO / "Makefile", *(REPO / "docs").rglob("*.md"),
+             *(REPO / "benchmarks").glob("*.py")]
+    named = {m for path in texts for m in re.findall(r"make ([a-z][\w-]*) ARGS=",
+                                                     path.read_text())}
+    assert {"bench", "bench-scale"} <= named
+    dropped = sorted(t for t in named if "$(ARGS)" not in recipes.get(t, ""))
+    assert not dropped, dropped

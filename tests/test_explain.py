@@ -70,6 +70,25 @@ def test_occlusion_finds_the_patch_that_matters_and_checks_its_options():
         occlusion_map(probability, image, patch=8, stride=0)
 
 
+def test_a_cnn_with_mean_pooling_has_its_map_for_the_cam():
+    """``mean`` is a CNN's global average as ``avg`` is: the CAM reads the same map (it
+    drew none for a CNN's ``mean`` before)."""
+    from featx.core.config import Config
+    from featx.features.backbones import Backbone
+    from featx.inspect.explain import cam_pooling, spatial_model
+
+    maps = {}
+    for pooling in ("avg", "mean"):
+        c = Config()
+        c.backbone.weights, c.backbone.input_size, c.backbone.pooling = "none", 32, pooling
+        backbone = Backbone(c.backbone)
+        assert cam_pooling(backbone) == "avg"
+        maps[pooling] = spatial_model(backbone)
+    assert maps["mean"] is not None
+    assert tuple(maps["mean"].output.shape) == tuple(maps["avg"].output.shape) == (None, 1, 1,
+                                                                                  1280)
+
+
 @pytest.mark.slow
 @pytest.mark.shared
 def test_cam_and_occlusion_peak_where_the_flower_is(planted_flowers, tmp_path):

@@ -116,10 +116,11 @@ def numerical_gradient(proba: Any, x: np.ndarray, columns: Sequence[int],
 
 
 def cam_pooling(backbone: Any) -> str:
-    """The backbone's pooling as the CAM reads it: a KerasHub backbone's ``mean`` is ``avg``
-    (featx.features.hub: the patch tokens laid out as their grid, average-pooled)."""
+    """The backbone's pooling as the CAM reads it: ``mean`` is ``avg``, a CNN's (the same
+    global average of its map) as a KerasHub backbone's (featx.features.hub: the patch
+    tokens laid out as their grid, average-pooled)."""
     pooling = backbone.config.pooling
-    return "avg" if pooling == "mean" and getattr(backbone, "hub", None) is not None else pooling
+    return "avg" if pooling == "mean" else pooling
 
 
 def spatial_model(backbone: Any) -> Any:
