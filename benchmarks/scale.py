@@ -341,7 +341,8 @@ def plot(rows: list[dict], out: Path) -> None:
     a.set_ylabel("seconds")
     a.legend(fontsize=8)
     a.grid(True, which="both", alpha=0.3)
-    for key, label in (("extract_rss", "extraction RSS"), ("sgd_rss", "sgd learner RSS")):
+    for key, label in (("extract_rss", "extraction RSS"), ("add_rss", "add 0.1% RSS"),
+                       ("sgd_rss", "sgd learner RSS")):
         pts = [(r["n"], r[key]) for r in rows if key in r]
         if pts:
             b.semilogx(*zip(*pts), "o-", label=label)
