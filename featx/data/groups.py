@@ -150,7 +150,7 @@ def union_groups(n: int, *pairs: np.ndarray) -> np.ndarray:
     """The group of each of ``n`` rows that ``pairs`` (int (k, 2) arrays of rows) join,
     transitively: int32 (n,), each row's group named by its smallest row (a row in no pair is
     its own group). The connected components of the pairs' graph (scipy's, in C: 1M pairs
-    took 0.2 s here, where a union-find in Python took 2.7)."""
+    took 0.08 s here, where a union-find in Python took 1.1-1.3)."""
     edges = np.concatenate([np.asarray(p, np.int64).reshape(-1, 2) for p in pairs]) \
         if pairs else np.empty((0, 2), np.int64)
     if n == 0 or not len(edges):
