@@ -355,7 +355,6 @@ def agreement_rows(n: int) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("flowers17_exports")  # built once, not once a worker
 @pytest.mark.shared
 @needs_shared
 @pytest.mark.parametrize("fmt", FLOAT)
@@ -384,7 +383,6 @@ def int8_scores(e, fmt: str) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("flowers17_exports")  # built once, not once a worker
 @pytest.mark.shared
 @needs_shared
 @pytest.mark.parametrize("fmt", deploy.INT8_FORMATS)
@@ -407,7 +405,6 @@ def test_int8_keeps_rank1_and_is_smaller_and_timed(flowers17_exports, fmt):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("flowers17_exports")  # built once, not once a worker
 @pytest.mark.shared
 @needs_shared
 @pytest.mark.parametrize("fmt", deploy.INT8_FORMATS)
@@ -454,7 +451,6 @@ CHECK = ("import sys\nexec(compile(open('example.py').read(), 'example.py', 'exe
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("flowers17_exports")  # built once, not once a worker
 @pytest.mark.shared
 @needs_shared
 @pytest.mark.parametrize("fmt", FLOAT)
