@@ -191,13 +191,26 @@ def store_bytes(path: Path) -> int:
     return path.stat().st_size + sum(p.stat().st_size for p in seg.glob("*.h5"))
 
 
-def measure(n: int, work: Path, small_store: Path | None, extract_big: bool) -> dict:
-    root, cache = work / f"d{n}", work / f"cache{n}"
-    made = synthetic.make(root, n)
-    for extra in root.glob("class-*/d*/new*.jpg"):  # what an earlier run added
+def remove_added(root: Path) -> None:
+    """Remove the images an earlier run's updates added to the synthetic dataset ``root``."""
+    for extra in root.glob("class-*/d*/new*.jpg"):
         extra.unlink()
+
+
+def fresh(work: Path, n: int, cache_name: str) -> tuple[Path, Path]:
+    """The synthetic dataset of ``n`` images as generated (made where missing, what earlier
+    runs added removed) and its empty cache folder ``cache_name`` under ``work``: (dataset
+    root, cache folder)."""
+    root, cache = work / f"d{n}", work / cache_name
+    made = synthetic.make(root, n)
+    remove_added(root)
     log(f"N={n}: dataset ready ({made} new links)")
     shutil.rmtree(cache, ignore_errors=True)
+    return root, cache
+
+
+def measure(n: int, work: Path, small_store: Path | None, extract_big: bool) -> dict:
+    root, cache = fresh(work, n, f"cache{n}")
     row: dict = {"n": n}
     if small_store is None or n <= 100_000 or extract_big:
         got = run_child("extract", root, cache)
@@ -226,9 +239,7 @@ def measure(n: int, work: Path, small_store: Path | None, extract_big: bool) -> 
     got = run_child("sgd", root, cache, str(path))
     row.update(sgd_s=got["fit_seconds"], sgd_rss=got["rss_mb"])
     log(f"N={n}: {json.dumps({k: round(v, 2) for k, v in row.items()})}")
-    # back to the dataset as generated, for a later run
-    for extra in root.glob("class-*/d*/new*.jpg"):
-        extra.unlink()
+    remove_added(root)  # back to the dataset as generated, for a later run
     synthetic.make(root, n)
     return row
 
@@ -261,12 +272,7 @@ def measure_updates(work: Path, sizes: list[int]) -> list[dict]:
 
     rows, small = [], None
     for n in sizes:
-        root, cache = work / f"d{n}", work / f"updates{n}"
-        made = synthetic.make(root, n)
-        for extra in root.glob("class-*/d*/new*.jpg"):  # what an earlier run added
-            extra.unlink()
-        log(f"N={n}: dataset ready ({made} new links)")
-        shutil.rmtree(cache, ignore_errors=True)
+        root, cache = fresh(work, n, f"updates{n}")
         got = run_child("extract", root, cache) if small is None else \
             run_child("assemble", root, cache, str(small))
         log(f"N={n}: store in {got['seconds']:.0f} s")
@@ -284,8 +290,7 @@ def measure_updates(work: Path, sizes: list[int]) -> list[dict]:
         rows.append(row)
         small = small or Path(got["path"])
     for n in sizes:  # back to the datasets as generated, for a later run
-        for extra in (work / f"d{n}").glob("class-*/d*/new*.jpg"):
-            extra.unlink()
+        remove_added(work / f"d{n}")
     return rows
 
 

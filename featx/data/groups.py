@@ -282,9 +282,11 @@ def grouped_split(labels: np.ndarray, groups: np.ndarray | None, val: float, tes
                 if placed[row] or passed_over.get(g) == version:
                     continue  # placed, or passed over with nothing placed since
                 rows = members.get(g)
-                count = counts(np.array([row])) if rows is None else counts(rows, g)
-                if rows is None:
+                if rows is None:  # a single row
                     rows = np.array([row])
+                    count = counts(rows)
+                else:
+                    count = counts(rows, g)
                 touched = count > 0
                 if (left[touched] - count[touched] < 1).any():
                     passed_over[g] = version
